@@ -1,0 +1,1 @@
+"""Command-line interface of rvqcodec (a thin Typer layer over the library)."""

@@ -1,0 +1,105 @@
+"""``rvqcodec``: compress, decompress and inspect ``.rvq`` files.
+
+Every command parses its options, calls the library (:mod:`codec`) and reports; no logic
+lives here, so the Python API and the CLI cannot disagree.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from codec import compress_file, decompress_file, read_info
+from codec.bitstream import UNKNOWN_LENGTH
+
+from .errors import user_errors
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="rvqcodec: neural audio codec, 1.5-24 kbps, streaming.",
+)
+
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Built-in model name or path to a .safetensors file.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite the output file if it exists.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+
+
+@app.command()
+def compress(
+    input: Annotated[Path, typer.Argument(help="Audio file (WAV, FLAC, OGG, MP3...), any rate and channels.")],
+    output: Annotated[Path, typer.Argument(help="The .rvq file to write.")],
+    kbps: Annotated[float, typer.Option(help="Bitrate per channel (1.5, 3, 6, 12 or 24 for the default model).")] = 6.0,
+    model: ModelOpt = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Compress an audio file to a .rvq bitstream."""
+    with user_errors():
+        r = compress_file(input, output, kbps=kbps, model=model, force=force, quiet=quiet)
+    if not quiet:
+        typer.echo(
+            f"{r.output}: {r.seconds:.2f} s, {r.channels} ch, {r.bytes} bytes, "
+            f"{r.actual_kbps:.3f} kbps ({r.nominal_kbps:g} kbps of codes)"
+        )
+
+
+@app.command()
+def decompress(
+    input: Annotated[Path, typer.Argument(help="The .rvq file to read.")],
+    output: Annotated[Path, typer.Argument(help="Audio file to write (.wav or .flac).")],
+    model: ModelOpt = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Decompress a .rvq file to audio at its original rate, channels and length."""
+    with user_errors():
+        out = decompress_file(input, output, model=model, force=force, quiet=quiet)
+    if not quiet:
+        typer.echo(f"{out}: written")
+
+
+@app.command()
+def info(file: Annotated[Path, typer.Argument(help="The .rvq file to inspect.")]) -> None:
+    """Show a .rvq file's header, duration, bitrate, packets and CRC check."""
+    with user_errors():
+        i = read_info(file)
+    h = i.header
+    length = "unknown" if i.num_samples == UNKNOWN_LENGTH else f"{i.num_samples} ({i.seconds:.3f} s)"
+    rows = [
+        ("model", f"{h.model_id} (weights {h.weights_hash.hex()})"),
+        ("sample rate", f"{h.original_rate} Hz (model {h.sample_rate} Hz)"),
+        ("channels", h.channels),
+        ("frame rate", f"{h.frame_rate:g} Hz"),
+        ("codebooks", f"{h.n_q} x {h.codebook_size} entries ({h.bits_per_code} bits)"),
+        ("samples", length),
+        ("bitrate", f"{i.actual_kbps:.3f} kbps actual, {h.kbps:g} kbps of codes"),
+        ("size", f"{i.bytes} bytes"),
+        ("packets", f"{i.packets} ({i.frames} frames, {h.packet_frames} per packet)"),
+        ("crc", "ok" if not i.damaged_packets and not i.truncated else
+         f"{i.damaged_packets} damaged packet(s)" + (", truncated" if i.truncated else "")),
+    ]
+    for key, value in rows:
+        typer.echo(f"{key:12s} {value}")
+    if i.damaged_packets or i.truncated:
+        raise typer.Exit(1)
+
+
+# Commands that live in their own modules (training, evaluation, streaming) register
+# themselves here: each module defines ``register(app)``.
+for _name in ("cli.train", "cli.evaluate", "cli.stream"):
+    try:
+        importlib.import_module(_name).register(app)
+    except ModuleNotFoundError as _exc:
+        if _exc.name != _name:
+            raise
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Reading, resampling and writing audio files (soundfile + soxr, no torchaudio)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .errors import CodecError
+
+
+class AudioError(CodecError):
+    """A user-facing problem with an audio file (missing, unreadable, empty)."""
+
+
+def read_audio(path: Path) -> tuple[np.ndarray, int]:
+    """Read any file soundfile understands.
+
+    Returns:
+        (wav, sample_rate) with wav float32 of shape ``[C, T]``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"input file not found: {path}")
+    if path.is_dir():
+        raise AudioError(f"input is a directory, not an audio file: {path}")
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:
+        raise AudioError(f"cannot read audio from {path}: {_short(exc)}") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"input has no audio samples: {path}")
+    return np.ascontiguousarray(data.T), int(sr)
+
+
+def to_rate(wav: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Resample ``[T]`` or ``[C, T]`` float32 audio with soxr (high quality)."""
+    if rate_in == rate_out:
+        return wav.astype(np.float32, copy=False)
+    if wav.ndim == 1:
+        return soxr.resample(wav, rate_in, rate_out, quality="HQ").astype(np.float32)
+    out = soxr.resample(wav.T, rate_in, rate_out, quality="HQ")
+    return np.ascontiguousarray(np.asarray(out, dtype=np.float32).reshape(-1, wav.shape[0]).T)
+
+
+def write_audio(path: Path, wav: np.ndarray, sample_rate: int) -> None:
+    """Write ``[C, T]`` float audio; format from the suffix (.wav is 16-bit PCM, .flac 16-bit)."""
+    path = Path(path)
+    fmt = {".wav": "WAV", ".flac": "FLAC"}.get(path.suffix.lower())
+    if fmt is None:
+        raise AudioError(f"unsupported output format {path.suffix!r}: use .wav or .flac")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        sf.write(str(tmp), np.clip(wav.T, -1.0, 1.0), sample_rate, format=fmt, subtype="PCM_16")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,100 @@
+"""Frozen configuration of a codec model, stored as JSON next to every set of weights."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .errors import CodecError
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Everything needed to rebuild a model's architecture.
+
+    Attributes:
+        sample_rate: model sample rate in Hz (audio is resampled to it).
+        channels: width of the first encoder stage; each downsampling doubles it.
+        ratios: encoder strides in order; the decoder uses them reversed.
+        latent_dim: dimension of the latent frames that are quantized.
+        dilations: dilations of the residual units in each block.
+        kernel_size: kernel of the first and last convolutions.
+        residual_kernel_size: kernel of the dilated convolution in each residual unit.
+        lstm_layers: causal LSTM layers after the encoder and before the decoder (0: none).
+        n_q: number of codebooks of the residual vector quantizer.
+        codebook_size: entries per codebook (a power of two).
+        codebook_dim: dimension of the low-dimensional L2-normalised codes.
+        bandwidths: the bitrates in kbps the model serves (each a whole number of codebooks).
+        name: model identifier written into `.rvq` headers.
+    """
+
+    sample_rate: int = 24000
+    channels: int = 32
+    ratios: tuple[int, ...] = (2, 4, 5, 8)
+    latent_dim: int = 128
+    dilations: tuple[int, ...] = (1, 3, 9)
+    kernel_size: int = 7
+    residual_kernel_size: int = 3
+    lstm_layers: int = 0
+    n_q: int = 32
+    codebook_size: int = 1024
+    codebook_dim: int = 8
+    bandwidths: tuple[float, ...] = (1.5, 3.0, 6.0, 12.0, 24.0)
+    name: str = "rvq24k"
+
+    def __post_init__(self) -> None:
+        if self.codebook_size & (self.codebook_size - 1):
+            raise ValueError("codebook_size must be a power of two")
+        for kbps in self.bandwidths:
+            n = kbps * 1000 / (self.frame_rate * self.bits_per_code)
+            if abs(n - round(n)) > 1e-6 or not 1 <= round(n) <= self.n_q:
+                raise ValueError(f"bandwidth {kbps} kbps is not a whole number of codebooks")
+
+    @property
+    def hop_length(self) -> int:
+        """Samples per latent frame (product of the strides)."""
+        hop = 1
+        for r in self.ratios:
+            hop *= r
+        return hop
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    @property
+    def bits_per_code(self) -> int:
+        return self.codebook_size.bit_length() - 1
+
+    def kbps(self, n_q: int) -> float:
+        """Bitrate of ``n_q`` codebooks: frame_rate * n_q * log2(codebook_size) / 1000."""
+        return self.frame_rate * n_q * self.bits_per_code / 1000
+
+    @property
+    def valid_n_q(self) -> tuple[int, ...]:
+        """Codebook counts of the served bandwidths, ascending."""
+        return tuple(sorted(self.n_q_for_kbps(b) for b in self.bandwidths))
+
+    def n_q_for_kbps(self, kbps: float) -> int:
+        """Codebooks for a served bitrate; ValueError listing the valid values otherwise."""
+        for b in self.bandwidths:
+            if abs(b - float(kbps)) < 1e-6:
+                return round(b * 1000 / (self.frame_rate * self.bits_per_code))
+        valid = ", ".join(f"{b:g}" for b in sorted(self.bandwidths))
+        raise CodecError(f"unsupported bitrate {kbps:g} kbps; valid values: {valid}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CodecConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**kwargs)

@@ -1,0 +1,5 @@
+"""User-facing errors: the CLI prints their message on one line and exits non-zero."""
+
+
+class CodecError(ValueError):
+    """Base class of every error caused by user input (files, options, models)."""

@@ -1,0 +1,125 @@
+"""The codec: causal encoder + residual vector quantizer + decoder."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .config import CodecConfig
+from .quantizer import QuantizerOutput, ResidualVectorQuantizer
+from .seanet import Decoder, Encoder
+from .streaming import streaming
+
+
+@dataclass
+class CodecOutput:
+    """Training forward pass: reconstruction ``audio`` ``[B, 1, T]`` and the quantizer's output."""
+
+    audio: Tensor
+    quantized: QuantizerOutput
+
+
+class Codec(nn.Module):
+    """Neural audio codec. Audio at ``cfg.sample_rate``, channels coded independently.
+
+    ``encode``: ``[B, C, T]`` -> codes ``[B, C, K, F]``; ``decode``: codes -> ``[B, C, F * hop]``.
+    Inside ``with model.streaming():`` both keep state between calls: ``encode`` returns the
+    frames completed by each chunk, and :meth:`flush` pads the last partial frame with zeros.
+    """
+
+    def __init__(self, cfg: CodecConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.quantizer = ResidualVectorQuantizer(cfg.latent_dim, cfg.n_q, cfg.codebook_size, cfg.codebook_dim)
+        self.decoder = Decoder(cfg)
+        self._pending: int | None = None  # samples fed modulo hop, while streaming
+
+    # Derived properties -------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return self.cfg.sample_rate
+
+    @property
+    def hop_length(self) -> int:
+        return self.cfg.hop_length
+
+    @property
+    def frame_rate(self) -> float:
+        return self.cfg.frame_rate
+
+    @property
+    def is_streaming(self) -> bool:
+        return self._pending is not None
+
+    def n_q_for(self, kbps: float | None = None, n_q: int | None = None) -> int:
+        """Resolve a bitrate or explicit codebook count (default: the largest bandwidth)."""
+        if n_q is not None:
+            if not 1 <= n_q <= self.cfg.n_q:
+                raise ValueError(f"n_q must be in 1..{self.cfg.n_q}, got {n_q}")
+            return n_q
+        return self.cfg.n_q_for_kbps(max(self.cfg.bandwidths) if kbps is None else kbps)
+
+    # Training -----------------------------------------------------------------------
+    def forward(self, x: Tensor, n_q: Tensor) -> CodecOutput:
+        """``x``: ``[B, 1, T]`` with T a multiple of hop; ``n_q``: active codebooks ``[B]``."""
+        z = self.encoder(x)
+        q = self.quantizer(z, n_q)
+        return CodecOutput(self.decoder(q.x), q)
+
+    # Inference ----------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, wav: Tensor, kbps: float | None = None, n_q: int | None = None) -> Tensor:
+        """``[B, C, T]`` -> codes ``[B, C, K, F]`` (int64).
+
+        Offline, T is padded with zeros to whole frames. While streaming, only the frames
+        completed so far are returned; the rest waits for the next chunk or :meth:`flush`.
+        """
+        k = self.n_q_for(kbps, n_q)
+        if wav.dim() != 3:
+            raise ValueError(f"expected audio [B, C, T], got shape {tuple(wav.shape)}")
+        b, c, t = wav.shape
+        x = wav.reshape(b * c, 1, t).float()
+        if self._pending is None:
+            x = F.pad(x, (0, -t % self.hop_length))
+        else:
+            self._pending = (self._pending + t) % self.hop_length
+        z = self.encoder(x)
+        codes = self.quantizer.encode(z, k)
+        return codes.reshape(b, c, k, -1)
+
+    @torch.no_grad()
+    def flush(self, batch: int, channels: int, kbps: float | None = None, n_q: int | None = None) -> Tensor:
+        """Streaming only: complete the last partial frame with zeros. -> ``[B, C, K, 0 or 1]``."""
+        if self._pending is None:
+            raise RuntimeError("flush() is only meaningful inside model.streaming()")
+        missing = -self._pending % self.hop_length
+        pad = torch.zeros(batch, channels, missing)
+        return self.encode(pad, kbps=kbps, n_q=n_q)
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor, length: int | None = None) -> Tensor:
+        """codes ``[B, C, K, F]`` -> audio ``[B, C, F * hop]`` (or the first ``length`` samples)."""
+        if codes.dim() != 4:
+            raise ValueError(f"expected codes [B, C, K, F], got shape {tuple(codes.shape)}")
+        b, c, k, f = codes.shape
+        z = self.quantizer.decode(codes.reshape(b * c, k, f).long())
+        audio = self.decoder(z).reshape(b, c, -1)
+        return audio if length is None else audio[..., :length]
+
+    @contextlib.contextmanager
+    def streaming(self) -> Iterator["Codec"]:
+        """Keep encoder and decoder state between calls (see class docstring)."""
+        if self._pending is not None:
+            raise RuntimeError("model is already streaming")
+        self._pending = 0
+        try:
+            with streaming(self.encoder), streaming(self.decoder):
+                yield self
+        finally:
+            self._pending = None

@@ -1,0 +1,138 @@
+"""Causal convolutions with explicit streaming state.
+
+Every layer runs the same code offline and in streaming mode: offline is simply a fresh
+state (zeros as left context) that is thrown away after the call. Inside
+``with streaming(module):`` the state survives between calls, so feeding a signal in
+chunks of any size yields the same output as feeding it whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass
+class ConvState:
+    """Input samples not yet consumed by a convolution (left context + incomplete stride)."""
+
+    buffer: torch.Tensor  # [B, C_in, L]
+
+
+@dataclass
+class ConvTransposeState:
+    """Overlapping tail of a transposed convolution still waiting for the next frame."""
+
+    partial: torch.Tensor  # [B, C_out, kernel - stride]
+
+
+class StreamingModule(nn.Module):
+    """Base class: holds ``state`` while streaming, ``None`` otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streaming_on = False
+        self.state: ConvState | ConvTransposeState | None = None
+
+    def reset_state(self) -> None:
+        self.state = None
+
+
+@contextlib.contextmanager
+def streaming(module: nn.Module) -> Iterator[None]:
+    """Keep the streaming state of every layer of ``module`` between calls."""
+    layers = [m for m in module.modules() if isinstance(m, StreamingModule)]
+    for m in layers:
+        m.streaming_on, m.state = True, None
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.streaming_on, m.state = False, None
+
+
+class CausalConv1d(StreamingModule):
+    """Conv1d that only looks back: output frame t depends on inputs up to (t+1)*stride-1.
+
+    Shapes: ``[B, C_in, T] -> [B, C_out, T // stride]`` offline, where T is a multiple of
+    the stride; in streaming mode every complete stride of input gives one output.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, dilation: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(c_in, c_out, kernel, stride=stride, dilation=dilation)
+        self.stride = stride
+        self.span = (kernel - 1) * dilation + 1
+        self.context = self.span - stride  # left context kept between calls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = self.state if self.streaming_on else None
+        if state is None:
+            prev = x.new_zeros(x.shape[0], x.shape[1], self.context)
+        else:
+            prev = state.buffer
+        inp = torch.cat([prev, x], dim=-1)
+        n_out = max(0, (inp.shape[-1] - self.span) // self.stride + 1)
+        if n_out > 0:
+            y = self.conv(inp[..., : (n_out - 1) * self.stride + self.span])
+        else:
+            y = x.new_zeros(x.shape[0], self.conv.out_channels, 0)
+        if self.streaming_on:
+            self.state = ConvState(inp[..., n_out * self.stride :])
+        return y
+
+
+class CausalConvTranspose1d(StreamingModule):
+    """Transposed conv emitting exactly ``stride`` samples per input frame, no look-ahead.
+
+    The last ``kernel - stride`` samples of each call are incomplete (the next frame adds to
+    them) and are carried over. Shapes: ``[B, C_in, T] -> [B, C_out, T * stride]``.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        if kernel < stride:
+            raise ValueError("kernel must be at least the stride")
+        self.conv = nn.ConvTranspose1d(c_in, c_out, kernel, stride=stride)
+        self.stride = stride
+        self.overlap = kernel - stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t = x.shape[0], x.shape[-1]
+        state = self.state if self.streaming_on else None
+        if state is None:
+            partial = x.new_zeros(b, self.conv.out_channels, self.overlap)
+        else:
+            partial = state.partial
+        if t == 0:
+            return x.new_zeros(b, self.conv.out_channels, 0)
+        # Bias is added once, on emitted samples, so carried overlaps don't count it twice.
+        y = F.conv_transpose1d(x, self.conv.weight, None, stride=self.stride)
+        if self.overlap:
+            y = torch.cat([y[..., : self.overlap] + partial, y[..., self.overlap :]], dim=-1)
+        out = y[..., : t * self.stride] + self.conv.bias[:, None]
+        if self.streaming_on:
+            self.state = ConvTransposeState(y[..., t * self.stride :])
+        return out
+
+
+class CausalLSTM(StreamingModule):
+    """Unidirectional LSTM with a skip connection; the state is (h, c). ``[B, C, T] -> [B, C, T]``."""
+
+    def __init__(self, dim: int, layers: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(dim, dim, layers, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == 0:
+            return x
+        hc = self.state if self.streaming_on else None
+        y, new_hc = self.lstm(x.transpose(1, 2), hc)
+        if self.streaming_on:
+            self.state = new_hc  # type: ignore[assignment]
+        return y.transpose(1, 2) + x

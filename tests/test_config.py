@@ -1,0 +1,37 @@
+"""Bitrate mapping and config round trips."""
+
+from __future__ import annotations
+
+import pytest
+
+from codec import CodecConfig, CodecError
+
+
+def test_kbps_mapping_of_the_default_config():
+    cfg = CodecConfig()
+    assert cfg.frame_rate == 75.0 and cfg.hop_length == 320
+    expected = {1.5: 2, 3: 4, 6: 8, 12: 16, 24: 32}
+    for kbps, n_q in expected.items():
+        assert cfg.n_q_for_kbps(kbps) == n_q
+        assert cfg.kbps(n_q) == pytest.approx(kbps)
+
+
+@pytest.mark.parametrize("bad", [5, 0, 7.5, 48, -6])
+def test_unsupported_kbps_lists_valid_values(bad):
+    with pytest.raises(CodecError) as err:
+        CodecConfig().n_q_for_kbps(bad)
+    assert "1.5, 3, 6, 12, 24" in str(err.value)
+
+
+def test_bandwidth_that_is_not_whole_codebooks_is_rejected():
+    with pytest.raises(ValueError):
+        CodecConfig(bandwidths=(1.0,))
+
+
+def test_json_round_trip():
+    cfg = CodecConfig(channels=8, ratios=(2, 4), bandwidths=(30.0,), n_q=4, name="x")
+    import json
+
+    assert CodecConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    with pytest.raises(ValueError):
+        CodecConfig.from_dict({"nonsense": 1})

@@ -1,0 +1,86 @@
+"""Streaming equals offline, whatever the chunk sizes; causality."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SMALL, TINY, make_model
+
+
+def chunked_encode(model, wav, n_q, rng):
+    parts, i = [], 0
+    with model.streaming():
+        while i < wav.shape[-1]:
+            n = int(rng.integers(1, 900))
+            parts.append(model.encode(wav[..., i : i + n], n_q=n_q))
+            i += n
+        parts.append(model.flush(wav.shape[0], wav.shape[1], n_q=n_q))
+    return torch.cat(parts, dim=-1)
+
+
+def chunked_decode(model, codes, rng):
+    parts, i = [], 0
+    with model.streaming():
+        while i < codes.shape[-1]:
+            n = int(rng.integers(1, 7))
+            parts.append(model.decode(codes[..., i : i + n]))
+            i += n
+    return torch.cat(parts, dim=-1)
+
+
+@pytest.mark.parametrize("cfg", [SMALL, TINY, dataclasses.replace(TINY, lstm_layers=1)], ids=["small", "tiny", "lstm"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_streaming_equals_offline(cfg, seed):
+    model = make_model(cfg, seed)
+    rng = np.random.default_rng(seed)
+    wav = torch.randn(2, 2, int(rng.integers(3000, 9000))) * 0.3
+    n_q = cfg.n_q
+    offline = model.encode(wav, n_q=n_q)
+    streamed = chunked_encode(model, wav, n_q, rng)
+    assert streamed.shape == offline.shape
+    assert torch.equal(streamed, offline)
+    audio = model.decode(offline)
+    audio_streamed = chunked_decode(model, offline, rng)
+    assert audio_streamed.shape == audio.shape
+    assert (audio_streamed - audio).abs().max().item() < 1e-5
+
+
+def test_streaming_state_is_reset_between_sessions():
+    model = make_model(TINY)
+    wav = torch.randn(1, 1, 400)
+    with model.streaming():
+        first = model.encode(wav, n_q=2)
+    with model.streaming():
+        second = model.encode(wav, n_q=2)
+    assert torch.equal(first, second)
+    assert not model.is_streaming
+
+
+def test_appending_samples_never_changes_earlier_codes():
+    model = make_model(SMALL, 3)
+    wav = torch.randn(1, 1, 320 * 20) * 0.3
+    full = model.encode(wav, n_q=8)
+    for cut in (320 * 5, 320 * 11, 320 * 17):
+        prefix = model.encode(wav[..., :cut], n_q=8)
+        assert torch.equal(prefix, full[..., : prefix.shape[-1]])
+
+
+def test_output_before_a_frame_is_complete_is_empty():
+    """Algorithmic latency is one frame: no code is emitted before hop samples arrived."""
+    model = make_model(SMALL)
+    with model.streaming():
+        early = model.encode(torch.randn(1, 1, SMALL.hop_length - 1), n_q=2)
+        late = model.encode(torch.randn(1, 1, 1), n_q=2)
+    assert early.shape[-1] == 0 and late.shape[-1] == 1
+
+
+def test_decoder_emits_hop_samples_per_frame():
+    model = make_model(SMALL)
+    codes = torch.randint(0, 1024, (1, 1, 4, 3))
+    with model.streaming():
+        out = model.decode(codes[..., :1])
+    assert out.shape[-1] == SMALL.hop_length
