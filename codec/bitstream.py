@@ -18,6 +18,7 @@ length is known stores ``UNKNOWN_LENGTH`` there and appends an ``end`` record.
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ UNKNOWN_LENGTH = 2**64 - 1
 _FIXED = struct.Struct("<IIBfHBQH")  # sample_rate .. packet_frames
 _PACKET_HEAD = struct.Struct("<BHB")
 _END = struct.Struct("<BQ")
+_CRC = struct.Struct("<I")
+READ_BYTES = 1 << 16
+MAX_RESYNC_BYTES = 1 << 16  # garbage held while looking for the next valid record
 
 
 class BitstreamError(CodecError):
@@ -80,15 +84,9 @@ class Header:
 
 def read_header(f: BinaryIO) -> Header:
     head = f.read(6)
-    if len(head) < 4 or head[:4] != MAGIC:
-        raise BitstreamError("not an .rvq file (wrong magic bytes)")
+    _check_prefix(head.ljust(4, b"\0"))  # a file too short for the magic is no .rvq file either
     if len(head) < 6:
         raise BitstreamError("truncated .rvq header")
-    if head[4] != VERSION:
-        raise BitstreamError(
-            f".rvq format version {head[4]} is not supported by this rvqcodec (it reads version {VERSION}); "
-            "upgrade rvqcodec"
-        )
     rest = f.read(head[5] + 8 + _FIXED.size + 4)
     if len(rest) < head[5] + 8 + _FIXED.size + 4:
         raise BitstreamError("truncated .rvq header")
@@ -102,9 +100,30 @@ def read_header(f: BinaryIO) -> Header:
         raise BitstreamError("corrupt .rvq header (model id)") from None
     fields = _FIXED.unpack(rest[n + 8 : n + 8 + _FIXED.size])
     header = Header(model_id, rest[n : n + 8], *fields)
-    if header.codebook_size < 2 or header.codebook_size & (header.codebook_size - 1) or not header.channels:
+    if header.codebook_size < 2 or header.codebook_size & (header.codebook_size - 1) or not header.channels \
+            or not header.n_q or not header.packet_frames:
         raise BitstreamError("corrupt .rvq header (impossible field values)")
     return header
+
+
+def parse_header(data: bytes) -> tuple[Header, int] | None:
+    """The header at the start of a stream's first bytes and its size; None until all of it
+    has arrived (a wrong magic or version is refused as soon as it shows)."""
+    _check_prefix(data[:6])
+    size = 6 + data[5] + 8 + _FIXED.size + 4 if len(data) >= 6 else None
+    if size is None or len(data) < size:
+        return None
+    return read_header(io.BytesIO(bytes(data[:size]))), size
+
+
+def _check_prefix(head: bytes) -> None:
+    if head[:4] != MAGIC[: len(head[:4])]:
+        raise BitstreamError("not an .rvq file (wrong magic bytes)")
+    if len(head) >= 5 and head[4] != VERSION:
+        raise BitstreamError(
+            f".rvq format version {head[4]} is not supported by this rvqcodec (it reads version {VERSION}); "
+            "upgrade rvqcodec"
+        )
 
 
 def payload_bytes(n_codes: int, bits: int) -> int:
@@ -140,7 +159,8 @@ def encode_end(num_samples: int) -> bytes:
 
 @dataclass
 class Packet:
-    """A parsed packet: ``codes`` ``[F, C, K]``, or ``None`` when it was damaged."""
+    """A parsed packet: ``codes`` ``[F, C, K]``, or ``None`` when it was damaged or lost, and
+    then ``frames`` is the number of frames it is believed to have held."""
 
     index: int
     frames: int
@@ -148,52 +168,155 @@ class Packet:
     error: str | None = None
 
 
-def iter_packets(f: BinaryIO, header: Header, strict: bool = True) -> Iterator[Packet]:
-    """Yield packets in order; an ``end`` record sets ``header``-independent length via ``.frames=-n``.
+@dataclass(frozen=True)
+class End:
+    """The ``end`` record of a stream written before its length was known."""
+
+    num_samples: int
+
+
+class PacketParser:
+    """Packets from bytes fed as they arrive: from a file, a pipe or a socket.
+
+    ``strict``: the first damaged or truncated record raises :class:`BitstreamError`.
+    Otherwise a record is trusted only when its CRC matches, and after damage the parser
+    resynchronises on the next offset where a valid record starts. The skipped bytes come
+    out as one damaged :class:`Packet` (``codes=None``) whose frame count is inferred from
+    their length: one packet's frames when they are exactly one packet long (damage in
+    place), otherwise as many full packets as they would span (bytes lost). A packet removed
+    whole leaves no trace in the framing (version-1 packets carry no sequence number); only
+    the stream's length can reveal it. Bytes after the end record are ignored.
+    """
+
+    def __init__(self, header: Header, strict: bool = True) -> None:
+        self.header, self.strict = header, strict
+        self.index = 0  # packets seen so far, damaged ones included
+        self.ended = False  # end record seen
+        self.truncated = False  # the stream stopped inside a record
+        self._buf = bytearray()
+        self._scan = 1  # while resynchronising: next offset to try
+
+    def feed(self, data: bytes) -> list[Packet | End]:
+        """Records completed by ``data``; incomplete ones wait for the next call."""
+        if not self.ended:
+            self._buf += data
+        return self._parse(eof=False)
+
+    def close(self) -> list[Packet | End]:
+        """End of input: the records still buffered (a truncated tail is dropped or raised)."""
+        return self._parse(eof=True)
+
+    def _parse(self, eof: bool) -> list[Packet | End]:
+        out: list[Packet | End] = []
+        while self._buf and not self.ended:
+            size, reason = self._record_at(0)
+            if size > 0:
+                out.append(self._take(size))
+                continue
+            if size < 0 and not eof:
+                break  # the rest of the record has not arrived yet
+            if self.strict:
+                raise BitstreamError(self._message(reason))
+            if size < 0:
+                self.truncated = True
+                self._buf.clear()
+                break
+            skipped = self._resync(eof)
+            if skipped is None:
+                break
+            out.append(self._damaged(skipped, reason))
+        return out
+
+    def _record_at(self, q: int) -> tuple[int, str]:
+        """Size of the valid record at offset ``q``; 0 if none starts there, -1 if more bytes are
+        needed to tell. Also why it is not valid."""
+        buf, h = self._buf, self.header
+        if buf[q] == END_SYNC:
+            n = _END.size + 4
+            if len(buf) - q < n:
+                return -1, "end"
+            return (n, "") if zlib.crc32(buf[q : q + n - 4]) == _CRC.unpack_from(buf, q + n - 4)[0] else (0, "end")
+        if len(buf) - q < _PACKET_HEAD.size:
+            return -1, "incomplete"
+        sync, frames, n_q = _PACKET_HEAD.unpack_from(buf, q)
+        if sync != PACKET_SYNC or n_q != h.n_q or not 1 <= frames <= h.packet_frames:
+            return 0, "header"
+        n = h.packet_size(frames)
+        if len(buf) - q < n:
+            return -1, "incomplete"
+        return (n, "") if zlib.crc32(buf[q : q + n - 4]) == _CRC.unpack_from(buf, q + n - 4)[0] else (0, "crc")
+
+    def _message(self, reason: str) -> str:
+        return {
+            "end": "corrupt or truncated end record",
+            "incomplete": f"truncated .rvq file: packet {self.index} is incomplete",
+            "header": f"corrupt .rvq file: packet {self.index} has a damaged header",
+            "crc": f"corrupt .rvq file: CRC mismatch in packet {self.index}",
+        }[reason]
+
+    def _take(self, size: int) -> Packet | End:
+        rec = bytes(self._buf[:size])
+        del self._buf[:size]
+        if rec[0] == END_SYNC:
+            self.ended = True
+            self._buf.clear()
+            return End(_END.unpack_from(rec)[1])
+        h = self.header
+        frames = _PACKET_HEAD.unpack_from(rec)[1]
+        codes = unpack_codes(rec[_PACKET_HEAD.size : -4], frames * h.channels * h.n_q, h.bits_per_code)
+        self.index += 1
+        return Packet(self.index - 1, frames, codes.reshape(frames, h.channels, h.n_q))
+
+    def _resync(self, eof: bool) -> int | None:
+        """Offset of the next valid record (the bytes before it are damage), or None to wait."""
+        buf, q = self._buf, self._scan
+        while q < len(buf):
+            hits = [i for i in (buf.find(PACKET_SYNC, q), buf.find(END_SYNC, q)) if i >= 0]
+            if not hits:
+                break
+            q = min(hits)
+            size, _ = self._record_at(q)
+            if size > 0:
+                return q
+            if size < 0 and not eof:
+                self._scan = q  # a candidate whose end has not arrived yet
+                return None
+            q += 1
+        if eof:
+            return len(buf)
+        # Nothing valid yet: bound the memory held by dropping all but a packet's worth.
+        keep = self.header.packet_size(self.header.packet_frames)
+        if len(buf) > MAX_RESYNC_BYTES + keep:
+            return len(buf) - keep
+        self._scan = max(1, len(buf))
+        return None
+
+    def _damaged(self, skipped: int, reason: str) -> Packet:
+        """Drop the ``skipped`` damaged bytes; the packet they stand for."""
+        h = self.header
+        del self._buf[:skipped]
+        self._scan = 1
+        if reason == "end" and skipped == _END.size + 4:
+            return Packet(self.index, 0, None, "corrupt end record")  # no frames were in it
+        exact = [f for f in range(h.packet_frames, 0, -1) if h.packet_size(f) == skipped]
+        packets = 1 if exact else -(-skipped // h.packet_size(h.packet_frames))
+        frames = exact[0] if exact else packets * h.packet_frames
+        self.index += packets
+        why = "CRC mismatch" if reason == "crc" and exact else "damaged or missing bytes"
+        return Packet(self.index - packets, frames, None, why)
+
+
+def iter_packets(f: BinaryIO, header: Header, strict: bool = True) -> Iterator[Packet | End]:
+    """Records of ``f`` after its header, in order: packets, then the end record if any.
 
     ``strict``: raise :class:`BitstreamError` on the first damaged or truncated packet.
-    Otherwise damaged packets are yielded with ``codes=None`` (their frame count if readable,
-    else ``packet_frames``) and a truncated tail ends the iteration.
+    Otherwise see :class:`PacketParser`: damaged packets come with ``codes=None`` and a
+    truncated tail ends the iteration.
     """
-    bits, index = header.bits_per_code, 0
-    while True:
-        head = f.read(_PACKET_HEAD.size)
-        if not head:
+    parser = PacketParser(header, strict)
+    read = getattr(f, "read1", f.read)  # whatever is available: a pipe need not fill a block
+    while not parser.ended:
+        data = read(READ_BYTES)
+        yield from parser.feed(data) if data else parser.close()
+        if not data:
             return
-        if head[0] == END_SYNC:
-            rest = f.read(_END.size - len(head) + 4)
-            rec = head + rest
-            if len(rec) < _END.size + 4 or zlib.crc32(rec[:-4]) != struct.unpack("<I", rec[-4:])[0]:
-                if strict:
-                    raise BitstreamError("corrupt or truncated end record")
-                return
-            yield Packet(index, -_END.unpack(rec[: _END.size])[1], None)
-            return
-        if len(head) < _PACKET_HEAD.size:
-            if strict:
-                raise BitstreamError(f"truncated .rvq file: packet {index} is incomplete")
-            return
-        sync, frames, n_q = _PACKET_HEAD.unpack(head)
-        if sync != PACKET_SYNC or n_q != header.n_q or frames > header.packet_frames or frames == 0:
-            if strict:
-                raise BitstreamError(f"corrupt .rvq file: packet {index} has a damaged header")
-            # Framing lost: assume a full packet so that later packets stay aligned.
-            frames, size_ok = header.packet_frames, False
-        else:
-            size_ok = True
-        size = header.packet_size(frames) - _PACKET_HEAD.size
-        rest = f.read(size)
-        if len(rest) < size:
-            if strict:
-                raise BitstreamError(f"truncated .rvq file: packet {index} is incomplete")
-            return
-        body, crc = head + rest[:-4], struct.unpack("<I", rest[-4:])[0]
-        if not size_ok or zlib.crc32(body) != crc:
-            if strict:
-                raise BitstreamError(f"corrupt .rvq file: CRC mismatch in packet {index}")
-            yield Packet(index, frames, None, "CRC mismatch")
-        else:
-            n_codes = frames * header.channels * header.n_q
-            codes = unpack_codes(body[_PACKET_HEAD.size :], n_codes, bits)
-            yield Packet(index, frames, codes.reshape(frames, header.channels, header.n_q))
-        index += 1

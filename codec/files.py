@@ -12,21 +12,21 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Iterator
 
 import numpy as np
 import soundfile as sf
-import soxr
-import torch
 from tqdm import tqdm
 
 from .audio_io import AudioError
-from .bitstream import UNKNOWN_LENGTH, BitstreamError, Header, encode_packet, iter_packets, read_header
+from .bitstream import UNKNOWN_LENGTH, End, Header, iter_packets, read_header
 from .errors import CodecError
 from .model import Codec
-from .weights import REGISTRY, fingerprint, load
+from .stream import StreamDecoder, StreamEncoder, expected_frames, resolve_model
 
 BLOCK_SECONDS = 1.0
+READ_BYTES = 1 << 13
+DECODE_BLOCK_FRAMES = 75  # frames per decoder call, whatever the file's packet size
 PROGRESS_MIN_SECONDS = 10.0
 
 
@@ -67,13 +67,7 @@ class FileInfo:
 @contextmanager
 def atomic_output(path: Path, force: bool) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it into place only on success."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise CodecError(f"output file exists: {path} (use --force to overwrite)")
-    if path.exists() and path.is_dir():
-        raise CodecError(f"output is a directory: {path}")
-    if not path.parent.exists():
-        raise CodecError(f"output folder does not exist: {path.parent}")
+    path = check_output(path, force)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         yield tmp
@@ -83,7 +77,20 @@ def atomic_output(path: Path, force: bool) -> Iterator[Path]:
             tmp.unlink()
 
 
-def _open_input(path: Path) -> sf.SoundFile:
+def check_output(path: Path, force: bool) -> Path:
+    """Refuse an output path that cannot be written (before any work is done)."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise CodecError(f"output file exists: {path} (use --force to overwrite)")
+    if path.exists() and path.is_dir():
+        raise CodecError(f"output is a directory: {path}")
+    if not path.parent.exists():
+        raise CodecError(f"output folder does not exist: {path.parent}")
+    return path
+
+
+def open_audio(path: Path) -> sf.SoundFile:
+    """An audio file for block reading; one-line errors for missing, unreadable or empty files."""
     path = Path(path)
     if not path.exists():
         raise AudioError(f"input file not found: {path}")
@@ -99,44 +106,10 @@ def _open_input(path: Path) -> sf.SoundFile:
     return f
 
 
-def _resolve(model: Codec | str | Path | None) -> Codec:
-    return model if isinstance(model, Codec) else load(model)
-
-
 def _progress(total: int, rate: int, quiet: bool, what: str) -> tqdm:
     show = not quiet and total / rate > PROGRESS_MIN_SECONDS
     return tqdm(total=round(total / rate, 1), unit="s", desc=what, disable=not show, leave=False,
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
-
-
-class PacketWriter:
-    """Collects frames ``[F, C, K]`` and writes full packets as soon as they are complete."""
-
-    def __init__(self, out: BinaryIO, header: Header) -> None:
-        self.out, self.header = out, header
-        self.pending: list[np.ndarray] = []
-        self.count = 0
-        self.frames = 0
-
-    def add(self, codes: torch.Tensor) -> None:
-        """codes ``[1, C, K, F]`` from the model."""
-        if codes.shape[-1] == 0:
-            return
-        self.pending.append(codes[0].permute(2, 0, 1).numpy())
-        self.count += codes.shape[-1]
-        while self.count >= self.header.packet_frames:
-            self._emit(self.header.packet_frames)
-
-    def finish(self) -> None:
-        if self.count:
-            self._emit(self.count)
-
-    def _emit(self, n: int) -> None:
-        block = np.concatenate(self.pending, axis=0)
-        self.out.write(encode_packet(block[:n], self.header.bits_per_code))
-        self.frames += n
-        rest = block[n:]
-        self.pending, self.count = ([rest] if len(rest) else []), len(rest)
 
 
 def compress_file(
@@ -144,68 +117,56 @@ def compress_file(
     force: bool = False, quiet: bool = True, packet_frames: int = 75,
 ) -> CompressResult:
     """Encode an audio file (any rate, any channel count) into a ``.rvq`` file."""
-    codec = _resolve(model)
-    n_q = codec.n_q_for(kbps)
-    with _open_input(Path(input)) as src, atomic_output(Path(output), force) as tmp:
+    codec = resolve_model(model)
+    with open_audio(Path(input)) as src, atomic_output(Path(output), force) as tmp:
         rate, channels, total = src.samplerate, src.channels, src.frames
-        if channels > 255:
-            raise AudioError(f"too many channels ({channels})")
-        header = Header(codec.cfg.name, fingerprint(codec)[:8], codec.sample_rate, rate, channels,
-                        codec.frame_rate, codec.cfg.codebook_size, n_q, total, packet_frames)
-        resampler = soxr.ResampleStream(rate, codec.sample_rate, channels, dtype="float32", quality="HQ")
-        block = max(1, int(rate * BLOCK_SECONDS))
-        with open(tmp, "wb") as out, codec.streaming(), _progress(total, rate, quiet, "compress") as bar:
-            out.write(header.encode())
-            writer = PacketWriter(out, header)
+        encoder = StreamEncoder(codec, rate, channels, kbps, packet_frames, num_samples=total)
+        with open(tmp, "wb") as out, encoder, _progress(total, rate, quiet, "compress") as bar:
+            out.write(encoder.header.encode())
             try:
-                for x in src.blocks(blocksize=block, dtype="float32", always_2d=True):
-                    y = resampler.resample_chunk(x, last=False)
-                    writer.add(codec.encode(torch.from_numpy(y.T.copy())[None], n_q=n_q))
+                for x in src.blocks(blocksize=max(1, int(rate * BLOCK_SECONDS)), dtype="float32", always_2d=True):
+                    out.write(encoder.push(x))
                     bar.update(round(len(x) / rate, 1))
             except sf.LibsndfileError as exc:
                 raise AudioError(f"cannot decode {input}: {exc}") from None
-            y = resampler.resample_chunk(np.zeros((0, channels), np.float32), last=True)
-            writer.add(codec.encode(torch.from_numpy(y.T.copy())[None], n_q=n_q))
-            writer.add(codec.flush(1, channels, n_q=n_q))
-            writer.finish()
+            out.write(encoder.finish())
         size = tmp.stat().st_size
-    return CompressResult(Path(output), total / rate, size, writer.frames, channels, header.kbps)
-
-
-def model_for(header: Header, model: Codec | str | Path | None = None) -> Codec:
-    """The model that made a file: the one given, or the built-in one named in the header."""
-    if model is None:
-        if header.model_id not in REGISTRY:
-            raise CodecError(
-                f"file was made by model {header.model_id!r}, which is not built in; pass --model PATH"
-            )
-        model = header.model_id
-    codec = _resolve(model)
-    if fingerprint(codec)[:8] != header.weights_hash:
-        raise CodecError(
-            f"file was made by model {header.model_id!r} with weights {header.weights_hash.hex()}, "
-            f"not by the weights given ({codec.cfg.name}, {fingerprint(codec)[:8].hex()})"
-        )
-    if (codec.sample_rate, codec.cfg.codebook_size) != (header.sample_rate, header.codebook_size) \
-            or header.n_q > codec.cfg.n_q:
-        raise CodecError("file's stream parameters do not match the model")
-    return codec
+    return CompressResult(Path(output), total / rate, size, encoder.frames, channels, encoder.header.kbps)
 
 
 class TrimmingWriter:
-    """Writes ``[T, C]`` blocks, keeping exactly ``length`` samples (padding with zeros)."""
+    """Writes ``[T, C]`` blocks to ``out`` (anything with ``write([T, C])``), keeping exactly
+    ``length`` samples (padding with zeros).
 
-    def __init__(self, out: sf.SoundFile, length: int) -> None:
-        self.out, self.length, self.written = out, length, 0
+    While the length is unknown (a stream whose end record has not arrived) the last
+    ``holdback`` samples are held back, so that the encoder's padding can still be cut once
+    :meth:`finish` learns the length. Live outputs use no holdback: they must not wait.
+    """
+
+    def __init__(self, out: sf.SoundFile, length: int | None, holdback: int = 0) -> None:
+        self.out, self.length, self.holdback, self.written = out, length, holdback, 0
+        self.held: np.ndarray | None = None
 
     def write(self, y: np.ndarray) -> None:
-        keep = y[: max(0, self.length - self.written)]
+        if not len(y):
+            return
+        if self.length is None:
+            if self.held is not None:
+                y = np.concatenate([self.held, y])
+            cut = max(0, len(y) - self.holdback)
+            y, self.held = y[:cut], y[cut:]
+        keep = y if self.length is None else y[: max(0, self.length - self.written)]
         if len(keep):
             self.out.write(np.clip(keep, -1.0, 1.0))
             self.written += len(keep)
 
-    def finish(self, channels: int) -> None:
-        if self.written < self.length:
+    def finish(self, channels: int, length: int | None = None) -> None:
+        """Write what is held back, cut or padded to ``length`` (if the length is now known)."""
+        if self.length is None:
+            held, self.held, self.length, self.holdback = self.held, None, length, 0
+            if held is not None:
+                self.write(held)
+        if self.length is not None and self.written < self.length:
             self.out.write(np.zeros((self.length - self.written, channels), np.float32))
             self.written = self.length
 
@@ -213,34 +174,50 @@ class TrimmingWriter:
 def decompress_file(
     input: Path, output: Path, model: Codec | str | Path | None = None, force: bool = False, quiet: bool = True,
 ) -> Path:
-    """Decode a ``.rvq`` file to WAV or FLAC (from the suffix) at its original rate and length."""
+    """Decode a ``.rvq`` file to WAV or FLAC (from the suffix) at its original rate and length.
+
+    Streams written before their length was known (``rvqcodec stream encode``) are cut to the
+    length in their end record. The output is the same whatever the file's packet size.
+    """
     input, output = Path(input), Path(output)
-    fmt = {".wav": "WAV", ".flac": "FLAC"}.get(output.suffix.lower())
-    if fmt is None:
-        raise CodecError(f"unsupported output format {output.suffix!r}: use .wav or .flac")
+    fmt = audio_format(output)
     if not input.exists() or input.is_dir():
         raise CodecError(f"input file not found: {input}")
-    with open(input, "rb") as f:
+    with open(input, "rb") as f, StreamDecoder(model, strict=True, block_frames=DECODE_BLOCK_FRAMES) as decoder:
         header = read_header(f)
-        if header.num_samples == UNKNOWN_LENGTH:
-            raise BitstreamError("stream without a known length: decode it with `rvqcodec stream decode`")
-        codec = model_for(header, model)
+        decoder.start(header)
         rate, channels = header.original_rate, header.channels
-        resampler = soxr.ResampleStream(codec.sample_rate, rate, channels, dtype="float32", quality="HQ")
+        length = None if header.num_samples == UNKNOWN_LENGTH else header.num_samples
+        total = _estimated_samples(header, input) if length is None else length
         with atomic_output(output, force) as tmp:
             with sf.SoundFile(str(tmp), "w", rate, channels, format=fmt, subtype="PCM_16") as dst, \
-                    codec.streaming(), _progress(header.num_samples, rate, quiet, "decompress") as bar:
-                writer = TrimmingWriter(dst, header.num_samples)
-                for packet in iter_packets(f, header, strict=True):
-                    if packet.codes is None:  # only an end record reaches here in strict mode
-                        continue
-                    codes = torch.from_numpy(packet.codes).permute(1, 2, 0)[None]
-                    audio = codec.decode(codes)[0].T.numpy()
-                    writer.write(resampler.resample_chunk(audio, last=False))
-                    bar.update(round(packet.frames / codec.frame_rate, 1))
-                writer.write(resampler.resample_chunk(np.zeros((0, channels), np.float32), last=True))
-                writer.finish(channels)
+                    _progress(total, rate, quiet, "decompress") as bar:
+                writer = TrimmingWriter(dst, length, holdback_samples(header))
+                while data := f.read(READ_BYTES):
+                    writer.write(decoder.push(data))
+                    bar.update(round(len(data) * 8 / 1000 / header.kbps, 1))
+                writer.write(decoder.finish())
+                writer.finish(channels, decoder.num_samples)
     return output
+
+
+def audio_format(path: Path) -> str:
+    """soundfile format for an output path, from its suffix."""
+    fmt = {".wav": "WAV", ".flac": "FLAC"}.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise CodecError(f"unsupported output format {Path(path).suffix!r}: use .wav or .flac")
+    return fmt
+
+
+def holdback_samples(header: Header) -> int:
+    """Decoded samples that can lie beyond the true length: the last frame's padding after
+    resampling, plus a margin for rounding."""
+    hop = round(header.sample_rate / header.frame_rate)
+    return -(-hop * header.original_rate // header.sample_rate) + 8
+
+
+def _estimated_samples(header: Header, path: Path) -> int:
+    return int(path.stat().st_size * 8 / 1000 / header.kbps * header.original_rate)
 
 
 def read_info(path: Path) -> FileInfo:
@@ -252,16 +229,13 @@ def read_info(path: Path) -> FileInfo:
         header = read_header(f)
         packets = frames = damaged = 0
         num_samples = header.num_samples
-        for packet in iter_packets(f, header, strict=False):
-            if packet.frames < 0:
-                num_samples = -packet.frames
+        for record in iter_packets(f, header, strict=False):
+            if isinstance(record, End):
+                num_samples = record.num_samples
                 continue
             packets += 1
-            frames += packet.frames
-            damaged += packet.codes is None
-        if num_samples == UNKNOWN_LENGTH:
-            expected = frames
-        else:
-            expected = int(np.ceil(num_samples / header.original_rate * header.frame_rate - 1e-9))
-        truncated = frames < expected - 1  # one frame of slack for resampling round-off
+            frames += record.frames
+            damaged += record.codes is None
+        # A stream of unknown length without its end record was cut short.
+        truncated = num_samples == UNKNOWN_LENGTH or frames < expected_frames(header, num_samples)
     return FileInfo(header, path.stat().st_size, packets, frames, damaged, truncated, num_samples)

@@ -1,11 +1,13 @@
-"""Residual vector quantizer with low-dimensional, L2-normalised codebooks.
+"""Residual vector quantizer with learned low-dimensional codes.
 
-Why factorised, normalised codes (rather than EMA codebooks): each level projects the
-residual to ``codebook_dim`` (8) dimensions and picks the code with the highest cosine
-similarity. In 8 dimensions codes are cheap to search on a CPU and far fewer of them die,
-so usage stays high without EMA bookkeeping; the codebooks are learned by gradient with a
-codebook and a commitment loss. K-means initialisation (first training batch) and dead-code
-replacement (from the current batch) catch the codes that still go unused.
+Each level projects the residual to ``codebook_dim`` (8) dimensions and picks the nearest
+code (Euclidean). Why this design: in 8 dimensions the search is cheap on a CPU, and
+learned codes (a codebook loss plus a commitment loss) need no EMA bookkeeping. Why not
+L2-normalised (cosine) codes: we trained them first and they collapsed to one or two entries
+per level, because the encoder output carries a large common offset, so every projected frame
+points the same way and the cosine choice is nearly constant; Euclidean search does not care
+about that offset. K-means initialisation (first training batch) and dead-code replacement
+(from the current batch) keep every entry in use.
 
 The number of active codebooks is always an explicit argument: ``n_q`` per example during
 training (quantizer dropout is drawn by :func:`sample_n_q`), an int at inference.
@@ -66,13 +68,13 @@ class Codebook(nn.Module):
         return self.in_proj(r)
 
     def nearest(self, z: Tensor) -> Tensor:
-        """Index of the most similar code for each row of ``z`` ``[N, d]``.
+        """Index of the nearest code for each row of ``z`` ``[N, d]``.
 
         Computed in float64 so that the choice does not depend on how many frames are
         searched at once (streaming and offline agree exactly)."""
-        zn = F.normalize(z.detach().double(), dim=-1)
-        cn = F.normalize(self.codebook.detach().double(), dim=-1)
-        return (zn @ cn.T).argmax(dim=-1)
+        z64, c64 = z.detach().double(), self.codebook.detach().double()
+        dist = (c64 * c64).sum(-1)[None, :] - 2 * z64 @ c64.T  # |z|^2 is the same for every code
+        return dist.argmin(dim=-1)
 
     def embed(self, idx: Tensor) -> Tensor:
         return self.out_proj(F.embedding(idx, self.codebook))
@@ -86,7 +88,8 @@ class Codebook(nn.Module):
             self.codebook.data.copy_(_kmeans(z, self.codebook.shape[0]))
             self.initialized.fill_(True)
         counts = torch.bincount(idx, minlength=self.codebook.shape[0]).to(self.usage)
-        self.usage.mul_(0.99).add_(counts * 0.01 * self.codebook.shape[0] / max(z.shape[0], 1))
+        # Usage EMA scaled so that uniform use is 1; an entry unused for ~60 steps is dead.
+        self.usage.mul_(0.95).add_(counts * 0.05 * self.codebook.shape[0] / max(z.shape[0], 1))
         dead = self.usage < self.dead_threshold
         n_dead = int(dead.sum())
         if n_dead:
@@ -99,12 +102,11 @@ class Codebook(nn.Module):
 
 
 def _kmeans(z: Tensor, k: int, iters: int = 10) -> Tensor:
-    """Cosine k-means of rows of ``z`` ``[N, d]`` into ``k`` centres (sampled with replacement)."""
+    """Euclidean k-means of rows of ``z`` ``[N, d]`` into ``k`` centres (sampled with replacement)."""
     centres = z[torch.randint(z.shape[0], (k,), device=z.device)].clone()
-    centres += 1e-3 * torch.randn_like(centres)
-    zn = F.normalize(z, dim=-1)
+    centres += 1e-3 * z.std() * torch.randn_like(centres)
     for _ in range(iters):
-        assign = (zn @ F.normalize(centres, dim=-1).T).argmax(-1)
+        assign = torch.cdist(z, centres).argmin(-1)
         sums = torch.zeros_like(centres).index_add_(0, assign, z)
         counts = torch.bincount(assign, minlength=k).unsqueeze(-1)
         centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
@@ -124,7 +126,14 @@ class ResidualVectorQuantizer(nn.Module):
         return len(self.levels)
 
     def forward(self, z: Tensor, n_q: Tensor) -> QuantizerOutput:
-        """Training pass. ``z``: ``[B, D, F]``; ``n_q``: active codebooks per example ``[B]``."""
+        """Training pass. ``z``: ``[B, D, F]``; ``n_q``: active codebooks per example ``[B]``.
+
+        Always runs in float32, even under autocast: codebooks and code choices need the
+        precision, and the cost is negligible next to the convolutions."""
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self._forward(z.float(), n_q)
+
+    def _forward(self, z: Tensor, n_q: Tensor) -> QuantizerOutput:
         b, d, f = z.shape
         residual = z.transpose(1, 2).reshape(b * f, d)
         active_per_row = n_q.to(z.device).repeat_interleave(f)  # [B*F]

@@ -68,9 +68,25 @@ def test_kmeans_init_and_dead_code_replacement():
     z = torch.randn(2, 4, 64) + 5.0  # far from the random init
     rvq(z, torch.tensor([1, 1]))
     assert bool(level.initialized)
-    # Force every code dead: the next batch replaces them with current inputs.
-    level.usage.zero_()
+    # Send half the codes far away and mark them unused: the next batch replaces them
+    # with current inputs, so they end up next to the data again.
+    dead = torch.arange(8)
+    level.codebook.data[dead] = 1000.0
+    level.usage[dead] = 0.0
     rvq(z, torch.tensor([1, 1]))
     projected = level.project(z.transpose(1, 2).reshape(-1, 4)).detach()
-    dists = torch.cdist(level.codebook.detach(), projected).min(dim=1).values
+    dists = torch.cdist(level.codebook.detach()[dead], projected).min(dim=1).values
     assert dists.max().item() < 0.05
+
+
+def test_training_forward_under_bf16_autocast_keeps_fp32_codebooks():
+    torch.manual_seed(0)
+    rvq = ResidualVectorQuantizer(dim=8, n_q=2, size=64, code_dim=4).train()
+    z = torch.randn(2, 8, 20)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rvq(z, torch.tensor([2, 2]))
+        for level in rvq.levels:
+            level.usage.zero_()  # every code dead: replacement must cope with autocast
+        out = rvq(z, torch.tensor([2, 2]))
+    assert out.x.dtype == torch.float32
+    assert all(level.codebook.dtype == torch.float32 for level in rvq.levels)

@@ -1,8 +1,8 @@
 """Training checkpoints without pickle: tensors in safetensors, everything else in JSON.
 
 A checkpoint is a folder ``step_{N:08d}/`` holding ``tensors.safetensors`` (model,
-discriminators, optimiser moments, RNG state) and ``state.json`` (config, step, optimiser
-hyper-parameters, sampler RNG). Folders are written under a temporary name, then renamed.
+discriminators, optimiser moments, RNG states) and ``state.json`` (config, step, optimiser
+hyper-parameters, scheduler states). Folders are written under a temporary name, then renamed.
 """
 
 from __future__ import annotations
@@ -49,22 +49,25 @@ def save_checkpoint(
     optimizers: dict[str, torch.optim.Optimizer],
     extra: dict[str, Any],
     keep: int = 3,
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``run_dir/step_N`` atomically and delete all but the newest ``keep``."""
+    """Write ``run_dir/step_N`` atomically and delete all but the newest ``keep``.
+
+    ``extra`` is stored as JSON, ``tensors`` (RNG states, say) next to the weights.
+    """
     run_dir = Path(run_dir)
-    tensors: dict[str, torch.Tensor] = {}
+    flat: dict[str, torch.Tensor] = {k: v.detach().cpu().contiguous() for k, v in (tensors or {}).items()}
     meta: dict[str, Any] = {"step": step, **extra}
     for name, module in modules.items():
         for key, value in module.state_dict().items():
-            tensors[f"{name}.{key}"] = value.detach().contiguous().clone()
+            flat[f"{name}.{key}"] = value.detach().cpu().contiguous().clone()
     for name, opt in optimizers.items():
-        _flatten_optimizer(f"optim_{name}", opt, tensors, meta)
-    tensors["rng.torch"] = torch.get_rng_state()
+        _flatten_optimizer(f"optim_{name}", opt, flat, meta)
     final = run_dir / f"step_{step:08d}"
     tmp = run_dir / f".tmp_step_{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / "tensors.safetensors"))
+    save_file(flat, str(tmp / "tensors.safetensors"))
     (tmp / "state.json").write_text(json.dumps(meta, indent=1, default=_json_default))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -79,18 +82,32 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 def load_checkpoint(
     path: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]
-) -> dict[str, Any]:
-    """Restore modules and optimisers in place; returns the JSON state (step, config, ...)."""
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Restore modules and optimisers in place.
+
+    Returns the JSON state (step, config, ...) and every tensor, for the caller to take
+    what else it saved (RNG states). A module or optimiser the checkpoint lacks (the
+    discriminators of a run that had none yet) is left as it is and listed in
+    ``state["missing"]``.
+    """
     path = Path(path)
     tensors = load_file(str(path / "tensors.safetensors"))
     meta = json.loads((path / "state.json").read_text())
+    missing = []
     for name, module in modules.items():
         head = f"{name}."
-        module.load_state_dict({k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)})
+        own = {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}
+        if own:
+            module.load_state_dict(own)
+        else:
+            missing.append(name)
     for name, opt in optimizers.items():
-        _unflatten_optimizer(f"optim_{name}", opt, tensors, meta)
-    torch.set_rng_state(tensors["rng.torch"])
-    return meta
+        if f"optim_{name}" in meta:
+            _unflatten_optimizer(f"optim_{name}", opt, tensors, meta)
+        else:
+            missing.append(f"optim_{name}")
+    meta["missing"] = missing
+    return meta, tensors
 
 
 def read_model_state(path: Path, name: str = "generator") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

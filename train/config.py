@@ -1,4 +1,8 @@
-"""Frozen training configuration, loaded from ``configs/*.yaml`` and stored in every checkpoint."""
+"""Frozen training configuration, loaded from ``configs/*.yaml`` and stored in every checkpoint.
+
+Every field has a default, so a YAML file names only what differs; unknown keys are refused
+(a typo must not silently train with the default).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,11 @@ from typing import Any
 import yaml
 
 from codec.config import CodecConfig
+from codec.errors import CodecError
+
+
+class ConfigError(CodecError):
+    """A training configuration that cannot be used (bad YAML, unknown key, bad value)."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,9 @@ class DataConfig:
         min_rms_db: crops quieter than this are re-drawn (near silence teaches nothing).
         val_fraction: fraction of speakers / tracks held out for validation.
         decode_workers: processes decoding the corpus into the cache.
+        loader_workers: processes drawing crops ahead of the model (0: in the training process).
+        val_clips: validation excerpts, taken round-robin over the categories.
+        val_seconds: length of each validation excerpt (shorter clips are used whole).
     """
 
     segment_seconds: float = 0.48
@@ -33,11 +45,18 @@ class DataConfig:
     min_rms_db: float = -50.0
     val_fraction: float = 0.02
     decode_workers: int = 2
+    loader_workers: int = 1
+    val_clips: int = 8
+    val_seconds: float = 4.0
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Weights of every loss term (0 disables a term)."""
+    """Weights of every loss term (0 disables a term) and when adversarial training starts.
+
+    With ``balancer`` the weights of the terms computed on the output audio (``rec/*``,
+    ``adv/*``) become the shares of the gradient each contributes (EnCodec's balancer).
+    """
 
     mel: float = 1.0
     stft: float = 1.0
@@ -48,6 +67,28 @@ class LossConfig:
     feature_matching: float = 0.0
     adversarial_start_step: int = 0
     balancer: bool = False
+    balancer_ema: float = 0.999
+
+    @property
+    def uses_discriminators(self) -> bool:
+        return self.adversarial > 0 or self.feature_matching > 0
+
+
+@dataclass(frozen=True)
+class DiscConfig:
+    """Discriminators: EnCodec's multi-scale STFT and HiFi-GAN's multi-period ones.
+
+    Attributes:
+        stft_n_ffts: FFT sizes of the STFT discriminators (hop n_fft / 4); empty: none.
+        stft_channels: filters of every STFT discriminator convolution.
+        periods: periods of the period discriminators; empty: none.
+        period_channels: widths of the period discriminators' strided convolutions.
+    """
+
+    stft_n_ffts: tuple[int, ...] = (1024, 2048, 512, 256, 128)
+    stft_channels: int = 32
+    periods: tuple[int, ...] = (2, 3, 5, 7, 11)
+    period_channels: tuple[int, ...] = (32, 128, 512, 1024, 1024)
 
 
 @dataclass(frozen=True)
@@ -71,6 +112,7 @@ class TrainConfig:
     model: CodecConfig = field(default_factory=CodecConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    disc: DiscConfig = field(default_factory=DiscConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     quantizer_dropout: float = 1.0
     seed: int = 0
@@ -81,6 +123,23 @@ class TrainConfig:
     keep_checkpoints: int = 3
     max_steps: int = 100000
 
+    def __post_init__(self) -> None:
+        if self.optim.schedule not in ("exponential", "cosine"):
+            raise ValueError(f"optim.schedule must be 'exponential' or 'cosine', got {self.optim.schedule!r}")
+        if self.data.batch_size < 1 or self.data.segment_seconds <= 0:
+            raise ValueError("data.batch_size and data.segment_seconds must be positive")
+        if not 0.0 <= self.data.val_fraction < 1.0:
+            raise ValueError("data.val_fraction must be in [0, 1)")
+        for name in ("log_every", "checkpoint_every", "validate_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+    @property
+    def segment(self) -> int:
+        """Training crop length in samples, a whole number of frames."""
+        hop = self.model.hop_length
+        return max(int(self.data.segment_seconds * self.model.sample_rate) // hop, 1) * hop
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -89,7 +148,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        parts = {"model": CodecConfig, "data": DataConfig, "loss": LossConfig, "optim": OptimConfig}
+        parts = {"model": CodecConfig, "data": DataConfig, "loss": LossConfig, "disc": DiscConfig, "optim": OptimConfig}
         kwargs: dict[str, Any] = {}
         known = {f.name for f in fields(cls)}
         for key, value in data.items():
@@ -103,11 +162,22 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: Path) -> "TrainConfig":
-        with open(path) as f:
-            return cls.from_dict(yaml.safe_load(f) or {})
+        """Load a YAML file; a missing file raises FileNotFoundError, anything else ConfigError."""
+        path = Path(path)
+        text = path.read_text()
+        try:
+            data = yaml.safe_load(text) or {}
+            if not isinstance(data, dict):
+                raise ValueError("the file must hold a mapping of config keys")
+            return cls.from_dict(data)
+        except (yaml.YAMLError, ValueError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"bad training config {path}: {first}") from None
 
 
 def _build(kind: type, values: dict[str, Any]) -> Any:
+    if not isinstance(values, dict):
+        raise ValueError(f"{kind.__name__} must be a mapping, got {values!r}")
     if kind is CodecConfig:
         return CodecConfig.from_dict(values)
     known = {f.name for f in fields(kind)}

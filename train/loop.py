@@ -1,152 +1,128 @@
-"""The training loop: one readable step, periodic validation, checkpoints and resume."""
+"""The training loop: steps, logging, validation, checkpoints, a clean stop on SIGINT/SIGTERM,
+and resume. :func:`train` is the whole command (config file and data path in, run folder
+out); :func:`run` the loop itself, given a prepared cache."""
 
 from __future__ import annotations
 
-import json
-import math
+import contextlib
 import signal
-import sys
-import time
+import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-import torch
-from torch import Tensor
+from . import distributed
+from .config import TrainConfig
+from .data import validation_clips
+from .monitor import Monitor
+from .prepare import ensure_cache
+from .trainer import Trainer
+from .validate import validate
 
-from codec.model import Codec
-from codec.quantizer import sample_n_q
-
-from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from .config import OptimConfig, TrainConfig
-from .data import CropSampler
-from .losses import MultiResolutionSTFTLoss, MultiScaleMelLoss
-
-
-def lr_factor(step: int, cfg: OptimConfig) -> float:
-    """Linear warm-up, then exponential (halving every ``decay_steps``) or cosine decay."""
-    warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
-    if cfg.schedule == "cosine":
-        t = min(1.0, step / max(cfg.decay_steps, 1))
-        return warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
-    return warm * 0.5 ** (step / max(cfg.decay_steps, 1))
+PROGRESS_KEYS = ("total", "rec/mel", "speed/steps_per_s")
 
 
-class Trainer:
-    """Holds the model, losses, optimiser and sampler of one run."""
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    step: int
+    checkpoint: Path | None  # written by this call (None: nothing to do, or not the main process)
+    stopped: bool  # by a signal, before the last step
+    main: bool = True  # the process that writes checkpoints and logs
 
-    def __init__(self, cfg: TrainConfig, cache: Path, run_dir: Path) -> None:
-        self.cfg, self.run_dir = cfg, Path(run_dir)
-        torch.manual_seed(cfg.seed)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.model = Codec(cfg.model)
-        self.mel = MultiScaleMelLoss(cfg.model.sample_rate)
-        self.stft = MultiResolutionSTFTLoss()
-        self.opt = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+
+def train(
+    config: Path, data: Path, out: Path | None = None, max_steps: int | None = None, resume: bool = False,
+    init: str | None = None, cache: Path | None = None, device: str | None = None, progress: bool = True,
+) -> RunResult:
+    """Train from a YAML config on a folder / manifest of audio (or a prepared cache).
+
+    ``out`` defaults to ``runs/<config name>``; the decoded corpus goes to ``cache``
+    (default ``out/cache``). Under ``torchrun`` every process calls this.
+    """
+    config = Path(config)
+    cfg = TrainConfig.from_yaml(config)
+    run_dir = Path(out) if out is not None else Path("runs") / config.stem
+    ctx = distributed.setup(device)
+    try:
+        cache_dir = ensure_cache(
+            Path(data), Path(cache) if cache else run_dir / "cache", cfg.model.sample_rate,
+            cfg.data.decode_workers, build=ctx.local_rank == 0,
         )
-        hop = cfg.model.hop_length
-        segment = int(cfg.data.segment_seconds * cfg.model.sample_rate) // hop * hop
-        self.train_data = CropSampler(cache, cfg.data, segment, "train", cfg.seed)
-        self.val_data = CropSampler(cache, cfg.data, segment * 4, "val", cfg.seed + 1)
-        self.step = 0
-
-    def losses(self, x: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Every loss term of one batch ``[B, 1, T]`` and the quantizer metrics."""
-        n_q = sample_n_q(x.shape[0], self.cfg.model.valid_n_q, self.cfg.quantizer_dropout)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.optim.bf16):
-            out = self.model(x, n_q)
-        y = out.audio.float()
-        terms = {
-            "rec/mel": self.mel(y, x),
-            "rec/stft": self.stft(y, x),
-            "rec/waveform": (y - x).abs().mean(),
-            "vq/commitment": out.quantized.commitment_loss.float(),
-            "vq/codebook": out.quantized.codebook_loss.float(),
-        }
-        return terms, out.quantized.metrics
-
-    def train_step(self) -> dict[str, float]:
-        self.model.train()
-        for group in self.opt.param_groups:
-            group["lr"] = self.cfg.optim.lr * lr_factor(self.step, self.cfg.optim)
-        terms, metrics = self.losses(self.train_data.batch())
-        w = self.cfg.loss
-        weights = {"rec/mel": w.mel, "rec/stft": w.stft, "rec/waveform": w.waveform,
-                   "vq/commitment": w.commitment, "vq/codebook": w.codebook}
-        total = sum(weights[k] * v for k, v in terms.items())
-        self.opt.zero_grad(set_to_none=True)
-        total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        self.opt.step()
-        self.step += 1
-        log = {k: float(v) for k, v in terms.items()}
-        log.update({"total": float(total), "grad_norm": float(grad_norm), "lr": self.opt.param_groups[0]["lr"]})
-        log.update({k: float(v) for k, v in metrics.items()})
-        return log
-
-    @torch.no_grad()
-    def validate(self, batches: int = 4) -> dict[str, float]:
-        self.model.eval()
-        rng = self.val_data.rng.bit_generator.state
-        self.val_data.rng = type(self.val_data.rng)(type(self.val_data.rng.bit_generator)(1234))
-        result: dict[str, float] = {}
-        xs = [self.val_data.batch() for _ in range(batches)]
-        for n_q in (2, 8, 32):
-            mel = 0.0
-            for x in xs:
-                codes = self.model.encode(x, n_q=n_q)
-                y = self.model.decode(codes, length=x.shape[-1])
-                mel += float(self.mel(y, x)) / batches
-            result[f"val/mel_{self.cfg.model.kbps(n_q):g}kbps"] = mel
-        self.val_data.rng.bit_generator.state = rng
-        return result
-
-    def save(self) -> Path:
-        extra = {"config": self.cfg.to_dict(), "sampler": self.train_data.state()}
-        return save_checkpoint(self.run_dir, self.step, {"generator": self.model}, {"generator": self.opt},
-                               extra, keep=self.cfg.keep_checkpoints)
-
-    def resume(self) -> bool:
-        ckpts = list_checkpoints(self.run_dir)
-        if not ckpts:
-            return False
-        meta = load_checkpoint(ckpts[-1], {"generator": self.model}, {"generator": self.opt})
-        self.step = int(meta["step"])
-        self.train_data.set_state(meta["sampler"])
-        return True
+        return run(cfg, cache_dir, run_dir, max_steps, resume, init=init, ctx=ctx, progress=progress)
+    finally:
+        distributed.teardown()
 
 
-def run(cfg: TrainConfig, cache: Path, run_dir: Path, max_steps: int | None = None, resume: bool = False) -> Trainer:
+def run(
+    cfg: TrainConfig, cache: Path, run_dir: Path, max_steps: int | None = None, resume: bool = False, *,
+    init: str | None = None, ctx: distributed.Context | None = None, progress: bool = True,
+) -> RunResult:
+    """Train until step ``max_steps`` (default ``cfg.max_steps``), counted from the run's start."""
+    ctx = ctx or distributed.Context()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(cfg.to_json())
-    trainer = Trainer(cfg, cache, run_dir)
-    if resume and trainer.resume():
-        print(f"resumed at step {trainer.step}", file=sys.stderr)
-    stop = {"now": False}
-    previous = {s: signal.signal(s, lambda *_: stop.update(now=True)) for s in (signal.SIGINT, signal.SIGTERM)}
+    trainer = Trainer(cfg, cache, run_dir, ctx)
+    resumed = resume and trainer.resume()
+    if init and not resumed:
+        trainer.init_from(init)
+    if ctx.is_main:
+        (run_dir / "config.json").write_text(cfg.to_json())
     last = max_steps if max_steps is not None else cfg.max_steps
-    log_file = open(run_dir / "log.jsonl", "a")
-    t0, s0 = time.time(), trainer.step
+    clips = validation_clips(cache, cfg.data, cfg.model.sample_rate, cfg.model.hop_length) if ctx.is_main else []
+    monitor = Monitor(run_dir, trainer.step, last, enabled=ctx.is_main, progress=progress)
+    monitor.message(f"resumed at step {trainer.step}" if resumed else f"training {run_dir} from step 0")
+    if not clips:
+        monitor.message("no validation clips (data.val_fraction selects no speaker or track): validation is off")
+    audio_per_step = cfg.data.batch_size * ctx.world_size * cfg.segment / cfg.model.sample_rate
+    saved_at, checkpoint, stopped = (trainer.step if resumed else -1), None, False
     try:
-        while trainer.step < last and not stop["now"]:
-            log = trainer.train_step()
-            if trainer.step % cfg.log_every == 0:
-                rate = (trainer.step - s0) / (time.time() - t0)
-                log["steps_per_s"] = rate
-                log_file.write(json.dumps({"step": trainer.step, **log}) + "\n")
-                log_file.flush()
-                print(f"step {trainer.step} total {log['total']:.3f} mel {log['rec/mel']:.3f} "
-                      f"{rate:.2f} steps/s", file=sys.stderr, flush=True)
-            if trainer.step % cfg.validate_every == 0:
-                val = trainer.validate()
-                log_file.write(json.dumps({"step": trainer.step, **val}) + "\n")
-                print(f"step {trainer.step} {val}", file=sys.stderr, flush=True)
-            if trainer.step % cfg.checkpoint_every == 0:
-                trainer.save()
-        trainer.save()
+        with stop_signals() as stop:
+            for batch in trainer.data.loader(trainer.step, last):
+                log = trainer.train_step(batch)
+                step = trainer.step
+                if step % cfg.log_every == 0:
+                    values = distributed.mean(log, ctx) | monitor.throughput(step, audio_per_step)
+                    values = monitor.scalars(step, values)
+                    monitor.advance(step, {k: values[k] for k in PROGRESS_KEYS if k in values})
+                if step % cfg.validate_every == 0 and clips:
+                    result = validate(trainer.release_model, clips, ctx.device)
+                    monitor.scalars(step, result.metrics)
+                    monitor.audio(step, result.audio, cfg.model.sample_rate)
+                if step % cfg.checkpoint_every == 0:
+                    checkpoint, saved_at = trainer.save(), step
+                monitor.advance(step)
+                if distributed.any_true(stop.is_set(), ctx):
+                    stopped = step < last
+                    monitor.message(f"stopping at step {step}")
+                    break
+            if trainer.step != saved_at:
+                checkpoint = trainer.save()
     finally:
-        log_file.close()
+        monitor.close()
+    return RunResult(run_dir, trainer.step, checkpoint, stopped, ctx.is_main)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[threading.Event]:
+    """SIGINT / SIGTERM set the yielded event (the loop then checkpoints and stops); a
+    second signal acts as usual, so an impatient Ctrl-C still ends the process."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signals can only be caught in the main thread
+        return
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in sigs}
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
         for s, h in previous.items():
             signal.signal(s, h)
-    return trainer
+
+    for s in sigs:
+        signal.signal(s, handler)
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -1,4 +1,5 @@
-"""Reconstruction losses: multi-scale mel L1, multi-resolution STFT, waveform L1."""
+"""Training losses: multi-scale mel L1 and multi-resolution STFT (reconstruction), hinge and
+feature matching (adversarial)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import auraloss
 import librosa
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .discriminators import Judgement
 
 
 class MultiScaleMelLoss(nn.Module):
@@ -61,3 +65,29 @@ class MultiResolutionSTFTLoss(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         return self.loss(x.float(), y.float())
+
+
+# Adversarial losses. Each discriminator returns (logits, features); the losses average over
+# discriminators so that adding one does not change the scale of the others.
+
+
+def hinge_discriminator(real: list[Judgement], fake: list[Judgement]) -> Tensor:
+    """``relu(1 - D(x)) + relu(1 + D(G(z)))``, averaged over discriminators."""
+    return torch.stack([F.relu(1 - r).mean() + F.relu(1 + f).mean() for (r, _), (f, _) in zip(real, fake)]).mean()
+
+
+def hinge_generator(fake: list[Judgement]) -> Tensor:
+    """``relu(1 - D(G(z)))``, averaged over discriminators (EnCodec's generator loss)."""
+    return torch.stack([F.relu(1 - f).mean() for f, _ in fake]).mean()
+
+
+def feature_matching(real: list[Judgement], fake: list[Judgement]) -> Tensor:
+    """L1 between the discriminators' feature maps of real and generated audio, each layer
+    divided by the mean magnitude of its real features (EnCodec): layers of very different
+    scales then weigh alike. Averaged over all layers of all discriminators."""
+    terms = [
+        (fr.detach() - ff).abs().mean() / (fr.detach().abs().mean() + 1e-8)
+        for (_, feats_r), (_, feats_f) in zip(real, fake)
+        for fr, ff in zip(feats_r, feats_f)
+    ]
+    return torch.stack(terms).mean()

@@ -1,0 +1,215 @@
+"""Live encoding and decoding: codes as the audio arrives, audio as the packets arrive.
+
+:func:`encode_live` reads audio in small chunks (20 ms) from a file or stdin (WAV, or raw
+PCM) and writes each ``.rvq`` packet as soon as its frames are complete, header first, end
+record last: written to a file, the stream is a valid ``.rvq`` file that ``decompress``
+turns into exactly the samples ``compress`` + ``decompress`` give. :func:`decode_live`
+writes audio as packets arrive and conceals damaged or missing ones. Both run the shared
+:class:`~codec.stream.StreamEncoder` / :class:`~codec.stream.StreamDecoder`; this module only
+moves bytes and samples (see :mod:`codec.endpoints` for where they come from and go to).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+import soundfile as sf
+
+from .audio_io import AudioError
+from .bitstream import UNKNOWN_LENGTH, Header
+from .endpoints import (
+    ByteReader, StopFlag, open_byte_sink, open_byte_source, parse_address, stdout_writer,
+)
+from .errors import CodecError
+from .files import TrimmingWriter, atomic_output, audio_format, check_output, holdback_samples, open_audio
+from .model import Codec
+from .pcm import PcmFormat, read_wav_header
+from .stream import StreamDecoder, StreamEncoder, StreamStats, live_packet_frames, resolve_model
+
+CHUNK_SECONDS = 0.02
+
+
+class AudioSource(Protocol):
+    rate: int
+    channels: int
+
+    def read(self) -> np.ndarray | None:
+        """The next chunk ``[T, C]`` float32 (T may be 0 while waiting); None at the end."""
+
+
+class FileAudio:
+    """An audio file in any format soundfile reads, chunk by chunk."""
+
+    def __init__(self, f: sf.SoundFile, chunk: int) -> None:
+        self.f, self.chunk, self.rate, self.channels = f, chunk, f.samplerate, f.channels
+
+    def read(self) -> np.ndarray | None:
+        x = self.f.read(self.chunk, dtype="float32", always_2d=True)
+        return x if len(x) else None
+
+
+class PcmStream:
+    """WAV or raw PCM bytes from a :class:`ByteReader`: the whole sample frames that have
+    arrived, at most a chunk at a time, so nothing waits for a chunk to fill."""
+
+    def __init__(self, reader: ByteReader, fmt: PcmFormat, data_bytes: int | None, chunk: int) -> None:
+        self.reader, self.fmt, self.left, self.chunk = reader, fmt, data_bytes, chunk
+        self.rate, self.channels = fmt.rate, fmt.channels
+        self._rest = b""  # a sample frame cut between two reads
+
+    def read(self) -> np.ndarray | None:
+        want = self.chunk * self.fmt.frame_bytes - len(self._rest)
+        data = self.reader.read(want if self.left is None else min(want, self.left)) if self.left != 0 else b""
+        if not data:
+            return None  # a trailing partial sample frame is dropped
+        if self.left is not None:
+            self.left -= len(data)
+        data = self._rest + data
+        whole = len(data) - len(data) % self.fmt.frame_bytes
+        self._rest = data[whole:]
+        return self.fmt.to_float(data[:whole])
+
+
+@contextlib.contextmanager
+def open_audio_source(spec: str, raw: PcmFormat | None, chunk_seconds: float, stop: StopFlag) -> Iterator[AudioSource]:
+    """A file in any format, or WAV / raw PCM (``raw``) from a file or stdin (``-``)."""
+    if parse_address(spec) is not None:
+        raise CodecError("stream encode reads a file or - (stdin); tcp:// inputs are for stream decode")
+    if spec != "-" and raw is None:
+        with open_audio(Path(spec)) as f:
+            yield FileAudio(f, max(1, round(f.samplerate * chunk_seconds)))
+        return
+    with open_byte_source(spec, stop) as reader:
+        fmt, size = (raw, None) if raw is not None else _wav_header(reader, stop)
+        yield PcmStream(reader, fmt, size, max(1, round(fmt.rate * chunk_seconds)))
+
+
+def _wav_header(reader: ByteReader, stop: StopFlag) -> tuple[PcmFormat, int | None]:
+    try:
+        return read_wav_header(reader.read_exact)
+    except AudioError:
+        if stop:
+            raise KeyboardInterrupt from None  # stopped before any audio: nothing to finalise
+        raise
+
+
+@dataclass(frozen=True)
+class EncodeReport:
+    seconds: float  # of input audio
+    frames: int
+    packets: int
+    bytes: int  # header, packets and end record
+    interrupted: bool
+
+    @property
+    def kbps(self) -> float:
+        """Everything sent, framing included, over the duration."""
+        return self.bytes * 8 / self.seconds / 1000 if self.seconds else 0.0
+
+
+def encode_live(
+    input: str = "-", output: str = "-", model: Codec | str | Path | None = None, kbps: float = 6.0,
+    raw: PcmFormat | None = None, chunk_seconds: float = CHUNK_SECONDS, packet_frames: int | None = None,
+    realtime: bool = False, force: bool = False, stop: StopFlag | None = None,
+) -> EncodeReport:
+    """Encode ``input`` (file or ``-``) to ``output`` (file, ``-`` or ``tcp://HOST:PORT``) as it
+    is read. ``realtime`` paces the input at real time; ``stop`` ends the stream cleanly."""
+    stop = stop if stop is not None else StopFlag()
+    codec = resolve_model(model)
+    codec.n_q_for(kbps)  # refuse a bad bitrate before waiting for any input
+    if output != "-" and parse_address(output) is None:
+        check_output(Path(output), force)
+    sent = 0
+    with open_audio_source(input, raw, chunk_seconds, stop) as source:
+        frames = packet_frames or live_packet_frames(codec.frame_rate)
+        encoder = StreamEncoder(codec, source.rate, source.channels, kbps, frames)
+        with open_byte_sink(output, force) as write, encoder:
+            def send(data: bytes) -> None:
+                nonlocal sent
+                if data:
+                    write(data)
+                    sent += len(data)
+
+            send(encoder.header.encode())
+            start = time.monotonic()
+            while not stop and (x := source.read()) is not None:
+                if realtime:  # a chunk exists once its last sample has been "captured"
+                    stop.sleep(start + (encoder.samples + len(x)) / source.rate - time.monotonic())
+                send(encoder.push(x))
+            send(encoder.finish())
+    return EncodeReport(encoder.samples / source.rate, encoder.frames, encoder.packets, sent, bool(stop))
+
+
+class RawPcmWriter:
+    """Float audio ``[T, C]`` -> signed 16-bit little-endian interleaved PCM, rounded the way
+    libsndfile writes WAV files, so raw and WAV outputs hold the same samples."""
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self._write = write
+
+    def write(self, y: np.ndarray) -> None:
+        self._write(np.rint(np.clip(y, -1.0, 1.0) * 32767).astype("<i2").tobytes())
+
+
+@contextlib.contextmanager
+def open_audio_sink(spec: str, header: Header, force: bool) -> Iterator[TrimmingWriter]:
+    """Raw PCM to stdout as it comes, or a WAV/FLAC file cut to the stream's exact length."""
+    length = None if header.num_samples == UNKNOWN_LENGTH else header.num_samples
+    rate, channels = header.original_rate, header.channels
+    if spec == "-":
+        # No holdback: a live listener must not wait a frame for the sake of the last one.
+        yield TrimmingWriter(RawPcmWriter(stdout_writer()), length)
+        return
+    with atomic_output(Path(spec), force) as tmp, \
+            sf.SoundFile(str(tmp), "w", rate, channels, format=audio_format(Path(spec)), subtype="PCM_16") as f:
+        yield TrimmingWriter(f, length, holdback_samples(header))
+
+
+@dataclass(frozen=True)
+class DecodeReport:
+    seconds: float  # of audio written
+    stats: StreamStats
+    interrupted: bool
+    timed_out: bool  # no data arrived for ``timeout`` seconds
+    frame_rate: float
+
+    @property
+    def lost_seconds(self) -> float:
+        return self.stats.lost_frames / self.frame_rate
+
+
+def decode_live(
+    input: str = "-", output: str = "-", model: Codec | str | Path | None = None, force: bool = False,
+    timeout: float | None = None, stop: StopFlag | None = None,
+    on_listening: Callable[[str], None] | None = None,
+) -> DecodeReport:
+    """Decode ``input`` (file, ``-`` or ``tcp://HOST:PORT`` to listen on) to ``output`` (file or
+    ``-``) as packets arrive. Damage is concealed and counted in the report's ``stats``."""
+    stop = stop if stop is not None else StopFlag()
+    codec = resolve_model(model) if model is not None else None
+    if parse_address(output) is not None:
+        raise CodecError("stream decode writes to a file or - (stdout); tcp:// outputs are for stream encode")
+    if output != "-":
+        audio_format(Path(output))
+        check_output(Path(output), force)
+    with open_byte_source(input, stop, timeout, on_listening) as reader, StreamDecoder(codec) as decoder:
+        first = np.zeros((0, 0), np.float32)
+        while decoder.header is None and (data := reader.read()):
+            first = decoder.push(data)
+        if decoder.header is None:
+            if stop:
+                raise KeyboardInterrupt
+            decoder.finish()  # raises: the stream ended before its header
+        with open_audio_sink(output, decoder.header, force) as writer:
+            writer.write(first)
+            while data := reader.read():
+                writer.write(decoder.push(data))
+            writer.write(decoder.finish())
+            writer.finish(decoder.header.channels, decoder.num_samples)
+    seconds = writer.written / decoder.header.original_rate
+    return DecodeReport(seconds, decoder.stats, bool(stop), reader.timed_out, decoder.header.frame_rate)

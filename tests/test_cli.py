@@ -1,0 +1,133 @@
+"""The command line through Typer's CliRunner: round trips and every user mistake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from cli.main import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_user_error(result, output: Path | None = None) -> None:
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    if output is not None:
+        assert not output.exists()
+        assert not [p for p in output.parent.iterdir() if p.name.startswith(f".{output.name}")]
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac"])
+def test_round_trip_keeps_rate_channels_and_length(tmp_path, stereo_wav, small_model_file, suffix):
+    rvq, out = tmp_path / "x.rvq", tmp_path / f"y{suffix}"
+    r = invoke("compress", stereo_wav, rvq, "--kbps", "3", "--model", small_model_file)
+    assert r.exit_code == 0, r.output
+    assert "kbps" in r.stdout
+    r = invoke("decompress", rvq, out, "--model", small_model_file)
+    assert r.exit_code == 0, r.output
+    src, dst = sf.info(str(stereo_wav)), sf.info(str(out))
+    assert (dst.samplerate, dst.channels, dst.frames) == (src.samplerate, src.channels, src.frames)
+
+
+def test_info_reports_header_bitrate_and_crc(tmp_path, stereo_wav, small_model_file):
+    rvq = tmp_path / "x.rvq"
+    invoke("compress", stereo_wav, rvq, "--kbps", "6", "--model", small_model_file, "--quiet")
+    r = invoke("info", rvq)
+    assert r.exit_code == 0, r.output
+    assert "test-small" in r.stdout and "44100 Hz" in r.stdout and "crc          ok" in r.stdout
+    assert "12 kbps of codes" in r.stdout  # 6 kbps per channel, two channels
+    data = bytearray(rvq.read_bytes())
+    data[-10] ^= 0xFF
+    rvq.write_bytes(bytes(data))
+    r = invoke("info", rvq)
+    assert r.exit_code == 1 and "1 damaged packet" in r.stdout
+
+
+def test_quiet_prints_nothing(tmp_path, stereo_wav, small_model_file):
+    r = invoke("compress", stereo_wav, tmp_path / "x.rvq", "--model", small_model_file, "--quiet")
+    assert r.exit_code == 0 and r.stdout == "" and r.stderr == ""
+
+
+def test_missing_input(tmp_path, small_model_file):
+    out = tmp_path / "x.rvq"
+    assert_user_error(invoke("compress", tmp_path / "nope.wav", out, "--model", small_model_file), out)
+
+
+def test_unreadable_and_empty_input(tmp_path, small_model_file):
+    text = tmp_path / "notes.wav"
+    text.write_text("this is not audio")
+    out = tmp_path / "x.rvq"
+    assert_user_error(invoke("compress", text, out, "--model", small_model_file), out)
+    empty = tmp_path / "empty.wav"
+    sf.write(str(empty), np.zeros((0, 1), np.float32), 16000)
+    assert_user_error(invoke("compress", empty, out, "--model", small_model_file), out)
+
+
+def test_unsupported_kbps_lists_valid_values(tmp_path, stereo_wav, small_model_file):
+    out = tmp_path / "x.rvq"
+    r = invoke("compress", stereo_wav, out, "--kbps", "5", "--model", small_model_file)
+    assert_user_error(r, out)
+    assert "1.5, 3, 6, 12, 24" in r.stderr
+
+
+def test_existing_output_needs_force(tmp_path, stereo_wav, small_model_file):
+    out = tmp_path / "x.rvq"
+    out.write_bytes(b"keep me")
+    r = invoke("compress", stereo_wav, out, "--model", small_model_file)
+    assert_user_error(r)
+    assert out.read_bytes() == b"keep me"
+    r = invoke("compress", stereo_wav, out, "--model", small_model_file, "--force")
+    assert r.exit_code == 0 and out.read_bytes()[:4] == b"RVQC"
+
+
+@pytest.fixture
+def good_rvq(tmp_path, stereo_wav, small_model_file) -> Path:
+    rvq = tmp_path / "good.rvq"
+    assert invoke("compress", stereo_wav, rvq, "--model", small_model_file, "-q").exit_code == 0
+    return rvq
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: b"XXXX" + d[4:],  # wrong magic
+        lambda d: d[:4] + b"\x07" + d[5:],  # future version
+        lambda d: d[: len(d) // 2],  # truncated
+        lambda d: d[:-20] + bytes([d[-20] ^ 1]) + d[-19:],  # CRC mismatch
+        lambda d: b"",  # empty file
+    ],
+    ids=["magic", "version", "truncated", "crc", "empty"],
+)
+def test_damaged_rvq_is_refused_without_output(tmp_path, good_rvq, small_model_file, mutate):
+    bad = tmp_path / "bad.rvq"
+    bad.write_bytes(mutate(good_rvq.read_bytes()))
+    out = tmp_path / "out.wav"
+    assert_user_error(invoke("decompress", bad, out, "--model", small_model_file), out)
+
+
+def test_bad_output_suffix_and_missing_rvq(tmp_path, good_rvq, small_model_file):
+    assert_user_error(invoke("decompress", good_rvq, tmp_path / "out.mp4", "--model", small_model_file))
+    assert_user_error(invoke("decompress", tmp_path / "none.rvq", tmp_path / "o.wav"))
+
+
+def test_console_script_prints_one_line_not_a_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "compress", str(tmp_path / "missing.wav"), str(tmp_path / "o.rvq")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"error: input file not found: {tmp_path / 'missing.wav'}"]

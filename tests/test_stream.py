@@ -1,0 +1,231 @@
+"""Streaming encoder/decoder: chunk-size independence, exact files, loss detection and concealment."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from codec import compress_file, decompress_file, read_info
+from codec.bitstream import BitstreamError, End, iter_packets, read_header
+from codec.pcm import PcmFormat, read_wav_header
+from codec.stream import StreamDecoder, StreamEncoder, expected_frames, live_packet_frames
+from conftest import SMALL, TINY, make_model, tone
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Frame-sized work gains nothing from threads, and loses a lot on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def stream_bytes(model, audio: np.ndarray, rate: int, kbps: float, packet_frames: int, rng=None) -> bytes:
+    """Encode ``audio`` ``[T, C]`` in random chunks (whole if no ``rng``) -> a complete stream."""
+    with StreamEncoder(model, rate, audio.shape[1], kbps, packet_frames) as enc:
+        out, i = enc.header.encode(), 0
+        while i < len(audio):
+            n = int(rng.integers(1, 2000)) if rng is not None else len(audio)
+            out += enc.push(audio[i : i + n])
+            i += n
+        return out + enc.finish()
+
+
+def live_decode(model, data: bytes, rng=None, strict: bool = False) -> tuple[np.ndarray, StreamDecoder]:
+    """Feed ``data`` in random cuts; -> audio ``[T, C]`` and the decoder (for its stats)."""
+    parts, i = [], 0
+    with StreamDecoder(model, strict=strict) as dec:
+        while i < len(data):
+            n = int(rng.integers(1, 60)) if rng is not None else len(data)
+            parts.append(dec.push(data[i : i + n]))
+            i += n
+        parts.append(dec.finish())
+    return np.concatenate([p for p in parts if p.size]), dec
+
+
+def codes_of(path: Path) -> np.ndarray:
+    with open(path, "rb") as f:
+        header = read_header(f)
+        return np.concatenate([p.codes for p in iter_packets(f, header) if not isinstance(p, End)])
+
+
+def read_pcm(path: Path) -> np.ndarray:
+    return sf.read(str(path), dtype="int16", always_2d=True)[0]
+
+
+CASES = [(SMALL, 44100, 2, 3.0), (TINY, 8000, 1, 16.0), (TINY, 11025, 2, 8.0)]
+
+
+@pytest.mark.parametrize("cfg, rate, channels, kbps", CASES, ids=["small-44k-stereo", "tiny-8k", "tiny-11k-stereo"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_stream_file_decompresses_exactly_like_compress(tmp_path, cfg, rate, channels, kbps, seed):
+    rng = np.random.default_rng(seed)
+    model = make_model(cfg, seed)
+    wav = tmp_path / "in.wav"
+    sf.write(str(wav), tone(float(rng.uniform(0.3, 1.2)), rate, channels, seed).T, rate)
+    audio = sf.read(str(wav), dtype="float32", always_2d=True)[0]
+    compress_file(wav, tmp_path / "c.rvq", kbps=kbps, model=model)
+    decompress_file(tmp_path / "c.rvq", tmp_path / "c.wav", model=model)
+    packet_frames = int(rng.integers(1, 6))
+    (tmp_path / "s.rvq").write_bytes(stream_bytes(model, audio, rate, kbps, packet_frames, rng))
+    decompress_file(tmp_path / "s.rvq", tmp_path / "s.wav", model=model)
+    assert np.array_equal(codes_of(tmp_path / "s.rvq"), codes_of(tmp_path / "c.rvq"))
+    assert np.array_equal(read_pcm(tmp_path / "s.wav"), read_pcm(tmp_path / "c.wav"))
+    info = read_info(tmp_path / "s.rvq")
+    assert info.num_samples == len(audio) and not info.truncated and not info.damaged_packets
+
+
+def test_bytes_do_not_depend_on_chunking():
+    model = make_model(TINY)
+    audio = tone(0.5, 16000, 2).T.copy()
+    runs = {stream_bytes(model, audio, 16000, 8.0, 3, np.random.default_rng(s)) for s in range(3)}
+    assert len(runs) == 1 and runs == {stream_bytes(model, audio, 16000, 8.0, 3)}
+
+
+def test_packets_go_out_as_soon_as_their_frames_are_complete():
+    model = make_model(SMALL)
+    with StreamEncoder(model, 24000, 1, 1.5, packet_frames=2) as enc:
+        sizes = [len(enc.push(np.zeros((160, 1), np.float32))) for _ in range(8)]  # 4 frames of 320
+    packet = enc.header.packet_size(2)
+    assert sizes == [0, 0, 0, packet, 0, 0, 0, packet]
+    assert live_packet_frames(75.0) == 2 and live_packet_frames(50.0) == 1
+
+
+def test_live_decoder_does_not_depend_on_how_bytes_arrive(tmp_path):
+    model = make_model(SMALL, 2)
+    audio = tone(0.7, 24000, 1).T.copy()
+    data = stream_bytes(model, audio, 24000, 6.0, 2)
+    whole, dec = live_decode(model, data)
+    cut, _ = live_decode(model, data, np.random.default_rng(0))
+    assert np.array_equal(whole, cut)
+    assert dec.stats.frames == expected_frames(dec.header, len(audio)) and dec.stats.ended
+    assert not dec.stats.lost_frames and dec.num_samples == len(audio)
+    # Within one 16-bit step of the file path (which decodes in 75-frame blocks).
+    (tmp_path / "s.rvq").write_bytes(data)
+    decompress_file(tmp_path / "s.rvq", tmp_path / "s.wav", model=model)
+    ref = read_pcm(tmp_path / "s.wav").astype(int)
+    live = np.rint(np.clip(whole[: len(ref)], -1, 1) * 32767).astype(int)
+    assert np.abs(live - ref).max() <= 1
+
+
+# Damage ------------------------------------------------------------------------------------
+PF = 2  # frames per packet in the damage tests
+
+
+@pytest.fixture(scope="module")
+def tiny_stream():
+    """A TINY model (hop 4), its stream of 0.1 s at 8 kHz (100 packets) and the clean decoding."""
+    torch.set_num_threads(1)
+    model = make_model(TINY, 1)
+    audio = tone(0.1, 8000, 1, 3).T.copy()
+    data = stream_bytes(model, audio, 8000, 16.0, PF)
+    clean, dec = live_decode(model, data)
+    return model, data, dec.header, clean
+
+
+def packet_offset(header, k: int) -> int:
+    return len(header.encode()) + k * header.packet_size(PF)
+
+
+def test_corrupt_packet_is_concealed_in_place(tiny_stream):
+    model, data, header, clean = tiny_stream
+    k = 40
+    at = packet_offset(header, k) + 5
+    bad = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+    out, dec = live_decode(model, bad, np.random.default_rng(1))
+    assert (dec.stats.damaged_packets, dec.stats.lost_frames) == (1, PF)
+    assert out.shape == clean.shape and np.isfinite(out).all()
+    start = k * PF * 4  # hop 4, same rate: the first sample of the damaged packet
+    assert np.array_equal(out[:start], clean[:start])
+    assert not np.array_equal(out[start : start + PF * 4], clean[start : start + PF * 4])
+    with pytest.raises(BitstreamError, match="CRC mismatch in packet 40"):
+        live_decode(model, bad, strict=True)
+
+
+def test_missing_bytes_are_detected_from_the_framing(tiny_stream):
+    model, data, header, clean = tiny_stream
+    at = packet_offset(header, 30) + 3
+    out, dec = live_decode(model, data[:at] + data[at + 4 :])  # 4 bytes of packet 30 lost
+    assert (dec.stats.damaged_packets, dec.stats.lost_frames) == (1, PF)
+    assert out.shape == clean.shape
+
+
+def test_missing_whole_packets_are_counted_from_the_length(tiny_stream):
+    model, data, header, clean = tiny_stream
+    a, b = packet_offset(header, 10), packet_offset(header, 13)
+    out, dec = live_decode(model, data[:a] + data[b:])
+    assert dec.stats.lost_frames == 3 * PF and dec.stats.damaged_packets == 0
+    assert out.shape == clean.shape
+
+
+def test_stream_cut_mid_packet_ends_cleanly(tiny_stream):
+    model, data, header, clean = tiny_stream
+    cut = packet_offset(header, 25) + 3
+    out, dec = live_decode(model, data[:cut], np.random.default_rng(2))
+    assert dec.stats.truncated and not dec.stats.ended and not dec.stats.lost_frames
+    assert len(out) == 25 * PF * 4
+    assert np.array_equal(out, clean[: len(out)])
+
+
+def test_decoder_survives_any_damage(tiny_stream):
+    model, _, header, _ = tiny_stream
+    data = stream_bytes(model, tone(0.03, 8000, 1, 4).T.copy(), 8000, 16.0, PF)  # 30 packets: fast
+    rng = np.random.default_rng(0)
+    body = len(header.encode())
+    for trial in range(24):
+        d = bytearray(data)
+        for _ in range(int(rng.integers(1, 4))):
+            at = int(rng.integers(body, len(d)))
+            kind = trial % 4
+            if kind == 0:
+                d[at] ^= int(rng.integers(1, 256))
+            elif kind == 1:
+                del d[at : at + int(rng.integers(1, 40))]
+            elif kind == 2:
+                d[at:at] = rng.integers(0, 256, int(rng.integers(1, 40)), dtype=np.uint8).tobytes()
+            else:
+                d[at:at] = d[at : at + int(rng.integers(1, 40))]
+        out, dec = live_decode(model, bytes(d), rng)
+        assert np.isfinite(out).all() and np.abs(out).max() < 10
+        if dec.stats.ended:  # frames missing from the known length are concealed too
+            assert len(out) >= expected_frames(header, dec.num_samples) * 4
+
+
+def test_strict_decoding_refuses_a_stream_without_end_record(tmp_path, tiny_stream):
+    model, data, header, _ = tiny_stream
+    path = tmp_path / "cut.rvq"
+    path.write_bytes(data[: packet_offset(header, 20)])
+    with pytest.raises(BitstreamError, match="no end record"):
+        decompress_file(path, tmp_path / "out.wav", model=model)
+    assert not (tmp_path / "out.wav").exists()
+    assert read_info(path).truncated
+
+
+# PCM byte streams ----------------------------------------------------------------------------
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_wav_from_a_pipe_reads_like_soundfile(tmp_path, subtype, channels):
+    path = tmp_path / "x.wav"
+    sf.write(str(path), tone(0.05, 16000, channels).T * 1.5, 16000, subtype=subtype)  # clipped, extremes
+    data = path.read_bytes()
+    f = io.BytesIO(data)
+    fmt, size = read_wav_header(f.read)
+    assert (fmt.rate, fmt.channels) == (16000, channels)
+    pcm = f.read(size)
+    assert np.array_equal(fmt.to_float(pcm), sf.read(str(path), dtype="float32", always_2d=True)[0])
+
+
+def test_wav_with_unknown_length_reads_to_the_end(tmp_path):
+    path = tmp_path / "x.wav"
+    sf.write(str(path), tone(0.01, 8000).T, 8000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    at = data.find(b"data") + 4
+    data[4:8] = data[at : at + 4] = b"\xff\xff\xff\xff"  # what streaming writers put in the size fields
+    fmt, size = read_wav_header(io.BytesIO(bytes(data)).read)
+    assert size is None and fmt == PcmFormat(8000, 1, "i2")

@@ -1,0 +1,153 @@
+"""Training on synthetic audio with the tiny recipe: every loss term, overfitting one clip,
+exact resume, stopping on a signal, starting from release weights, export."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+from codec import CodecError, load
+from train.config import TrainConfig
+from train.checkpoint import list_checkpoints
+from train.export import export_run
+from train.loop import run
+from train.prepare import build_cache
+from train.trainer import Trainer
+from train_support import CONFIGS, tiny_config, write_corpus
+
+ALL_TERMS = {"rec/mel", "rec/stft", "rec/waveform", "vq/commitment", "vq/codebook", "adv/gen", "adv/feat", "disc/hinge"}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    build_cache(write_corpus(root / "data", speech=4, music=3), root / "cache", 8000, workers=1)
+    return root / "cache"
+
+
+def losses_by_step(run_dir) -> dict[int, dict[str, float]]:
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return {r["step"]: {k: v for k, v in r.items() if not k.startswith("speed/")} for r in rows if "total" in r}
+
+
+def test_one_step_has_every_loss_term_finite(cache, tmp_path):
+    cfg = tiny_config(loss={"adversarial_start_step": 0})
+    trainer = Trainer(cfg, cache, tmp_path)
+    before = [p.detach().clone() for p in trainer.disc.parameters()]
+    log = trainer.train_step(trainer.data.batch(0))
+    assert ALL_TERMS <= set(log)
+    assert {"grad/gen", "grad/disc", "lr/gen", "total", "codebook/usage/q3", "codebook/perplexity/q0"} <= set(log)
+    assert all(math.isfinite(float(v)) for v in log.values()), log
+    assert trainer.step == 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.disc.parameters()))  # discriminators learn
+
+
+def test_adversarial_terms_wait_for_the_warm_up(cache, tmp_path):
+    trainer = Trainer(tiny_config(loss={"adversarial_start_step": 1}), cache, tmp_path)
+    first, second = trainer.train_step(trainer.data.batch(0)), trainer.train_step(trainer.data.batch(1))
+    assert "adv/gen" not in first and "disc/hinge" not in first
+    assert {"adv/gen", "adv/feat", "disc/hinge"} <= set(second)
+
+
+def test_tiny_model_overfits_one_clip(tmp_path):
+    (tmp_path / "d").mkdir()
+    t = np.arange(2048) / 8000
+    noise = 0.02 * np.random.default_rng(0).standard_normal(len(t))
+    x = 0.3 * np.sin(2 * np.pi * 300 * t) + 0.2 * np.sin(2 * np.pi * 1100 * t) + noise
+    sf.write(str(tmp_path / "d" / "clip.wav"), x.astype(np.float32), 8000)
+    build_cache(tmp_path / "d", tmp_path / "c", 8000, workers=1)
+    cfg = tiny_config(
+        data={"val_fraction": 0.0, "gain_db": (0.0, 0.0), "batch_size": 1},  # the same crop every step
+        loss={"adversarial": 0.0, "feature_matching": 0.0}, top={"quantizer_dropout": 0.0},
+    )
+    trainer = Trainer(cfg, tmp_path / "c", tmp_path / "run")
+    mel = [float(trainer.train_step(trainer.data.batch(s))["rec/mel"]) for s in range(40)]
+    assert min(mel[-5:]) <= 0.5 * mel[0], mel
+
+
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(cache, tmp_path):
+    # Every kind of state: discriminators starting mid-way, balancer averages, EMA weights.
+    cfg = tiny_config(loss={"adversarial_start_step": 2, "balancer": True}, optim={"ema": 0.9},
+                      top={"checkpoint_every": 100})
+    run(cfg, cache, tmp_path / "whole", max_steps=6, progress=False)
+    first = run(cfg, cache, tmp_path / "split", max_steps=3, progress=False)
+    assert first.step == 3 and first.checkpoint is not None
+    second = run(cfg, cache, tmp_path / "split", max_steps=6, resume=True, progress=False)
+    assert second.step == 6
+    whole, split = losses_by_step(tmp_path / "whole"), losses_by_step(tmp_path / "split")
+    assert sorted(whole) == sorted(split) == [1, 2, 3, 4, 5, 6]
+    assert ALL_TERMS | {"grad/rec/mel", "grad/adv/gen"} <= set(whole[6])
+    for step in whole:
+        assert whole[step] == pytest.approx(split[step], rel=1e-5, abs=1e-6), step
+    a = load_file(str(list_checkpoints(tmp_path / "whole")[-1] / "tensors.safetensors"))
+    b = load_file(str(list_checkpoints(tmp_path / "split")[-1] / "tensors.safetensors"))
+    assert a.keys() == b.keys() and any(k.startswith("ema.") for k in a) and any(k.startswith("disc.") for k in a)
+    for key in a:
+        if not key.startswith("rng."):
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_signal_stops_with_a_checkpoint_and_old_ones_are_pruned(cache, tmp_path, monkeypatch):
+    cfg = tiny_config(top={"checkpoint_every": 1, "keep_checkpoints": 2})
+    step = Trainer.train_step
+
+    def step_then_interrupt(self, audio):
+        log = step(self, audio)
+        if self.step == 4:
+            signal.raise_signal(signal.SIGINT)  # as Ctrl-C would, between two steps
+        return log
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_interrupt)
+    result = run(cfg, cache, tmp_path, max_steps=50, progress=False)
+    assert result.stopped and result.step == 4
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003", "step_00000004"]
+    state = json.loads((tmp_path / "step_00000004" / "state.json").read_text())
+    assert state["step"] == 4 and {"generator", "disc"} <= set(state["schedulers"])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_export_then_init_a_new_run_from_the_release(cache, tmp_path):
+    cfg = tiny_config(top={"validate_every": 2})
+    run(cfg, cache, tmp_path / "a", max_steps=2, progress=False)
+    release = export_run(tmp_path / "a", tmp_path / "tiny.safetensors", name="tiny-test")
+    model = load(release)
+    assert model.cfg.name == "tiny-test" and model.cfg.n_q == 4
+    tensors = load_file(str(release))
+    assert not any(k.startswith(("optim", "disc", "rng")) for k in tensors)
+    validation = [json.loads(r) for r in (tmp_path / "a" / "log.jsonl").read_text().splitlines() if "val/si_sdr/32kbps" in r]
+    assert validation and "val/mel_distance/8kbps" in validation[0] and "val/pesq_wb/16kbps" in validation[0]
+    trainer = Trainer(cfg, cache, tmp_path / "b")
+    trainer.init_from(str(release))
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(trainer.gen.state_dict()[key], value, msg=key)
+
+
+def test_init_from_a_release_of_another_architecture_is_refused(cache, tmp_path):
+    trainer = Trainer(tiny_config(), cache, tmp_path)
+    with pytest.raises(CodecError, match="architecture"):
+        trainer.init_from("rvq24k")
+
+
+def test_shipped_configs_load_and_general24k_continues_the_release_architecture():
+    configs = {p.stem: TrainConfig.from_yaml(p) for p in CONFIGS.glob("*.yaml")}
+    assert {"tiny", "speech16k", "general24k", "interim24k"} <= set(configs)
+    general, interim = configs["general24k"], configs["interim24k"]
+    # The same architecture, so that --init rvq24k continues the shipped weights.
+    assert dataclasses.replace(general.model, name=interim.model.name) == interim.model
+    assert general.loss.uses_discriminators and general.loss.adversarial_start_step > 0
+    assert configs["speech16k"].model.sample_rate == 16000
+
+
+def test_unknown_config_key_is_a_user_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: 0.1\n  momentum: 0.9\n")
+    with pytest.raises(CodecError, match="momentum"):
+        TrainConfig.from_yaml(bad)

@@ -1,0 +1,103 @@
+"""``rvqcodec train`` / ``export`` and the torchrun entry point: user mistakes are one line,
+a run exports a model that ``compress --model`` accepts, two gloo processes train together."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from train.checkpoint import list_checkpoints
+from train.prepare import build_cache
+from train_support import CONFIGS, write_corpus
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(CONFIGS / "tiny.yaml")
+
+
+def invoke(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_missing_data_path_is_one_line(tmp_path):
+    r = invoke("train", "--config", TINY, "--data", tmp_path / "nowhere", "--out", tmp_path / "run", "--quiet")
+    assert_one_line_error(r, "data path not found", "nowhere")
+
+
+def test_empty_data_folder_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = invoke("train", "--config", TINY, "--data", tmp_path / "empty", "--out", tmp_path / "run", "--quiet")
+    assert_one_line_error(r, "no audio files found")
+
+
+@pytest.mark.parametrize("problem", ["missing", "unknown key", "not yaml"])
+def test_bad_config_is_one_line(tmp_path, problem):
+    config = tmp_path / "c.yaml"
+    if problem == "unknown key":
+        config.write_text("loss:\n  mell: 1.0\n")
+    elif problem == "not yaml":
+        config.write_text("model: [unclosed\n")
+    data = write_corpus(tmp_path / "data", speech=1, music=0)
+    r = invoke("train", "--config", config, "--data", data, "--out", tmp_path / "run", "--quiet")
+    assert_one_line_error(r, "c.yaml")
+
+
+def test_export_of_a_folder_without_checkpoints_is_one_line(tmp_path):
+    r = invoke("export", tmp_path, tmp_path / "m.safetensors")
+    assert_one_line_error(r, "no checkpoint")
+
+
+def test_train_warns_about_a_corrupt_file_then_export_and_compress(tmp_path):
+    data = write_corpus(tmp_path / "data", speech=3, music=2)
+    (data / "speech" / "corrupt.flac").write_bytes(b"fLaC but not really")
+    run_dir = tmp_path / "run"
+    r = invoke("train", "--config", TINY, "--data", data, "--out", run_dir, "--max-steps", 2, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "warning: skipping" in r.stderr and "corrupt.flac" in r.stderr
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step_00000002"]
+    model = tmp_path / "tiny.safetensors"
+    r = invoke("export", run_dir, model, "--name", "tiny-cli")
+    assert r.exit_code == 0, r.output
+    r = invoke("export", run_dir, model)
+    assert_one_line_error(r, "exists")
+    rvq = tmp_path / "x.rvq"
+    r = invoke("compress", data / "speech" / "s0.wav", rvq, "--model", model, "--kbps", 16, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert rvq.stat().st_size > 0
+
+
+def test_two_gloo_processes_train_together(tmp_path):
+    cache = tmp_path / "cache"  # prepared here: the test is about the processes, not decoding
+    build_cache(write_corpus(tmp_path / "data", speech=3, music=2), cache, 8000, workers=1)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "train", "--config", TINY, "--data", str(cache), "--out", str(run_dir),
+           "--max-steps", "3", "--device", "cpu", "--quiet"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((run_dir / "step_00000003" / "state.json").read_text())
+    assert state["world_size"] == 2 and state["step"] == 3
+    logged = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged if "total" in row] == [1, 2, 3]
+    assert all(row["speed/audio_seconds_per_s"] > 0 for row in logged if "total" in row)
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(run_dir / "step_00000003" / "tensors.safetensors"))
+    assert "rng.torch.0" in tensors and "rng.torch.1" in tensors  # each process's RNG, for resume

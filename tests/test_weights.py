@@ -1,0 +1,58 @@
+"""Release weights: save/load round trip, registry checks, refusal of foreign files."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from codec import CodecError, compress_file, decompress_file, load, save_model
+from codec import weights as weights_mod
+from codec.weights import ModelError, fingerprint
+from conftest import SMALL, TINY, make_model
+
+
+def test_save_load_round_trip(tmp_path):
+    model = make_model(TINY, 3)
+    path = tmp_path / "m.safetensors"
+    save_model(model, path)
+    loaded = load(path)
+    assert loaded.cfg == model.cfg
+    assert not loaded.training
+    for key, value in model.state_dict().items():
+        expected = value.half().float() if value.is_floating_point() else value
+        assert torch.equal(loaded.state_dict()[key], expected), key
+    assert fingerprint(loaded) == fingerprint(load(path))
+
+
+def test_unknown_model_name_lists_built_in_models():
+    with pytest.raises(ModelError, match="built-in models"):
+        load("no-such-model")
+
+
+def test_foreign_safetensors_is_refused(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(3)}, str(path))
+    with pytest.raises(ModelError, match="not an rvqcodec model"):
+        load(path)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ModelError, match="cannot read"):
+        load(tmp_path / "junk.safetensors")
+
+
+def test_registry_checks_sha256(monkeypatch):
+    entry = weights_mod.REGISTRY[weights_mod.DEFAULT_MODEL]
+    broken = dataclasses.replace(entry, sha256="0" * 64)
+    monkeypatch.setitem(weights_mod.REGISTRY, weights_mod.DEFAULT_MODEL, broken)
+    with pytest.raises(ModelError, match="sha256"):
+        load()
+
+
+def test_file_from_other_weights_is_refused(tmp_path, stereo_wav):
+    a, b = make_model(SMALL, 0), make_model(SMALL, 1)
+    compress_file(stereo_wav, tmp_path / "x.rvq", kbps=6, model=a)
+    with pytest.raises(CodecError, match="made by model"):
+        decompress_file(tmp_path / "x.rvq", tmp_path / "x.wav", model=b)
+    assert not (tmp_path / "x.wav").exists()

@@ -1,0 +1,8 @@
+"""``python -m train`` and ``torchrun --nproc_per_node N -m train``: the ``rvqcodec train``
+command, so single- and multi-process runs take the same options."""
+
+import sys
+
+from cli.main import app
+
+app(["train", *sys.argv[1:]], prog_name="python -m train")

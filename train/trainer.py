@@ -1,0 +1,277 @@
+"""One training run's state and its step: generator, discriminators, optimisers, schedulers.
+
+:meth:`Trainer.train_step` reads top to bottom: generator forward, discriminator update on
+the detached output, every generator loss in a ``dict[str, Tensor]`` with namespaced keys,
+then one weighted (or balanced) backward and the optimiser step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from codec.config import CodecConfig
+from codec.errors import CodecError
+from codec.model import Codec
+from codec.quantizer import QuantizerOutput, sample_n_q
+from codec.weights import load as load_release
+
+from .balancer import Balancer
+from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from .config import LossConfig, OptimConfig, TrainConfig
+from .data import CropSampler
+from .discriminators import Discriminators
+from .distributed import Context, gather_rng, restore_rng
+from .losses import MultiResolutionSTFTLoss, MultiScaleMelLoss, feature_matching, hinge_discriminator, hinge_generator
+
+ON_AUDIO = ("rec/mel", "rec/stft", "rec/waveform", "adv/gen", "adv/feat")  # computed from y
+ON_CODES = ("vq/commitment", "vq/codebook")
+
+
+def lr_factor(step: int, cfg: OptimConfig) -> float:
+    """Linear warm-up, then exponential (halving every ``decay_steps``) or cosine decay."""
+    warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+    if cfg.schedule == "cosine":
+        t = min(1.0, step / max(cfg.decay_steps, 1))
+        return warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+    return warm * 0.5 ** (step / max(cfg.decay_steps, 1))
+
+
+def loss_weights(w: LossConfig) -> dict[str, float]:
+    return {
+        "rec/mel": w.mel, "rec/stft": w.stft, "rec/waveform": w.waveform,
+        "vq/commitment": w.commitment, "vq/codebook": w.codebook,
+        "adv/gen": w.adversarial, "adv/feat": w.feature_matching,
+    }
+
+
+def _step_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class Trainer:
+    """Everything one process of a run holds. Construct, optionally :meth:`resume` or
+    :meth:`init_from`, then call :meth:`train_step` with batches of :attr:`data`."""
+
+    def __init__(self, cfg: TrainConfig, cache: Path, run_dir: Path, ctx: Context | None = None) -> None:
+        self.cfg, self.run_dir, self.ctx = cfg, Path(run_dir), ctx or Context()
+        dev = self.ctx.device
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)  # same initial weights on every process
+        self.gen = Codec(cfg.model).to(dev)
+        self.weights = loss_weights(cfg.loss)
+        self.disc = Discriminators(cfg.disc).to(dev) if cfg.loss.uses_discriminators else None
+        self.ema = copy.deepcopy(self.gen).eval().requires_grad_(False) if cfg.optim.ema > 0 else None
+        self.balancer = None
+        if cfg.loss.balancer:
+            on_audio = {k: self.weights[k] for k in ON_AUDIO}
+            self.balancer = Balancer(on_audio, cfg.loss.balancer_ema).to(dev)
+        self.mel = MultiScaleMelLoss(cfg.model.sample_rate).to(dev)
+        self.stft = MultiResolutionSTFTLoss().to(dev)
+        o = cfg.optim
+        self.opt_g = torch.optim.AdamW(self.gen.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, functools.partial(lr_factor, cfg=o))
+        self.opt_d = self.sched_d = None
+        if self.disc is not None:
+            self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=o.disc_lr, betas=o.betas, weight_decay=o.weight_decay)
+            # Counts discriminator steps: a fresh discriminator gets its own warm-up.
+            self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, functools.partial(lr_factor, cfg=o))
+        self.gen_ddp, self.disc_ddp = self._wrap(self.gen), self._wrap(self.disc)
+        if self.disc is not None:
+            self.disc.requires_grad_(False)  # trainable only inside discriminator_step
+        self.data = CropSampler(cache, cfg.data, cfg.segment, cfg.seed, self.ctx.rank)
+        self.step = 0
+
+    def _wrap(self, module: nn.Module | None) -> nn.Module | None:
+        if module is None or not self.ctx.distributed:
+            return module
+        ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+        # Levels beyond the largest served bitrate never run; only then are parameters unused.
+        unused = isinstance(module, Codec) and max(self.cfg.model.valid_n_q) < self.cfg.model.n_q
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.cfg.optim.bf16)
+
+    def draw_n_q(self, step: int, batch: int) -> Tensor:
+        """Active codebooks per example ``[B]`` (quantizer dropout), a function of the step.
+
+        The first example always uses them all: every process must then run every level's
+        codebook update, whose broadcast is a collective operation under DDP.
+        """
+        g = torch.Generator().manual_seed(_step_seed(self.cfg.seed, self.ctx.rank, step, 1))
+        n_q = sample_n_q(batch, self.cfg.model.valid_n_q, self.cfg.quantizer_dropout, g)
+        n_q[0] = max(self.cfg.model.valid_n_q)
+        return n_q
+
+    # The step -----------------------------------------------------------------------
+    def train_step(self, audio: Tensor) -> dict[str, Tensor]:
+        """One optimisation step on crops ``[B, 1, T]``. Returns every loss term, gradient
+        norm, learning rate and codebook metric of the step (detached scalars)."""
+        x = audio.to(self.ctx.device, non_blocking=True)
+        n_q = self.draw_n_q(self.step, x.shape[0]).to(self.ctx.device)
+        adversarial = self.disc is not None and self.step >= self.cfg.loss.adversarial_start_step
+        self.gen.train()
+        with self.autocast():
+            out = self.gen_ddp(x, n_q)
+        y = out.audio.float()  # [B, 1, T]
+        log: dict[str, Tensor] = {}
+        if adversarial:
+            log.update(self.discriminator_step(x, y.detach()))
+        losses = self.generator_losses(x, y, out.quantized, adversarial)
+        log.update(self.generator_update(losses, y))
+        self.step += 1
+        log.update({k: v.detach() for k, v in losses.items()})
+        log.update({f"codebook/{k}": v.detach() for k, v in out.quantized.metrics.items()})
+        return log
+
+    def discriminator_step(self, x: Tensor, fake: Tensor) -> dict[str, Tensor]:
+        """Hinge loss on real ``x`` and generated ``fake`` ``[B, 1, T]`` (one forward of both,
+        as DDP wants one forward per backward), then the discriminators' optimiser step."""
+        assert self.disc is not None and self.opt_d is not None and self.sched_d is not None
+        self.disc.requires_grad_(True)
+        with self.autocast():
+            judged = self.disc_ddp(torch.cat([x, fake]))
+        real = [(logits.float().chunk(2)[0], []) for logits, _ in judged]
+        gen = [(logits.float().chunk(2)[1], []) for logits, _ in judged]
+        loss = hinge_discriminator(real, gen)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.disc.parameters(), self.cfg.optim.grad_clip)
+        self.opt_d.step()
+        self.sched_d.step()
+        self.disc.requires_grad_(False)
+        return {"disc/hinge": loss.detach(), "grad/disc": norm.detach(), "lr/disc": torch.tensor(self.opt_d.param_groups[0]["lr"])}
+
+    def generator_losses(self, x: Tensor, y: Tensor, q: QuantizerOutput, adversarial: bool) -> dict[str, Tensor]:
+        """Every generator loss term of original ``x`` and output ``y`` ``[B, 1, T]``."""
+        losses = {
+            "rec/mel": self.mel(y, x),
+            "rec/waveform": (y - x).abs().mean(),
+            "vq/commitment": q.commitment_loss.float(),
+            "vq/codebook": q.codebook_loss.float(),
+        }
+        if self.weights["rec/stft"] > 0:  # the costliest reconstruction term: skip when unused
+            losses["rec/stft"] = self.stft(y, x)
+        if adversarial:
+            assert self.disc is not None
+            # The bare module, frozen: no DDP hooks, no gradients into the discriminators.
+            with self.autocast():
+                with torch.no_grad():
+                    real = self.disc(x)
+                fake = self.disc(y)
+            losses["adv/gen"] = hinge_generator(fake).float()
+            losses["adv/feat"] = feature_matching(real, fake).float()
+        return losses
+
+    def generator_update(self, losses: dict[str, Tensor], y: Tensor) -> dict[str, Tensor]:
+        """Backward of the weighted losses (or the balanced gradient), clip, step, EMA."""
+        total = sum(self.weights[k] * v for k, v in losses.items())
+        log: dict[str, Tensor] = {"total": total.detach()}
+        self.opt_g.zero_grad(set_to_none=True)
+        if self.balancer is not None:
+            grad_y, norms = self.balancer.gradient(losses, y)
+            on_codes = sum(self.weights[k] * losses[k] for k in ON_CODES)
+            # One backward for both parts: DDP reduces gradients once per forward.
+            torch.autograd.backward([y, on_codes], [grad_y, None])
+            log.update({f"grad/{k}": v for k, v in norms.items()})
+        else:
+            total.backward()
+        log["grad/gen"] = torch.nn.utils.clip_grad_norm_(self.gen.parameters(), self.cfg.optim.grad_clip).detach()
+        log["lr/gen"] = torch.tensor(self.opt_g.param_groups[0]["lr"])
+        self.opt_g.step()
+        self.sched_g.step()
+        if self.ema is not None:
+            self._update_ema()
+        return log
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        assert self.ema is not None
+        for avg, p in zip(self.ema.parameters(), self.gen.parameters()):
+            avg.lerp_(p, 1.0 - self.cfg.optim.ema)
+        for avg, b in zip(self.ema.buffers(), self.gen.buffers()):
+            avg.copy_(b)  # codebook usage and initialisation flags are not averaged
+
+    @property
+    def release_model(self) -> Codec:
+        """The generator a release would ship: its EMA copy when the run keeps one."""
+        return self.ema if self.ema is not None else self.gen
+
+    # State --------------------------------------------------------------------------
+    def modules(self) -> dict[str, nn.Module]:
+        named = {"generator": self.gen, "disc": self.disc, "ema": self.ema, "balancer": self.balancer}
+        return {k: m for k, m in named.items() if m is not None}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"generator": self.opt_g} | ({"disc": self.opt_d} if self.opt_d is not None else {})
+
+    def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+        return {"generator": self.sched_g} | ({"disc": self.sched_d} if self.sched_d is not None else {})
+
+    def save(self) -> Path | None:
+        """Checkpoint (every process must call it: RNG states are gathered); rank 0 writes."""
+        rng = gather_rng(self.ctx)
+        if not self.ctx.is_main:
+            return None
+        extra = {
+            "config": self.cfg.to_dict(),
+            "world_size": self.ctx.world_size,
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers().items()},
+        }
+        return save_checkpoint(self.run_dir, self.step, self.modules(), self.optimizers(), extra,
+                               keep=self.cfg.keep_checkpoints, tensors=rng)
+
+    def resume(self) -> bool:
+        """Continue from the newest checkpoint of the run folder; False if there is none."""
+        ckpts = list_checkpoints(self.run_dir)
+        if not ckpts:
+            return False
+        _check_architecture(ckpts[-1].name, ckpts[-1] / "state.json", self.cfg)
+        try:
+            meta, tensors = load_checkpoint(ckpts[-1], self.modules(), self.optimizers())
+        except (RuntimeError, KeyError, ValueError) as exc:  # e.g. discriminators resized since
+            first = str(exc).strip().splitlines()[0]
+            raise CodecError(f"cannot resume from {ckpts[-1]}: it does not match the config ({first})") from None
+        self.step = int(meta["step"])
+        saved = meta.get("schedulers", {})
+        for name, sched in self.schedulers().items():
+            if name in saved:
+                sched.load_state_dict(saved[name])
+            elif name == "generator":  # checkpoints written before schedulers were saved
+                sched.last_epoch = self.step - 1
+                with warnings.catch_warnings():  # "step() before optimizer.step()": intended
+                    warnings.simplefilter("ignore")
+                    sched.step()
+        if "ema" in meta["missing"] and self.ema is not None:
+            self.ema.load_state_dict(self.gen.state_dict())
+        restore_rng(tensors, self.ctx)
+        return True
+
+    def init_from(self, name_or_path: str) -> None:
+        """Start from release weights (a built-in model name or a ``.safetensors`` file)."""
+        release = load_release(name_or_path)
+        if dataclasses.replace(release.cfg, name=self.cfg.model.name) != self.cfg.model:
+            raise CodecError(f"cannot start from {name_or_path}: its architecture differs from the config's model")
+        self.gen.load_state_dict(release.state_dict())
+        if self.ema is not None:
+            self.ema.load_state_dict(self.gen.state_dict())
+
+
+def _check_architecture(name: str, state_json: Path, cfg: TrainConfig) -> None:
+    saved = CodecConfig.from_dict(json.loads(state_json.read_text())["config"]["model"])
+    if dataclasses.replace(saved, name=cfg.model.name) != cfg.model:
+        raise CodecError(f"cannot resume from {name}: the config's model differs from the checkpoint's")
+
