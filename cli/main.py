@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,22 +16,20 @@ from codec import compress_file, decompress_file, read_info
 from codec.bitstream import UNKNOWN_LENGTH
 
 from .errors import user_errors
+from .options import ForceOpt, KbpsOpt, ModelOpt, QuietOpt
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="rvqcodec: neural audio codec, 1.5-24 kbps, streaming.",
 )
 
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Built-in model name or path to a .safetensors file.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite the output file if it exists.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 
 
 @app.command()
 def compress(
     input: Annotated[Path, typer.Argument(help="Audio file (WAV, FLAC, OGG, MP3...), any rate and channels.")],
     output: Annotated[Path, typer.Argument(help="The .rvq file to write.")],
-    kbps: Annotated[float, typer.Option(help="Bitrate per channel (1.5, 3, 6, 12 or 24 for the default model).")] = 6.0,
+    kbps: KbpsOpt = 6.0,
     model: ModelOpt = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,

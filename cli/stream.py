@@ -17,6 +17,7 @@ from codec.live import decode_live, encode_live
 from codec.pcm import PcmFormat
 
 from .errors import user_errors
+from .options import ForceOpt, KbpsOpt, ModelOpt, QuietOpt
 
 stream_app = typer.Typer(
     no_args_is_help=True,
@@ -26,9 +27,6 @@ stream_app = typer.Typer(
     "  rvqcodec stream encode --input speech.wav --output tcp://127.0.0.1:5000 --realtime",
 )
 
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Built-in model name or path to a .safetensors file.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite the output file if it exists.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors and warnings.")]
 ThreadsOpt = Annotated[int, typer.Option(
     "--threads", min=1, help="CPU threads for the model (one frame at a time gains little from more).")]
 
@@ -36,7 +34,6 @@ EncodeInput = Annotated[str, typer.Option(
     "--input", "-i", help="Audio file (any format), or - for WAV or --raw PCM on stdin.")]
 EncodeOutput = Annotated[str, typer.Option(
     "--output", "-o", help=".rvq file, - for stdout, or tcp://HOST:PORT to connect to a listening `stream decode`.")]
-KbpsOpt = Annotated[float, typer.Option(help="Bitrate per channel (1.5, 3, 6, 12 or 24 for the default model).")]
 RealtimeOpt = Annotated[bool, typer.Option(
     "--realtime", help="Read the input no faster than real time (demos, latency tests).")]
 RawOpt = Annotated[bool, typer.Option(

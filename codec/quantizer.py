@@ -80,16 +80,39 @@ class Codebook(nn.Module):
         return self.out_proj(F.embedding(idx, self.codebook))
 
     @torch.no_grad()
+    def init_from(self, r: Tensor) -> None:
+        """Data-dependent initialisation on the first batch of residuals ``r`` ``[N, D]``.
+
+        The projection is rescaled so that projected frames have zero mean and unit variance,
+        then the codebook is fitted with k-means. Why: at initialisation the encoder's
+        output varies little from frame to frame next to its constant part, so the projected
+        cloud is tiny, and Adam, moving every weight by about the learning rate per step,
+        carried the whole cloud away from the codebook faster than codes could follow
+        (usage collapsed to a handful of entries). At unit scale those steps are negligible.
+        """
+        if r.shape[0] < 2:
+            return
+        ze = self.in_proj(r)
+        mean, std = ze.mean(0), ze.std(0).clamp(min=1e-5)
+        self.in_proj.weight.data.div_(std[:, None])
+        self.in_proj.bias.data.sub_(mean).div_(std)
+        self.codebook.data.copy_(_kmeans(self.in_proj(r), self.codebook.shape[0]))
+        self.initialized.fill_(True)
+        if dist.is_available() and dist.is_initialized():
+            for t in (self.in_proj.weight.data, self.in_proj.bias.data, self.codebook.data):
+                dist.broadcast(t, 0)
+
+    @torch.no_grad()
     def learn_from(self, z: Tensor, idx: Tensor) -> None:
-        """K-means initialisation on the first batch, then dead-code replacement."""
+        """Dead-code replacement: entries unused for a while move to current inputs ``z``."""
         if z.shape[0] == 0:
             return
-        if not bool(self.initialized):
-            self.codebook.data.copy_(_kmeans(z, self.codebook.shape[0]))
-            self.initialized.fill_(True)
         counts = torch.bincount(idx, minlength=self.codebook.shape[0]).to(self.usage)
-        # Usage EMA scaled so that uniform use is 1; an entry unused for ~60 steps is dead.
-        self.usage.mul_(0.95).add_(counts * 0.05 * self.codebook.shape[0] / max(z.shape[0], 1))
+        # Usage EMA scaled so that uniform use is 1; an entry unused for ~13 steps is dead
+        # and re-seeded from current inputs. Fast on purpose: while the encoder is learning,
+        # its output moves faster than gradient steps can move codes, and recycling unused
+        # entries is what keeps the codebook on the data (slower recycling lost 90% of usage).
+        self.usage.mul_(0.8).add_(counts * 0.2 * self.codebook.shape[0] / max(z.shape[0], 1))
         dead = self.usage < self.dead_threshold
         n_dead = int(dead.sum())
         if n_dead:
@@ -144,6 +167,8 @@ class ResidualVectorQuantizer(nn.Module):
             if not bool(mask.any()):
                 codes.append(torch.zeros(b * f, dtype=torch.long, device=z.device))
                 continue
+            if self.training and not bool(level.initialized):
+                level.init_from(residual[mask].detach())
             ze = level.project(residual)
             idx = level.nearest(ze)
             if self.training:

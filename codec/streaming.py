@@ -17,6 +17,14 @@ from torch import nn
 from torch.nn import functional as F
 
 
+# _zero_bias_note: biases start at zero. PyTorch's default bias init (up to 1/sqrt(fan_in),
+# 0.38 for the first layer) dwarfs the response to audio at speech levels, so at
+# initialisation the latent was a near-constant with frame-to-frame variation under 2% of its
+# size; any small drift of that constant then moved all frames off the codebook at once and
+# RVQ usage collapsed to a few entries. With zero biases the latent starts as a function of the
+# signal alone (silence in, zero out).
+
+
 @dataclass
 class ConvState:
     """Input samples not yet consumed by a convolution (left context + incomplete stride)."""
@@ -66,6 +74,7 @@ class CausalConv1d(StreamingModule):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, dilation: int = 1) -> None:
         super().__init__()
         self.conv = nn.Conv1d(c_in, c_out, kernel, stride=stride, dilation=dilation)
+        nn.init.zeros_(self.conv.bias)  # see _zero_bias_note
         self.stride = stride
         self.span = (kernel - 1) * dilation + 1
         self.context = self.span - stride  # left context kept between calls
@@ -99,6 +108,7 @@ class CausalConvTranspose1d(StreamingModule):
         if kernel < stride:
             raise ValueError("kernel must be at least the stride")
         self.conv = nn.ConvTranspose1d(c_in, c_out, kernel, stride=stride)
+        nn.init.zeros_(self.conv.bias)  # see _zero_bias_note
         self.stride = stride
         self.overlap = kernel - stride
 

@@ -115,6 +115,7 @@ class TrainConfig:
     disc: DiscConfig = field(default_factory=DiscConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     quantizer_dropout: float = 1.0
+    quantize_prob: float = 1.0  # fraction of examples decoded from codes; the rest bypass (Mimi)
     seed: int = 0
     threads: int = 0  # torch threads per process (0: leave PyTorch's default)
     log_every: int = 25

@@ -116,6 +116,13 @@ class Trainer:
         n_q[0] = max(self.cfg.model.valid_n_q)
         return n_q
 
+    def draw_bypass(self, step: int, batch: int) -> Tensor | None:
+        """Examples decoded from the continuous latent ``[B]`` bool (None: quantize all)."""
+        if self.cfg.quantize_prob >= 1.0:
+            return None
+        g = torch.Generator().manual_seed(_step_seed(self.cfg.seed, self.ctx.rank, step, 2))
+        return torch.rand(batch, generator=g) >= self.cfg.quantize_prob
+
     # The step -----------------------------------------------------------------------
     def train_step(self, audio: Tensor) -> dict[str, Tensor]:
         """One optimisation step on crops ``[B, 1, T]``. Returns every loss term, gradient
@@ -124,8 +131,9 @@ class Trainer:
         n_q = self.draw_n_q(self.step, x.shape[0]).to(self.ctx.device)
         adversarial = self.disc is not None and self.step >= self.cfg.loss.adversarial_start_step
         self.gen.train()
+        bypass = self.draw_bypass(self.step, x.shape[0])
         with self.autocast():
-            out = self.gen_ddp(x, n_q)
+            out = self.gen_ddp(x, n_q, bypass)
         y = out.audio.float()  # [B, 1, T]
         log: dict[str, Tensor] = {}
         if adversarial:

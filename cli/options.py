@@ -1,0 +1,12 @@
+"""Option types shared by several commands, so that their names and help agree."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Built-in model name or path to a .safetensors file.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite the output file if it exists.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors and warnings.")]
+KbpsOpt = Annotated[float, typer.Option(help="Bitrate per channel (1.5, 3, 6, 12 or 24 for the default model).")]

@@ -1,0 +1,183 @@
+"""Objective quality metrics: a decoded signal against its original.
+
+Every function takes mono numpy float arrays ``[T]``, reference first. The scores return a
+plain float (higher is better, except :func:`mel_distance`) and need sample-aligned signals of
+equal length: use :func:`estimate_lag` and :func:`align` first. The heavy optional packages
+(``pesq``, ``pystoi``, ``visqol-python``, the mel loss with librosa and auraloss) are imported
+on first use, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+from typing import Iterator
+
+import numpy as np
+import soxr
+import torch
+from scipy import signal
+
+# PESQ (P.862.2) and STOI are defined on 16 kHz audio; ViSQOL's speech mode at 16 kHz and its
+# audio mode at 48 kHz.
+SPEECH_RATE = 16000
+VISQOL_RATES = {"speech": 16000, "audio": 48000}
+# SI-SDR of identical signals is infinite; the epsilon caps it (at about 150 dB for speech at
+# -23 dBFS) so that results stay finite numbers in JSON.
+_EPS = 1e-12
+
+
+def _check(ref: np.ndarray, est: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ref, est = np.asarray(ref, np.float64), np.asarray(est, np.float64)
+    if ref.ndim != 1 or est.ndim != 1:
+        raise ValueError(f"metrics take mono signals [T], got {ref.shape} and {est.shape}")
+    if ref.shape != est.shape:
+        raise ValueError(f"signals differ in length ({len(ref)} vs {len(est)}): align them first")
+    if len(ref) == 0:
+        raise ValueError("empty signal")
+    return ref, est
+
+
+def _resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    return x if rate_in == rate_out else soxr.resample(x, rate_in, rate_out, quality="HQ")
+
+
+def si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
+    """Scale-invariant signal-to-distortion ratio in dB (Le Roux et al. 2019), zero-mean."""
+    ref, est = _check(ref, est)
+    ref, est = ref - ref.mean(), est - est.mean()
+    target = (est @ ref + _EPS) / (ref @ ref + _EPS) * ref
+    noise = est - target
+    return float(10 * np.log10((target @ target + _EPS) / (noise @ noise + _EPS)))
+
+
+@functools.lru_cache(maxsize=4)
+def _mel_loss(sample_rate: int) -> torch.nn.Module:
+    # The training loss is the definition; importing it (not copying it) keeps the metric and
+    # the loss from drifting apart. Imported here because train.losses pulls in auraloss.
+    from train.losses import MultiScaleMelLoss
+
+    return MultiScaleMelLoss(sample_rate).eval()
+
+
+def mel_distance(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> float:
+    """Multi-scale mel distance as DAC defines it (lower is better, 0 for identical signals).
+
+    The L1 distance of ``log10(clamp(mel, 1e-5))`` averaged over bins and frames, summed over
+    windows 32..2048 (hop window/4) with 5..320 mel bands: ``train.losses.MultiScaleMelLoss``.
+    """
+    ref, est = _check(ref, est)
+    x = torch.from_numpy(ref).float()[None, None]
+    y = torch.from_numpy(est).float()[None, None]
+    with torch.no_grad():
+        return float(_mel_loss(int(sample_rate))(x, y))
+
+
+def pesq_wb(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> float:
+    """Wideband PESQ (ITU-T P.862.2, MOS-LQO 1.04..4.64) at 16 kHz.
+
+    NaN when PESQ cannot score the pair (no speech found in the reference, or under about
+    a quarter of a second of audio): the score is undefined there, and a number would be
+    mistaken for a measurement.
+    """
+    from pesq import PesqError, pesq
+
+    ref, est = _check(ref, est)
+    if not ref.any():
+        return float("nan")
+    r, e = _resample(ref, sample_rate, SPEECH_RATE), _resample(est, sample_rate, SPEECH_RATE)
+    try:
+        return float(pesq(SPEECH_RATE, r, e, "wb"))
+    except PesqError:
+        return float("nan")
+
+
+def stoi(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> float:
+    """Short-time objective intelligibility (Taal et al. 2011, 0..1) computed at 16 kHz."""
+    from pystoi import stoi as _stoi
+
+    ref, est = _check(ref, est)
+    r, e = _resample(ref, sample_rate, SPEECH_RATE), _resample(est, sample_rate, SPEECH_RATE)
+    return float(_stoi(r, e, SPEECH_RATE, extended=False))
+
+
+def visqol_available() -> bool:
+    """Whether the optional ``visqol-python`` package is installed."""
+    return importlib.util.find_spec("visqol") is not None
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    # The TFLite runtime behind ViSQOL's speech mapper prints an INFO line from C++ straight
+    # to file descriptor 2; silence that descriptor, not just sys.stderr.
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@functools.lru_cache(maxsize=2)
+def _visqol_api(mode: str):  # -> visqol.VisqolApi
+    from visqol import VisqolApi
+
+    api = VisqolApi()
+    with _quiet_stderr():
+        api.create(mode=mode)
+    return api
+
+
+def visqol(ref: np.ndarray, est: np.ndarray, sample_rate: int, mode: str) -> float | None:
+    """ViSQOL v3 MOS-LQO (1..5): ``mode`` ``"speech"`` at 16 kHz or ``"audio"`` at 48 kHz.
+
+    None when ``visqol-python`` is not installed (``pip install "visqol-python[lattice]"``).
+    """
+    if mode not in VISQOL_RATES:
+        raise ValueError(f"ViSQOL mode must be 'speech' or 'audio', got {mode!r}")
+    if not visqol_available():
+        return None
+    ref, est = _check(ref, est)
+    rate = VISQOL_RATES[mode]
+    r, e = _resample(ref, sample_rate, rate), _resample(est, sample_rate, rate)
+    with _quiet_stderr():
+        return float(_visqol_api(mode).measure_from_arrays(r, e, rate).moslqo)
+
+
+def estimate_lag(ref: np.ndarray, est: np.ndarray, max_lag: int) -> int:
+    """Delay of ``est`` behind ``ref`` in samples, within ``[-max_lag, max_lag]``.
+
+    The peak of the cross-correlation: ``est[n + lag]`` best matches ``ref[n]``. Signals may
+    differ in length. 0 when nothing correlates positively (silence, noise), since there is
+    then no evidence of any delay.
+    """
+    ref, est = np.asarray(ref, np.float64), np.asarray(est, np.float64)
+    corr = signal.correlate(est, ref, mode="full", method="fft")
+    lags = signal.correlation_lags(len(est), len(ref), mode="full")
+    window = np.abs(lags) <= max_lag
+    corr, lags = corr[window], lags[window]
+    if len(corr) == 0 or corr.max() <= 0:
+        return 0
+    return int(lags[np.argmax(corr)])
+
+
+def correlation(ref: np.ndarray, est: np.ndarray) -> float:
+    """Pearson correlation of two aligned signals (0 when either is constant)."""
+    ref, est = _check(ref, est)
+    ref, est = ref - ref.mean(), est - est.mean()
+    norm = np.sqrt((ref @ ref) * (est @ est))
+    return float(ref @ est / norm) if norm > 0 else 0.0
+
+
+def align(ref: np.ndarray, est: np.ndarray, lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """Undo a delay of ``lag`` samples: ``(ref, est)`` cut to their common, aligned part."""
+    if lag >= 0:
+        est = est[lag:]
+    else:
+        ref = ref[-lag:]
+    n = min(len(ref), len(est))
+    return ref[:n], est[:n]
