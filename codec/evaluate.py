@@ -24,7 +24,7 @@ from . import metrics, opus
 from .audio_io import read_audio
 from .errors import CodecError
 from .eval_results import Clip, EvalResult, Row, write_outputs
-from .files import compress_file, decompress_file
+from .files import compress_file, decompress_file, open_audio
 from .model import Codec
 from .weights import fingerprint, load
 
@@ -70,19 +70,13 @@ def list_clips(input: Path) -> list[Clip]:
 
 
 def _clip(path: Path, root: Path, category: str) -> Clip:
-    if not path.is_file():
-        raise CodecError(f"audio file not found: {path}")
-    try:
-        info = sf.info(str(path))
-    except Exception as exc:
-        raise CodecError(f"cannot read audio from {path}: {str(exc).strip().splitlines()[0]}") from None
-    if info.frames == 0:
-        raise CodecError(f"input has no audio samples: {path}")
+    with open_audio(path) as info:  # the same checks and messages as compress
+        rate, channels, frames = info.samplerate, info.channels, info.frames
     try:
         name = path.relative_to(root).as_posix()
     except ValueError:  # a manifest may point outside its own folder
         name = str(path)
-    return Clip(path, name, category.strip().lower() or "general", info.samplerate, info.channels, info.frames)
+    return Clip(path, name, category.strip().lower() or "general", rate, channels, frames)
 
 
 def parse_kbps(text: str) -> tuple[float, ...]:

@@ -33,7 +33,7 @@ class RegisteredModel:
 REGISTRY: dict[str, RegisteredModel] = {
     "rvq24k-v0": RegisteredModel(
         "rvq24k-v0.safetensors",
-        "f9c3fc3166409a36052ece9566a5108f0a6c9cc88e0acd28767b5c5899c09ed1",
+        "6e6e2acc65015f33f99f6fc67f9c8b35047d5ac60759d5efab9f1cfb760de03a",
         "24 kHz mono, 1.5-24 kbps (interim: reconstruction losses only, CPU-trained)",
     ),
 }
