@@ -3,7 +3,7 @@
 Every function takes mono numpy float arrays ``[T]``, reference first. The scores return a
 plain float (higher is better, except :func:`mel_distance`) and need sample-aligned signals of
 equal length: use :func:`estimate_lag` and :func:`align` first. The heavy optional packages
-(``pesq``, ``pystoi``, ``visqol-python``, the mel loss with librosa and auraloss) are imported
+(``pesq``, ``pystoi``, ``visqol-python``, the mel loss with librosa) are imported
 on first use, so importing this module stays cheap.
 """
 
@@ -55,9 +55,9 @@ def si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
 
 @functools.lru_cache(maxsize=4)
 def _mel_loss(sample_rate: int) -> torch.nn.Module:
-    # The training loss is the definition; importing it (not copying it) keeps the metric and
-    # the loss from drifting apart. Imported here because train.losses pulls in auraloss.
-    from train.losses import MultiScaleMelLoss
+    # One class is both the training loss and this metric, so they cannot drift apart.
+    # Imported here because it pulls in librosa.
+    from .mel import MultiScaleMelLoss
 
     return MultiScaleMelLoss(sample_rate).eval()
 
@@ -66,7 +66,7 @@ def mel_distance(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> float:
     """Multi-scale mel distance as DAC defines it (lower is better, 0 for identical signals).
 
     The L1 distance of ``log10(clamp(mel, 1e-5))`` averaged over bins and frames, summed over
-    windows 32..2048 (hop window/4) with 5..320 mel bands: ``train.losses.MultiScaleMelLoss``.
+    windows 32..2048 (hop window/4) with 5..320 mel bands: ``codec.mel.MultiScaleMelLoss``.
     """
     ref, est = _check(ref, est)
     x = torch.from_numpy(ref).float()[None, None]

@@ -66,10 +66,11 @@ def model_for(header: Header, model: Codec | str | Path | None = None) -> Codec:
             )
         model = header.model_id
     codec = resolve_model(model)
-    if fingerprint(codec)[:8] != header.weights_hash:
+    weights = fingerprint(codec)[:8]  # hashing 4M weights: once
+    if weights != header.weights_hash:
         raise CodecError(
             f"file was made by model {header.model_id!r} with weights {header.weights_hash.hex()}, "
-            f"not by the weights given ({codec.cfg.name}, {fingerprint(codec)[:8].hex()})"
+            f"not by the weights given ({codec.cfg.name}, {weights.hex()})"
         )
     if (codec.sample_rate, codec.cfg.codebook_size) != (header.sample_rate, header.codebook_size) \
             or header.n_q > codec.cfg.n_q:
