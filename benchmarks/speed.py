@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import print_table, write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -95,14 +97,12 @@ def main() -> None:
             )
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"{a.seconds:g}-s clip at 24 kHz, 6 kbps; RTF = compute time / audio duration (lower is faster)")
-    print(f"| system | params (M) | threads | encode RTF | decode RTF | enc+dec RTF | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['system']} | {r['params_m']:.1f} | {r['threads']} | {r['encode_rtf']:.4f} | "
-              f"{r['decode_rtf']:.4f} | {r['encode_rtf'] + r['decode_rtf']:.4f} | {r['peak_rss_mb']:.0f} |")
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps(rows, indent=1))
-    print(f"wrote {a.json}")
+    print_table(
+        ["system", "params (M)", "threads", "encode RTF", "decode RTF", "enc+dec RTF", "peak RSS (MB)"],
+        [[r["system"], f"{r['params_m']:.1f}", r["threads"], f"{r['encode_rtf']:.4f}", f"{r['decode_rtf']:.4f}",
+          f"{r['encode_rtf'] + r['decode_rtf']:.4f}", f"{r['peak_rss_mb']:.0f}"] for r in rows],
+    )
+    write_json(a.json, rows)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Prints a table and writes JSON (default ``reports/stream_latency.json``, git-ign
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import threading
 import time
@@ -29,6 +28,7 @@ import torch
 from codec import load
 from codec.endpoints import ByteReader, StopFlag
 from codec.stream import StreamDecoder, StreamEncoder, live_packet_frames
+from common import write_json
 
 CHUNK_SECONDS = 0.02
 
@@ -162,9 +162,8 @@ def main() -> None:
               f"(< {c['target_ms']:.2f} ms, a quarter frame)")
     print(f"\nTCP loopback end to end     p50 ms   p99 ms   max ms\n  {e2e['seconds']:g} s paced at real time"
           f"{'':7s}{e2e['p50_ms']:6.1f}   {e2e['p99_ms']:6.1f}   {e2e['max_ms']:6.1f}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
-    print(f"\nwritten {args.json}")
+    print()
+    write_json(args.json, report)
 
 
 if __name__ == "__main__":

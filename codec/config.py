@@ -22,9 +22,9 @@ class CodecConfig:
         kernel_size: kernel of the first and last convolutions.
         residual_kernel_size: kernel of the dilated convolution in each residual unit.
         lstm_layers: causal LSTM layers after the encoder and before the decoder (0: none).
+        activation: ``elu`` (SEANet) or ``snake`` (DAC's periodic activation).
         n_q: number of codebooks of the residual vector quantizer.
         codebook_size: entries per codebook (a power of two).
-        codebook_dim: dimension of the low-dimensional L2-normalised codes.
         bandwidths: the bitrates in kbps the model serves (each a whole number of codebooks).
         name: model identifier written into `.rvq` headers.
     """
@@ -37,13 +37,15 @@ class CodecConfig:
     kernel_size: int = 7
     residual_kernel_size: int = 3
     lstm_layers: int = 0
+    activation: str = "elu"
     n_q: int = 32
     codebook_size: int = 1024
-    codebook_dim: int = 8
     bandwidths: tuple[float, ...] = (1.5, 3.0, 6.0, 12.0, 24.0)
     name: str = "rvq24k"
 
     def __post_init__(self) -> None:
+        if self.activation not in ("elu", "snake"):
+            raise ValueError(f"activation must be 'elu' or 'snake', got {self.activation!r}")
         if self.codebook_size & (self.codebook_size - 1):
             raise ValueError("codebook_size must be a power of two")
         for kbps in self.bandwidths:

@@ -18,13 +18,13 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from train.prepare import list_entries  # the same listing (and categories) as the training data
 
 from . import metrics, opus
 from .audio_io import read_audio
 from .errors import CodecError
 from .eval_results import Clip, EvalResult, Row, write_outputs
 from .files import compress_file, decompress_file, open_audio
+from .listing import list_entries  # the same listing (and categories) as the training data
 from .model import Codec
 from .weights import fingerprint, load
 

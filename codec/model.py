@@ -36,7 +36,7 @@ class Codec(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
-        self.quantizer = ResidualVectorQuantizer(cfg.latent_dim, cfg.n_q, cfg.codebook_size, cfg.codebook_dim)
+        self.quantizer = ResidualVectorQuantizer(cfg.latent_dim, cfg.n_q, cfg.codebook_size)
         self.decoder = Decoder(cfg)
         self._pending: int | None = None  # samples fed modulo hop, while streaming
 

@@ -1,13 +1,17 @@
-"""Residual vector quantizer with learned low-dimensional codes.
+"""Residual vector quantizer with EMA codebooks in the full latent dimension.
 
-Each level projects the residual to ``codebook_dim`` (8) dimensions and picks the nearest
-code (Euclidean). Why this design: in 8 dimensions the search is cheap on a CPU, and
-learned codes (a codebook loss plus a commitment loss) need no EMA bookkeeping. Why not
-L2-normalised (cosine) codes: we trained them first and they collapsed to one or two entries
-per level, because the encoder output carries a large common offset, so every projected frame
-points the same way and the cosine choice is nearly constant; Euclidean search does not care
-about that offset. K-means initialisation (first training batch) and dead-code replacement
-(from the current batch) keep every entry in use.
+Level ``i`` quantizes what levels ``0..i-1`` left over; each entry of its codebook is the
+running mean (exponential moving average) of the latent frames assigned to it, as in
+SoundStream and EnCodec. K-means initialisation (first training batch) and dead-code
+replacement (from the current batch) keep every entry in use.
+
+Why EMA codebooks, and not learned low-dimensional codes: we trained DAC-style projected codes
+first. Their input and output projections are free parameters, and after an hour of training
+the quantized latent was 45 times off the encoder's own latent in RMS: the decoder saw two
+different inputs, and more codebooks did not improve the output. An EMA entry is by
+construction a mean of real latent frames, so the quantized latent stays on the encoder's
+scale, and every added level removes part of the remaining error. The cost is a search in the
+full latent dimension, which is small next to the convolutions.
 
 The number of active codebooks is always an explicit argument: ``n_q`` per example during
 training (quantizer dropout is drawn by :func:`sample_n_q`), an int at inference.
@@ -20,7 +24,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 
 @dataclass
@@ -30,15 +33,13 @@ class QuantizerOutput:
     Attributes:
         x: quantized latent ``[B, D, F]`` (straight-through gradients to the input).
         codes: code indices ``[B, K, F]`` (entries of inactive levels are still computed).
-        commitment_loss: pulls encoder outputs towards their codes (scalar).
-        codebook_loss: pulls codes towards encoder outputs (scalar).
+        commitment_loss: pulls encoder outputs towards their codes, mean over levels (scalar).
         metrics: per-level ``usage/q{i}`` (fraction of entries used) and ``perplexity/q{i}``.
     """
 
     x: Tensor
     codes: Tensor
     commitment_loss: Tensor
-    codebook_loss: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
@@ -52,76 +53,177 @@ def sample_n_q(batch: int, choices: tuple[int, ...], dropout: float, generator: 
     return torch.where(drop, pick, torch.full_like(pick, n_max))
 
 
-class Codebook(nn.Module):
-    """One quantizer level. Latent frames ``[N, D]`` -> codes ``[N]`` -> latent ``[N, D]``."""
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
-    def __init__(self, dim: int, size: int, code_dim: int, dead_threshold: float = 0.05) -> None:
+
+class ResidualVectorQuantizer(nn.Module):
+    """``n_q`` EMA codebooks of ``size`` entries of dimension ``dim``.
+
+    State (buffers, saved with the weights): ``codebooks`` ``[n_q, size, dim]``; for training,
+    ``cluster_size`` ``[n_q, size]`` and ``embed_sum`` ``[n_q, size, dim]`` (EMAs of the
+    count and sum of frames assigned to each entry) and ``initialized``.
+
+    Args:
+        decay: EMA decay per step. 0.97 averages over about 30 steps: at our small CPU batches
+            (~300 frames for 1024 entries) that is ~10 frames per entry, and it lets the codes
+            follow an encoder that is still moving.
+        dead_fraction: an entry whose EMA count falls below this fraction of the mean count
+            is re-seeded from a frame of the current batch.
+    """
+
+    def __init__(self, dim: int, n_q: int, size: int, decay: float = 0.97, dead_fraction: float = 0.2, eps: float = 1e-5) -> None:
         super().__init__()
-        self.in_proj = nn.Linear(dim, code_dim)
-        self.out_proj = nn.Linear(code_dim, dim)
-        self.codebook = nn.Parameter(torch.randn(size, code_dim))
-        self.dead_threshold = dead_threshold
+        self.codebook_size, self.decay, self.dead_fraction, self.eps = size, decay, dead_fraction, eps
+        # Random entries until k-means runs, so that an untrained model still gives varied codes.
+        self.register_buffer("codebooks", torch.randn(n_q, size, dim))
+        self.register_buffer("cluster_size", torch.ones(n_q, size))
+        self.register_buffer("embed_sum", self.codebooks.clone())
         self.register_buffer("initialized", torch.tensor(False))
-        self.register_buffer("usage", torch.ones(size))  # EMA of selections per batch
 
-    def project(self, r: Tensor) -> Tensor:
-        return self.in_proj(r)
-
-    def nearest(self, z: Tensor) -> Tensor:
-        """Index of the nearest code for each row of ``z`` ``[N, d]``.
-
-        Computed in float64 so that the choice does not depend on how many frames are
-        searched at once (streaming and offline agree exactly)."""
-        z64, c64 = z.detach().double(), self.codebook.detach().double()
-        dist = (c64 * c64).sum(-1)[None, :] - 2 * z64 @ c64.T  # |z|^2 is the same for every code
-        return dist.argmin(dim=-1)
-
-    def embed(self, idx: Tensor) -> Tensor:
-        return self.out_proj(F.embedding(idx, self.codebook))
+    # Buffers only training needs: release files leave them out (they would double the size).
+    TRAINING_BUFFERS = ("cluster_size", "embed_sum")
 
     @torch.no_grad()
-    def init_from(self, r: Tensor) -> None:
-        """Data-dependent initialisation on the first batch of residuals ``r`` ``[N, D]``.
+    def reset_statistics(self) -> None:
+        """Restart the EMA statistics from the current codebooks (after loading a release)."""
+        self.cluster_size.fill_(1.0)
+        self.embed_sum.copy_(self.codebooks)
 
-        The projection is rescaled so that projected frames have zero mean and unit variance,
-        then the codebook is fitted with k-means. Why: at initialisation the encoder's
-        output varies little from frame to frame next to its constant part, so the projected
-        cloud is tiny, and Adam, moving every weight by about the learning rate per step,
-        carried the whole cloud away from the codebook faster than codes could follow
-        (usage collapsed to a handful of entries). At unit scale those steps are negligible.
-        """
-        if r.shape[0] < 2:
-            return
-        ze = self.in_proj(r)
-        mean, std = ze.mean(0), ze.std(0).clamp(min=1e-5)
-        self.in_proj.weight.data.div_(std[:, None])
-        self.in_proj.bias.data.sub_(mean).div_(std)
-        self.codebook.data.copy_(_kmeans(self.in_proj(r), self.codebook.shape[0]))
+    @property
+    def n_q(self) -> int:
+        return self.codebooks.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.codebooks.shape[2]
+
+    def nearest(self, level: int, r: Tensor, exact: bool = True) -> Tensor:
+        """Index of the nearest entry of ``level`` for each row of ``r`` ``[N, D]`` -> ``[N]``.
+
+        ``exact`` computes in float64, so that the choice does not depend on how many frames
+        are searched at once (streaming and offline agree exactly); training uses float32."""
+        c = self.codebooks[level]
+        if exact:
+            r, c = r.double(), c.double()
+        dist_ = (c * c).sum(-1)[None, :] - 2 * r @ c.T  # |r|^2 is the same for every entry
+        return dist_.argmin(dim=-1)
+
+    # Training -----------------------------------------------------------------------
+    def forward(self, z: Tensor, n_q: Tensor) -> QuantizerOutput:
+        """Training pass. ``z``: ``[B, D, F]``; ``n_q``: active codebooks per example ``[B]``.
+
+        Always runs in float32, even under autocast: code choices and EMAs need the precision,
+        and the cost is small next to the convolutions."""
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self._forward(z.float(), n_q)
+
+    def _forward(self, z: Tensor, n_q: Tensor) -> QuantizerOutput:
+        b, d, f = z.shape
+        flat = z.transpose(1, 2).reshape(b * f, d)
+        if self.training and not bool(self.initialized):
+            self._initialize(flat.detach())
+        active = n_q.to(z.device).repeat_interleave(f)  # [B*F]
+        residual, quantized = flat, torch.zeros_like(flat)
+        counts = z.new_zeros(self.n_q, self.codebook_size)
+        sums = z.new_zeros(self.n_q, self.codebook_size, d)
+        seeds = self.codebooks.clone()  # replacement candidates for dead entries
+        codes, commit, metrics, levels_run = [], z.new_zeros(()), {}, 0
+        for i in range(self.n_q):
+            mask = active > i
+            if not bool(mask.any()):
+                codes.append(torch.zeros(b * f, dtype=torch.long, device=z.device))
+                continue
+            idx = self.nearest(i, residual.detach(), exact=not self.training)
+            q = self.codebooks[i][idx] * mask[:, None]
+            r_active = residual[mask].detach()
+            commit = commit + ((residual[mask] - q[mask]) ** 2).mean()
+            levels_run += 1
+            if self.training:
+                counts[i] = torch.bincount(idx[mask], minlength=self.codebook_size).to(counts)
+                sums[i].index_add_(0, idx[mask], r_active)
+                seeds[i] = r_active[torch.randint(r_active.shape[0], (self.codebook_size,), device=z.device)]
+            quantized = quantized + q
+            residual = residual - q  # the codes carry no gradient: residuals stay functions of z
+            codes.append(idx)
+            metrics.update(_usage_metrics(idx[mask], self.codebook_size, i))
+        if self.training:
+            self._update(counts, sums, seeds)
+        x = flat + (quantized - flat).detach()  # straight-through
+        x = x.reshape(b, f, d).transpose(1, 2)
+        codes_t = torch.stack(codes, dim=1).reshape(b, f, -1).transpose(1, 2)
+        return QuantizerOutput(x, codes_t, commit / max(levels_run, 1), metrics)
+
+    @torch.no_grad()
+    def _initialize(self, flat: Tensor) -> None:
+        """K-means of each level on the first batch's residuals ``[N, D]`` (rank 0 under DDP)."""
+        residual = flat.clone()
+        for i in range(self.n_q):
+            centres = _kmeans(residual, self.codebook_size)
+            self.codebooks[i] = centres
+            self.cluster_size[i] = 1.0
+            self.embed_sum[i] = centres
+            residual -= centres[self.nearest(i, residual, exact=False)]
         self.initialized.fill_(True)
-        if dist.is_available() and dist.is_initialized():
-            for t in (self.in_proj.weight.data, self.in_proj.bias.data, self.codebook.data):
+        if _distributed():
+            for t in (self.codebooks, self.cluster_size, self.embed_sum):
                 dist.broadcast(t, 0)
 
     @torch.no_grad()
-    def learn_from(self, z: Tensor, idx: Tensor) -> None:
-        """Dead-code replacement: entries unused for a while move to current inputs ``z``."""
-        if z.shape[0] == 0:
-            return
-        counts = torch.bincount(idx, minlength=self.codebook.shape[0]).to(self.usage)
-        # Usage EMA scaled so that uniform use is 1; an entry unused for ~13 steps is dead
-        # and re-seeded from current inputs. Fast on purpose: while the encoder is learning,
-        # its output moves faster than gradient steps can move codes, and recycling unused
-        # entries is what keeps the codebook on the data (slower recycling lost 90% of usage).
-        self.usage.mul_(0.8).add_(counts * 0.2 * self.codebook.shape[0] / max(z.shape[0], 1))
-        dead = self.usage < self.dead_threshold
-        n_dead = int(dead.sum())
-        if n_dead:
-            pick = torch.randint(z.shape[0], (n_dead,), device=z.device)
-            self.codebook.data[dead] = z[pick] + 1e-3 * torch.randn_like(z[pick])
-            self.usage[dead] = 1.0
-        if dist.is_available() and dist.is_initialized():
-            dist.broadcast(self.codebook.data, 0)
-            dist.broadcast(self.usage, 0)
+    def _update(self, counts: Tensor, sums: Tensor, seeds: Tensor) -> None:
+        """EMA step from this batch's ``counts`` ``[L, K]`` and ``sums`` ``[L, K, D]`` of the
+        assigned frames, then dead entries take ``seeds`` ``[L, K, D]``. Under DDP the
+        statistics are summed over processes (one all-reduce) and rank 0's replacements
+        are broadcast (one broadcast)."""
+        if _distributed():
+            stats = torch.cat([counts.unsqueeze(-1), sums], dim=-1)
+            dist.all_reduce(stats)
+            counts, sums = stats[..., 0], stats[..., 1:]
+        ran = counts.sum(-1) > 0  # levels that quantized at least one frame
+        a = 1.0 - self.decay
+        self.cluster_size[ran] = self.cluster_size[ran] * self.decay + counts[ran] * a
+        self.embed_sum[ran] = self.embed_sum[ran] * self.decay + sums[ran] * a
+        size = self.cluster_size[ran]
+        total = size.sum(-1, keepdim=True)
+        smoothed = (size + self.eps) / (total + self.codebook_size * self.eps) * total  # Laplace
+        self.codebooks[ran] = self.embed_sum[ran] / smoothed.unsqueeze(-1)
+        mean = self.cluster_size.mean(-1, keepdim=True)
+        dead = (self.cluster_size < self.dead_fraction * mean) & ran[:, None]
+        self.codebooks[dead] = seeds[dead]
+        self.cluster_size[dead] = mean.expand_as(dead)[dead]
+        self.embed_sum[dead] = seeds[dead] * self.cluster_size[dead].unsqueeze(-1)
+        if _distributed():
+            state = torch.cat([self.codebooks, self.embed_sum, self.cluster_size.unsqueeze(-1)], dim=-1)
+            dist.broadcast(state, 0)
+            d = self.dim
+            self.codebooks.copy_(state[..., :d])
+            self.embed_sum.copy_(state[..., d : 2 * d])
+            self.cluster_size.copy_(state[..., 2 * d])
+
+    # Inference ----------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, z: Tensor, n_q: int) -> Tensor:
+        """``[B, D, F]`` -> codes ``[B, n_q, F]``."""
+        if not 1 <= n_q <= self.n_q:
+            raise ValueError(f"n_q must be in 1..{self.n_q}, got {n_q}")
+        b, d, f = z.shape
+        residual = z.transpose(1, 2).reshape(b * f, d).float()
+        codes = []
+        for i in range(n_q):
+            idx = self.nearest(i, residual)
+            residual = residual - self.codebooks[i][idx]
+            codes.append(idx)
+        return torch.stack(codes, dim=1).reshape(b, f, n_q).transpose(1, 2)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes ``[B, K, F]`` (K <= n_q) -> latent ``[B, D, F]``."""
+        b, k, f = codes.shape
+        if k > self.n_q:
+            raise ValueError(f"{k} codebooks given, the model has {self.n_q}")
+        out = self.codebooks.new_zeros(b, f, self.dim)
+        for i in range(k):
+            out = out + self.codebooks[i][codes[:, i]]
+        return out.transpose(1, 2)
 
 
 def _kmeans(z: Tensor, k: int, iters: int = 10) -> Tensor:
@@ -134,82 +236,6 @@ def _kmeans(z: Tensor, k: int, iters: int = 10) -> Tensor:
         counts = torch.bincount(assign, minlength=k).unsqueeze(-1)
         centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
     return centres
-
-
-class ResidualVectorQuantizer(nn.Module):
-    """``n_q`` codebooks, each quantizing what the previous ones left over."""
-
-    def __init__(self, dim: int, n_q: int, size: int, code_dim: int) -> None:
-        super().__init__()
-        self.levels = nn.ModuleList(Codebook(dim, size, code_dim) for _ in range(n_q))
-        self.codebook_size = size
-
-    @property
-    def n_q(self) -> int:
-        return len(self.levels)
-
-    def forward(self, z: Tensor, n_q: Tensor) -> QuantizerOutput:
-        """Training pass. ``z``: ``[B, D, F]``; ``n_q``: active codebooks per example ``[B]``.
-
-        Always runs in float32, even under autocast: codebooks and code choices need the
-        precision, and the cost is negligible next to the convolutions."""
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            return self._forward(z.float(), n_q)
-
-    def _forward(self, z: Tensor, n_q: Tensor) -> QuantizerOutput:
-        b, d, f = z.shape
-        residual = z.transpose(1, 2).reshape(b * f, d)
-        active_per_row = n_q.to(z.device).repeat_interleave(f)  # [B*F]
-        out = torch.zeros_like(residual)
-        codes, commit, cb_loss, metrics = [], z.new_zeros(()), z.new_zeros(()), {}
-        for i, level in enumerate(self.levels):
-            mask = active_per_row > i
-            if not bool(mask.any()):
-                codes.append(torch.zeros(b * f, dtype=torch.long, device=z.device))
-                continue
-            if self.training and not bool(level.initialized):
-                level.init_from(residual[mask].detach())
-            ze = level.project(residual)
-            idx = level.nearest(ze)
-            if self.training:
-                level.learn_from(ze[mask].detach(), idx[mask])
-            zq = F.embedding(idx, level.codebook)
-            m = mask.unsqueeze(-1).to(z.dtype)
-            denom = m.sum().clamp(min=1) * ze.shape[-1]
-            commit = commit + (((ze - zq.detach()) ** 2) * m).sum() / denom
-            cb_loss = cb_loss + (((zq - ze.detach()) ** 2) * m).sum() / denom
-            step = level.out_proj(ze + (zq - ze).detach()) * m
-            out = out + step
-            residual = residual - step
-            codes.append(idx)
-            metrics.update(_usage_metrics(idx[mask], self.codebook_size, i))
-        x = out.reshape(b, f, d).transpose(1, 2)
-        codes_t = torch.stack(codes, dim=1).reshape(b, f, -1).transpose(1, 2)
-        return QuantizerOutput(x, codes_t, commit, cb_loss, metrics)
-
-    @torch.no_grad()
-    def encode(self, z: Tensor, n_q: int) -> Tensor:
-        """``[B, D, F]`` -> codes ``[B, n_q, F]``."""
-        if not 1 <= n_q <= self.n_q:
-            raise ValueError(f"n_q must be in 1..{self.n_q}, got {n_q}")
-        b, d, f = z.shape
-        residual = z.transpose(1, 2).reshape(b * f, d)
-        codes = []
-        for level in self.levels[:n_q]:
-            idx = level.nearest(level.project(residual))
-            residual = residual - level.embed(idx)
-            codes.append(idx)
-        return torch.stack(codes, dim=1).reshape(b, f, n_q).transpose(1, 2)
-
-    def decode(self, codes: Tensor) -> Tensor:
-        """codes ``[B, K, F]`` (K <= n_q) -> latent ``[B, D, F]``."""
-        b, k, f = codes.shape
-        if k > self.n_q:
-            raise ValueError(f"{k} codebooks given, the model has {self.n_q}")
-        flat = codes.transpose(1, 2).reshape(b * f, k)
-        out = sum(level.embed(flat[:, i]) for i, level in enumerate(self.levels[:k]))
-        d = self.levels[0].out_proj.out_features
-        return torch.as_tensor(out).reshape(b, f, d).transpose(1, 2)
 
 
 def _usage_metrics(idx: Tensor, size: int, level: int) -> dict[str, Tensor]:

@@ -6,22 +6,40 @@ Each block is three residual units (dilations 1, 3, 9) around a strided convolut
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .config import CodecConfig
 from .streaming import CausalConv1d, CausalConvTranspose1d, CausalLSTM
 
 
-class ResidualUnit(nn.Module):
-    """``x + conv1x1(elu(conv_k,dilated(elu(x))))`` with a 2x bottleneck. ``[B, C, T] -> [B, C, T]``."""
+class Snake(nn.Module):
+    """``x + sin^2(a x) / a`` with a learned frequency ``a`` per channel (BigVGAN, DAC):
+    a periodic bias that suits audio. ``[B, C, T] -> [B, C, T]``."""
 
-    def __init__(self, dim: int, kernel: int, dilation: int) -> None:
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, dim, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + torch.sin(self.alpha * x) ** 2 / (self.alpha + 1e-9)
+
+
+def activation(kind: str, dim: int) -> nn.Module:
+    """The nonlinearity named by ``CodecConfig.activation``."""
+    return Snake(dim) if kind == "snake" else nn.ELU()
+
+
+class ResidualUnit(nn.Module):
+    """``x + conv1x1(act(conv_k,dilated(act(x))))`` with a 2x bottleneck. ``[B, C, T] -> [B, C, T]``."""
+
+    def __init__(self, dim: int, kernel: int, dilation: int, act: str = "elu") -> None:
         super().__init__()
         hidden = max(dim // 2, 1)
         self.block = nn.Sequential(
-            nn.ELU(),
+            activation(act, dim),
             CausalConv1d(dim, hidden, kernel, dilation=dilation),
-            nn.ELU(),
+            activation(act, hidden),
             CausalConv1d(hidden, dim, 1),
         )
 
@@ -30,7 +48,7 @@ class ResidualUnit(nn.Module):
 
 
 def _residual_stack(dim: int, cfg: CodecConfig) -> list[nn.Module]:
-    return [ResidualUnit(dim, cfg.residual_kernel_size, d) for d in cfg.dilations]
+    return [ResidualUnit(dim, cfg.residual_kernel_size, d, cfg.activation) for d in cfg.dilations]
 
 
 class Encoder(nn.Sequential):
@@ -41,11 +59,11 @@ class Encoder(nn.Sequential):
         layers: list[nn.Module] = [CausalConv1d(1, dim, cfg.kernel_size)]
         for ratio in cfg.ratios:
             layers += _residual_stack(dim, cfg)
-            layers += [nn.ELU(), CausalConv1d(dim, dim * 2, 2 * ratio, stride=ratio)]
+            layers += [activation(cfg.activation, dim), CausalConv1d(dim, dim * 2, 2 * ratio, stride=ratio)]
             dim *= 2
         if cfg.lstm_layers:
             layers.append(CausalLSTM(dim, cfg.lstm_layers))
-        layers += [nn.ELU(), CausalConv1d(dim, cfg.latent_dim, cfg.kernel_size)]
+        layers += [activation(cfg.activation, dim), CausalConv1d(dim, cfg.latent_dim, cfg.kernel_size)]
         super().__init__(*layers)
 
 
@@ -58,8 +76,8 @@ class Decoder(nn.Sequential):
         if cfg.lstm_layers:
             layers.append(CausalLSTM(dim, cfg.lstm_layers))
         for ratio in reversed(cfg.ratios):
-            layers += [nn.ELU(), CausalConvTranspose1d(dim, dim // 2, 2 * ratio, stride=ratio)]
+            layers += [activation(cfg.activation, dim), CausalConvTranspose1d(dim, dim // 2, 2 * ratio, stride=ratio)]
             dim //= 2
             layers += _residual_stack(dim, cfg)
-        layers += [nn.ELU(), CausalConv1d(dim, 1, cfg.kernel_size)]
+        layers += [activation(cfg.activation, dim), CausalConv1d(dim, 1, cfg.kernel_size)]
         super().__init__(*layers)

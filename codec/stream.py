@@ -66,7 +66,7 @@ def model_for(header: Header, model: Codec | str | Path | None = None) -> Codec:
             )
         model = header.model_id
     codec = resolve_model(model)
-    weights = fingerprint(codec)[:8]  # hashing 4M weights: once
+    weights = fingerprint(codec)[:8]
     if weights != header.weights_hash:
         raise CodecError(
             f"file was made by model {header.model_id!r} with weights {header.weights_hash.hex()}, "

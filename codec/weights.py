@@ -11,13 +11,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import CodecConfig
 from .errors import CodecError
 from .model import Codec
+from .quantizer import ResidualVectorQuantizer
 
 FORMAT = "rvqcodec-weights-1"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -31,14 +31,16 @@ class RegisteredModel:
 
 
 REGISTRY: dict[str, RegisteredModel] = {
-    "rvq24k-v0": RegisteredModel(
-        "rvq24k-v0.safetensors",
-        "6e6e2acc65015f33f99f6fc67f9c8b35047d5ac60759d5efab9f1cfb760de03a",
-        "24 kHz mono, 1.5-24 kbps (interim: reconstruction losses only, CPU-trained)",
+    "rvq24k-v1": RegisteredModel(
+        "rvq24k-v1.safetensors",
+        "9ab079fc672b6c039c2a9cffd221a723cc491916bc79de9038d958da09c94e9f",
+        "24 kHz mono, 1.5-24 kbps (interim: reconstruction losses only, 3458 steps on 2 CPU cores)",
     ),
 }
-DEFAULT_MODEL = "rvq24k-v0"
-ALIASES = {"rvq24k": "rvq24k-v0", "default": DEFAULT_MODEL}
+# EMA statistics of the codebooks: needed to continue training, not to run the model.
+TRAINING_ONLY = {f"quantizer.{name}" for name in ResidualVectorQuantizer.TRAINING_BUFFERS}
+DEFAULT_MODEL = "rvq24k-v1"
+ALIASES = {"rvq24k": "rvq24k-v1", "default": DEFAULT_MODEL}
 
 
 class ModelError(CodecError):
@@ -46,11 +48,23 @@ class ModelError(CodecError):
 
 
 def fingerprint(model: Codec) -> bytes:
-    """sha256 over the model's weights (names and float32 values), independent of file format."""
+    """sha256 over the model's weights (names and float32 values), independent of file format
+    and of the training-only EMA statistics.
+
+    Cached on the model: hashing 4M weights for every file compressed would dominate short
+    files. The cache is keyed on every tensor's in-place version counter, so weights changed
+    since (a training step, ``load_state_dict``) are hashed again.
+    """
+    state = {k: v for k, v in sorted(model.state_dict().items()) if k not in TRAINING_ONLY}
+    key = tuple((k, v.data_ptr(), v._version) for k, v in state.items())
+    cached = getattr(model, "_fingerprint", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     h = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        h.update(key.encode())
+    for name, value in state.items():
+        h.update(name.encode())
         h.update(value.detach().float().contiguous().numpy().tobytes())
+    model._fingerprint = (key, h.digest())
     return h.digest()
 
 
@@ -58,7 +72,9 @@ def save_model(model: Codec, path: Path, extra: dict[str, str] | None = None) ->
     """Write fp16 weights + config (safetensors metadata) to ``path`` atomically."""
     path = Path(path)
     tensors = {
-        k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()
+        k: (v.half() if v.is_floating_point() else v).contiguous()
+        for k, v in model.state_dict().items()
+        if k not in TRAINING_ONLY
     }
     meta = {"format": FORMAT, "config": model.cfg.to_json(), **(extra or {})}
     tmp = path.with_name(f".{path.name}.tmp")
@@ -96,10 +112,17 @@ def _load_file(path: Path) -> Codec:
         raise ModelError(f"cannot read model weights from {path}: {str(exc).splitlines()[0]}") from None
     if meta.get("format") != FORMAT or "config" not in meta:
         raise ModelError(f"{path} is not an rvqcodec model file")
-    model = Codec(CodecConfig.from_dict(json.loads(meta["config"])))
+    try:
+        cfg = CodecConfig.from_dict(json.loads(meta["config"]))
+    except (ValueError, TypeError) as exc:  # e.g. written by another version of rvqcodec
+        raise ModelError(f"{path} holds a model config this version cannot use: {str(exc).splitlines()[0]}") from None
+    model = Codec(cfg)
     state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     try:
-        model.load_state_dict(state)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - TRAINING_ONLY:
+            raise RuntimeError(f"missing keys {sorted(set(missing) - TRAINING_ONLY)}, unexpected keys {sorted(unexpected)}")
     except RuntimeError as exc:
         raise ModelError(f"{path} does not match its own config: {str(exc).splitlines()[0]}") from None
+    model.quantizer.reset_statistics()
     return model.eval()

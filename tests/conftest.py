@@ -13,10 +13,10 @@ import torch
 from codec import Codec, CodecConfig, save_model
 
 # Real strides (hop 320, 75 Hz, 1024 codes) with a few channels: exercises the real framing.
-SMALL = CodecConfig(channels=4, latent_dim=16, n_q=32, codebook_size=1024, codebook_dim=4, name="test-small")
+SMALL = CodecConfig(channels=4, latent_dim=16, n_q=32, codebook_size=1024, name="test-small")
 # Fastest possible model: hop 4 at 8 kHz.
 TINY = CodecConfig(sample_rate=8000, channels=4, ratios=(2, 2), latent_dim=8, n_q=4, codebook_size=16,
-                   codebook_dim=4, bandwidths=(8.0, 16.0, 32.0), name="test-tiny")
+                   bandwidths=(8.0, 16.0, 32.0), name="test-tiny")
 
 
 def make_model(cfg: CodecConfig, seed: int = 0) -> Codec:

@@ -35,3 +35,8 @@ def test_json_round_trip():
     assert CodecConfig.from_dict(json.loads(cfg.to_json())) == cfg
     with pytest.raises(ValueError):
         CodecConfig.from_dict({"nonsense": 1})
+
+
+def test_unknown_activation_is_rejected():
+    with pytest.raises(ValueError, match="activation"):
+        CodecConfig(activation="relu")

@@ -32,7 +32,11 @@ def chunked_decode(model, codes, rng):
     return torch.cat(parts, dim=-1)
 
 
-@pytest.mark.parametrize("cfg", [SMALL, TINY, dataclasses.replace(TINY, lstm_layers=1)], ids=["small", "tiny", "lstm"])
+@pytest.mark.parametrize(
+    "cfg",
+    [SMALL, TINY, dataclasses.replace(TINY, lstm_layers=1), dataclasses.replace(TINY, activation="snake")],
+    ids=["small", "tiny", "lstm", "snake"],
+)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_streaming_equals_offline(cfg, seed):
     model = make_model(cfg, seed)

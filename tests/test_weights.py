@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from codec import CodecError, compress_file, decompress_file, load, save_model
@@ -27,6 +29,32 @@ def test_save_load_round_trip(tmp_path):
     assert fingerprint(loaded) == fingerprint(load(path))
 
 
+def test_release_files_leave_out_the_codebook_statistics(tmp_path):
+    model = make_model(TINY, 3)
+    model.quantizer.cluster_size.mul_(7.0)  # as after training: statistics differ from a fresh model
+    path = tmp_path / "m.safetensors"
+    save_model(model, path)
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+    assert "quantizer.codebooks" in keys
+    assert not keys & {"quantizer.cluster_size", "quantizer.embed_sum"}
+    loaded = load(path)
+    before = fingerprint(loaded)
+    loaded.quantizer.cluster_size.mul_(3.0)
+    assert fingerprint(loaded) == before  # the statistics are not part of the model's identity
+
+
+def test_fingerprint_follows_weight_changes():
+    model = make_model(TINY, 3)
+    before = fingerprint(model)
+    assert fingerprint(model) == before  # cached, same answer
+    with torch.no_grad():
+        model.decoder[0].conv.weight.add_(1.0)
+    assert fingerprint(model) != before
+    model.load_state_dict(make_model(TINY, 3).state_dict())
+    assert fingerprint(model) == before
+
+
 def test_unknown_model_name_lists_built_in_models():
     with pytest.raises(ModelError, match="built-in models"):
         load("no-such-model")
@@ -40,6 +68,14 @@ def test_foreign_safetensors_is_refused(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
     with pytest.raises(ModelError, match="cannot read"):
         load(tmp_path / "junk.safetensors")
+
+
+def test_model_file_from_an_incompatible_version_is_refused(tmp_path):
+    path = tmp_path / "old.safetensors"
+    config = json.dumps({**TINY.to_dict(), "codebook_dim": 4})  # a field this version dropped
+    save_file({"w": torch.zeros(3)}, str(path), metadata={"format": weights_mod.FORMAT, "config": config})
+    with pytest.raises(ModelError, match="config this version cannot use"):
+        load(path)
 
 
 def test_registry_checks_sha256(monkeypatch):

@@ -62,7 +62,6 @@ class LossConfig:
     stft: float = 1.0
     waveform: float = 0.0
     commitment: float = 0.02
-    codebook: float = 0.1
     adversarial: float = 0.0
     feature_matching: float = 0.0
     adversarial_start_step: int = 0

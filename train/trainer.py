@@ -36,7 +36,7 @@ from .distributed import Context, gather_rng, restore_rng
 from .losses import MultiResolutionSTFTLoss, MultiScaleMelLoss, feature_matching, hinge_discriminator, hinge_generator
 
 ON_AUDIO = ("rec/mel", "rec/stft", "rec/waveform", "adv/gen", "adv/feat")  # computed from y
-ON_CODES = ("vq/commitment", "vq/codebook")
+ON_CODES = ("vq/commitment",)
 
 
 def lr_factor(step: int, cfg: OptimConfig) -> float:
@@ -51,7 +51,7 @@ def lr_factor(step: int, cfg: OptimConfig) -> float:
 def loss_weights(w: LossConfig) -> dict[str, float]:
     return {
         "rec/mel": w.mel, "rec/stft": w.stft, "rec/waveform": w.waveform,
-        "vq/commitment": w.commitment, "vq/codebook": w.codebook,
+        "vq/commitment": w.commitment,
         "adv/gen": w.adversarial, "adv/feat": w.feature_matching,
     }
 
@@ -169,7 +169,6 @@ class Trainer:
             "rec/mel": self.mel(y, x),
             "rec/waveform": (y - x).abs().mean(),
             "vq/commitment": q.commitment_loss.float(),
-            "vq/codebook": q.codebook_loss.float(),
         }
         if self.weights["rec/stft"] > 0:  # the costliest reconstruction term: skip when unused
             losses["rec/stft"] = self.stft(y, x)
