@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from codec import load  # noqa: E402
 from codec.audio_io import read_audio, to_rate  # noqa: E402
 from codec.listing import list_entries  # noqa: E402
+from codec.quantizer import code_usage  # noqa: E402
 
 
 def usage(model, paths: list[Path]) -> tuple[np.ndarray, int]:
@@ -49,10 +50,8 @@ def main() -> None:
     args = p.parse_args()
     model = load(args.model)
     hist, frames = usage(model, [e.path for e in list_entries(args.input)])
-    p_codes = hist / np.maximum(hist.sum(1, keepdims=True), 1)
-    perplexity = np.exp(-(p_codes * np.log(np.where(p_codes > 0, p_codes, 1))).sum(1))
-    used = (hist > 0).mean(1)
-    rows = [{"level": i, "used": float(used[i]), "perplexity": float(perplexity[i])} for i in range(len(used))]
+    used, perplexity = code_usage(torch.from_numpy(hist))
+    rows = [{"level": i, "used": float(u), "perplexity": float(pp)} for i, (u, pp) in enumerate(zip(used, perplexity))]
     print(f"model {model.cfg.name}: {frames} frames of {args.input}; "
           f"{model.cfg.codebook_size} entries per level (max usage possible {min(1.0, frames / model.cfg.codebook_size):.0%})")
     print_table(["level", "entries used", "perplexity"], [[r["level"], f"{r['used']:.1%}", f"{r['perplexity']:.0f}"] for r in rows])

@@ -127,7 +127,7 @@ class ResidualVectorQuantizer(nn.Module):
         residual, quantized = flat, torch.zeros_like(flat)
         counts = z.new_zeros(self.n_q, self.codebook_size)
         sums = z.new_zeros(self.n_q, self.codebook_size, d)
-        seeds = self.codebooks.clone()  # replacement candidates for dead entries
+        inputs: list[Tensor | None] = [None] * self.n_q  # each level's frames: seeds for dead entries
         codes, commit, metrics, levels_run = [], z.new_zeros(()), {}, 0
         for i in range(self.n_q):
             mask = active > i
@@ -142,13 +142,13 @@ class ResidualVectorQuantizer(nn.Module):
             if self.training:
                 counts[i] = torch.bincount(idx[mask], minlength=self.codebook_size).to(counts)
                 sums[i].index_add_(0, idx[mask], r_active)
-                seeds[i] = r_active[torch.randint(r_active.shape[0], (self.codebook_size,), device=z.device)]
+                inputs[i] = r_active
             quantized = quantized + q
             residual = residual - q  # the codes carry no gradient: residuals stay functions of z
             codes.append(idx)
             metrics.update(_usage_metrics(idx[mask], self.codebook_size, i))
         if self.training:
-            self._update(counts, sums, seeds)
+            self._update(counts, sums, inputs)
         x = flat + (quantized - flat).detach()  # straight-through
         x = x.reshape(b, f, d).transpose(1, 2)
         codes_t = torch.stack(codes, dim=1).reshape(b, f, -1).transpose(1, 2)
@@ -170,11 +170,11 @@ class ResidualVectorQuantizer(nn.Module):
                 dist.broadcast(t, 0)
 
     @torch.no_grad()
-    def _update(self, counts: Tensor, sums: Tensor, seeds: Tensor) -> None:
+    def _update(self, counts: Tensor, sums: Tensor, inputs: list[Tensor | None]) -> None:
         """EMA step from this batch's ``counts`` ``[L, K]`` and ``sums`` ``[L, K, D]`` of the
-        assigned frames, then dead entries take ``seeds`` ``[L, K, D]``. Under DDP the
-        statistics are summed over processes (one all-reduce) and rank 0's replacements
-        are broadcast (one broadcast)."""
+        assigned frames, then dead entries are re-seeded from each level's ``inputs``
+        ``[N_i, D]``. Under DDP the statistics are summed over processes (one all-reduce), so
+        every process finds the same dead entries, and rank 0's seeds are broadcast."""
         if _distributed():
             stats = torch.cat([counts.unsqueeze(-1), sums], dim=-1)
             dist.all_reduce(stats)
@@ -189,16 +189,20 @@ class ResidualVectorQuantizer(nn.Module):
         self.codebooks[ran] = self.embed_sum[ran] / smoothed.unsqueeze(-1)
         mean = self.cluster_size.mean(-1, keepdim=True)
         dead = (self.cluster_size < self.dead_fraction * mean) & ran[:, None]
-        self.codebooks[dead] = seeds[dead]
-        self.cluster_size[dead] = mean.expand_as(dead)[dead]
-        self.embed_sum[dead] = seeds[dead] * self.cluster_size[dead].unsqueeze(-1)
+        if not bool(dead.any()):
+            return
+        # Level-major like self.codebooks[dead]; a level with no local frames (possible under
+        # DDP) draws from its own entries, and rank 0's seeds replace them anyway.
+        pools = [self.codebooks[i] if frames is None else frames for i, frames in enumerate(inputs)]
+        seeds = torch.cat([
+            pools[i][torch.randint(pools[i].shape[0], (int(n),), device=pools[i].device)]
+            for i, n in enumerate(dead.sum(-1).tolist()) if n
+        ])  # [n_dead, D]
         if _distributed():
-            state = torch.cat([self.codebooks, self.embed_sum, self.cluster_size.unsqueeze(-1)], dim=-1)
-            dist.broadcast(state, 0)
-            d = self.dim
-            self.codebooks.copy_(state[..., :d])
-            self.embed_sum.copy_(state[..., d : 2 * d])
-            self.cluster_size.copy_(state[..., 2 * d])
+            dist.broadcast(seeds, 0)
+        self.codebooks[dead] = seeds
+        self.cluster_size[dead] = mean.expand_as(dead)[dead]
+        self.embed_sum[dead] = seeds * self.cluster_size[dead].unsqueeze(-1)
 
     # Inference ----------------------------------------------------------------------
     @torch.no_grad()
@@ -238,8 +242,15 @@ def _kmeans(z: Tensor, k: int, iters: int = 10) -> Tensor:
     return centres
 
 
+def code_usage(counts: Tensor) -> tuple[Tensor, Tensor]:
+    """From code histograms ``[..., K]``: the fraction of entries used and the perplexity
+    (exp of the entropy of the code distribution), each ``[...]``."""
+    counts = counts.float()
+    p = counts / counts.sum(-1, keepdim=True).clamp(min=1)
+    entropy = -(p * torch.log(p.clamp(min=1e-12))).sum(-1)
+    return (counts > 0).float().mean(-1), entropy.exp()
+
+
 def _usage_metrics(idx: Tensor, size: int, level: int) -> dict[str, Tensor]:
-    counts = torch.bincount(idx, minlength=size).float()
-    p = counts / counts.sum().clamp(min=1)
-    entropy = -(p * torch.log(p.clamp(min=1e-12))).sum()
-    return {f"usage/q{level}": (counts > 0).float().mean(), f"perplexity/q{level}": entropy.exp()}
+    used, perplexity = code_usage(torch.bincount(idx, minlength=size))
+    return {f"usage/q{level}": used, f"perplexity/q{level}": perplexity}
