@@ -80,6 +80,7 @@ class ResidualVectorQuantizer(nn.Module):
         self.register_buffer("cluster_size", torch.ones(n_q, size))
         self.register_buffer("embed_sum", self.codebooks.clone())
         self.register_buffer("initialized", torch.tensor(False))
+        self._exact_cache: tuple | None = None  # (codebooks, version, tables): _exact_tables
 
     # Buffers only training needs: release files leave them out (they would double the size).
     TRAINING_BUFFERS = ("cluster_size", "embed_sum")
@@ -102,12 +103,29 @@ class ResidualVectorQuantizer(nn.Module):
         """Index of the nearest entry of ``level`` for each row of ``r`` ``[N, D]`` -> ``[N]``.
 
         ``exact`` computes in float64, so that the choice does not depend on how many frames
-        are searched at once (streaming and offline agree exactly); training uses float32."""
-        c = self.codebooks[level]
-        if exact:
-            r, c = r.double(), c.double()
-        dist_ = (c * c).sum(-1)[None, :] - 2 * r @ c.T  # |r|^2 is the same for every entry
-        return dist_.argmin(dim=-1)
+        are searched at once (streaming and offline agree exactly); training uses float32.
+        A float32 search that re-checks near-ties in float64 was measured too: the tie test
+        cost more than it saved."""
+        if not exact:
+            c = self.codebooks[level]
+            return ((c * c).sum(-1)[None, :] - 2 * r @ c.T).argmin(dim=-1)
+        c, norms = self._exact_tables()
+        # |r|^2 is the same for every entry, so |c|^2 - 2 r.c ranks them
+        return torch.addmm(norms[level][None, :], r.double(), c[level].T, alpha=-2).argmin(dim=-1)
+
+    def _exact_tables(self) -> tuple[Tensor, Tensor]:
+        """Float64 codebooks ``[L, K, D]`` and their squared norms ``[L, K]``, converted once
+        per codebook change rather than at every call (a streaming frame would otherwise
+        convert 32 MB for a few one-row searches)."""
+        book = self.codebooks
+        if book.is_inference():  # no version counter to key on (made under inference_mode)
+            c = book.double()
+            return c, (c * c).sum(-1)
+        cache = self._exact_cache
+        if cache is None or cache[0] is not book or cache[1] != book._version:
+            c = book.detach().double()
+            self._exact_cache = cache = (book, book._version, c, (c * c).sum(-1))
+        return cache[2], cache[3]
 
     # Training -----------------------------------------------------------------------
     def forward(self, z: Tensor, n_q: Tensor) -> QuantizerOutput:

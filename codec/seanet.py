@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .config import CodecConfig
 from .streaming import CausalConv1d, CausalConvTranspose1d, CausalLSTM
@@ -25,9 +26,26 @@ class Snake(nn.Module):
         return x + torch.sin(self.alpha * x) ** 2 / (self.alpha + 1e-9)
 
 
-def activation(kind: str, dim: int) -> nn.Module:
-    """The nonlinearity named by ``CodecConfig.activation``."""
-    return Snake(dim) if kind == "snake" else nn.ELU()
+class ELU(nn.Module):
+    """ELU, computed in place at inference where the caller never reads its input again.
+
+    On a long input each activation is a tensor of tens of MB; writing it in place spares
+    the allocation and the page faults that dominate the cost of this cheap operation.
+    Training (grad enabled) always allocates. ``[B, C, T] -> [B, C, T]``.
+    """
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.elu(x, inplace=self.inplace and not torch.is_grad_enabled())
+
+
+def activation(kind: str, dim: int, inplace: bool = False) -> nn.Module:
+    """The nonlinearity named by ``CodecConfig.activation``; ``inplace``: its input is dead
+    after it (see :class:`ELU`)."""
+    return Snake(dim) if kind == "snake" else ELU(inplace)
 
 
 class ResidualUnit(nn.Module):
@@ -37,14 +55,17 @@ class ResidualUnit(nn.Module):
         super().__init__()
         hidden = max(dim // 2, 1)
         self.block = nn.Sequential(
-            activation(act, dim),
+            activation(act, dim),  # not in place: x is still needed for the skip
             CausalConv1d(dim, hidden, kernel, dilation=dilation),
-            activation(act, hidden),
+            activation(act, hidden, inplace=True),
             CausalConv1d(hidden, dim, 1),
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.block(x)
+        y = self.block(x)
+        if torch.is_grad_enabled() or y.dtype != x.dtype:  # (autocast can make y bf16)
+            return x + y
+        return y.add_(x)  # in place: see ELU
 
 
 def _residual_stack(dim: int, cfg: CodecConfig) -> list[nn.Module]:
@@ -59,11 +80,11 @@ class Encoder(nn.Sequential):
         layers: list[nn.Module] = [CausalConv1d(1, dim, cfg.kernel_size)]
         for ratio in cfg.ratios:
             layers += _residual_stack(dim, cfg)
-            layers += [activation(cfg.activation, dim), CausalConv1d(dim, dim * 2, 2 * ratio, stride=ratio)]
+            layers += [activation(cfg.activation, dim, inplace=True), CausalConv1d(dim, dim * 2, 2 * ratio, stride=ratio)]
             dim *= 2
         if cfg.lstm_layers:
             layers.append(CausalLSTM(dim, cfg.lstm_layers))
-        layers += [activation(cfg.activation, dim), CausalConv1d(dim, cfg.latent_dim, cfg.kernel_size)]
+        layers += [activation(cfg.activation, dim, inplace=True), CausalConv1d(dim, cfg.latent_dim, cfg.kernel_size)]
         super().__init__(*layers)
 
 
@@ -76,8 +97,8 @@ class Decoder(nn.Sequential):
         if cfg.lstm_layers:
             layers.append(CausalLSTM(dim, cfg.lstm_layers))
         for ratio in reversed(cfg.ratios):
-            layers += [activation(cfg.activation, dim), CausalConvTranspose1d(dim, dim // 2, 2 * ratio, stride=ratio)]
+            layers += [activation(cfg.activation, dim, inplace=True), CausalConvTranspose1d(dim, dim // 2, 2 * ratio, stride=ratio)]
             dim //= 2
             layers += _residual_stack(dim, cfg)
-        layers += [activation(cfg.activation, dim), CausalConv1d(dim, 1, cfg.kernel_size)]
+        layers += [activation(cfg.activation, dim, inplace=True), CausalConv1d(dim, 1, cfg.kernel_size)]
         super().__init__(*layers)

@@ -31,16 +31,16 @@ class RegisteredModel:
 
 
 REGISTRY: dict[str, RegisteredModel] = {
-    "rvq24k-v1": RegisteredModel(
-        "rvq24k-v1.safetensors",
-        "9ab079fc672b6c039c2a9cffd221a723cc491916bc79de9038d958da09c94e9f",
-        "24 kHz mono, 1.5-24 kbps (interim: reconstruction losses only, 3458 steps on 2 CPU cores)",
+    "rvq24k-v2": RegisteredModel(
+        "rvq24k-v2.safetensors",
+        "8d6da6dea92828ebc5606f0f6bfe1c0930ef35135718360870d9d5854e0bc8b1",
+        "24 kHz mono, 1.5-24 kbps (interim: reconstruction losses only, 8427 steps on 2 CPU cores)",
     ),
 }
 # EMA statistics of the codebooks: needed to continue training, not to run the model.
 TRAINING_ONLY = {f"quantizer.{name}" for name in ResidualVectorQuantizer.TRAINING_BUFFERS}
-DEFAULT_MODEL = "rvq24k-v1"
-ALIASES = {"rvq24k": "rvq24k-v1", "default": DEFAULT_MODEL}
+DEFAULT_MODEL = "rvq24k-v2"
+ALIASES = {"rvq24k": "rvq24k-v2", "default": DEFAULT_MODEL}
 
 
 class ModelError(CodecError):

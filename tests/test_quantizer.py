@@ -112,3 +112,21 @@ def test_training_forward_under_bf16_autocast_keeps_fp32_codebooks():
         out = rvq(z, torch.tensor([2, 2]))
     assert out.x.dtype == torch.float32
     assert rvq.codebooks.dtype == torch.float32 and rvq.embed_sum.dtype == torch.float32
+
+
+def test_inference_search_follows_codebook_changes():
+    """The float64 tables used by ``encode`` are cached; any change to the codebooks (a
+    training step, ``load_state_dict``, an in-place edit) must be seen by the next search."""
+    torch.manual_seed(0)
+    q = ResidualVectorQuantizer(8, 2, 16).eval()
+    z = torch.randn(2, 8, 10)
+    before = q.encode(z, 2)
+    other = ResidualVectorQuantizer(8, 2, 16).eval()  # different random entries
+    q.load_state_dict(other.state_dict())
+    assert torch.equal(q.encode(z, 2), other.encode(z, 2))
+    with torch.no_grad():
+        q.codebooks.mul_(-1.0)
+    expected = ResidualVectorQuantizer(8, 2, 16).eval()
+    expected.load_state_dict(q.state_dict())
+    assert torch.equal(q.encode(z, 2), expected.encode(z, 2))
+    assert not torch.equal(q.encode(z, 2), before)

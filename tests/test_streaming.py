@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from codec.streaming import CausalConv1d
 from conftest import SMALL, TINY, make_model
 
 
@@ -88,3 +89,37 @@ def test_decoder_emits_hop_samples_per_frame():
     with model.streaming():
         out = model.decode(codes[..., :1])
     assert out.shape[-1] == SMALL.hop_length
+
+
+@pytest.mark.parametrize("lstm", [0, 1])
+def test_inference_shortcuts_match_the_training_path(lstm):
+    """Inference writes activations and residual sums in place; the training path (grad
+    enabled) allocates. Both must give the same encoder latent and decoder output, and the
+    caller's input must be left untouched."""
+    model = make_model(dataclasses.replace(SMALL, lstm_layers=lstm), seed=3)
+    wav = torch.randn(2, 1, 5 * model.hop_length) * 0.3
+    kept = wav.clone()
+    with torch.no_grad():
+        z_fast = model.encoder(wav)
+        y_fast = model.decoder(z_fast)
+    with torch.enable_grad():
+        z_ref = model.encoder(wav)
+        y_ref = model.decoder(z_ref)
+    assert torch.equal(wav, kept)
+    assert torch.allclose(z_fast, z_ref, atol=1e-5)
+    assert torch.allclose(y_fast, y_ref.detach(), atol=1e-5)
+
+
+@pytest.mark.parametrize("c_in,kernel,stride,dilation", [(6, 3, 1, 9), (6, 3, 1, 1), (6, 8, 4, 1), (12, 7, 1, 1)])
+def test_small_input_matrix_product_matches_the_convolution(c_in, kernel, stride, dilation):
+    """One streaming frame takes the gathered-taps matrix product instead of PyTorch's
+    convolution; both must agree, for every kernel shape the codec uses."""
+    torch.manual_seed(0)
+    conv = CausalConv1d(c_in, 5, kernel, stride=stride, dilation=dilation)
+    torch.nn.init.normal_(conv.conv.bias)
+    for length in (conv.span, conv.span + stride, conv.span + 7 * stride):
+        x = torch.randn(1, c_in, length)
+        with torch.no_grad():
+            fast, ref = conv._conv(x), conv.conv(x)
+        assert fast.shape == ref.shape
+        assert torch.allclose(fast, ref, atol=1e-5)

@@ -138,10 +138,13 @@ def test_init_from_a_release_of_another_architecture_is_refused(cache, tmp_path)
 
 def test_shipped_configs_load_and_general24k_continues_the_release_architecture():
     configs = {p.stem: TrainConfig.from_yaml(p) for p in CONFIGS.glob("*.yaml")}
-    assert {"tiny", "speech16k", "general24k", "interim24k"} <= set(configs)
+    assert {"tiny", "speech16k", "general24k", "interim24k", "interim24k-anneal"} <= set(configs)
     general, interim = configs["general24k"], configs["interim24k"]
-    # The same architecture, so that --init rvq24k continues the shipped weights.
+    # The same architecture, so that --init rvq24k continues the shipped weights, and the
+    # anneal phase can resume a phase-1 run.
     assert dataclasses.replace(general.model, name=interim.model.name) == interim.model
+    anneal = configs["interim24k-anneal"].model
+    assert dataclasses.replace(anneal, name=interim.model.name) == interim.model
     assert general.loss.uses_discriminators and general.loss.adversarial_start_step > 0
     assert configs["speech16k"].model.sample_rate == 16000
 
