@@ -18,7 +18,6 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-
 from . import metrics, opus
 from .audio_io import read_audio
 from .errors import CodecError

@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .cache import TensorCache
+
 
 @dataclass
 class QuantizerOutput:
@@ -80,7 +82,7 @@ class ResidualVectorQuantizer(nn.Module):
         self.register_buffer("cluster_size", torch.ones(n_q, size))
         self.register_buffer("embed_sum", self.codebooks.clone())
         self.register_buffer("initialized", torch.tensor(False))
-        self._exact_cache: tuple | None = None  # (codebooks, version, tables): _exact_tables
+        self._exact_cache: TensorCache[tuple[Tensor, Tensor]] = TensorCache()  # see _exact_tables
 
     # Buffers only training needs: release files leave them out (they would double the size).
     TRAINING_BUFFERS = ("cluster_size", "embed_sum")
@@ -117,15 +119,11 @@ class ResidualVectorQuantizer(nn.Module):
         """Float64 codebooks ``[L, K, D]`` and their squared norms ``[L, K]``, converted once
         per codebook change rather than at every call (a streaming frame would otherwise
         convert 32 MB for a few one-row searches)."""
-        book = self.codebooks
-        if book.is_inference():  # no version counter to key on (made under inference_mode)
-            c = book.double()
+        def tables() -> tuple[Tensor, Tensor]:
+            c = self.codebooks.detach().double()
             return c, (c * c).sum(-1)
-        cache = self._exact_cache
-        if cache is None or cache[0] is not book or cache[1] != book._version:
-            c = book.detach().double()
-            self._exact_cache = cache = (book, book._version, c, (c * c).sum(-1))
-        return cache[2], cache[3]
+
+        return self._exact_cache.get([self.codebooks], tables)
 
     # Training -----------------------------------------------------------------------
     def forward(self, z: Tensor, n_q: Tensor) -> QuantizerOutput:

@@ -101,7 +101,6 @@ class CausalConv1d(StreamingModule):
             self.state = ConvState(inp[..., n_out * self.stride :])
         return y
 
-
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         """``self.conv`` on ``x`` ``[B, C_in, L]``, except where PyTorch's CPU dispatch does
         worst: a small input (one streaming frame, batch 1) with a dilated, strided or wide

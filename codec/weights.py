@@ -14,6 +14,7 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .cache import TensorCache
 from .config import CodecConfig
 from .errors import CodecError
 from .model import Codec
@@ -55,17 +56,18 @@ def fingerprint(model: Codec) -> bytes:
     files. The cache is keyed on every tensor's in-place version counter, so weights changed
     since (a training step, ``load_state_dict``) are hashed again.
     """
-    state = {k: v for k, v in sorted(model.state_dict().items()) if k not in TRAINING_ONLY}
-    key = tuple((k, v.data_ptr(), v._version) for k, v in state.items())
-    cached = getattr(model, "_fingerprint", None)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    h = hashlib.sha256()
-    for name, value in state.items():
-        h.update(name.encode())
-        h.update(value.detach().float().contiguous().numpy().tobytes())
-    model._fingerprint = (key, h.digest())
-    return h.digest()
+    state = {k: v for k, v in sorted(model.state_dict(keep_vars=True).items()) if k not in TRAINING_ONLY}
+
+    def digest() -> bytes:
+        h = hashlib.sha256()
+        for name, value in state.items():
+            h.update(name.encode())
+            h.update(value.detach().float().contiguous().numpy().tobytes())
+        return h.digest()
+
+    if not hasattr(model, "_fingerprint"):
+        model._fingerprint = TensorCache()
+    return model._fingerprint.get(state.values(), digest)
 
 
 def save_model(model: Codec, path: Path, extra: dict[str, str] | None = None) -> None:
