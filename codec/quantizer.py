@@ -227,11 +227,13 @@ class ResidualVectorQuantizer(nn.Module):
         if not 1 <= n_q <= self.n_q:
             raise ValueError(f"n_q must be in 1..{self.n_q}, got {n_q}")
         b, d, f = z.shape
-        residual = z.transpose(1, 2).reshape(b * f, d).float()
+        # The residual stays in float64 with the exact search's tables: no conversion per level.
+        residual = z.transpose(1, 2).reshape(b * f, d).double()
+        tables = self._exact_tables()[0]
         codes = []
         for i in range(n_q):
             idx = self.nearest(i, residual)
-            residual = residual - self.codebooks[i][idx]
+            residual = residual - tables[i].index_select(0, idx)
             codes.append(idx)
         return torch.stack(codes, dim=1).reshape(b, f, n_q).transpose(1, 2)
 

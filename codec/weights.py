@@ -32,16 +32,16 @@ class RegisteredModel:
 
 
 REGISTRY: dict[str, RegisteredModel] = {
-    "rvq24k-v2": RegisteredModel(
-        "rvq24k-v2.safetensors",
-        "8d6da6dea92828ebc5606f0f6bfe1c0930ef35135718360870d9d5854e0bc8b1",
-        "24 kHz mono, 1.5-24 kbps (interim: reconstruction losses only, 8427 steps on 2 CPU cores)",
+    "rvq24k-v3": RegisteredModel(
+        "rvq24k-v3.safetensors",
+        "f4182e6118e966cd0745c19162ad2151ad069fca3720ea7b7fb3172cf6ebabfd",
+        "24 kHz mono, 1.5-24 kbps (interim: reconstruction losses only, 12487 steps on 2 CPU cores)",
     ),
 }
 # EMA statistics of the codebooks: needed to continue training, not to run the model.
 TRAINING_ONLY = {f"quantizer.{name}" for name in ResidualVectorQuantizer.TRAINING_BUFFERS}
-DEFAULT_MODEL = "rvq24k-v2"
-ALIASES = {"rvq24k": "rvq24k-v2", "default": DEFAULT_MODEL}
+DEFAULT_MODEL = "rvq24k-v3"
+ALIASES = {"rvq24k": "rvq24k-v3", "default": DEFAULT_MODEL}
 
 
 class ModelError(CodecError):

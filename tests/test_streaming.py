@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from codec.streaming import CausalConv1d
+from codec.streaming import CausalConv1d, CausalConvTranspose1d
 from conftest import SMALL, TINY, make_model
 
 
@@ -110,7 +110,9 @@ def test_inference_shortcuts_match_the_training_path(lstm):
     assert torch.allclose(y_fast, y_ref.detach(), atol=1e-5)
 
 
-@pytest.mark.parametrize("c_in,kernel,stride,dilation", [(6, 3, 1, 9), (6, 3, 1, 1), (6, 8, 4, 1), (12, 7, 1, 1)])
+@pytest.mark.parametrize(
+    "c_in,kernel,stride,dilation", [(6, 3, 1, 9), (6, 3, 1, 1), (6, 8, 4, 1), (12, 7, 1, 1), (6, 1, 1, 1), (1, 7, 1, 1)]
+)
 def test_small_input_matrix_product_matches_the_convolution(c_in, kernel, stride, dilation):
     """One streaming frame takes the gathered-taps matrix product instead of PyTorch's
     convolution; both must agree, for every kernel shape the codec uses."""
@@ -121,5 +123,20 @@ def test_small_input_matrix_product_matches_the_convolution(c_in, kernel, stride
         x = torch.randn(1, c_in, length)
         with torch.no_grad():
             fast, ref = conv._conv(x), conv.conv(x)
+        assert fast.shape == ref.shape
+        assert torch.allclose(fast, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,stride", [(16, 8), (10, 5), (4, 2), (9, 3), (5, 3)])
+def test_small_input_transposed_matrix_product_matches_the_convolution(kernel, stride):
+    """One streaming frame's transposed convolution is a matrix product plus an overlap-add
+    of its blocks (kernels that are a multiple of the stride; others keep PyTorch's)."""
+    torch.manual_seed(0)
+    layer = CausalConvTranspose1d(6, 5, kernel, stride)
+    for frames in (1, 2, 9):
+        x = torch.randn(1, 6, frames)
+        with torch.no_grad():
+            fast = layer._conv_transpose(x)
+            ref = torch.nn.functional.conv_transpose1d(x, layer.conv.weight, None, stride=stride)
         assert fast.shape == ref.shape
         assert torch.allclose(fast, ref, atol=1e-5)

@@ -20,7 +20,7 @@ from train.checkpoint import list_checkpoints
 from train.export import export_run
 from train.loop import run
 from train.prepare import build_cache
-from train.trainer import Trainer
+from train.trainer import Trainer, lr_factor
 from train_support import CONFIGS, tiny_config, write_corpus
 
 ALL_TERMS = {"rec/mel", "rec/stft", "rec/waveform", "vq/commitment", "adv/gen", "adv/feat", "disc/hinge"}
@@ -39,11 +39,11 @@ def losses_by_step(run_dir) -> dict[int, dict[str, float]]:
 
 
 def test_one_step_has_every_loss_term_finite(cache, tmp_path):
-    cfg = tiny_config(loss={"adversarial_start_step": 0})
+    cfg = tiny_config(loss={"adversarial_start_step": 0, "envelope": 1.0})
     trainer = Trainer(cfg, cache, tmp_path)
     before = [p.detach().clone() for p in trainer.disc.parameters()]
     log = trainer.train_step(trainer.data.batch(0))
-    assert ALL_TERMS <= set(log)
+    assert ALL_TERMS | {"rec/envelope"} <= set(log)
     assert {"grad/gen", "grad/disc", "lr/gen", "total", "codebook/usage/q3", "codebook/perplexity/q0"} <= set(log)
     assert all(math.isfinite(float(v)) for v in log.values()), log
     assert trainer.step == 1
@@ -95,6 +95,22 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(cache, tmp_path):
             torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+def test_resume_takes_the_learning_rates_of_the_new_config(cache, tmp_path):
+    """A later phase may change the rates; the checkpoint's scheduler must not keep the old."""
+    cfg = tiny_config(loss={"adversarial_start_step": 0}, top={"checkpoint_every": 100})
+    run(cfg, cache, tmp_path, max_steps=2, progress=False)
+    faster = tiny_config(loss={"adversarial_start_step": 0}, top={"checkpoint_every": 100},
+                         optim={"lr": 4 * cfg.optim.lr, "disc_lr": 3 * cfg.optim.disc_lr})
+    old, new = Trainer(cfg, cache, tmp_path), Trainer(faster, cache, tmp_path)
+    assert old.resume() and new.resume()
+    for a, b, ratio in ((old.sched_g, new.sched_g, 4), (old.sched_d, new.sched_d, 3)):
+        assert b.optimizer.param_groups[0]["lr"] == pytest.approx(ratio * a.optimizer.param_groups[0]["lr"])
+        assert b.base_lrs == pytest.approx([ratio * lr for lr in a.base_lrs])
+    for step in (2, 3):  # the step right after resuming, and one after a scheduler step
+        log = new.train_step(new.data.batch(step))
+        assert float(log["lr/gen"]) == pytest.approx(4 * cfg.optim.lr * lr_factor(step, cfg.optim))
+
+
 def test_signal_stops_with_a_checkpoint_and_old_ones_are_pruned(cache, tmp_path, monkeypatch):
     cfg = tiny_config(top={"checkpoint_every": 1, "keep_checkpoints": 2})
     step = Trainer.train_step
@@ -138,13 +154,15 @@ def test_init_from_a_release_of_another_architecture_is_refused(cache, tmp_path)
 
 def test_shipped_configs_load_and_general24k_continues_the_release_architecture():
     configs = {p.stem: TrainConfig.from_yaml(p) for p in CONFIGS.glob("*.yaml")}
-    assert {"tiny", "speech16k", "general24k", "interim24k", "interim24k-anneal"} <= set(configs)
+    phases = ("interim24k", "interim24k-anneal", "interim24k-envelope")
+    assert {"tiny", "speech16k", "general24k", *phases} <= set(configs)
     general, interim = configs["general24k"], configs["interim24k"]
-    # The same architecture, so that --init rvq24k continues the shipped weights, and the
-    # anneal phase can resume a phase-1 run.
+    # The same architecture, so that --init rvq24k continues the shipped weights, and each
+    # later phase of the interim model can resume the run of the one before.
     assert dataclasses.replace(general.model, name=interim.model.name) == interim.model
-    anneal = configs["interim24k-anneal"].model
-    assert dataclasses.replace(anneal, name=interim.model.name) == interim.model
+    for phase in phases:
+        assert dataclasses.replace(configs[phase].model, name=interim.model.name) == interim.model
+    assert configs["interim24k-envelope"].loss.envelope > 0
     assert general.loss.uses_discriminators and general.loss.adversarial_start_step > 0
     assert configs["speech16k"].model.sample_rate == 16000
 

@@ -10,9 +10,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from codec.listing import DataError, list_entries
 from train.config import DataConfig
 from train.data import CropSampler, load_index, split_clips, validation_clips
-from train.prepare import DataError, DataWarning, build_cache, ensure_cache, list_entries
+from train.prepare import DataWarning, build_cache, ensure_cache
 from train_support import write_corpus
 
 

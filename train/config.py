@@ -61,6 +61,7 @@ class LossConfig:
     mel: float = 1.0
     stft: float = 1.0
     waveform: float = 0.0
+    envelope: float = 0.0  # band-envelope correlation (STOI's measure), for intelligibility
     commitment: float = 0.02
     adversarial: float = 0.0
     feature_matching: float = 0.0

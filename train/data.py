@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from codec.listing import DataError
+
 from .config import DataConfig
-from .prepare import DataError
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from codec.audio_io import read_audio, to_rate
-from codec.listing import DataError, list_entries  # noqa: F401  (DataError: part of this module's API)
+from codec.listing import DataError, list_entries
 
 
 class DataWarning(UserWarning):

@@ -33,9 +33,9 @@ from .config import LossConfig, OptimConfig, TrainConfig
 from .data import CropSampler
 from .discriminators import Discriminators
 from .distributed import Context, gather_rng, restore_rng
-from .losses import MultiResolutionSTFTLoss, MultiScaleMelLoss, feature_matching, hinge_discriminator, hinge_generator
+from .losses import EnvelopeCorrelationLoss, MultiResolutionSTFTLoss, MultiScaleMelLoss, feature_matching, hinge_discriminator, hinge_generator
 
-ON_AUDIO = ("rec/mel", "rec/stft", "rec/waveform", "adv/gen", "adv/feat")  # computed from y
+ON_AUDIO = ("rec/mel", "rec/stft", "rec/waveform", "rec/envelope", "adv/gen", "adv/feat")  # computed from y
 ON_CODES = ("vq/commitment",)
 
 
@@ -50,7 +50,7 @@ def lr_factor(step: int, cfg: OptimConfig) -> float:
 
 def loss_weights(w: LossConfig) -> dict[str, float]:
     return {
-        "rec/mel": w.mel, "rec/stft": w.stft, "rec/waveform": w.waveform,
+        "rec/mel": w.mel, "rec/stft": w.stft, "rec/waveform": w.waveform, "rec/envelope": w.envelope,
         "vq/commitment": w.commitment,
         "adv/gen": w.adversarial, "adv/feat": w.feature_matching,
     }
@@ -80,6 +80,7 @@ class Trainer:
             self.balancer = Balancer(on_audio, cfg.loss.balancer_ema).to(dev)
         self.mel = MultiScaleMelLoss(cfg.model.sample_rate).to(dev)
         self.stft = MultiResolutionSTFTLoss().to(dev)
+        self.envelope = EnvelopeCorrelationLoss(cfg.model.sample_rate).to(dev)
         o = cfg.optim
         self.opt_g = torch.optim.AdamW(self.gen.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, functools.partial(lr_factor, cfg=o))
@@ -172,6 +173,8 @@ class Trainer:
         }
         if self.weights["rec/stft"] > 0:  # the costliest reconstruction term: skip when unused
             losses["rec/stft"] = self.stft(y, x)
+        if self.weights["rec/envelope"] > 0:
+            losses["rec/envelope"] = self.envelope(y, x)
         if adversarial:
             assert self.disc is not None
             # The bare module, frozen: no DDP hooks, no gradients into the discriminators.
@@ -262,10 +265,24 @@ class Trainer:
                 with warnings.catch_warnings():  # "step() before optimizer.step()": intended
                     warnings.simplefilter("ignore")
                     sched.step()
+        self._apply_config_rates()
         if "ema" in meta["missing"] and self.ema is not None:
             self.ema.load_state_dict(self.gen.state_dict())
         restore_rng(tensors, self.ctx)
         return True
+
+    def _apply_config_rates(self) -> None:
+        """The config's learning rates win over the checkpoint's: a later phase of a run may
+        change them (the schedulers' saved state would otherwise keep the first phase's)."""
+        o = self.cfg.optim
+        for sched, base in ((self.sched_g, o.lr), (self.sched_d, o.disc_lr)):
+            if sched is None:
+                continue
+            sched.base_lrs = [base] * len(sched.base_lrs)
+            factor = lr_factor(max(sched.last_epoch, 0), o)
+            for group in sched.optimizer.param_groups:
+                group["initial_lr"], group["lr"] = base, base * factor
+            sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
 
     def init_from(self, name_or_path: str) -> None:
         """Start from release weights (a built-in model name or a ``.safetensors`` file)."""
