@@ -157,7 +157,6 @@ class CausalConvTranspose1d(StreamingModule):
             self.state = ConvTransposeState(y[..., t * self.stride :])
         return out
 
-
     def _conv_transpose(self, x: torch.Tensor) -> torch.Tensor:
         """Bias-free transposed convolution ``[B, C_in, T] -> [B, C_out, (T - 1) * stride +
         kernel]``. PyTorch runs a slow reference kernel for one streaming frame; there each
