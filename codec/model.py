@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from .config import CodecConfig
 from .quantizer import QuantizerOutput, ResidualVectorQuantizer
+from .frame import FramePlan
 from .seanet import Decoder, Encoder
 from .streaming import streaming
 
@@ -38,7 +39,8 @@ class Codec(nn.Module):
         self.encoder = Encoder(cfg)
         self.quantizer = ResidualVectorQuantizer(cfg.latent_dim, cfg.n_q, cfg.codebook_size)
         self.decoder = Decoder(cfg)
-        self._pending: int | None = None  # samples fed modulo hop, while streaming
+        self._held: Tensor | None = None  # while streaming: input of the incomplete frame [B*C, 1, <hop]
+        self._plans: dict[str, FramePlan] = {}  # while streaming: one-frame plans, built on first use
 
     # Derived properties -------------------------------------------------------------
     @property
@@ -55,7 +57,7 @@ class Codec(nn.Module):
 
     @property
     def is_streaming(self) -> bool:
-        return self._pending is not None
+        return self._held is not None
 
     def n_q_for(self, kbps: float | None = None, n_q: int | None = None) -> int:
         """Resolve a bitrate or explicit codebook count (default: the largest bandwidth)."""
@@ -94,20 +96,23 @@ class Codec(nn.Module):
             raise ValueError(f"expected audio [B, C, T], got shape {tuple(wav.shape)}")
         b, c, t = wav.shape
         x = wav.reshape(b * c, 1, t).float()
-        if self._pending is None:
-            x = F.pad(x, (0, -t % self.hop_length))
+        if self._held is None:
+            z = self.encoder(F.pad(x, (0, -t % self.hop_length)))
         else:
-            self._pending = (self._pending + t) % self.hop_length
-        z = self.encoder(x)
+            if self._held.shape[-1]:
+                x = torch.cat([self._held, x], dim=-1)
+            whole = x.shape[-1] - x.shape[-1] % self.hop_length
+            x, self._held = x[..., :whole], x[..., whole:].clone()  # the caller may reuse its buffer
+            z = self._run_streaming("encoder", x, self.hop_length)
         codes = self.quantizer.encode(z, k)
         return codes.reshape(b, c, k, -1)
 
     @torch.no_grad()
     def flush(self, batch: int, channels: int, kbps: float | None = None, n_q: int | None = None) -> Tensor:
         """Streaming only: complete the last partial frame with zeros. -> ``[B, C, K, 0 or 1]``."""
-        if self._pending is None:
+        if self._held is None:
             raise RuntimeError("flush() is only meaningful inside model.streaming()")
-        missing = -self._pending % self.hop_length
+        missing = -self._held.shape[-1] % self.hop_length
         pad = torch.zeros(batch, channels, missing)
         return self.encode(pad, kbps=kbps, n_q=n_q)
 
@@ -118,17 +123,39 @@ class Codec(nn.Module):
             raise ValueError(f"expected codes [B, C, K, F], got shape {tuple(codes.shape)}")
         b, c, k, f = codes.shape
         z = self.quantizer.decode(codes.reshape(b * c, k, f).long())
-        audio = self.decoder(z).reshape(b, c, -1)
+        audio = self.decoder(z) if self._held is None else self._run_streaming("decoder", z, 1)
+        audio = audio.reshape(b, c, -1)
         return audio if length is None else audio[..., :length]
+
+    PLAN_MAX_FRAMES = 4  # chunks of up to this many frames (batch 1) go frame by frame
+
+    def _run_streaming(self, name: str, x: Tensor, per_frame: int) -> Tensor:
+        """Streaming ``self.<name>`` on whole frames ``x`` ``[B, C, F * per_frame]``.
+
+        Live streaming's one or two frames per call take a :class:`FramePlan` frame by frame
+        (codec/frame.py: 1.5x faster per frame than the layers' own forward); longer chunks
+        and batches take the layers' forward, whose convolutions amortise their cost over
+        the frames. Both keep the same state, so calls of any size can alternate."""
+        network: nn.Sequential = getattr(self, name)
+        frames = x.shape[-1] // per_frame
+        if frames == 0:
+            out_channels = self.cfg.latent_dim if name == "encoder" else 1
+            return x.new_zeros(x.shape[0], out_channels, 0)
+        if x.shape[0] != 1 or frames > self.PLAN_MAX_FRAMES:
+            return network(x)
+        if name not in self._plans:
+            self._plans[name] = FramePlan(network, per_frame)
+        plan = self._plans[name]
+        return torch.cat([plan(x[..., i * per_frame : (i + 1) * per_frame]) for i in range(frames)], dim=-1)
 
     @contextlib.contextmanager
     def streaming(self) -> Iterator["Codec"]:
         """Keep encoder and decoder state between calls (see class docstring)."""
-        if self._pending is not None:
+        if self._held is not None:
             raise RuntimeError("model is already streaming")
-        self._pending = 0
+        self._held = torch.zeros(1, 1, 0)
         try:
             with streaming(self.encoder), streaming(self.decoder):
                 yield self
         finally:
-            self._pending = None
+            self._held, self._plans = None, {}

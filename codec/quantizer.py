@@ -3,7 +3,8 @@
 Level ``i`` quantizes what levels ``0..i-1`` left over; each entry of its codebook is the
 running mean (exponential moving average) of the latent frames assigned to it, as in
 SoundStream and EnCodec. K-means initialisation (first training batch) and dead-code
-replacement (from the current batch) keep every entry in use.
+replacement (from the current batch) keep every entry in use, and every level learns from
+every frame of the batch: quantizer dropout only limits which levels the decoder gets.
 
 Why EMA codebooks, and not learned low-dimensional codes: we trained DAC-style projected codes
 first. Their input and output projections are free parameters, and after an hour of training
@@ -34,7 +35,8 @@ class QuantizerOutput:
 
     Attributes:
         x: quantized latent ``[B, D, F]`` (straight-through gradients to the input).
-        codes: code indices ``[B, K, F]`` (entries of inactive levels are still computed).
+        codes: code indices ``[B, K, F]`` (inactive levels are still searched: their
+            codebooks learn from every frame).
         commitment_loss: pulls encoder outputs towards their codes, mean over levels (scalar).
         metrics: per-level ``usage/q{i}`` (fraction of entries used) and ``perplexity/q{i}``.
     """
@@ -71,10 +73,12 @@ class ResidualVectorQuantizer(nn.Module):
             (~300 frames for 1024 entries) that is ~10 frames per entry, and it lets the codes
             follow an encoder that is still moving.
         dead_fraction: an entry whose EMA count falls below this fraction of the mean count
-            is re-seeded from a frame of the current batch.
+            is re-seeded from a frame of the current batch. At 0.2, levels 12-31 of the
+            interim model used 70-77% of their entries on held-out audio; 750 steps at 0.5
+            raised every level to 85% or more, at the same STOI.
     """
 
-    def __init__(self, dim: int, n_q: int, size: int, decay: float = 0.97, dead_fraction: float = 0.2, eps: float = 1e-5) -> None:
+    def __init__(self, dim: int, n_q: int, size: int, decay: float = 0.97, dead_fraction: float = 0.5, eps: float = 1e-5) -> None:
         super().__init__()
         self.codebook_size, self.decay, self.dead_fraction, self.eps = size, decay, dead_fraction, eps
         # Random entries until k-means runs, so that an untrained model still gives varied codes.
@@ -112,8 +116,7 @@ class ResidualVectorQuantizer(nn.Module):
             c = self.codebooks[level]
             return ((c * c).sum(-1)[None, :] - 2 * r @ c.T).argmin(dim=-1)
         c, norms = self._exact_tables()
-        # |r|^2 is the same for every entry, so |c|^2 - 2 r.c ranks them
-        return torch.addmm(norms[level][None, :], r.double(), c[level].T, alpha=-2).argmin(dim=-1)
+        return _nearest_exact(c[level], norms[level], r.double())
 
     def _exact_tables(self) -> tuple[Tensor, Tensor]:
         """Float64 codebooks ``[L, K, D]`` and their squared norms ``[L, K]``, converted once
@@ -143,26 +146,31 @@ class ResidualVectorQuantizer(nn.Module):
         residual, quantized = flat, torch.zeros_like(flat)
         counts = z.new_zeros(self.n_q, self.codebook_size)
         sums = z.new_zeros(self.n_q, self.codebook_size, d)
-        inputs: list[Tensor | None] = [None] * self.n_q  # each level's frames: seeds for dead entries
+        inputs: list[Tensor] = []  # each level's residuals [B*F, D]: seeds for dead entries
         codes, commit, metrics, levels_run = [], z.new_zeros(()), {}, 0
         for i in range(self.n_q):
+            # Every frame goes through every level: ``residual`` is the full-depth residual,
+            # and dropout only decides which levels' entries the decoder gets (``mask``). An
+            # example active at level i was active at all levels before, so for it the two
+            # residuals agree.
             mask = active > i
-            if not bool(mask.any()):
-                codes.append(torch.zeros(b * f, dtype=torch.long, device=z.device))
-                continue
             idx = self.nearest(i, residual.detach(), exact=not self.training)
-            q = self.codebooks[i][idx] * mask[:, None]
-            r_active = residual[mask].detach()
-            commit = commit + ((residual[mask] - q[mask]) ** 2).mean()
-            levels_run += 1
+            entries = self.codebooks[i][idx]
+            if bool(mask.any()):
+                commit = commit + ((residual[mask] - entries[mask]) ** 2).mean()
+                levels_run += 1
+                metrics.update(_usage_metrics(idx[mask], self.codebook_size, i))
             if self.training:
-                counts[i] = torch.bincount(idx[mask], minlength=self.codebook_size).to(counts)
-                sums[i].index_add_(0, idx[mask], r_active)
-                inputs[i] = r_active
-            quantized = quantized + q
-            residual = residual - q  # the codes carry no gradient: residuals stay functions of z
+                # Codebook statistics from all frames, not only the active ones: under uniform
+                # dropout over five bitrates the deepest levels would otherwise see a fifth of
+                # the batch, and their noisy EMAs left a third of their entries unused on
+                # held-out audio.
+                counts[i] = torch.bincount(idx, minlength=self.codebook_size).to(counts)
+                sums[i].index_add_(0, idx, residual.detach())
+                inputs.append(residual.detach())
+            quantized = quantized + entries * mask[:, None]
+            residual = residual - entries  # the codes carry no gradient: residuals stay functions of z
             codes.append(idx)
-            metrics.update(_usage_metrics(idx[mask], self.codebook_size, i))
         if self.training:
             self._update(counts, sums, inputs)
         x = flat + (quantized - flat).detach()  # straight-through
@@ -186,32 +194,27 @@ class ResidualVectorQuantizer(nn.Module):
                 dist.broadcast(t, 0)
 
     @torch.no_grad()
-    def _update(self, counts: Tensor, sums: Tensor, inputs: list[Tensor | None]) -> None:
+    def _update(self, counts: Tensor, sums: Tensor, inputs: list[Tensor]) -> None:
         """EMA step from this batch's ``counts`` ``[L, K]`` and ``sums`` ``[L, K, D]`` of the
         assigned frames, then dead entries are re-seeded from each level's ``inputs``
-        ``[N_i, D]``. Under DDP the statistics are summed over processes (one all-reduce), so
+        ``[N, D]``. Under DDP the statistics are summed over processes (one all-reduce), so
         every process finds the same dead entries, and rank 0's seeds are broadcast."""
         if _distributed():
             stats = torch.cat([counts.unsqueeze(-1), sums], dim=-1)
             dist.all_reduce(stats)
             counts, sums = stats[..., 0], stats[..., 1:]
-        ran = counts.sum(-1) > 0  # levels that quantized at least one frame
         a = 1.0 - self.decay
-        self.cluster_size[ran] = self.cluster_size[ran] * self.decay + counts[ran] * a
-        self.embed_sum[ran] = self.embed_sum[ran] * self.decay + sums[ran] * a
-        size = self.cluster_size[ran]
-        total = size.sum(-1, keepdim=True)
-        smoothed = (size + self.eps) / (total + self.codebook_size * self.eps) * total  # Laplace
-        self.codebooks[ran] = self.embed_sum[ran] / smoothed.unsqueeze(-1)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=a)
+        self.embed_sum.mul_(self.decay).add_(sums, alpha=a)
+        total = self.cluster_size.sum(-1, keepdim=True)
+        smoothed = (self.cluster_size + self.eps) / (total + self.codebook_size * self.eps) * total  # Laplace
+        self.codebooks.copy_(self.embed_sum / smoothed.unsqueeze(-1))
         mean = self.cluster_size.mean(-1, keepdim=True)
-        dead = (self.cluster_size < self.dead_fraction * mean) & ran[:, None]
+        dead = self.cluster_size < self.dead_fraction * mean
         if not bool(dead.any()):
             return
-        # Level-major like self.codebooks[dead]; a level with no local frames (possible under
-        # DDP) draws from its own entries, and rank 0's seeds replace them anyway.
-        pools = [self.codebooks[i] if frames is None else frames for i, frames in enumerate(inputs)]
-        seeds = torch.cat([
-            pools[i][torch.randint(pools[i].shape[0], (int(n),), device=pools[i].device)]
+        seeds = torch.cat([  # level-major, like self.codebooks[dead]
+            inputs[i][torch.randint(inputs[i].shape[0], (int(n),), device=inputs[i].device)]
             for i, n in enumerate(dead.sum(-1).tolist()) if n
         ])  # [n_dead, D]
         if _distributed():
@@ -229,10 +232,10 @@ class ResidualVectorQuantizer(nn.Module):
         b, d, f = z.shape
         # The residual stays in float64 with the exact search's tables: no conversion per level.
         residual = z.transpose(1, 2).reshape(b * f, d).double()
-        tables = self._exact_tables()[0]
+        tables, norms = self._exact_tables()
         codes = []
         for i in range(n_q):
-            idx = self.nearest(i, residual)
+            idx = _nearest_exact(tables[i], norms[i], residual)
             residual = residual - tables[i].index_select(0, idx)
             codes.append(idx)
         return torch.stack(codes, dim=1).reshape(b, f, n_q).transpose(1, 2)
@@ -242,10 +245,20 @@ class ResidualVectorQuantizer(nn.Module):
         b, k, f = codes.shape
         if k > self.n_q:
             raise ValueError(f"{k} codebooks given, the model has {self.n_q}")
-        out = self.codebooks.new_zeros(b, f, self.dim)
-        for i in range(k):
-            out = out + self.codebooks[i][codes[:, i]]
-        return out.transpose(1, 2)
+        low, high = torch.aminmax(codes) if codes.numel() else (0, 0)
+        if low < 0 or high >= self.codebook_size:
+            raise ValueError(f"codes must be in 0..{self.codebook_size - 1}, got {int(low)}..{int(high)}")
+        # one gather from all levels at once: entry j of level i is row i * size + j
+        offsets = torch.arange(k, device=codes.device)[:, None] * self.codebook_size  # [K, 1]
+        rows = self.codebooks.reshape(-1, self.dim).index_select(0, (codes + offsets).reshape(-1))
+        return rows.view(b, k, f, self.dim).sum(1).transpose(1, 2)
+
+
+def _nearest_exact(c: Tensor, norms: Tensor, r: Tensor) -> Tensor:
+    """Nearest row of ``c`` ``[K, D]`` (squared norms ``norms`` ``[K]``) for each row of ``r``
+    ``[N, D]``, all float64 -> ``[N]``."""
+    # |r|^2 is the same for every entry, so |c|^2 - 2 r.c ranks them
+    return torch.addmm(norms[None, :], r, c.T, alpha=-2).argmin(dim=-1)
 
 
 def _kmeans(z: Tensor, k: int, iters: int = 10) -> Tensor:

@@ -4,6 +4,8 @@ Offline, every layer sees zeros as its left context; inside ``with streaming(mod
 keeps the end of its input (or its output's overlap) between calls instead, so feeding a
 signal in chunks of any size yields the same output as feeding it whole. Offline convolutions
 let the library pad the zeros (no copy of the input); streaming ones concatenate the state.
+Live streaming's single frames take the same state through codec/frame.py's preallocated
+steps instead.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ class CausalConv1d(StreamingModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.context and self.stride == 1 and x.shape[-1]:  # pointwise in time: no state
-            return self._conv(x)
+            return self.conv(x)
         if not self.streaming_on and self.context and x.shape[-1] + self.context >= self.span:
             # Offline the convolution pads the left context itself, sparing a copy of the
             # input; the zeros it also puts on the right only give surplus outputs.
@@ -96,35 +98,12 @@ class CausalConv1d(StreamingModule):
         inp = torch.cat([prev, x], dim=-1)
         n_out = max(0, (inp.shape[-1] - self.span) // self.stride + 1)
         if n_out > 0:
-            y = self._conv(inp[..., : (n_out - 1) * self.stride + self.span])
+            y = self.conv(inp[..., : (n_out - 1) * self.stride + self.span])
         else:
             y = x.new_zeros(x.shape[0], self.conv.out_channels, 0)
         if self.streaming_on:
             self.state = ConvState(inp[..., n_out * self.stride :])
         return y
-
-    def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        """``self.conv`` on ``x`` ``[B, C_in, L]``, except where PyTorch's CPU dispatch does
-        worst: for a small input (one streaming frame, batch 1) it picks reference kernels
-        that copy column by column, 1.5-6x slower than gathering the taps and doing one
-        matrix product, which is what this does there (inference only)."""
-        conv = self.conv
-        if not _small_inference_input(x):
-            return conv(x)
-        k = conv.kernel_size[0]
-        weight = conv.weight.reshape(conv.out_channels, -1)  # [C_out, C_in * k]
-        if k == 1:
-            taps = x[0, :, :: self.stride]
-        else:
-            taps = x[0].unfold(-1, self.span, self.stride)[..., :: conv.dilation[0]]  # [C_in, N, k]
-            taps = taps.transpose(1, 2).reshape(weight.shape[1], -1)  # [C_in * k, N]
-        return torch.addmm(conv.bias[:, None], weight, taps).unsqueeze(0)
-
-
-def _small_inference_input(x: torch.Tensor) -> bool:
-    """Batch 1, at most 20,480 values, no autograd: where a matrix product beats PyTorch's
-    convolution kernels on CPU."""
-    return x.shape[0] == 1 and x.numel() <= 20480 and not torch.is_grad_enabled()
 
 
 class CausalConvTranspose1d(StreamingModule):
@@ -149,32 +128,13 @@ class CausalConvTranspose1d(StreamingModule):
         if t == 0:
             return x.new_zeros(b, self.conv.out_channels, 0)
         # Bias is added once, on emitted samples, so carried overlaps don't count it twice.
-        y = self._conv_transpose(x)
+        y = F.conv_transpose1d(x, self.conv.weight, None, stride=self.stride)
         if self.overlap and state is not None:  # a fresh state's carry is zeros: nothing to add
             y[..., : self.overlap] += state.partial
         out = y[..., : t * self.stride] + self.conv.bias[:, None]
         if self.streaming_on:
             self.state = ConvTransposeState(y[..., t * self.stride :])
         return out
-
-    def _conv_transpose(self, x: torch.Tensor) -> torch.Tensor:
-        """Bias-free transposed convolution ``[B, C_in, T] -> [B, C_out, (T - 1) * stride +
-        kernel]``. PyTorch runs a slow reference kernel for one streaming frame; there each
-        input frame's contribution, ``kernel / stride`` blocks of ``stride`` samples, comes
-        from one matrix product and the blocks are overlap-added (inference only)."""
-        conv, s = self.conv, self.stride
-        k, c_out = conv.kernel_size[0], conv.out_channels
-        if not _small_inference_input(x) or k % s:
-            return F.conv_transpose1d(x, conv.weight, None, stride=s)
-        t, blocks = x.shape[-1], k // s
-        cols = torch.mm(conv.weight.reshape(x.shape[1], -1).t(), x[0])  # [C_out * k, T]
-        cols = cols.reshape(c_out, blocks, s, t)
-        if t == 1:
-            return cols.reshape(1, c_out, k)
-        y = x.new_zeros(c_out, s, t + blocks - 1)
-        for j in range(blocks):
-            y[..., j : j + t] += cols[:, j]
-        return y.transpose(1, 2).reshape(1, c_out, -1)
 
 
 class CausalLSTM(StreamingModule):

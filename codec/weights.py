@@ -32,16 +32,16 @@ class RegisteredModel:
 
 
 REGISTRY: dict[str, RegisteredModel] = {
-    "rvq24k-v3": RegisteredModel(
-        "rvq24k-v3.safetensors",
-        "f4182e6118e966cd0745c19162ad2151ad069fca3720ea7b7fb3172cf6ebabfd",
-        "24 kHz mono, 1.5-24 kbps (interim: reconstruction losses only, 12487 steps on 2 CPU cores)",
+    "rvq24k-v4": RegisteredModel(
+        "rvq24k-v4.safetensors",
+        "26829e75ba30e4f14b57564ae1bf2b88195d16363eacb2e46f56738561298c2b",
+        "24 kHz mono, 1.5-24 kbps (interim: reconstruction losses only, 15671 steps on 2 CPU cores)",
     ),
 }
 # EMA statistics of the codebooks: needed to continue training, not to run the model.
 TRAINING_ONLY = {f"quantizer.{name}" for name in ResidualVectorQuantizer.TRAINING_BUFFERS}
-DEFAULT_MODEL = "rvq24k-v3"
-ALIASES = {"rvq24k": "rvq24k-v3", "default": DEFAULT_MODEL}
+DEFAULT_MODEL = "rvq24k-v4"
+ALIASES = {"rvq24k": "rvq24k-v4", "default": DEFAULT_MODEL}
 
 
 class ModelError(CodecError):

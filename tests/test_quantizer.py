@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from codec.quantizer import ResidualVectorQuantizer, sample_n_q
@@ -102,6 +103,24 @@ def test_kmeans_init_and_dead_code_replacement():
     assert dists.max().item() < 0.05
 
 
+
+def test_inactive_levels_still_learn_from_every_frame():
+    """Quantizer dropout limits what the decoder gets, not what the codebooks learn from: a
+    level no example uses still takes its EMA step from the batch's full-depth residuals."""
+    torch.manual_seed(0)
+    rvq = ResidualVectorQuantizer(dim=4, n_q=3, size=8, dead_fraction=0.0).train()  # no re-seeding
+    z = torch.randn(2, 4, 64)
+    rvq(z, torch.tensor([3, 3]))  # k-means initialisation
+    flat = z.transpose(1, 2).reshape(-1, 4)
+    residual = flat - rvq.codebooks[0][rvq.nearest(0, flat, exact=False)]
+    residual = residual - rvq.codebooks[1][rvq.nearest(1, residual, exact=False)]
+    idx = rvq.nearest(2, residual, exact=False)
+    counts = torch.bincount(idx, minlength=8).float()
+    before = rvq.cluster_size[2].clone()
+    out = rvq(z, torch.tensor([1, 1]))  # only level 0 reaches the decoder
+    assert torch.allclose(rvq.cluster_size[2], before * rvq.decay + counts * (1 - rvq.decay))
+    assert set(out.metrics) == {"usage/q0", "perplexity/q0"}  # metrics describe what was decoded
+
 def test_training_forward_under_bf16_autocast_keeps_fp32_codebooks():
     torch.manual_seed(0)
     rvq = ResidualVectorQuantizer(dim=8, n_q=2, size=64).train()
@@ -130,3 +149,16 @@ def test_inference_search_follows_codebook_changes():
     expected.load_state_dict(q.state_dict())
     assert torch.equal(q.encode(z, 2), expected.encode(z, 2))
     assert not torch.equal(q.encode(z, 2), before)
+
+
+def test_decode_refuses_codes_outside_the_codebook():
+    """Decoding gathers from all levels' entries at once: a code past the end of its level
+    would silently read the next level's entry, so it is refused."""
+    rvq = ResidualVectorQuantizer(dim=4, n_q=3, size=8).eval()
+    good = torch.randint(0, 8, (1, 3, 5))
+    assert rvq.decode(good).shape == (1, 4, 5)
+    for bad in (8, -1):
+        codes = good.clone()
+        codes[0, 0, 2] = bad
+        with pytest.raises(ValueError, match="0..7"):
+            rvq.decode(codes)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from codec.streaming import CausalConv1d, CausalConvTranspose1d
+from codec.frame import ConvStep, ConvTransposeStep
+from codec.streaming import CausalConv1d, CausalConvTranspose1d, streaming
 from conftest import SMALL, TINY, make_model
 
 
@@ -39,10 +40,11 @@ def chunked_decode(model, codes, rng):
     ids=["small", "tiny", "lstm", "snake"],
 )
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_streaming_equals_offline(cfg, seed):
+@pytest.mark.parametrize("batch", [(2, 2), (1, 1)], ids=["batch4", "batch1"])  # batch 1 takes frame plans
+def test_streaming_equals_offline(cfg, seed, batch):
     model = make_model(cfg, seed)
     rng = np.random.default_rng(seed)
-    wav = torch.randn(2, 2, int(rng.integers(3000, 9000))) * 0.3
+    wav = torch.randn(*batch, int(rng.integers(3000, 9000))) * 0.3
     n_q = cfg.n_q
     offline = model.encode(wav, n_q=n_q)
     streamed = chunked_encode(model, wav, n_q, rng)
@@ -110,33 +112,59 @@ def test_inference_shortcuts_match_the_training_path(lstm):
     assert torch.allclose(y_fast, y_ref.detach(), atol=1e-5)
 
 
+def steps_and_forward(layer, step_type, x, n):
+    """Streams ``x`` ``[1, C, 8 n]`` through ``layer`` in chunks of ``n``: a frame step for
+    chunks 0-2 and 5-7, the layer's own forward for 3 and 4, so the state passes both ways."""
+    outs = []
+    with streaming(layer):
+        step = step_type(layer, n)
+        for i in range(8):
+            chunk = x[..., i * n : (i + 1) * n]
+            if i in (3, 4):
+                outs.append(layer(chunk))
+            else:
+                step.adopt()
+                outs.append(step(chunk[0])[None])
+    return torch.cat(outs, dim=-1)
+
+
 @pytest.mark.parametrize(
     "c_in,kernel,stride,dilation", [(6, 3, 1, 9), (6, 3, 1, 1), (6, 8, 4, 1), (12, 7, 1, 1), (6, 1, 1, 1), (1, 7, 1, 1)]
 )
-def test_small_input_matrix_product_matches_the_convolution(c_in, kernel, stride, dilation):
-    """One streaming frame takes the gathered-taps matrix product instead of PyTorch's
-    convolution; both must agree, for every kernel shape the codec uses."""
+def test_conv_step_matches_the_layer(c_in, kernel, stride, dilation):
+    """A one-frame convolution step gives the layer's offline output, for every kernel shape
+    the codec uses, and hands its state to the layer's own forward and back."""
     torch.manual_seed(0)
     conv = CausalConv1d(c_in, 5, kernel, stride=stride, dilation=dilation)
     torch.nn.init.normal_(conv.conv.bias)
-    for length in (conv.span, conv.span + stride, conv.span + 7 * stride):
-        x = torch.randn(1, c_in, length)
-        with torch.no_grad():
-            fast, ref = conv._conv(x), conv.conv(x)
-        assert fast.shape == ref.shape
-        assert torch.allclose(fast, ref, atol=1e-5)
+    x = torch.randn(1, c_in, 8 * 2 * stride)
+    with torch.no_grad():
+        assert torch.allclose(steps_and_forward(conv, ConvStep, x, 2 * stride), conv(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel,stride", [(16, 8), (10, 5), (4, 2), (9, 3), (5, 3)])
-def test_small_input_transposed_matrix_product_matches_the_convolution(kernel, stride):
-    """One streaming frame's transposed convolution is a matrix product plus an overlap-add
-    of its blocks (kernels that are a multiple of the stride; others keep PyTorch's)."""
+@pytest.mark.parametrize("kernel,stride", [(16, 8), (10, 5), (4, 2), (9, 3)])
+@pytest.mark.parametrize("frames", [1, 3])
+def test_conv_transpose_step_matches_the_layer(kernel, stride, frames):
+    """A transposed step (matrix product plus overlap-add of its kernel/stride blocks) gives
+    the layer's offline output, with the layer's own forward in between."""
     torch.manual_seed(0)
     layer = CausalConvTranspose1d(6, 5, kernel, stride)
-    for frames in (1, 2, 9):
-        x = torch.randn(1, 6, frames)
-        with torch.no_grad():
-            fast = layer._conv_transpose(x)
-            ref = torch.nn.functional.conv_transpose1d(x, layer.conv.weight, None, stride=stride)
-        assert fast.shape == ref.shape
-        assert torch.allclose(fast, ref, atol=1e-5)
+    torch.nn.init.normal_(layer.conv.bias)
+    x = torch.randn(1, 6, 8 * frames)
+    with torch.no_grad():
+        assert torch.allclose(steps_and_forward(layer, ConvTransposeStep, x, frames), layer(x), atol=1e-5)
+
+
+def test_one_frame_calls_take_the_frame_plan():
+    """Batch 1, one frame per call: the encoder and decoder run their plans, and the codes
+    and audio are those of offline coding."""
+    model = make_model(SMALL, seed=4)
+    hop = model.hop_length
+    wav = torch.randn(1, 1, 6 * hop) * 0.3
+    codes = model.encode(wav, n_q=8)
+    with model.streaming():
+        streamed = torch.cat([model.encode(wav[..., i * hop : (i + 1) * hop], n_q=8) for i in range(6)], dim=-1)
+        audio = torch.cat([model.decode(codes[..., i : i + 1]) for i in range(6)], dim=-1)
+        assert set(model._plans) == {"encoder", "decoder"}
+    assert torch.equal(streamed, codes)
+    assert (audio - model.decode(codes)).abs().max().item() < 1e-5
