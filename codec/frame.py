@@ -46,15 +46,15 @@ class ConvStep:
         self.pointwise = layer.context == 0 and layer.stride == 1
         if self.pointwise:  # no window: the input is the only tap
             return
-        ctx = layer.context
-        window = torch.zeros(1, c_in, ctx + n)
+        ctx, like = layer.context, {"dtype": conv.weight.dtype, "device": conv.weight.device}
+        window = torch.zeros(1, c_in, ctx + n, **like)
         self.state = ConvState(window[..., :ctx])  # what the layer's own forward reads
         self.window = window[0]
         self.input, self.head, self.shift_from = self.window[:, ctx:], self.window[:, :ctx], self.window[:, n:]
         self.overlapping = n < ctx  # source and destination of the shift overlap
         taps = self.window.unfold(-1, layer.span, layer.stride)[..., ::dilation]  # [C_in, n_out, k]
         self.taps = taps.transpose(1, 2)  # [C_in, k, n_out]
-        self.cols = torch.empty(c_in * k, self.n_out)
+        self.cols = torch.empty(c_in * k, self.n_out, **like)
         self.cols_3d = self.cols.view(c_in, k, self.n_out)
 
     def adopt(self) -> None:
@@ -66,8 +66,8 @@ class ConvStep:
             self.state.buffer.zero_()
         elif previous.buffer.shape == self.state.buffer.shape:
             self.state.buffer.copy_(previous.buffer)
-        else:  # a partial stride is pending: callers only plan whole frames
-            raise RuntimeError("frame step called on a layer with a partial stride of input")
+        else:  # a partial stride pending, or another batch size: callers plan whole frames of batch 1
+            raise RuntimeError(f"frame step for state {tuple(self.state.buffer.shape)} found {tuple(previous.buffer.shape)}")
         self.layer.state = self.state
 
     def __call__(self, x: Tensor | None) -> Tensor:
@@ -98,9 +98,10 @@ class ConvTransposeStep:
         self.layer, self.n, self.stride, self.blocks = layer, n, s, k // s
         self.weight_t = conv.weight.detach().reshape(c_in, c_out * k).t()  # [C_out * k, C_in]
         self.bias = conv.bias.detach()[:, None]
-        self.state = ConvTransposeState(torch.zeros(1, c_out, layer.overlap))
-        self.sum = torch.empty(c_out, s, n + self.blocks - 1)  # overlap-added blocks, stride-major
-        self.time = torch.empty(c_out, n + self.blocks - 1, s)  # the same, time-major
+        like = {"dtype": conv.weight.dtype, "device": conv.weight.device}
+        self.state = ConvTransposeState(torch.zeros(1, c_out, layer.overlap, **like))
+        self.sum = torch.empty(c_out, s, n + self.blocks - 1, **like)  # overlap-added blocks, stride-major
+        self.time = torch.empty(c_out, n + self.blocks - 1, s, **like)  # the same, time-major
 
     def adopt(self) -> None:
         if self.layer.state is self.state:
@@ -108,8 +109,10 @@ class ConvTransposeStep:
         previous = self.layer.state
         if previous is None:
             self.state.partial.zero_()
-        else:
+        elif previous.partial.shape == self.state.partial.shape:
             self.state.partial.copy_(previous.partial)
+        else:
+            raise RuntimeError(f"frame step for state {tuple(self.state.partial.shape)} found {tuple(previous.partial.shape)}")
         self.layer.state = self.state
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -178,7 +181,7 @@ def _step(layer: nn.Module, n: int) -> tuple[Step, int]:
         return ConvTransposeStep(layer, n), n * layer.stride
     if isinstance(layer, CausalConvTranspose1d):
         return _batch_of_one(layer), n * layer.stride
-    if isinstance(layer, ResidualUnit) and isinstance(layer.block[0], ELU):
+    if isinstance(layer, ResidualUnit) and isinstance(layer.block[0], ELU) and layer.block[1].context:
         return ResidualStep(layer, n), n
     if isinstance(layer, ELU):
         return (F.elu_ if layer.inplace else F.elu), n

@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .config import CodecConfig
-from .quantizer import QuantizerOutput, ResidualVectorQuantizer
 from .frame import FramePlan
+from .quantizer import QuantizerOutput, ResidualVectorQuantizer
 from .seanet import Decoder, Encoder
 from .streaming import streaming
 
@@ -132,7 +132,7 @@ class Codec(nn.Module):
     def _run_streaming(self, name: str, x: Tensor, per_frame: int) -> Tensor:
         """Streaming ``self.<name>`` on whole frames ``x`` ``[B, C, F * per_frame]``.
 
-        Live streaming's one or two frames per call take a :class:`FramePlan` frame by frame
+        Live streaming's few frames per call take a :class:`FramePlan` frame by frame
         (codec/frame.py: 1.5x faster per frame than the layers' own forward); longer chunks
         and batches take the layers' forward, whose convolutions amortise their cost over
         the frames. Both keep the same state, so calls of any size can alternate."""

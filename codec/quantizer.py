@@ -245,6 +245,7 @@ class ResidualVectorQuantizer(nn.Module):
         b, k, f = codes.shape
         if k > self.n_q:
             raise ValueError(f"{k} codebooks given, the model has {self.n_q}")
+        codes = codes.to(self.codebooks.device)  # (codes read from a file are on the CPU)
         low, high = torch.aminmax(codes) if codes.numel() else (0, 0)
         if low < 0 or high >= self.codebook_size:
             raise ValueError(f"codes must be in 0..{self.codebook_size - 1}, got {int(low)}..{int(high)}")

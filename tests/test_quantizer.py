@@ -103,7 +103,6 @@ def test_kmeans_init_and_dead_code_replacement():
     assert dists.max().item() < 0.05
 
 
-
 def test_inactive_levels_still_learn_from_every_frame():
     """Quantizer dropout limits what the decoder gets, not what the codebooks learn from: a
     level no example uses still takes its EMA step from the batch's full-depth residuals."""
@@ -120,6 +119,7 @@ def test_inactive_levels_still_learn_from_every_frame():
     out = rvq(z, torch.tensor([1, 1]))  # only level 0 reaches the decoder
     assert torch.allclose(rvq.cluster_size[2], before * rvq.decay + counts * (1 - rvq.decay))
     assert set(out.metrics) == {"usage/q0", "perplexity/q0"}  # metrics describe what was decoded
+
 
 def test_training_forward_under_bf16_autocast_keeps_fp32_codebooks():
     torch.manual_seed(0)

@@ -168,3 +168,24 @@ def test_one_frame_calls_take_the_frame_plan():
         assert set(model._plans) == {"encoder", "decoder"}
     assert torch.equal(streamed, codes)
     assert (audio - model.decode(codes)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("case", ["pointwise residual kernel", "float64 weights"])
+def test_frame_plans_follow_the_layers(case):
+    """Plans build on whatever the layers are: a residual unit whose first convolution is
+    1x1 (no window to fill) runs through the layer, and buffers take the weights' dtype."""
+    cfg = dataclasses.replace(SMALL, residual_kernel_size=1) if case.startswith("pointwise") else SMALL
+    model = make_model(cfg, seed=5)
+    hop = model.hop_length
+    wav = torch.randn(1, 1, 4 * hop) * 0.3
+    codes = model.encode(wav, n_q=4)
+    if case.startswith("float64"):  # (encode takes float32 audio: decode only)
+        model = model.double()
+    with model.streaming():
+        audio = torch.cat([model.decode(codes[..., i : i + 1]) for i in range(4)], dim=-1)
+        assert "decoder" in model._plans
+    assert (audio - model.decode(codes)).abs().max().item() < 1e-5
+    if case.startswith("pointwise"):
+        with model.streaming():
+            streamed = torch.cat([model.encode(wav[..., i * hop : (i + 1) * hop], n_q=4) for i in range(4)], dim=-1)
+        assert torch.equal(streamed, codes)
