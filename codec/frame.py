@@ -24,12 +24,37 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .seanet import ELU, ResidualUnit
-from .streaming import CausalConv1d, CausalConvTranspose1d, ConvState, ConvTransposeState
+from .streaming import CausalConv1d, CausalConvTranspose1d, ConvState, ConvTransposeState, StreamingModule
 
 Step = Callable[[Tensor], Tensor]
 
 
-class ConvStep:
+class CarryingStep:
+    """A step whose layer carries state between calls. ``state`` is the step's own (None if
+    the layer keeps none) and is what the layer's forward finds while the step is in use."""
+
+    layer: StreamingModule
+    state: ConvState | ConvTransposeState | None
+
+    def adopt(self) -> None:
+        """Take over the layer's state if it holds one this step did not make."""
+        if self.state is None or self.layer.state is self.state:
+            return
+        own, previous = _carried(self.state), self.layer.state
+        if previous is None:
+            own.zero_()
+        elif _carried(previous).shape == own.shape:
+            own.copy_(_carried(previous))
+        else:  # a partial stride pending, or another batch size: callers plan whole frames of batch 1
+            raise RuntimeError(f"frame step for state {tuple(own.shape)} found {tuple(_carried(previous).shape)}")
+        self.layer.state = self.state
+
+
+def _carried(state: ConvState | ConvTransposeState) -> Tensor:
+    return state.buffer if isinstance(state, ConvState) else state.partial
+
+
+class ConvStep(CarryingStep):
     """A :class:`CausalConv1d` on a fixed input length ``n`` (a multiple of its stride).
 
     ``window`` ``[1, C_in, context + n]`` holds the left context, then the input; the taps of
@@ -44,6 +69,7 @@ class ConvStep:
         self.weight = conv.weight.detach().reshape(conv.out_channels, c_in * k)
         self.bias = conv.bias.detach()[:, None]
         self.pointwise = layer.context == 0 and layer.stride == 1
+        self.state = None
         if self.pointwise:  # no window: the input is the only tap
             return
         ctx, like = layer.context, {"dtype": conv.weight.dtype, "device": conv.weight.device}
@@ -57,19 +83,6 @@ class ConvStep:
         self.cols = torch.empty(c_in * k, self.n_out, **like)
         self.cols_3d = self.cols.view(c_in, k, self.n_out)
 
-    def adopt(self) -> None:
-        """Take over the layer's state if it holds one this step did not make."""
-        if self.pointwise or self.layer.state is self.state:
-            return
-        previous = self.layer.state
-        if previous is None:
-            self.state.buffer.zero_()
-        elif previous.buffer.shape == self.state.buffer.shape:
-            self.state.buffer.copy_(previous.buffer)
-        else:  # a partial stride pending, or another batch size: callers plan whole frames of batch 1
-            raise RuntimeError(f"frame step for state {tuple(self.state.buffer.shape)} found {tuple(previous.buffer.shape)}")
-        self.layer.state = self.state
-
     def __call__(self, x: Tensor | None) -> Tensor:
         """``x`` ``[C_in, n]`` (None: already written into ``input``) -> ``[C_out, n_out]``."""
         if self.pointwise:
@@ -82,7 +95,7 @@ class ConvStep:
         return y
 
 
-class ConvTransposeStep:
+class ConvTransposeStep(CarryingStep):
     """A :class:`CausalConvTranspose1d` on ``n`` input frames, kernel a multiple of the stride.
 
     Each input frame contributes ``kernel / stride`` blocks of ``stride`` samples, all from
@@ -102,18 +115,6 @@ class ConvTransposeStep:
         self.state = ConvTransposeState(torch.zeros(1, c_out, layer.overlap, **like))
         self.sum = torch.empty(c_out, s, n + self.blocks - 1, **like)  # overlap-added blocks, stride-major
         self.time = torch.empty(c_out, n + self.blocks - 1, s, **like)  # the same, time-major
-
-    def adopt(self) -> None:
-        if self.layer.state is self.state:
-            return
-        previous = self.layer.state
-        if previous is None:
-            self.state.partial.zero_()
-        elif previous.partial.shape == self.state.partial.shape:
-            self.state.partial.copy_(previous.partial)
-        else:
-            raise RuntimeError(f"frame step for state {tuple(self.state.partial.shape)} found {tuple(previous.partial.shape)}")
-        self.layer.state = self.state
 
     def __call__(self, x: Tensor) -> Tensor:
         c_out, s, n = self.bias.shape[0], self.stride, self.n

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .cache import TensorCache
 from .config import CodecConfig
 from .frame import FramePlan
 from .quantizer import QuantizerOutput, ResidualVectorQuantizer
@@ -41,6 +42,7 @@ class Codec(nn.Module):
         self.decoder = Decoder(cfg)
         self._held: Tensor | None = None  # while streaming: input of the incomplete frame [B*C, 1, <hop]
         self._plans: dict[str, FramePlan] = {}  # while streaming: one-frame plans, built on first use
+        self.fingerprint_cache: TensorCache[bytes] = TensorCache()  # for codec.weights.fingerprint
 
     # Derived properties -------------------------------------------------------------
     @property

@@ -14,7 +14,6 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .cache import TensorCache
 from .config import CodecConfig
 from .errors import CodecError
 from .model import Codec
@@ -65,9 +64,7 @@ def fingerprint(model: Codec) -> bytes:
             h.update(value.detach().float().contiguous().numpy().tobytes())
         return h.digest()
 
-    if not hasattr(model, "_fingerprint"):
-        model._fingerprint = TensorCache()
-    return model._fingerprint.get(state.values(), digest)
+    return model.fingerprint_cache.get(state.values(), digest)
 
 
 def save_model(model: Codec, path: Path, extra: dict[str, str] | None = None) -> None:

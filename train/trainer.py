@@ -79,8 +79,9 @@ class Trainer:
             on_audio = {k: self.weights[k] for k in ON_AUDIO}
             self.balancer = Balancer(on_audio, cfg.loss.balancer_ema).to(dev)
         self.mel = MultiScaleMelLoss(cfg.model.sample_rate).to(dev)
-        self.stft = MultiResolutionSTFTLoss().to(dev)
-        self.envelope = EnvelopeCorrelationLoss(cfg.model.sample_rate).to(dev)
+        # the optional terms exist only when weighted (the STFT one is the costliest)
+        self.stft = MultiResolutionSTFTLoss().to(dev) if self.weights["rec/stft"] > 0 else None
+        self.envelope = EnvelopeCorrelationLoss(cfg.model.sample_rate).to(dev) if self.weights["rec/envelope"] > 0 else None
         o = cfg.optim
         self.opt_g = torch.optim.AdamW(self.gen.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, functools.partial(lr_factor, cfg=o))
@@ -171,9 +172,9 @@ class Trainer:
             "rec/waveform": (y - x).abs().mean(),
             "vq/commitment": q.commitment_loss.float(),
         }
-        if self.weights["rec/stft"] > 0:  # the costliest reconstruction term: skip when unused
+        if self.stft is not None:
             losses["rec/stft"] = self.stft(y, x)
-        if self.weights["rec/envelope"] > 0:
+        if self.envelope is not None:
             losses["rec/envelope"] = self.envelope(y, x)
         if adversarial:
             assert self.disc is not None
