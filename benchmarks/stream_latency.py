@@ -1,6 +1,6 @@
 """Streaming latency and speed: algorithmic latency, per-frame compute, TCP loopback end to end.
 
-    python benchmarks/stream_latency.py [--model rvq24k] [--kbps 6] [--seconds 5] [--json PATH]
+    python benchmarks/stream_latency.py [--model rvq24k] [--kbps 6] [--seconds 5] [--pytorch] [--json PATH]
 
 1. Algorithmic latency: how long an output sample waits after its input sample was captured,
    counting only the buffering (chunk, frame, packet, resamplers), not the compute: worst
@@ -11,12 +11,16 @@
 3. End to end through TCP on 127.0.0.1: the input is paced at real time in 20 ms chunks and
    the latency of the oldest sample of each block the decoder outputs is measured.
 
+Frames run on the native runtime (codec/native.py) where it builds; ``--pytorch`` measures
+the PyTorch steps instead (as ``RVQCODEC_NATIVE=0`` does). The report names the runtime.
+
 Prints a table and writes JSON (default ``reports/stream_latency.json``, git-ignored).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import threading
 import time
@@ -25,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codec import load
+from codec import load, native
 from codec.endpoints import ByteReader, StopFlag
 from codec.stream import StreamDecoder, StreamEncoder, live_packet_frames
 from common import write_json
@@ -132,9 +136,13 @@ def main() -> None:
     p.add_argument("--model", default=None, help="built-in name or .safetensors path (default: rvq24k)")
     p.add_argument("--kbps", type=float, default=6.0)
     p.add_argument("--seconds", type=float, default=5.0, help="audio per measurement")
+    p.add_argument("--pytorch", action="store_true", help="run frames on the PyTorch steps, not the native runtime")
     p.add_argument("--json", type=Path, default=Path("reports/stream_latency.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
+    if args.pytorch:
+        os.environ["RVQCODEC_NATIVE"] = "0"
+    runtime = "native" if native.library() is not None else "pytorch"
     models = load(args.model), load(args.model)  # a model streams one way at a time
     model = models[0]
     pf = live_packet_frames(model.frame_rate)
@@ -144,10 +152,10 @@ def main() -> None:
     frames = int(args.seconds * model.frame_rate)
     compute = [per_frame_compute(models, args.kbps, frames, n) for n in sorted({1, pf})]
     e2e = tcp_end_to_end(models, args.kbps, args.seconds)
-    report = {"model": model.cfg.name, "kbps": args.kbps, "threads": torch.get_num_threads(),
+    report = {"model": model.cfg.name, "kbps": args.kbps, "threads": torch.get_num_threads(), "runtime": runtime,
               "algorithmic": algo, "compute": compute, "tcp_end_to_end": e2e}
 
-    print(f"model {model.cfg.name}, {args.kbps:g} kbps, {compute[0]['frame_ms']:.2f} ms frames, 1 thread")
+    print(f"model {model.cfg.name}, {args.kbps:g} kbps, {compute[0]['frame_ms']:.2f} ms frames, 1 thread, {runtime} frames")
     print("\nalgorithmic latency (buffering only)      max ms   mean ms")
     for a in algo:
         print(f"  {a['rate']:>5} Hz, {a['chunk_ms']:5.1f} ms chunks, {a['packet_frames']} frame(s)/packet"

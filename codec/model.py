@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from .cache import TensorCache
 from .config import CodecConfig
 from .frame import FramePlan
+from .native import NativePlan
 from .quantizer import QuantizerOutput, ResidualVectorQuantizer
 from .seanet import Decoder, Encoder
 from .streaming import streaming
@@ -41,7 +42,7 @@ class Codec(nn.Module):
         self.quantizer = ResidualVectorQuantizer(cfg.latent_dim, cfg.n_q, cfg.codebook_size)
         self.decoder = Decoder(cfg)
         self._held: Tensor | None = None  # while streaming: input of the incomplete frame [B*C, 1, <hop]
-        self._plans: dict[str, FramePlan] = {}  # while streaming: one-frame plans, built on first use
+        self._plans: dict[str, FramePlan | NativePlan] = {}  # while streaming: one-frame plans, built on first use
         self.fingerprint_cache: TensorCache[bytes] = TensorCache()  # for codec.weights.fingerprint
 
     # Derived properties -------------------------------------------------------------
@@ -135,7 +136,7 @@ class Codec(nn.Module):
         """Streaming ``self.<name>`` on whole frames ``x`` ``[B, C, F * per_frame]``.
 
         Live streaming's few frames per call take a :class:`FramePlan` frame by frame
-        (codec/frame.py: 1.5x faster per frame than the layers' own forward); longer chunks
+        (codec/frame.py), run by the native runtime where it builds (codec/native.py); longer chunks
         and batches take the layers' forward, whose convolutions amortise their cost over
         the frames. Both keep the same state, so calls of any size can alternate."""
         network: nn.Sequential = getattr(self, name)
@@ -146,7 +147,8 @@ class Codec(nn.Module):
         if x.shape[0] != 1 or frames > self.PLAN_MAX_FRAMES:
             return network(x)
         if name not in self._plans:
-            self._plans[name] = FramePlan(network, per_frame)
+            plan = FramePlan(network, per_frame)
+            self._plans[name] = NativePlan.for_plan(plan, x.shape[1], per_frame) or plan
         plan = self._plans[name]
         return torch.cat([plan(x[..., i * per_frame : (i + 1) * per_frame]) for i in range(frames)], dim=-1)
 

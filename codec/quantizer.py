@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .cache import TensorCache
+from .native import compact, rvq_search
 
 
 @dataclass
@@ -87,6 +88,7 @@ class ResidualVectorQuantizer(nn.Module):
         self.register_buffer("embed_sum", self.codebooks.clone())
         self.register_buffer("initialized", torch.tensor(False))
         self._exact_cache: TensorCache[tuple[Tensor, Tensor]] = TensorCache()  # see _exact_tables
+        self._compact_cache: TensorCache[Tensor] = TensorCache()  # codebooks for the native search
 
     # Buffers only training needs: release files leave them out (they would double the size).
     TRAINING_BUFFERS = ("cluster_size", "embed_sum")
@@ -224,15 +226,22 @@ class ResidualVectorQuantizer(nn.Module):
         self.embed_sum[dead] = seeds * self.cluster_size[dead].unsqueeze(-1)
 
     # Inference ----------------------------------------------------------------------
+    NATIVE_MAX_ROWS = 8  # searches of up to this many frames run in codec/native.py's search
+
     @torch.no_grad()
     def encode(self, z: Tensor, n_q: int) -> Tensor:
         """``[B, D, F]`` -> codes ``[B, n_q, F]``."""
         if not 1 <= n_q <= self.n_q:
             raise ValueError(f"n_q must be in 1..{self.n_q}, got {n_q}")
         b, d, f = z.shape
-        # The residual stays in float64 with the exact search's tables: no conversion per level.
-        residual = z.transpose(1, 2).reshape(b * f, d).double()
+        rows = z.transpose(1, 2).reshape(b * f, d)
         tables, norms = self._exact_tables()
+        if b * f <= self.NATIVE_MAX_ROWS:  # live streaming: a frame or a few, in one native call
+            codes = rvq_search(self._compact_cache.get([self.codebooks], lambda: compact(self.codebooks)), norms, rows, n_q)
+            if codes is not None:
+                return codes.reshape(b, f, n_q).transpose(1, 2)
+        # The residual stays in float64 with the exact search's tables: no conversion per level.
+        residual = rows.double()
         codes = []
         for i in range(n_q):
             idx = _nearest_exact(tables[i], norms[i], residual)

@@ -1,0 +1,383 @@
+/* One-frame runtime for rvqcodec's streaming encoder, decoder and codebook search.
+ *
+ * Built on first use by codec/native.py with the system C compiler; Python describes the
+ * network as an array of Op (layout mirrored by native.Op) over buffers it owns, and one
+ * call runs all of it. Every array is float32, row-major, rows contiguous: a signal of C
+ * channels and N steps is [C][N].
+ *
+ * Arithmetic follows the PyTorch layers (codec/streaming.py, codec/seanet.py) up to rounding:
+ * sums are taken in another order, and ELU's exp comes from a polynomial good to a few units
+ * in the last place, so outputs differ from PyTorch's by about 1e-7 relative. The codebook
+ * search computes in float64, as codec/quantizer.py's exact search does.
+ */
+#include <stdint.h>
+#include <string.h>
+#if defined(__AVX512F__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+typedef double v8d __attribute__((vector_size(64)));
+
+static inline v16 load16(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
+static inline void store16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+static inline v8 load8(const float *p) { v8 v; memcpy(&v, p, sizeof v); return v; }
+static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
+
+typedef float v4 __attribute__((vector_size(16)));
+
+static inline float hsum16(v16 a) {
+    v8 h = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
+    v4 q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+    return (q[0] + q[2]) + (q[1] + q[3]);
+}
+
+static inline double hsum8d(v8d a) {
+    typedef double v4d __attribute__((vector_size(32)));
+    v4d h = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    return (h[0] + h[2]) + (h[1] + h[3]);
+}
+
+/* float16 storage: release weights are float16 values, so keeping the widest layers' weights
+ * and the codebooks in float16 halves the bytes a frame reads, without changing a product. */
+static float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 31, man = h & 1023, bits;
+    if (exp == 31) bits = sign | 0x7f800000u | (man << 13);  /* inf, nan */
+    else if (exp) bits = sign | ((exp + 112) << 23) | (man << 13);
+    else if (!man) bits = sign;
+    else { /* subnormal: normalise */
+        exp = 113;
+        while (!(man & 1024)) man <<= 1, exp--;
+        bits = sign | (exp << 23) | ((man & 1023) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline v16 load16h(const uint16_t *p) {
+#if defined(__AVX512F__)
+    return (v16)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+#elif defined(__F16C__)
+    v8 lo = (v8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    v8 hi = (v8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8)));
+    v16 v;
+    memcpy(&v, &lo, sizeof lo);
+    memcpy((char *)&v + sizeof lo, &hi, sizeof hi);
+    return v;
+#else
+    v16 v;
+    for (int i = 0; i < 16; i++) v[i] = half_to_float(p[i]);
+    return v;
+#endif
+}
+
+enum { OP_CONV = 0, OP_RESIDUAL = 1, OP_ELU = 2, OP_CONV_TRANSPOSE = 3 };
+
+typedef struct {
+    int32_t kind;
+    int32_t c_in, c_out, kernel, stride, dilation;
+    int32_t context;  /* left context kept in the window (conv), overlap carried (transposed) */
+    int32_t n;        /* input steps per call */
+    int32_t hidden;   /* residual: channels between the two convolutions */
+    int32_t half;     /* weight is float16 (only where the product is one column: n_out == 1) */
+    float *window;    /* conv: [c_in][context + n], the layer's state then the input */
+    const float *weight, *bias;    /* conv [c_out][c_in * kernel]; transposed [c_out * kernel][c_in] */
+    const float *weight2, *bias2;  /* residual: the 1x1 convolution [c_out][hidden] */
+    float *cols;      /* scratch: conv taps [c_in * kernel][n_out]; transposed [c_out * kernel][n] */
+    float *mid;       /* scratch: residual [hidden][n]; transposed [c_out][n * stride + context] */
+    float *carry;     /* transposed: [c_out][context], the layer's state */
+    float *out;       /* [c_out][n_out] */
+} Op;
+
+/* y[M][N] = w[M][J] x[J][N] + b[M] ---------------------------------------------------------- */
+
+/* Rows of w (float32, or float16) times x, four rows at a time: four streams from memory. */
+#define GEMV(NAME, T, LOAD, SCALAR)                                                          \
+    static void NAME(int M, int J, const T *w, const float *x, const float *b, float *y) {   \
+        int m = 0;                                                                           \
+        for (; m + 4 <= M; m += 4) {                                                         \
+            const T *w0 = w + (int64_t)m * J, *w1 = w0 + J, *w2 = w1 + J, *w3 = w2 + J;      \
+            v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                      \
+            int j = 0;                                                                       \
+            for (; j + 16 <= J; j += 16) {                                                   \
+                v16 v = load16(x + j);                                                       \
+                a0 += LOAD(w0 + j) * v; a1 += LOAD(w1 + j) * v;                             \
+                a2 += LOAD(w2 + j) * v; a3 += LOAD(w3 + j) * v;                              \
+            }                                                                                \
+            float s[4] = {hsum16(a0), hsum16(a1), hsum16(a2), hsum16(a3)};                   \
+            for (; j < J; j++) {                                                             \
+                s[0] += SCALAR(w0[j]) * x[j]; s[1] += SCALAR(w1[j]) * x[j];                  \
+                s[2] += SCALAR(w2[j]) * x[j]; s[3] += SCALAR(w3[j]) * x[j];                  \
+            }                                                                                \
+            for (int i = 0; i < 4; i++) y[m + i] = s[i] + (b ? b[m + i] : 0.0f);             \
+        }                                                                                    \
+        for (; m < M; m++) {                                                                 \
+            const T *row = w + (int64_t)m * J;                                               \
+            v16 a0 = {0};                                                                    \
+            int j = 0;                                                                       \
+            for (; j + 16 <= J; j += 16) a0 += LOAD(row + j) * load16(x + j);                \
+            float s = hsum16(a0);                                                            \
+            for (; j < J; j++) s += SCALAR(row[j]) * x[j];                                   \
+            y[m] = s + (b ? b[m] : 0.0f);                                                    \
+        }                                                                                    \
+    }
+
+static inline float as_float(float v) { return v; }
+GEMV(gemv, float, load16, as_float)
+GEMV(gemv_half, uint16_t, load16h, half_to_float)
+
+/* Columns t.. of y, VW wide, eight rows at a time: each x load feeds eight independent FMAs. */
+#define GEMM_COLUMNS(VT, VW, LOAD, STORE)                                                    \
+    for (; t + VW <= N; t += VW) {                                                           \
+        int m = 0;                                                                           \
+        for (; m + 8 <= M; m += 8) {                                                         \
+            const float *w0 = w + (int64_t)m * J;                                            \
+            VT a[8] = {{0}};                                                                 \
+            for (int j = 0; j < J; j++) {                                                    \
+                VT v = LOAD(x + (int64_t)j * N + t);                                         \
+                for (int i = 0; i < 8; i++) a[i] += w0[(int64_t)i * J + j] * v;              \
+            }                                                                                \
+            for (int i = 0; i < 8; i++) STORE(y + (int64_t)(m + i) * N + t, a[i] + (b ? b[m + i] : 0.0f)); \
+        }                                                                                    \
+        for (; m < M; m++) {                                                                 \
+            const float *w0 = w + (int64_t)m * J;                                            \
+            VT a0 = {0};                                                                     \
+            for (int j = 0; j < J; j++) a0 += w0[j] * LOAD(x + (int64_t)j * N + t);          \
+            STORE(y + (int64_t)m * N + t, a0 + (b ? b[m] : 0.0f));                           \
+        }                                                                                    \
+    }
+
+/* Columns t..t+32 of rows m..m+R of y (two vectors per row): each broadcast weight feeds two FMAs. */
+#define ROWS_32(R)                                                                           \
+    for (; m + R <= M; m += R) {                                                             \
+        const float *w0 = w + (int64_t)m * J;                                                \
+        v16 a[R] = {{0}}, c[R] = {{0}};                                                      \
+        for (int j = 0; j < J; j++) {                                                        \
+            v16 u = load16(x + (int64_t)j * N + t), v = load16(x + (int64_t)j * N + t + 16); \
+            for (int i = 0; i < R; i++) {                                                    \
+                float wi = w0[(int64_t)i * J + j];                                           \
+                a[i] += wi * u;                                                              \
+                c[i] += wi * v;                                                              \
+            }                                                                                \
+        }                                                                                    \
+        for (int i = 0; i < R; i++) {                                                        \
+            float bi = b ? b[m + i] : 0.0f;                                                  \
+            store16(y + (int64_t)(m + i) * N + t, a[i] + bi);                                \
+            store16(y + (int64_t)(m + i) * N + t + 16, c[i] + bi);                           \
+        }                                                                                    \
+    }
+
+static void gemm(int M, int J, int N, const float *w, const float *x, const float *b, float *y) {
+    if (N == 1) {
+        gemv(M, J, w, x, b, y);
+        return;
+    }
+    int t = 0;
+    for (; t + 32 <= N; t += 32) {
+        int m = 0;
+        ROWS_32(8)
+        ROWS_32(4)
+        ROWS_32(1)
+    }
+    GEMM_COLUMNS(v16, 16, load16, store16)
+    GEMM_COLUMNS(v8, 8, load8, store8)
+    for (; t < N; t++)
+        for (int m = 0; m < M; m++) {
+            const float *row = w + (int64_t)m * J;
+            float s = 0;
+            for (int j = 0; j < J; j++) s += row[j] * x[(int64_t)j * N + t];
+            y[(int64_t)m * N + t] = s + (b ? b[m] : 0.0f);
+        }
+}
+
+/* ELU ---------------------------------------------------------------------------------------- */
+
+static inline v16 select16(v16i mask, v16 a, v16 b) { return (v16)((mask & (v16i)a) | (~mask & (v16i)b)); }
+
+/* ELU of 16 values: x for x > 0, exp(x) - 1 otherwise (Cephes' expf polynomial). */
+static inline v16 elu16(v16 x) {
+    const v16 zero = {0}, floor_ = zero - 87.0f;
+    v16 z = select16(x < zero, x, zero);
+    z = select16(z < floor_, floor_, z);
+    const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    v16 k = (z * 1.44269504088896341f + magic) - magic;
+    v16 r = z - k * 0.693359375f + k * 2.12194440e-4f;
+    v16 p = 1.9875691500e-4f + zero;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    v16 e = p * r * r + r + 1.0f;
+    v16i bits = (__builtin_convertvector(k, v16i) + 127) << 23;
+    e *= (v16)bits;
+    return select16(x > zero, x, e - 1.0f);
+}
+
+/* dst[i] = ELU(src[i]); dst may be src. */
+static void elu(int64_t n, const float *src, float *dst) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) store16(dst + i, elu16(load16(src + i)));
+    if (i < n) {
+        float tail[16] = {0};
+        memcpy(tail, src + i, (n - i) * sizeof(float));
+        store16(tail, elu16(load16(tail)));
+        memcpy(dst + i, tail, (n - i) * sizeof(float));
+    }
+}
+
+/* Layers ------------------------------------------------------------------------------------- */
+
+static int conv_outputs(const Op *op) { return op->n / op->stride; }
+
+/* The window's inputs are in place: gather the taps, multiply, slide the window. */
+static void conv_window(const Op *op, int c_out, const float *w, const float *b, float *y) {
+    const int k = op->kernel, L = op->context + op->n, n_out = conv_outputs(op);
+    for (int ci = 0; ci < op->c_in; ci++) {
+        const float *row = op->window + (int64_t)ci * L;
+        for (int kk = 0; kk < k; kk++) {
+            float *col = op->cols + ((int64_t)ci * k + kk) * n_out;
+            const float *src = row + kk * op->dilation;
+            if (op->stride == 1)
+                memcpy(col, src, n_out * sizeof(float));
+            else
+                for (int t = 0; t < n_out; t++) col[t] = src[t * op->stride];
+        }
+    }
+    if (op->half)
+        gemv_half(c_out, op->c_in * k, (const uint16_t *)w, op->cols, b, y);
+    else
+        gemm(c_out, op->c_in * k, n_out, w, op->cols, b, y);
+    for (int ci = 0; ci < op->c_in; ci++) {
+        float *row = op->window + (int64_t)ci * L;
+        memmove(row, row + op->n, op->context * sizeof(float));
+    }
+}
+
+static void conv(const Op *op, const float *x) {
+    if (!op->window) { /* pointwise in time */
+        gemm(op->c_out, op->c_in, op->n, op->weight, x, op->bias, op->out);
+        return;
+    }
+    const int L = op->context + op->n;
+    for (int ci = 0; ci < op->c_in; ci++)
+        memcpy(op->window + (int64_t)ci * L + op->context, x + (int64_t)ci * op->n, op->n * sizeof(float));
+    conv_window(op, op->c_out, op->weight, op->bias, op->out);
+}
+
+/* x + conv1x1(ELU(conv_dilated(ELU(x)))); the window holds ELU(x). */
+static void residual(const Op *op, const float *x) {
+    const int L = op->context + op->n, n = op->n;
+    for (int ci = 0; ci < op->c_in; ci++)
+        elu(n, x + (int64_t)ci * n, op->window + (int64_t)ci * L + op->context);
+    conv_window(op, op->hidden, op->weight, op->bias, op->mid);
+    elu((int64_t)op->hidden * n, op->mid, op->mid);
+    gemm(op->c_out, op->hidden, n, op->weight2, op->mid, op->bias2, op->out);
+    for (int64_t i = 0; i < (int64_t)op->c_out * n; i++) op->out[i] += x[i];
+}
+
+/* Each input step adds kernel samples at stride steps; the first context samples get the
+ * carried tail, the last context samples become the next tail. */
+static void conv_transpose(const Op *op, const float *x) {
+    const int k = op->kernel, s = op->stride, n = op->n, ov = op->context, full = n * s + ov;
+    if (op->half)
+        gemv_half(op->c_out * k, op->c_in, (const uint16_t *)op->weight, x, NULL, op->cols);
+    else
+        gemm(op->c_out * k, op->c_in, n, op->weight, x, NULL, op->cols);
+    for (int co = 0; co < op->c_out; co++) {
+        float *acc = op->mid + (int64_t)co * full;
+        memset(acc, 0, full * sizeof(float));
+        for (int kk = 0; kk < k; kk++) {
+            const float *col = op->cols + ((int64_t)co * k + kk) * n;
+            for (int t = 0; t < n; t++) acc[t * s + kk] += col[t];
+        }
+        float *carry = op->carry + (int64_t)co * ov, *y = op->out + (int64_t)co * n * s;
+        for (int i = 0; i < ov; i++) acc[i] += carry[i];
+        for (int i = 0; i < n * s; i++) y[i] = acc[i] + op->bias[co];
+        memcpy(carry, acc + n * s, ov * sizeof(float));
+    }
+}
+
+/* Runs ops[0..n_ops) on x; the result is in ops[n_ops - 1].out. */
+void rvq_run(const Op *ops, int n_ops, const float *x) {
+    for (int i = 0; i < n_ops; i++) {
+        const Op *op = ops + i;
+        switch (op->kind) {
+            case OP_CONV: conv(op, x); break;
+            case OP_RESIDUAL: residual(op, x); break;
+            case OP_ELU: elu((int64_t)op->c_in * op->n, x, op->out); break;
+            case OP_CONV_TRANSPOSE: conv_transpose(op, x); break;
+        }
+        x = op->out;
+    }
+}
+
+/* Residual vector quantization of rows z[N][D]: at each of n_q levels the entry of
+ * codebooks[level][K][D] (float32, or float16 with HALF) nearest the float64 residual
+ * (|c|^2 - 2 r.c smallest, norms given; the first one on ties), whose value is then taken off
+ * the residual. residual: scratch [D]; codes: [N][n_q]. */
+/* acc0, acc1 += the 16 values c (as float64) times r[0..16). */
+static inline void fma16d(v16 c, const double *r, v8d *acc0, v8d *acc1) {
+    v8 lo, hi;
+    memcpy(&lo, &c, sizeof lo);
+    memcpy(&hi, (const char *)&c + sizeof lo, sizeof hi);
+    v8d r0, r1;
+    memcpy(&r0, r, sizeof r0);
+    memcpy(&r1, r + 8, sizeof r1);
+    *acc0 += __builtin_convertvector(lo, v8d) * r0;
+    *acc1 += __builtin_convertvector(hi, v8d) * r1;
+}
+
+/* Distances |c|^2 - 2 r.c of entries e..e+R of one level to r, into dist[0..R). */
+#define DISTANCES(R, T, LOAD, SCALAR)                                                        \
+    {                                                                                        \
+        v8d lo[R] = {{0}}, hi[R] = {{0}};                                                    \
+        int d = 0;                                                                           \
+        for (; d + 16 <= D; d += 16)                                                         \
+            for (int q = 0; q < R; q++) fma16d(LOAD(book + (int64_t)(e + q) * D + d), r + d, &lo[q], &hi[q]); \
+        for (int q = 0; q < R; q++) {                                                        \
+            double dot = hsum8d(lo[q] + hi[q]);                                              \
+            for (int i = d; i < D; i++) dot += (double)SCALAR(book[(int64_t)(e + q) * D + i]) * r[i]; \
+            dist[q] = nrm[e + q] - 2.0 * dot;                                                \
+        }                                                                                    \
+    }
+
+#define SEARCH(NAME, T, LOAD, SCALAR)                                                        \
+    static void NAME(int N, int n_q, int K, int D, const T *codebooks, const double *norms, const float *z, \
+                     double *r, int64_t *codes) {                                            \
+        for (int row = 0; row < N; row++) {                                                  \
+            for (int d = 0; d < D; d++) r[d] = z[(int64_t)row * D + d];                      \
+            for (int level = 0; level < n_q; level++) {                                      \
+                const T *book = codebooks + (int64_t)level * K * D;                          \
+                const double *nrm = norms + (int64_t)level * K;                              \
+                int best = 0, e = 0;                                                         \
+                double best_dist = 0, dist[4];                                               \
+                for (; e + 4 <= K; e += 4) { /* four entries at once: four chains, four streams */ \
+                    DISTANCES(4, T, LOAD, SCALAR)                                            \
+                    for (int q = 0; q < 4; q++)                                              \
+                        if ((e == 0 && q == 0) || dist[q] < best_dist) best = e + q, best_dist = dist[q]; \
+                }                                                                            \
+                for (; e < K; e++) {                                                         \
+                    DISTANCES(1, T, LOAD, SCALAR)                                            \
+                    if (e == 0 || dist[0] < best_dist) best = e, best_dist = dist[0];        \
+                }                                                                            \
+                codes[(int64_t)row * n_q + level] = best;                                    \
+                const T *c = book + (int64_t)best * D;                                       \
+                for (int d = 0; d < D; d++) r[d] -= (double)SCALAR(c[d]);                    \
+            }                                                                                \
+        }                                                                                    \
+    }
+
+SEARCH(search_float, float, load16, as_float)
+SEARCH(search_half, uint16_t, load16h, half_to_float)
+
+void rvq_search(int N, int n_q, int K, int D, int half, const void *codebooks, const double *norms, const float *z,
+                double *residual, int64_t *codes) {
+    if (half)
+        search_half(N, n_q, K, D, codebooks, norms, z, residual, codes);
+    else
+        search_float(N, n_q, K, D, codebooks, norms, z, residual, codes);
+}

@@ -1,0 +1,221 @@
+"""The native one-frame runtime: codec/csrc/frame.c, compiled on first use, run with ctypes.
+
+A :class:`~codec.frame.FramePlan` in PyTorch still spends most of a frame outside arithmetic:
+a frame of the encoder, quantizer and decoder is some 300 small operations, each with its
+own dispatch and its own trip through the cache. :class:`NativePlan` hands the same steps,
+buffers and streaming state to one C call per frame, and :func:`rvq_search` does a frame's
+codebook search in one call.
+
+The library is compiled with the system C compiler (``$CC``, else ``cc``) at ``-O3
+-march=native`` into ``~/.cache/rvqcodec/native`` (``$RVQCODEC_CACHE`` moves the root) under a
+name that hashes the source, the compiler and the CPU, so a shared home directory never runs
+a library built for another CPU. Without a compiler, or with ``RVQCODEC_NATIVE=0``,
+:func:`library` returns None and callers keep the PyTorch path; results agree with it up to
+float rounding (about 1e-7 relative), which the float64 codebook search absorbs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from .frame import ConvStep, ConvTransposeStep, FramePlan, ResidualStep
+
+SOURCE = Path(__file__).with_name("csrc") / "frame.c"
+FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c11"]
+BUILD_TIMEOUT_S = 120
+
+_CONV, _RESIDUAL, _ELU, _CONV_TRANSPOSE = 0, 1, 2, 3
+
+
+class Op(ctypes.Structure):
+    """Mirror of ``Op`` in frame.c: one layer, its sizes and the buffers it reads and writes."""
+
+    _fields_ = [
+        (name, ctypes.c_int32) for name in ("kind", "c_in", "c_out", "kernel", "stride", "dilation", "context", "n", "hidden", "half")
+    ] + [(name, ctypes.c_void_p) for name in ("window", "weight", "bias", "weight2", "bias2", "cols", "mid", "carry", "out")]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RVQCODEC_CACHE", Path.home() / ".cache" / "rvqcodec")) / "native"
+
+
+def _cpu_id() -> str:
+    try:
+        flags = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith(("flags", "Features"))]
+        return flags[0] if flags else platform.processor()
+    except OSError:
+        return platform.processor()
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled runtime, built if needed; None where it cannot be (see module docstring)."""
+    if os.environ.get("RVQCODEC_NATIVE", "1") == "0":
+        return None
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        return None
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(), _cpu_id().encode()]))
+    path = cache_dir() / f"frame-{key.hexdigest()[:16]}.so"
+    try:
+        if not path.exists():
+            _build(compiler, path)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lib.rvq_run.argtypes = [ctypes.POINTER(Op), ctypes.c_int, ctypes.c_void_p]
+    lib.rvq_run.restype = None
+    lib.rvq_search.argtypes = [ctypes.c_int] * 5 + [ctypes.c_void_p] * 5
+    lib.rvq_search.restype = None
+    return lib
+
+
+def _build(compiler: str, path: Path) -> None:
+    """Compile into a temporary name and rename, so concurrent first uses never load half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".so.tmp")
+    os.close(fd)
+    try:
+        subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], check=True, capture_output=True, timeout=BUILD_TIMEOUT_S)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def compact(weight: Tensor) -> Tensor:
+    """``weight`` as float16 where that loses nothing (release weights are float16 values),
+    else as it is: frame.c reads half the bytes and computes the same products."""
+    half = weight.detach().half()
+    return half if torch.equal(half.float(), weight) else weight
+
+
+class NativePlan:
+    """A :class:`FramePlan` run by frame.c: ``plan(x)``, ``[1, C, n]`` -> ``[1, C', n']``.
+
+    Uses the plan's own windows, carries and weights, so its streaming state stays the
+    layers' state; adds the output and scratch buffers C needs, and float16 copies of the
+    one-column products' weights where exact (:func:`compact`). The weights are read when
+    the plan is built, like the plan's own: build one per streaming session, with
+    :meth:`for_plan`, which says None for plans it cannot run.
+    """
+
+    def __init__(self, plan: FramePlan, lib: ctypes.CDLL, ops: list[Op], kept: list[Tensor], out: Tensor) -> None:
+        self.plan, self.lib, self.out = plan, lib, out
+        self.ops = (Op * len(ops))(*ops)
+        self.kept = kept  # tensors the ops point into that nothing else holds
+
+    @classmethod
+    def for_plan(cls, plan: FramePlan, channels: int, n: int) -> "NativePlan | None":
+        """``channels`` x ``n``: the plan's input. None without the library, off the CPU,
+        outside float32, or with a step frame.c has no kernel for (LSTM, Snake)."""
+        lib = library()
+        if lib is None or any(t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous() for t in _tensors(plan)):
+            return None
+        ops: list[Op] = []
+        kept: list[Tensor] = []
+
+        def keep(t: Tensor) -> Tensor:
+            kept.append(t)
+            return t
+
+        out = None
+        for step in plan.steps:
+            made = _op(step, channels, n, keep)
+            if made is None:
+                return None
+            op, out = made
+            ops.append(op)
+            channels, n = out.shape
+        return cls(plan, lib, ops, kept, out.view(1, channels, n))
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor) -> Tensor:
+        for step in self.plan.stateful:
+            step.adopt()
+        x = x.float().contiguous()
+        self.lib.rvq_run(self.ops, len(self.ops), x.data_ptr())
+        return self.out.clone()
+
+
+def _op(step: object, channels: int, n: int, keep: Callable[[Tensor], Tensor]) -> tuple[Op, Tensor] | None:
+    """The Op for one plan step on ``channels`` x ``n`` input and its output buffer; ``keep``
+    holds the tensors it makes."""
+    if isinstance(step, ConvStep):
+        layer = step.layer
+        weight = compact(step.weight) if step.n_out == 1 and not step.pointwise else step.weight
+        op = Op(kind=_CONV, c_in=channels, c_out=step.weight.shape[0], kernel=layer.conv.kernel_size[0], stride=layer.stride,
+                dilation=layer.conv.dilation[0], context=layer.context, n=n, half=weight.dtype == torch.float16,
+                weight=_ptr(keep(weight)), bias=_ptr(step.bias))
+        if not step.pointwise:
+            op.window, op.cols = _ptr(step.window), _ptr(step.cols)
+        out = keep(torch.empty(op.c_out, step.n_out))
+    elif isinstance(step, ResidualStep):
+        conv, pointwise = step.conv, step.pointwise
+        op = Op(kind=_RESIDUAL, c_in=channels, c_out=pointwise.weight.shape[0], kernel=conv.layer.conv.kernel_size[0], stride=1,
+                dilation=conv.layer.conv.dilation[0], context=conv.layer.context, n=n, hidden=conv.weight.shape[0],
+                window=_ptr(conv.window), weight=_ptr(conv.weight), bias=_ptr(conv.bias), weight2=_ptr(pointwise.weight),
+                bias2=_ptr(pointwise.bias), cols=_ptr(conv.cols), mid=_ptr(keep(torch.empty(conv.weight.shape[0], n))))
+        out = keep(torch.empty(op.c_out, n))
+    elif step is F.elu_ or step is F.elu:
+        op = Op(kind=_ELU, c_in=channels, c_out=channels, stride=1, n=n)
+        out = keep(torch.empty(channels, n))
+    elif isinstance(step, ConvTransposeStep):
+        k, s, c_out = step.blocks * step.stride, step.stride, step.bias.shape[0]
+        weight = step.weight_t.contiguous()  # [C_out * k, C_in]
+        weight = compact(weight) if n == 1 else weight
+        op = Op(kind=_CONV_TRANSPOSE, c_in=channels, c_out=c_out, kernel=k, stride=s, context=k - s, n=n,
+                half=weight.dtype == torch.float16, weight=_ptr(keep(weight)), bias=_ptr(step.bias),
+                carry=_ptr(step.state.partial), cols=_ptr(keep(torch.empty(c_out * k, n))),
+                mid=_ptr(keep(torch.empty(c_out, n * s + k - s))))
+        out = keep(torch.empty(c_out, n * s))
+    else:
+        return None
+    op.out = _ptr(out)
+    return op, out
+
+
+def _tensors(plan: FramePlan) -> list[Tensor]:
+    """Every tensor of ``plan`` that frame.c reads or writes."""
+    found: list[Tensor] = []
+    for step in plan.steps:
+        for conv in (step.conv, step.pointwise) if isinstance(step, ResidualStep) else (step,):
+            found += [t for t in (getattr(conv, name, None) for name in ("weight", "bias", "window", "cols")) if isinstance(t, Tensor)]
+        if isinstance(step, ConvTransposeStep):
+            found += [step.weight_t.t(), step.bias, step.state.partial]  # (weight_t is a transposed view)
+    return found
+
+
+def rvq_search(codebooks: Tensor, norms: Tensor, z: Tensor, n_q: int) -> Tensor | None:
+    """frame.c's residual search of rows ``z`` ``[N, D]`` over ``codebooks`` ``[L, K, D]``
+    (float32, or float16 from :func:`compact`; ``norms`` ``[L, K]`` float64 of the same
+    entries) -> codes ``[N, n_q]``; None without the library or off the CPU."""
+    lib = library()
+    if lib is None or codebooks.device.type != "cpu" or codebooks.dtype not in (torch.float16, torch.float32):
+        return None
+    codebooks, norms = codebooks.contiguous(), norms.contiguous()
+    z = z.float().contiguous()
+    n, d = z.shape
+    codes = torch.empty(n, n_q, dtype=torch.long)
+    residual = torch.empty(d, dtype=torch.float64)
+    half = codebooks.dtype == torch.float16
+    lib.rvq_search(n, n_q, codebooks.shape[1], d, half, codebooks.data_ptr(), norms.data_ptr(), z.data_ptr(), residual.data_ptr(), codes.data_ptr())
+    return codes
