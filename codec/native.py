@@ -3,8 +3,11 @@
 A :class:`~codec.frame.FramePlan` in PyTorch still spends most of a frame outside arithmetic:
 a frame of the encoder, quantizer and decoder is some 300 small operations, each with its
 own dispatch and its own trip through the cache. :class:`NativePlan` hands the same steps,
-buffers and streaming state to one C call per frame, and :func:`rvq_search` does a frame's
-codebook search in one call.
+buffers and streaming state to one C call per frame; :func:`rvq_search` does a frame's
+codebook search in one call (float32 first, float64 for the entries float32 cannot rank, so
+the codes are the float64 search's) and :func:`rvq_decode` its codebook sum. Weights and
+codebooks that are float16 values (a release file's) are read as float16 where a product
+reads each weight once per frame: most of a frame's time is memory traffic.
 
 The library is compiled with the system C compiler (``$CC``, else ``cc``) at ``-O3
 -march=native`` into ``~/.cache/rvqcodec/native`` (``$RVQCODEC_CACHE`` moves the root) under a
@@ -45,7 +48,7 @@ class Op(ctypes.Structure):
 
     _fields_ = [
         (name, ctypes.c_int32) for name in ("kind", "c_in", "c_out", "kernel", "stride", "dilation", "context", "n", "hidden", "half")
-    ] + [(name, ctypes.c_void_p) for name in ("window", "weight", "bias", "weight2", "bias2", "cols", "mid", "carry", "out")]
+    ] + [(name, ctypes.c_void_p) for name in ("window", "weight", "bias", "weight2", "bias2", "cols", "mid", "carry", "out", "xt")]
 
 
 def cache_dir() -> Path:
@@ -79,8 +82,10 @@ def library() -> ctypes.CDLL | None:
         return None
     lib.rvq_run.argtypes = [ctypes.POINTER(Op), ctypes.c_int, ctypes.c_void_p]
     lib.rvq_run.restype = None
-    lib.rvq_search.argtypes = [ctypes.c_int] * 5 + [ctypes.c_void_p] * 5
+    lib.rvq_search.argtypes = [ctypes.c_int] * 5 + [ctypes.c_void_p] * 6
     lib.rvq_search.restype = None
+    lib.rvq_decode.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p] * 3
+    lib.rvq_decode.restype = ctypes.c_int
     return lib
 
 
@@ -101,6 +106,9 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+NARROW = 8  # frame.c: products of up to this many columns read each weight row once
+
+
 def compact(weight: Tensor) -> Tensor:
     """``weight`` as float16 where that loses nothing (release weights are float16 values),
     else as it is: frame.c reads half the bytes and computes the same products."""
@@ -113,9 +121,9 @@ class NativePlan:
 
     Uses the plan's own windows, carries and weights, so its streaming state stays the
     layers' state; adds the output and scratch buffers C needs, and float16 copies of the
-    one-column products' weights where exact (:func:`compact`). The weights are read when
-    the plan is built, like the plan's own: build one per streaming session, with
-    :meth:`for_plan`, which says None for plans it cannot run.
+    narrow products' weights where exact (:func:`compact`), made when the plan is built:
+    build one per streaming session, with :meth:`for_plan`, which says None for plans it
+    cannot run.
     """
 
     def __init__(self, plan: FramePlan, lib: ctypes.CDLL, ops: list[Op], kept: list[Tensor], out: Tensor) -> None:
@@ -158,22 +166,27 @@ class NativePlan:
 
 def _op(step: object, channels: int, n: int, keep: Callable[[Tensor], Tensor]) -> tuple[Op, Tensor] | None:
     """The Op for one plan step on ``channels`` x ``n`` input and its output buffer; ``keep``
-    holds the tensors it makes."""
+    holds the tensors it makes. Narrow products (at most NARROW columns) get float16 weights
+    where exact and a scratch for their transposed input."""
     if isinstance(step, ConvStep):
-        layer = step.layer
-        weight = compact(step.weight) if step.n_out == 1 and not step.pointwise else step.weight
+        layer, narrow = step.layer, step.n_out <= NARROW and not step.pointwise
+        weights = _compact_all([step.weight]) if narrow else [step.weight]
         op = Op(kind=_CONV, c_in=channels, c_out=step.weight.shape[0], kernel=layer.conv.kernel_size[0], stride=layer.stride,
-                dilation=layer.conv.dilation[0], context=layer.context, n=n, half=weight.dtype == torch.float16,
-                weight=_ptr(keep(weight)), bias=_ptr(step.bias))
+                dilation=layer.conv.dilation[0], context=layer.context, n=n, half=weights[0].dtype == torch.float16,
+                weight=_ptr(keep(weights[0])), bias=_ptr(step.bias))
         if not step.pointwise:
             op.window, op.cols = _ptr(step.window), _ptr(step.cols)
+            op.xt = _ptr(keep(torch.empty(NARROW, step.weight.shape[1])))
         out = keep(torch.empty(op.c_out, step.n_out))
     elif isinstance(step, ResidualStep):
         conv, pointwise = step.conv, step.pointwise
+        hidden = conv.weight.shape[0]
+        weights = _compact_all([conv.weight, pointwise.weight]) if n <= NARROW else [conv.weight, pointwise.weight]
         op = Op(kind=_RESIDUAL, c_in=channels, c_out=pointwise.weight.shape[0], kernel=conv.layer.conv.kernel_size[0], stride=1,
-                dilation=conv.layer.conv.dilation[0], context=conv.layer.context, n=n, hidden=conv.weight.shape[0],
-                window=_ptr(conv.window), weight=_ptr(conv.weight), bias=_ptr(conv.bias), weight2=_ptr(pointwise.weight),
-                bias2=_ptr(pointwise.bias), cols=_ptr(conv.cols), mid=_ptr(keep(torch.empty(conv.weight.shape[0], n))))
+                dilation=conv.layer.conv.dilation[0], context=conv.layer.context, n=n, hidden=hidden,
+                half=weights[0].dtype == torch.float16, window=_ptr(conv.window), weight=_ptr(keep(weights[0])),
+                bias=_ptr(conv.bias), weight2=_ptr(keep(weights[1])), bias2=_ptr(pointwise.bias), cols=_ptr(conv.cols),
+                mid=_ptr(keep(torch.empty(max(n, NARROW), hidden))), xt=_ptr(keep(torch.empty(NARROW, conv.weight.shape[1]))))
         out = keep(torch.empty(op.c_out, n))
     elif step is F.elu_ or step is F.elu:
         op = Op(kind=_ELU, c_in=channels, c_out=channels, stride=1, n=n)
@@ -181,16 +194,22 @@ def _op(step: object, channels: int, n: int, keep: Callable[[Tensor], Tensor]) -
     elif isinstance(step, ConvTransposeStep):
         k, s, c_out = step.blocks * step.stride, step.stride, step.bias.shape[0]
         weight = step.weight_t.contiguous()  # [C_out * k, C_in]
-        weight = compact(weight) if n == 1 else weight
+        weight = _compact_all([weight])[0] if n <= NARROW else weight
         op = Op(kind=_CONV_TRANSPOSE, c_in=channels, c_out=c_out, kernel=k, stride=s, context=k - s, n=n,
                 half=weight.dtype == torch.float16, weight=_ptr(keep(weight)), bias=_ptr(step.bias),
                 carry=_ptr(step.state.partial), cols=_ptr(keep(torch.empty(c_out * k, n))),
-                mid=_ptr(keep(torch.empty(c_out, n * s + k - s))))
+                mid=_ptr(keep(torch.empty(c_out, n * s + k - s))), xt=_ptr(keep(torch.empty(NARROW, channels))))
         out = keep(torch.empty(c_out, n * s))
     else:
         return None
     op.out = _ptr(out)
     return op, out
+
+
+def _compact_all(weights: list[Tensor]) -> list[Tensor]:
+    """All of ``weights`` as float16 if that is exact for every one (an op has one flag)."""
+    compacted = [compact(w) for w in weights]
+    return compacted if all(w.dtype == torch.float16 for w in compacted) else weights
 
 
 def _tensors(plan: FramePlan) -> list[Tensor]:
@@ -215,7 +234,24 @@ def rvq_search(codebooks: Tensor, norms: Tensor, z: Tensor, n_q: int) -> Tensor 
     z = z.float().contiguous()
     n, d = z.shape
     codes = torch.empty(n, n_q, dtype=torch.long)
-    residual = torch.empty(d, dtype=torch.float64)
+    residual, scratch = torch.empty(d, dtype=torch.float64), torch.empty(d + codebooks.shape[1])
     half = codebooks.dtype == torch.float16
-    lib.rvq_search(n, n_q, codebooks.shape[1], d, half, codebooks.data_ptr(), norms.data_ptr(), z.data_ptr(), residual.data_ptr(), codes.data_ptr())
+    lib.rvq_search(n, n_q, codebooks.shape[1], d, half, codebooks.data_ptr(), norms.data_ptr(), z.data_ptr(),
+                   residual.data_ptr(), scratch.data_ptr(), codes.data_ptr())
     return codes
+
+
+def rvq_decode(codebooks: Tensor, codes: Tensor) -> Tensor | None:
+    """frame.c's sum of the entries ``codes`` ``[B, K, F]`` pick from ``codebooks`` ``[L, size,
+    D]`` (float32 or float16) -> latent ``[B, D, F]`` float32; None without the library, off
+    the CPU, or if a code is out of range (the caller's own check then says which)."""
+    lib = library()
+    if lib is None or codebooks.device.type != "cpu" or codes.device.type != "cpu" or codebooks.dtype not in (torch.float16, torch.float32):
+        return None
+    codebooks, codes = codebooks.contiguous(), codes.long().contiguous()
+    b, k, f = codes.shape
+    z = torch.empty(b, codebooks.shape[2], f)
+    half = codebooks.dtype == torch.float16
+    if lib.rvq_decode(b, k, f, codebooks.shape[1], codebooks.shape[2], half, codebooks.data_ptr(), codes.data_ptr(), z.data_ptr()):
+        return None
+    return z

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .cache import TensorCache
-from .native import compact, rvq_search
+from .native import compact, rvq_decode, rvq_search
 
 
 @dataclass
@@ -119,6 +119,10 @@ class ResidualVectorQuantizer(nn.Module):
             return ((c * c).sum(-1)[None, :] - 2 * r @ c.T).argmin(dim=-1)
         c, norms = self._exact_tables()
         return _nearest_exact(c[level], norms[level], r.double())
+
+    def _compact_codebooks(self) -> Tensor:
+        """The codebooks as the native search and decode read them (float16 where exact)."""
+        return self._compact_cache.get([self.codebooks], lambda: compact(self.codebooks))
 
     def _exact_tables(self) -> tuple[Tensor, Tensor]:
         """Float64 codebooks ``[L, K, D]`` and their squared norms ``[L, K]``, converted once
@@ -226,7 +230,7 @@ class ResidualVectorQuantizer(nn.Module):
         self.embed_sum[dead] = seeds * self.cluster_size[dead].unsqueeze(-1)
 
     # Inference ----------------------------------------------------------------------
-    NATIVE_MAX_ROWS = 8  # searches of up to this many frames run in codec/native.py's search
+    NATIVE_MAX_ROWS = 8  # searches and decodes of up to this many frames run in codec/native.py
 
     @torch.no_grad()
     def encode(self, z: Tensor, n_q: int) -> Tensor:
@@ -237,7 +241,7 @@ class ResidualVectorQuantizer(nn.Module):
         rows = z.transpose(1, 2).reshape(b * f, d)
         tables, norms = self._exact_tables()
         if b * f <= self.NATIVE_MAX_ROWS:  # live streaming: a frame or a few, in one native call
-            codes = rvq_search(self._compact_cache.get([self.codebooks], lambda: compact(self.codebooks)), norms, rows, n_q)
+            codes = rvq_search(self._compact_codebooks(), norms, rows, n_q)
             if codes is not None:
                 return codes.reshape(b, f, n_q).transpose(1, 2)
         # The residual stays in float64 with the exact search's tables: no conversion per level.
@@ -255,6 +259,10 @@ class ResidualVectorQuantizer(nn.Module):
         if k > self.n_q:
             raise ValueError(f"{k} codebooks given, the model has {self.n_q}")
         codes = codes.to(self.codebooks.device)  # (codes read from a file are on the CPU)
+        if b * f <= self.NATIVE_MAX_ROWS:  # live streaming: one native call (None: not here, or a bad code)
+            z = rvq_decode(self._compact_codebooks(), codes)
+            if z is not None:
+                return z
         low, high = torch.aminmax(codes) if codes.numel() else (0, 0)
         if low < 0 or high >= self.codebook_size:
             raise ValueError(f"codes must be in 0..{self.codebook_size - 1}, got {int(low)}..{int(high)}")

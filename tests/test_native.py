@@ -9,7 +9,7 @@ import torch
 
 from codec import native
 from codec.frame import FramePlan
-from codec.native import NativePlan, compact, rvq_search
+from codec.native import NativePlan, compact, rvq_decode, rvq_search
 from codec.quantizer import _nearest_exact
 from conftest import SMALL, TINY, make_model
 
@@ -118,3 +118,50 @@ def test_compact_keeps_float32_weights_that_float16_would_change():
     w = torch.tensor([1.0, 1.0 + 2**-20])
     assert compact(w) is w
     assert compact(w[:1]).dtype == torch.float16
+
+
+@needs_library
+def test_native_search_settles_near_ties_in_float64():
+    """Rows between two entries 1e-4 apart: their distances differ by ~1e-7, below float32's
+    errors (~1e-4 at |c|^2 ~ 128) but far above float64's. The float32 pass must hand such
+    rows to float64 and agree with the float64 search on every one."""
+    torch.manual_seed(7)
+    dim, size, rows = 128, 64, 200
+    books = torch.randn(1, size, dim)
+    step = 1e-4 * torch.randn(dim)
+    books[0, 12] = books[0, 10] + step
+    s = (torch.rand(rows, 1) - 0.5) * 0.2
+    z = (books[0, 10] + books[0, 12]) / 2 + s * step  # either side of the bisector
+    tables = books.double()
+    norms = (tables * tables).sum(-1)
+    expected = _nearest_exact(tables[0], norms[0], z.double())
+    assert set(expected.tolist()) == {10, 12}
+    in_float32 = ((books[0] * books[0]).sum(-1) - 2 * z @ books[0].T).argmin(-1)
+    assert (in_float32 != expected).any()  # the case float32 alone gets wrong
+    assert torch.equal(rvq_search(books, norms, z, 1)[:, 0], expected)
+
+
+@needs_library
+@pytest.mark.parametrize("half", [False, True])
+def test_native_decode_sums_the_same_entries(half):
+    """A frame's latent from one native call equals the gather of the PyTorch path."""
+    model = make_model(SMALL, seed=6)
+    if half:
+        fp16_valued(model)
+    q = model.quantizer
+    codes = torch.randint(0, q.codebook_size, (1, 8, 3))
+    native_z = q.decode(codes)  # 3 frames: under NATIVE_MAX_ROWS
+    rows = q.codebooks.reshape(-1, q.dim)[(codes + torch.arange(8)[:, None] * q.codebook_size).reshape(-1)]
+    expected = rows.view(1, 8, 3, q.dim).sum(1).transpose(1, 2)
+    assert (native_z - expected).abs().max().item() < 1e-5
+    assert rvq_decode(compact(q.codebooks), codes) is not None  # (the native path did run)
+
+
+@pytest.mark.parametrize("frames", [1, 40], ids=["native-size", "pytorch-size"])
+@pytest.mark.parametrize("bad", [-1, 1024])
+def test_decode_refuses_codes_out_of_range(frames, bad):
+    model = make_model(SMALL)
+    codes = torch.zeros(1, 4, frames, dtype=torch.long)
+    codes[0, 2, -1] = bad
+    with pytest.raises(ValueError, match="codes must be in 0..1023"):
+        model.quantizer.decode(codes)

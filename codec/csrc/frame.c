@@ -82,7 +82,7 @@ typedef struct {
     int32_t context;  /* left context kept in the window (conv), overlap carried (transposed) */
     int32_t n;        /* input steps per call */
     int32_t hidden;   /* residual: channels between the two convolutions */
-    int32_t half;     /* weight is float16 (only where the product is one column: n_out == 1) */
+    int32_t half;     /* weights are float16 (only where every product has at most NARROW columns) */
     float *window;    /* conv: [c_in][context + n], the layer's state then the input */
     const float *weight, *bias;    /* conv [c_out][c_in * kernel]; transposed [c_out * kernel][c_in] */
     const float *weight2, *bias2;  /* residual: the 1x1 convolution [c_out][hidden] */
@@ -90,7 +90,12 @@ typedef struct {
     float *mid;       /* scratch: residual [hidden][n]; transposed [c_out][n * stride + context] */
     float *carry;     /* transposed: [c_out][context], the layer's state */
     float *out;       /* [c_out][n_out] */
+    float *xt;        /* scratch for narrow products: their input transposed, [NARROW][J] */
 } Op;
+
+/* Products with 2..NARROW columns (the deepest layers' few steps per frame) go through
+ * narrow(): each weight row is read once, as in a matrix-vector product. */
+#define NARROW 8
 
 /* y[M][N] = w[M][J] x[J][N] + b[M] ---------------------------------------------------------- */
 
@@ -193,6 +198,52 @@ static void gemm(int M, int J, int N, const float *w, const float *x, const floa
         }
 }
 
+/* y = w xt^T + b for N <= NARROW columns, from xt [NARROW][J] (rows N.. unused); y [M][N],
+ * or [N][M] with Y_T. Each row of w (float32, or float16) is read once for all N columns. */
+#define NARROW_PRODUCT(NAME, T, LOAD, SCALAR)                                                \
+    static void NAME(int M, int J, int N, const T *w, const float *xt, const float *b, float *y, int y_t) { \
+        for (int m = 0; m < M; m++) {                                                        \
+            const T *row = w + (int64_t)m * J;                                               \
+            v16 a[NARROW] = {{0}};                                                           \
+            int j = 0;                                                                       \
+            for (; j + 16 <= J; j += 16) {                                                   \
+                v16 wv = LOAD(row + j);                                                      \
+                for (int t = 0; t < NARROW; t++) a[t] += wv * load16(xt + (int64_t)t * J + j); \
+            }                                                                                \
+            for (int t = 0; t < N; t++) {                                                    \
+                float s = hsum16(a[t]);                                                      \
+                for (int i = j; i < J; i++) s += SCALAR(row[i]) * xt[(int64_t)t * J + i];    \
+                s += b ? b[m] : 0.0f;                                                        \
+                y[y_t ? (int64_t)t * M + m : (int64_t)m * N + t] = s;                        \
+            }                                                                                \
+        }                                                                                    \
+    }
+
+NARROW_PRODUCT(narrow_float, float, load16, as_float)
+NARROW_PRODUCT(narrow_half, uint16_t, load16h, half_to_float)
+
+/* y = w x + b, [M][J] x [J][N], for any N; w float16 (half) only if N <= NARROW. x is given
+ * as it is ([J][N]) or, when N <= NARROW, already transposed into xt. y_t: see narrow_*. */
+static void product(int M, int J, int N, const void *w, int half, const float *x, const float *xt, const float *b,
+                    float *y, int y_t) {
+    if (N == 1 && half)
+        gemv_half(M, J, w, x ? x : xt, b, y);
+    else if (N == 1)
+        gemv(M, J, w, x ? x : xt, b, y);
+    else if (N <= NARROW && half)
+        narrow_half(M, J, N, w, xt, b, y, y_t);
+    else if (N <= NARROW)
+        narrow_float(M, J, N, w, xt, b, y, y_t);
+    else
+        gemm(M, J, N, w, x, b, y);
+}
+
+/* x [R][C] -> xt [C][R] */
+static void transpose(int R, int C, const float *x, float *xt) {
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) xt[(int64_t)c * R + r] = x[(int64_t)r * C + c];
+}
+
 /* ELU ---------------------------------------------------------------------------------------- */
 
 static inline v16 select16(v16i mask, v16 a, v16 b) { return (v16)((mask & (v16i)a) | (~mask & (v16i)b)); }
@@ -233,24 +284,25 @@ static void elu(int64_t n, const float *src, float *dst) {
 
 static int conv_outputs(const Op *op) { return op->n / op->stride; }
 
-/* The window's inputs are in place: gather the taps, multiply, slide the window. */
-static void conv_window(const Op *op, int c_out, const float *w, const float *b, float *y) {
-    const int k = op->kernel, L = op->context + op->n, n_out = conv_outputs(op);
+/* The window's inputs are in place: gather the taps (transposed for a narrow product),
+ * multiply, slide the window. y_t: see narrow_*. */
+static void conv_window(const Op *op, int c_out, const void *w, const float *b, float *y, int y_t) {
+    const int k = op->kernel, L = op->context + op->n, n_out = conv_outputs(op), J = op->c_in * k;
+    const int narrow = n_out > 1 && n_out <= NARROW;
     for (int ci = 0; ci < op->c_in; ci++) {
         const float *row = op->window + (int64_t)ci * L;
         for (int kk = 0; kk < k; kk++) {
-            float *col = op->cols + ((int64_t)ci * k + kk) * n_out;
             const float *src = row + kk * op->dilation;
-            if (op->stride == 1)
-                memcpy(col, src, n_out * sizeof(float));
+            int64_t j = (int64_t)ci * k + kk;
+            if (narrow)
+                for (int t = 0; t < n_out; t++) op->xt[t * J + j] = src[t * op->stride];
+            else if (op->stride == 1)
+                memcpy(op->cols + j * n_out, src, n_out * sizeof(float));
             else
-                for (int t = 0; t < n_out; t++) col[t] = src[t * op->stride];
+                for (int t = 0; t < n_out; t++) op->cols[j * n_out + t] = src[t * op->stride];
         }
     }
-    if (op->half)
-        gemv_half(c_out, op->c_in * k, (const uint16_t *)w, op->cols, b, y);
-    else
-        gemm(c_out, op->c_in * k, n_out, w, op->cols, b, y);
+    product(c_out, J, n_out, w, op->half, narrow ? NULL : op->cols, op->xt, b, y, y_t);
     for (int ci = 0; ci < op->c_in; ci++) {
         float *row = op->window + (int64_t)ci * L;
         memmove(row, row + op->n, op->context * sizeof(float));
@@ -259,23 +311,26 @@ static void conv_window(const Op *op, int c_out, const float *w, const float *b,
 
 static void conv(const Op *op, const float *x) {
     if (!op->window) { /* pointwise in time */
-        gemm(op->c_out, op->c_in, op->n, op->weight, x, op->bias, op->out);
+        gemm(op->c_out, op->c_in, op->n, op->weight, x, op->bias, op->out); /* (never half) */
         return;
     }
     const int L = op->context + op->n;
     for (int ci = 0; ci < op->c_in; ci++)
         memcpy(op->window + (int64_t)ci * L + op->context, x + (int64_t)ci * op->n, op->n * sizeof(float));
-    conv_window(op, op->c_out, op->weight, op->bias, op->out);
+    conv_window(op, op->c_out, op->weight, op->bias, op->out, 0);
 }
 
 /* x + conv1x1(ELU(conv_dilated(ELU(x)))); the window holds ELU(x). */
 static void residual(const Op *op, const float *x) {
     const int L = op->context + op->n, n = op->n;
-    for (int ci = 0; ci < op->c_in; ci++)
-        elu(n, x + (int64_t)ci * n, op->window + (int64_t)ci * L + op->context);
-    conv_window(op, op->hidden, op->weight, op->bias, op->mid);
+    elu((int64_t)op->c_in * n, x, op->cols); /* in one pass (rows can be shorter than a vector), */
+    for (int ci = 0; ci < op->c_in; ci++)    /* then into the window, before the taps fill cols */
+        memcpy(op->window + (int64_t)ci * L + op->context, op->cols + (int64_t)ci * n, n * sizeof(float));
+    /* narrow: mid comes out transposed, [n][hidden], the 1x1 product's xt */
+    const int narrow = n > 1 && n <= NARROW;
+    conv_window(op, op->hidden, op->weight, op->bias, op->mid, narrow);
     elu((int64_t)op->hidden * n, op->mid, op->mid);
-    gemm(op->c_out, op->hidden, n, op->weight2, op->mid, op->bias2, op->out);
+    product(op->c_out, op->hidden, n, op->weight2, op->half, narrow ? NULL : op->mid, op->mid, op->bias2, op->out, 0);
     for (int64_t i = 0; i < (int64_t)op->c_out * n; i++) op->out[i] += x[i];
 }
 
@@ -283,10 +338,10 @@ static void residual(const Op *op, const float *x) {
  * carried tail, the last context samples become the next tail. */
 static void conv_transpose(const Op *op, const float *x) {
     const int k = op->kernel, s = op->stride, n = op->n, ov = op->context, full = n * s + ov;
-    if (op->half)
-        gemv_half(op->c_out * k, op->c_in, (const uint16_t *)op->weight, x, NULL, op->cols);
-    else
-        gemm(op->c_out * k, op->c_in, n, op->weight, x, NULL, op->cols);
+    const int narrow = n > 1 && n <= NARROW;
+    if (narrow)
+        transpose(op->c_in, n, x, op->xt);
+    product(op->c_out * k, op->c_in, n, op->weight, op->half, narrow ? NULL : x, op->xt, NULL, op->cols, 0);
     for (int co = 0; co < op->c_out; co++) {
         float *acc = op->mid + (int64_t)co * full;
         memset(acc, 0, full * sizeof(float));
@@ -318,7 +373,12 @@ void rvq_run(const Op *ops, int n_ops, const float *x) {
 /* Residual vector quantization of rows z[N][D]: at each of n_q levels the entry of
  * codebooks[level][K][D] (float32, or float16 with HALF) nearest the float64 residual
  * (|c|^2 - 2 r.c smallest, norms given; the first one on ties), whose value is then taken off
- * the residual. residual: scratch [D]; codes: [N][n_q]. */
+ * the residual. codes: [N][n_q]; scratch: float64 [D] and float32 [D + K].
+ *
+ * Each level is searched in float32 first. Its distances are off by at most delta (below), so
+ * only entries within 2 delta of the float32 best can be the float64 nearest; those few (most
+ * often the best alone) are compared again in float64, so the choice is the float64 search's. */
+
 /* acc0, acc1 += the 16 values c (as float64) times r[0..16). */
 static inline void fma16d(v16 c, const double *r, v8d *acc0, v8d *acc1) {
     v8 lo, hi;
@@ -331,39 +391,63 @@ static inline void fma16d(v16 c, const double *r, v8d *acc0, v8d *acc1) {
     *acc1 += __builtin_convertvector(hi, v8d) * r1;
 }
 
-/* Distances |c|^2 - 2 r.c of entries e..e+R of one level to r, into dist[0..R). */
-#define DISTANCES(R, T, LOAD, SCALAR)                                                        \
+/* r.c in float64, c one entry. */
+#define DOT64(T, LOAD, SCALAR, c, out)                                                       \
     {                                                                                        \
-        v8d lo[R] = {{0}}, hi[R] = {{0}};                                                    \
+        v8d lo = {0}, hi = {0};                                                              \
         int d = 0;                                                                           \
-        for (; d + 16 <= D; d += 16)                                                         \
-            for (int q = 0; q < R; q++) fma16d(LOAD(book + (int64_t)(e + q) * D + d), r + d, &lo[q], &hi[q]); \
-        for (int q = 0; q < R; q++) {                                                        \
-            double dot = hsum8d(lo[q] + hi[q]);                                              \
-            for (int i = d; i < D; i++) dot += (double)SCALAR(book[(int64_t)(e + q) * D + i]) * r[i]; \
-            dist[q] = nrm[e + q] - 2.0 * dot;                                                \
+        for (; d + 16 <= D; d += 16) fma16d(LOAD((c) + d), r + d, &lo, &hi);                 \
+        out = hsum8d(lo + hi);                                                               \
+        for (; d < D; d++) out += (double)SCALAR((c)[d]) * r[d];                             \
+    }
+
+/* r32.c in float32. */
+#define DOT32(T, LOAD, SCALAR, c, out)                                                       \
+    {                                                                                        \
+        v16 a0 = {0}, a1 = {0};                                                              \
+        int d = 0;                                                                           \
+        for (; d + 32 <= D; d += 32) {                                                       \
+            a0 += LOAD((c) + d) * load16(r32 + d);                                           \
+            a1 += LOAD((c) + d + 16) * load16(r32 + d + 16);                                 \
         }                                                                                    \
+        for (; d + 16 <= D; d += 16) a0 += LOAD((c) + d) * load16(r32 + d);                  \
+        out = hsum16(a0 + a1);                                                               \
+        for (; d < D; d++) out += SCALAR((c)[d]) * r32[d];                                   \
     }
 
 #define SEARCH(NAME, T, LOAD, SCALAR)                                                        \
     static void NAME(int N, int n_q, int K, int D, const T *codebooks, const double *norms, const float *z, \
-                     double *r, int64_t *codes) {                                            \
+                     double *r, float *scratch, int64_t *codes) {                            \
+        float *r32 = scratch, *dist32 = scratch + D;                                         \
         for (int row = 0; row < N; row++) {                                                  \
             for (int d = 0; d < D; d++) r[d] = z[(int64_t)row * D + d];                      \
             for (int level = 0; level < n_q; level++) {                                      \
                 const T *book = codebooks + (int64_t)level * K * D;                          \
                 const double *nrm = norms + (int64_t)level * K;                              \
-                int best = 0, e = 0;                                                         \
-                double best_dist = 0, dist[4];                                               \
-                for (; e + 4 <= K; e += 4) { /* four entries at once: four chains, four streams */ \
-                    DISTANCES(4, T, LOAD, SCALAR)                                            \
-                    for (int q = 0; q < 4; q++)                                              \
-                        if ((e == 0 && q == 0) || dist[q] < best_dist) best = e + q, best_dist = dist[q]; \
+                double rr = 0, cc = 0;                                                       \
+                for (int d = 0; d < D; d++) rr += r[d] * r[d], r32[d] = (float)r[d];         \
+                float best32 = 0;                                                            \
+                for (int e = 0; e < K; e++) {                                                \
+                    float dot;                                                               \
+                    DOT32(T, LOAD, SCALAR, book + (int64_t)e * D, dot)                       \
+                    dist32[e] = (float)nrm[e] - 2.0f * dot;                                  \
+                    if (e == 0 || dist32[e] < best32) best32 = dist32[e];                    \
+                    if (nrm[e] > cc) cc = nrm[e];                                            \
                 }                                                                            \
-                for (; e < K; e++) {                                                         \
-                    DISTANCES(1, T, LOAD, SCALAR)                                            \
-                    if (e == 0 || dist[0] < best_dist) best = e, best_dist = dist[0];        \
+                /* |float32 - exact| of a distance: rounding r, the products and sums (D + 2 \
+                 * units of 2^-24 of sum |c_d r_d| <= (|c|^2 + |r|^2) / 2), the norm and the \
+                 * difference; doubled, and doubled again for the float64 side. */           \
+                double delta = 4.0 * (D + 4) * 0x1p-24 * ((cc + rr) / 2 + cc) + 1e-300;      \
+                double limit = (double)best32 + 2.0 * delta, best_dist = 0;                  \
+                int best = -1;                                                               \
+                for (int e = 0; e < K; e++) {                                                \
+                    if (!((double)dist32[e] <= limit)) continue;                             \
+                    double dot;                                                              \
+                    DOT64(T, LOAD, SCALAR, book + (int64_t)e * D, dot)                       \
+                    double dist = nrm[e] - 2.0 * dot;                                        \
+                    if (best < 0 || dist < best_dist) best = e, best_dist = dist;            \
                 }                                                                            \
+                if (best < 0) best = 0; /* NaN or infinite input: no distance compares */    \
                 codes[(int64_t)row * n_q + level] = best;                                    \
                 const T *c = book + (int64_t)best * D;                                       \
                 for (int d = 0; d < D; d++) r[d] -= (double)SCALAR(c[d]);                    \
@@ -375,9 +459,28 @@ SEARCH(search_float, float, load16, as_float)
 SEARCH(search_half, uint16_t, load16h, half_to_float)
 
 void rvq_search(int N, int n_q, int K, int D, int half, const void *codebooks, const double *norms, const float *z,
-                double *residual, int64_t *codes) {
+                double *residual, float *scratch, int64_t *codes) {
     if (half)
-        search_half(N, n_q, K, D, codebooks, norms, z, residual, codes);
+        search_half(N, n_q, K, D, codebooks, norms, z, residual, scratch, codes);
     else
-        search_float(N, n_q, K, D, codebooks, norms, z, residual, codes);
+        search_float(N, n_q, K, D, codebooks, norms, z, residual, scratch, codes);
+}
+
+/* The latent of codes [B][K][F] (entries of levels 0..K of codebooks [L][size][D], float32 or
+ * float16, summed in level order) -> z [B][D][F]. Returns -1, writing nothing sensible, if a
+ * code is outside 0..size-1. */
+int rvq_decode(int B, int K, int F, int size, int D, int half, const void *codebooks, const int64_t *codes, float *z) {
+    for (int64_t i = 0; i < (int64_t)B * K * F; i++)
+        if (codes[i] < 0 || codes[i] >= size) return -1;
+    for (int b = 0; b < B; b++)
+        for (int f = 0; f < F; f++)
+            for (int d = 0; d < D; d++) {
+                float s = 0;
+                for (int k = 0; k < K; k++) {
+                    int64_t at = ((int64_t)k * size + codes[((int64_t)b * K + k) * F + f]) * D + d;
+                    s += half ? half_to_float(((const uint16_t *)codebooks)[at]) : ((const float *)codebooks)[at];
+                }
+                z[((int64_t)b * D + d) * F + f] = s;
+            }
+    return 0;
 }
