@@ -106,6 +106,12 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _f32(*shape: int) -> Tensor:
+    """A float32 buffer for C, zeroed (rows a narrow product reads but ignores included),
+    float32 whatever torch's default dtype."""
+    return torch.zeros(*shape, dtype=torch.float32)
+
+
 NARROW = 8  # frame.c: products of up to this many columns read each weight row once
 
 
@@ -128,6 +134,7 @@ class NativePlan:
 
     def __init__(self, plan: FramePlan, lib: ctypes.CDLL, ops: list[Op], kept: list[Tensor], out: Tensor) -> None:
         self.plan, self.lib, self.out = plan, lib, out
+        self.in_shape = (1, ops[0].c_in, ops[0].n)
         self.ops = (Op * len(ops))(*ops)
         self.kept = kept  # tensors the ops point into that nothing else holds
 
@@ -159,6 +166,8 @@ class NativePlan:
     def __call__(self, x: Tensor) -> Tensor:
         for step in self.plan.stateful:
             step.adopt()
+        if tuple(x.shape) != self.in_shape:  # C would read past the input
+            raise ValueError(f"native frame plan for {self.in_shape}, got {tuple(x.shape)}")
         x = x.float().contiguous()
         self.lib.rvq_run(self.ops, len(self.ops), x.data_ptr())
         return self.out.clone()
@@ -176,8 +185,8 @@ def _op(step: object, channels: int, n: int, keep: Callable[[Tensor], Tensor]) -
                 weight=_ptr(keep(weights[0])), bias=_ptr(step.bias))
         if not step.pointwise:
             op.window, op.cols = _ptr(step.window), _ptr(step.cols)
-            op.xt = _ptr(keep(torch.empty(NARROW, step.weight.shape[1])))
-        out = keep(torch.empty(op.c_out, step.n_out))
+            op.xt = _ptr(keep(_f32(NARROW, step.weight.shape[1])))
+        out = keep(_f32(op.c_out, step.n_out))
     elif isinstance(step, ResidualStep):
         conv, pointwise = step.conv, step.pointwise
         hidden = conv.weight.shape[0]
@@ -186,20 +195,20 @@ def _op(step: object, channels: int, n: int, keep: Callable[[Tensor], Tensor]) -
                 dilation=conv.layer.conv.dilation[0], context=conv.layer.context, n=n, hidden=hidden,
                 half=weights[0].dtype == torch.float16, window=_ptr(conv.window), weight=_ptr(keep(weights[0])),
                 bias=_ptr(conv.bias), weight2=_ptr(keep(weights[1])), bias2=_ptr(pointwise.bias), cols=_ptr(conv.cols),
-                mid=_ptr(keep(torch.empty(max(n, NARROW), hidden))), xt=_ptr(keep(torch.empty(NARROW, conv.weight.shape[1]))))
-        out = keep(torch.empty(op.c_out, n))
+                mid=_ptr(keep(_f32(max(n, NARROW), hidden))), xt=_ptr(keep(_f32(NARROW, conv.weight.shape[1]))))
+        out = keep(_f32(op.c_out, n))
     elif step is F.elu_ or step is F.elu:
         op = Op(kind=_ELU, c_in=channels, c_out=channels, stride=1, n=n)
-        out = keep(torch.empty(channels, n))
+        out = keep(_f32(channels, n))
     elif isinstance(step, ConvTransposeStep):
         k, s, c_out = step.blocks * step.stride, step.stride, step.bias.shape[0]
         weight = step.weight_t.contiguous()  # [C_out * k, C_in]
         weight = _compact_all([weight])[0] if n <= NARROW else weight
         op = Op(kind=_CONV_TRANSPOSE, c_in=channels, c_out=c_out, kernel=k, stride=s, context=k - s, n=n,
                 half=weight.dtype == torch.float16, weight=_ptr(keep(weight)), bias=_ptr(step.bias),
-                carry=_ptr(step.state.partial), cols=_ptr(keep(torch.empty(c_out * k, n))),
-                mid=_ptr(keep(torch.empty(c_out, n * s + k - s))), xt=_ptr(keep(torch.empty(NARROW, channels))))
-        out = keep(torch.empty(c_out, n * s))
+                carry=_ptr(step.state.partial), cols=_ptr(keep(_f32(c_out * k, n))),
+                mid=_ptr(keep(_f32(c_out, n * s + k - s))), xt=_ptr(keep(_f32(NARROW, channels))))
+        out = keep(_f32(c_out, n * s))
     else:
         return None
     op.out = _ptr(out)
@@ -233,8 +242,11 @@ def rvq_search(codebooks: Tensor, norms: Tensor, z: Tensor, n_q: int) -> Tensor 
     codebooks, norms = codebooks.contiguous(), norms.contiguous()
     z = z.float().contiguous()
     n, d = z.shape
+    levels, size, dim = codebooks.shape
+    if n_q > levels or d != dim or norms.shape != (levels, size) or norms.dtype != torch.float64:
+        raise ValueError(f"search of {n_q} levels of [{n}, {d}] in codebooks {tuple(codebooks.shape)}, norms {norms.dtype} {tuple(norms.shape)}")
     codes = torch.empty(n, n_q, dtype=torch.long)
-    residual, scratch = torch.empty(d, dtype=torch.float64), torch.empty(d + codebooks.shape[1])
+    residual, scratch = torch.empty(d, dtype=torch.float64), _f32(d + codebooks.shape[1])
     half = codebooks.dtype == torch.float16
     lib.rvq_search(n, n_q, codebooks.shape[1], d, half, codebooks.data_ptr(), norms.data_ptr(), z.data_ptr(),
                    residual.data_ptr(), scratch.data_ptr(), codes.data_ptr())
@@ -250,7 +262,9 @@ def rvq_decode(codebooks: Tensor, codes: Tensor) -> Tensor | None:
         return None
     codebooks, codes = codebooks.contiguous(), codes.long().contiguous()
     b, k, f = codes.shape
-    z = torch.empty(b, codebooks.shape[2], f)
+    if k > codebooks.shape[0]:
+        raise ValueError(f"{k} levels of codes for {codebooks.shape[0]} codebooks")
+    z = _f32(b, codebooks.shape[2], f)
     half = codebooks.dtype == torch.float16
     if lib.rvq_decode(b, k, f, codebooks.shape[1], codebooks.shape[2], half, codebooks.data_ptr(), codes.data_ptr(), z.data_ptr()):
         return None

@@ -165,3 +165,37 @@ def test_decode_refuses_codes_out_of_range(frames, bad):
     codes[0, 2, -1] = bad
     with pytest.raises(ValueError, match="codes must be in 0..1023"):
         model.quantizer.decode(codes)
+
+
+@needs_library
+def test_native_search_follows_argmin_on_non_finite_input():
+    """inf and NaN in a frame (a broken input upstream) give the codes the float64 search
+    gives, which ranks a NaN distance first, instead of whatever float32 overflow makes."""
+    torch.manual_seed(8)
+    books = torch.randn(3, 32, 16)
+    tables = books.double()
+    norms = (tables * tables).sum(-1)
+    z = torch.randn(4, 16)
+    z[0, 3], z[1, 5], z[2, 0] = float("inf"), float("nan"), -float("inf")
+    expected, residual = [], z.double()
+    for level in range(3):
+        idx = _nearest_exact(tables[level], norms[level], residual)
+        residual = residual - tables[level][idx]
+        expected.append(idx)
+    assert torch.equal(rvq_search(books, norms, z, 3), torch.stack(expected, dim=1))
+
+
+@needs_library
+def test_native_buffers_are_float32_whatever_the_default_dtype():
+    model = make_model(SMALL, seed=9)
+    wav = torch.randn(1, 1, 3 * model.hop_length) * 0.3
+    codes = model.encode(wav, n_q=8)
+    audio = model.decode(codes)
+    torch.set_default_dtype(torch.float64)
+    try:
+        streamed, streamed_audio, runtimes = frame_by_frame(model, wav, codes, 8)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert runtimes == {"encoder": NativePlan, "decoder": NativePlan}
+    assert torch.equal(streamed, codes)
+    assert (streamed_audio - audio).abs().max().item() < 1e-5

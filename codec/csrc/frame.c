@@ -6,9 +6,10 @@
  * channels and N steps is [C][N].
  *
  * Arithmetic follows the PyTorch layers (codec/streaming.py, codec/seanet.py) up to rounding:
- * sums are taken in another order, and ELU's exp comes from a polynomial good to a few units
- * in the last place, so outputs differ from PyTorch's by about 1e-7 relative. The codebook
- * search computes in float64, as codec/quantizer.py's exact search does.
+ * sums are taken in another order, and ELU's exp(x) - 1 comes from a polynomial for exp, good
+ * to about 1e-7 absolute, so outputs differ from PyTorch's by about 1e-7. The codebook search
+ * chooses as codec/quantizer.py's float64 search does (up to the float64 summation order,
+ * which only matters for entries at exactly equal distances).
  */
 #include <stdint.h>
 #include <string.h>
@@ -28,17 +29,14 @@ static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 
 typedef float v4 __attribute__((vector_size(16)));
 
+/* Lane sums by indexing (GCC 11 has no __builtin_shufflevector). */
 static inline float hsum16(v16 a) {
-    v8 h = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
-    v4 q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
-    return (q[0] + q[2]) + (q[1] + q[3]);
+    float s[8];
+    for (int i = 0; i < 8; i++) s[i] = a[i] + a[i + 8];
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
 }
 
-static inline double hsum8d(v8d a) {
-    typedef double v4d __attribute__((vector_size(32)));
-    v4d h = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-    return (h[0] + h[2]) + (h[1] + h[3]);
-}
+static inline double hsum8d(v8d a) { return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])); }
 
 /* float16 storage: release weights are float16 values, so keeping the widest layers' weights
  * and the codebooks in float16 halves the bytes a frame reads, without changing a product. */
@@ -265,7 +263,7 @@ static inline v16 elu16(v16 x) {
     v16 e = p * r * r + r + 1.0f;
     v16i bits = (__builtin_convertvector(k, v16i) + 127) << 23;
     e *= (v16)bits;
-    return select16(x > zero, x, e - 1.0f);
+    return select16(x <= zero, e - 1.0f, x); /* (NaN stays NaN) */
 }
 
 /* dst[i] = ELU(src[i]); dst may be src. */
@@ -427,27 +425,35 @@ static inline void fma16d(v16 c, const double *r, v8d *acc0, v8d *acc1) {
                 double rr = 0, cc = 0;                                                       \
                 for (int d = 0; d < D; d++) rr += r[d] * r[d], r32[d] = (float)r[d];         \
                 float best32 = 0;                                                            \
+                int finite = 1;                                                              \
                 for (int e = 0; e < K; e++) {                                                \
                     float dot;                                                               \
                     DOT32(T, LOAD, SCALAR, book + (int64_t)e * D, dot)                       \
                     dist32[e] = (float)nrm[e] - 2.0f * dot;                                  \
                     if (e == 0 || dist32[e] < best32) best32 = dist32[e];                    \
                     if (nrm[e] > cc) cc = nrm[e];                                            \
+                    finite &= dist32[e] - dist32[e] == 0.0f; /* neither inf nor NaN */       \
                 }                                                                            \
                 /* |float32 - exact| of a distance: rounding r, the products and sums (D + 2 \
                  * units of 2^-24 of sum |c_d r_d| <= (|c|^2 + |r|^2) / 2), the norm and the \
                  * difference; doubled, and doubled again for the float64 side. */           \
-                double delta = 4.0 * (D + 4) * 0x1p-24 * ((cc + rr) / 2 + cc) + 1e-300;      \
+                /* (the last term: float32 subnormals' absolute rounding) */                  \
+                double delta = 4.0 * (D + 4) * 0x1p-24 * ((cc + rr) / 2 + cc) + (4.0 * D + 16) * 0x1p-149; \
                 double limit = (double)best32 + 2.0 * delta, best_dist = 0;                  \
+                finite &= limit - limit == 0.0; /* else every entry goes to float64 */       \
                 int best = -1;                                                               \
                 for (int e = 0; e < K; e++) {                                                \
-                    if (!((double)dist32[e] <= limit)) continue;                             \
+                    if (finite && !((double)dist32[e] <= limit)) continue;                   \
                     double dot;                                                              \
                     DOT64(T, LOAD, SCALAR, book + (int64_t)e * D, dot)                       \
                     double dist = nrm[e] - 2.0 * dot;                                        \
+                    if (dist != dist) { /* NaN ranks first, as in torch.argmin */             \
+                        best = e;                                                            \
+                        break;                                                               \
+                    }                                                                        \
                     if (best < 0 || dist < best_dist) best = e, best_dist = dist;            \
                 }                                                                            \
-                if (best < 0) best = 0; /* NaN or infinite input: no distance compares */    \
+                if (best < 0) best = 0; /* (no entries) */                                   \
                 codes[(int64_t)row * n_q + level] = best;                                    \
                 const T *c = book + (int64_t)best * D;                                       \
                 for (int d = 0; d < D; d++) r[d] -= (double)SCALAR(c[d]);                    \
