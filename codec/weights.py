@@ -31,16 +31,16 @@ class RegisteredModel:
 
 
 REGISTRY: dict[str, RegisteredModel] = {
-    "rvq24k-v4": RegisteredModel(
-        "rvq24k-v4.safetensors",
-        "26829e75ba30e4f14b57564ae1bf2b88195d16363eacb2e46f56738561298c2b",
-        "24 kHz mono, 1.5-24 kbps (interim: reconstruction losses only, 15671 steps on 2 CPU cores)",
+    "rvq24k-v5": RegisteredModel(
+        "rvq24k-v5.safetensors",
+        "37519e65068502f44763d65c495516c63691685f0910ca7ed54563f670dc923b",
+        "24 kHz mono, 1.5-24 kbps (interim: reconstruction losses only, 17,750 steps on 2 CPU cores)",
     ),
 }
 # EMA statistics of the codebooks: needed to continue training, not to run the model.
 TRAINING_ONLY = {f"quantizer.{name}" for name in ResidualVectorQuantizer.TRAINING_BUFFERS}
-DEFAULT_MODEL = "rvq24k-v4"
-ALIASES = {"rvq24k": "rvq24k-v4", "default": DEFAULT_MODEL}
+DEFAULT_MODEL = "rvq24k-v5"
+ALIASES = {"rvq24k": "rvq24k-v5", "default": DEFAULT_MODEL}
 
 
 class ModelError(CodecError):
