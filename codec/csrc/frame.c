@@ -2,8 +2,9 @@
  *
  * Built on first use by codec/native.py with the system C compiler; Python describes the
  * network as an array of Op (layout mirrored by native.Op) over buffers it owns, and one
- * call runs all of it. Every array is float32, row-major, rows contiguous: a signal of C
- * channels and N steps is [C][N].
+ * call runs all of it. Arrays are row-major with contiguous rows (a signal of C channels and
+ * N steps is [C][N]); signals are float32, weights float32 or float16 (Op.half), the search's
+ * norms and residual float64.
  *
  * Arithmetic follows the PyTorch layers (codec/streaming.py, codec/seanet.py) up to rounding:
  * sums are taken in another order, and ELU's exp(x) - 1 comes from a polynomial for exp, good
