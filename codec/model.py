@@ -150,6 +150,8 @@ class Codec(nn.Module):
             plan = FramePlan(network, per_frame)
             self._plans[name] = NativePlan.for_plan(plan, x.shape[1], per_frame) or plan
         plan = self._plans[name]
+        if frames == 1:  # (a plan's output is already a tensor of its own)
+            return plan(x)
         return torch.cat([plan(x[..., i * per_frame : (i + 1) * per_frame]) for i in range(frames)], dim=-1)
 
     @contextlib.contextmanager

@@ -185,6 +185,7 @@ def _op(step: object, channels: int, n: int, keep: Callable[[Tensor], Tensor]) -
                 weight=_ptr(keep(weights[0])), bias=_ptr(step.bias))
         if not step.pointwise:
             op.window, op.cols = _ptr(step.window), _ptr(step.cols)
+        if narrow and step.n_out > 1:
             op.xt = _ptr(keep(_f32(NARROW, step.weight.shape[1])))
         out = keep(_f32(op.c_out, step.n_out))
     elif isinstance(step, ResidualStep):
@@ -195,7 +196,9 @@ def _op(step: object, channels: int, n: int, keep: Callable[[Tensor], Tensor]) -
                 dilation=conv.layer.conv.dilation[0], context=conv.layer.context, n=n, hidden=hidden,
                 half=weights[0].dtype == torch.float16, window=_ptr(conv.window), weight=_ptr(keep(weights[0])),
                 bias=_ptr(conv.bias), weight2=_ptr(keep(weights[1])), bias2=_ptr(pointwise.bias), cols=_ptr(conv.cols),
-                mid=_ptr(keep(_f32(max(n, NARROW), hidden))), xt=_ptr(keep(_f32(NARROW, conv.weight.shape[1]))))
+                mid=_ptr(keep(_f32(max(n, NARROW), hidden))))
+        if 1 < n <= NARROW:
+            op.xt = _ptr(keep(_f32(NARROW, conv.weight.shape[1])))
         out = keep(_f32(op.c_out, n))
     elif step is F.elu_ or step is F.elu:
         op = Op(kind=_ELU, c_in=channels, c_out=channels, stride=1, n=n)
@@ -207,7 +210,9 @@ def _op(step: object, channels: int, n: int, keep: Callable[[Tensor], Tensor]) -
         op = Op(kind=_CONV_TRANSPOSE, c_in=channels, c_out=c_out, kernel=k, stride=s, context=k - s, n=n,
                 half=weight.dtype == torch.float16, weight=_ptr(keep(weight)), bias=_ptr(step.bias),
                 carry=_ptr(step.state.partial), cols=_ptr(keep(_f32(c_out * k, n))),
-                mid=_ptr(keep(_f32(c_out, n * s + k - s))), xt=_ptr(keep(_f32(NARROW, channels))))
+                mid=_ptr(keep(_f32(c_out, n * s + k - s))))
+        if 1 < n <= NARROW:
+            op.xt = _ptr(keep(_f32(NARROW, channels)))
         out = keep(_f32(c_out, n * s))
     else:
         return None

@@ -35,6 +35,19 @@ def frame_by_frame(model, wav, codes, n_q):
     return streamed, audio, runtimes
 
 
+def float64_search(books, z, levels):
+    """The squared norms of ``books`` and the codes of rows ``z`` from the float64 search of
+    codec/quantizer.py, level by level -> (norms [L, K], codes [N, levels])."""
+    tables = books.double()
+    norms = (tables * tables).sum(-1)
+    codes, residual = [], z.double()
+    for level in range(levels):
+        idx = _nearest_exact(tables[level], norms[level], residual)
+        residual = residual - tables[level][idx]
+        codes.append(idx)
+    return norms, torch.stack(codes, dim=1)
+
+
 def fp16_valued(model):
     """Weights and codebooks rounded to float16 values, as in a release file: the native
     runtime then reads its widest layers and the codebooks as float16."""
@@ -100,17 +113,11 @@ def test_native_search_is_the_exact_search(dim, half):
         books = books.half().float()
     z = torch.randn(rows, dim)
     z[0] = books[0, 3]  # a row exactly on a duplicated entry
-    tables = books.double()
-    norms = (tables * tables).sum(-1)
-    expected, residual = [], z.double()
-    for level in range(levels):
-        idx = _nearest_exact(tables[level], norms[level], residual)
-        residual = residual - tables[level][idx]
-        expected.append(idx)
+    norms, expected = float64_search(books, z, levels)
     stored = compact(books)
     assert stored.dtype == (torch.float16 if half else torch.float32)
     codes = rvq_search(stored, norms, z, levels)
-    assert torch.equal(codes, torch.stack(expected, dim=1))
+    assert torch.equal(codes, expected)
     assert codes[0, 0] == 3
 
 
@@ -173,16 +180,10 @@ def test_native_search_follows_argmin_on_non_finite_input():
     gives, which ranks a NaN distance first, instead of whatever float32 overflow makes."""
     torch.manual_seed(8)
     books = torch.randn(3, 32, 16)
-    tables = books.double()
-    norms = (tables * tables).sum(-1)
     z = torch.randn(4, 16)
     z[0, 3], z[1, 5], z[2, 0] = float("inf"), float("nan"), -float("inf")
-    expected, residual = [], z.double()
-    for level in range(3):
-        idx = _nearest_exact(tables[level], norms[level], residual)
-        residual = residual - tables[level][idx]
-        expected.append(idx)
-    assert torch.equal(rvq_search(books, norms, z, 3), torch.stack(expected, dim=1))
+    norms, expected = float64_search(books, z, 3)
+    assert torch.equal(rvq_search(books, norms, z, 3), expected)
 
 
 @needs_library

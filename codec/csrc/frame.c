@@ -28,8 +28,6 @@ static inline void store16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
 static inline v8 load8(const float *p) { v8 v; memcpy(&v, p, sizeof v); return v; }
 static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 
-typedef float v4 __attribute__((vector_size(16)));
-
 /* Lane sums by indexing (GCC 11 has no __builtin_shufflevector). */
 static inline float hsum16(v16 a) {
     float s[8];
