@@ -7,12 +7,13 @@ buffers and streaming state to one C call per frame; :func:`rvq_search` does a f
 codebook search in one call (float32 first, float64 for the entries float32 cannot rank, so
 the codes are the float64 search's) and :func:`rvq_decode` its codebook sum. Weights and
 codebooks that are float16 values (a release file's) are read as float16 where a product
-reads each weight once per frame: most of a frame's time is memory traffic.
+reads each weight once per frame, and those products read their weights packed in the order
+they use them (:func:`pack`): most of a frame's time is memory traffic.
 
 The library is compiled with the system C compiler (``$CC``, else ``cc``) at ``-O3
--march=native`` into ``~/.cache/rvqcodec/native`` (``$RVQCODEC_CACHE`` moves the root) under a
-name that hashes the source, the compiler and the CPU, so a shared home directory never runs
-a library built for another CPU. Without a compiler, or with ``RVQCODEC_NATIVE=0``,
+-march=native -ffp-contract=fast`` into ``~/.cache/rvqcodec/native`` (``$RVQCODEC_CACHE``
+moves the root) under a name that hashes the source, the flags, the compiler and the CPU, so
+a shared home directory never runs a library built for another CPU. Without a compiler, or with ``RVQCODEC_NATIVE=0``,
 :func:`library` returns None and callers keep the PyTorch path; results agree with it up to
 float rounding (about 1e-7 relative), which the float64 codebook search absorbs.
 """
@@ -37,7 +38,7 @@ from torch.nn import functional as F
 from .frame import ConvStep, ConvTransposeStep, FramePlan, ResidualStep
 
 SOURCE = Path(__file__).with_name("csrc") / "frame.c"
-FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c11"]
+FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-shared", "-fPIC", "-std=c11"]
 BUILD_TIMEOUT_S = 120
 
 _CONV, _RESIDUAL, _ELU, _CONV_TRANSPOSE = 0, 1, 2, 3
@@ -48,7 +49,7 @@ class Op(ctypes.Structure):
 
     _fields_ = [
         (name, ctypes.c_int32) for name in ("kind", "c_in", "c_out", "kernel", "stride", "dilation", "context", "n", "hidden", "half")
-    ] + [(name, ctypes.c_void_p) for name in ("window", "weight", "bias", "weight2", "bias2", "cols", "mid", "carry", "out", "xt")]
+    ] + [(name, ctypes.c_void_p) for name in ("window", "weight", "bias", "weight2", "bias2", "cols", "mid", "carry", "out")]
 
 
 def cache_dir() -> Path:
@@ -86,6 +87,8 @@ def library() -> ctypes.CDLL | None:
     lib.rvq_search.restype = None
     lib.rvq_decode.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p] * 3
     lib.rvq_decode.restype = ctypes.c_int
+    lib.rvq_packed_rows.argtypes = [ctypes.c_int]
+    lib.rvq_packed_rows.restype = ctypes.c_int
     return lib
 
 
@@ -112,7 +115,7 @@ def _f32(*shape: int) -> Tensor:
     return torch.zeros(*shape, dtype=torch.float32)
 
 
-NARROW = 8  # frame.c: products of up to this many columns read each weight row once
+NARROW = 8  # frame.c: products of up to this many columns take packed weights (see pack)
 
 
 def compact(weight: Tensor) -> Tensor:
@@ -120,6 +123,16 @@ def compact(weight: Tensor) -> Tensor:
     else as it is: frame.c reads half the bytes and computes the same products."""
     half = weight.detach().half()
     return half if torch.equal(half.float(), weight) else weight
+
+
+def pack(weight: Tensor, columns: int) -> Tensor:
+    """A product's weight ``[M, J]`` as frame.c's narrow products (``columns`` <= NARROW) read it:
+    blocks of B rows (B from the library), each stored column by column, ``[M / B, J, B]``,
+    the last block padded with zero rows."""
+    rows = library().rvq_packed_rows(columns)
+    m, j = weight.shape
+    padded = F.pad(weight.detach(), (0, 0, 0, -m % rows))
+    return padded.reshape(-1, rows, j).transpose(1, 2).contiguous()
 
 
 class NativePlan:
@@ -175,44 +188,37 @@ class NativePlan:
 
 def _op(step: object, channels: int, n: int, keep: Callable[[Tensor], Tensor]) -> tuple[Op, Tensor] | None:
     """The Op for one plan step on ``channels`` x ``n`` input and its output buffer; ``keep``
-    holds the tensors it makes. Narrow products (at most NARROW columns) get float16 weights
-    where exact and a scratch for their transposed input."""
+    holds the tensors it makes. Narrow products (at most NARROW columns) get packed weights,
+    float16 where exact."""
     if isinstance(step, ConvStep):
-        layer, narrow = step.layer, step.n_out <= NARROW and not step.pointwise
-        weights = _compact_all([step.weight]) if narrow else [step.weight]
+        layer = step.layer
+        weight = _weights([step.weight], step.n_out)[0]
         op = Op(kind=_CONV, c_in=channels, c_out=step.weight.shape[0], kernel=layer.conv.kernel_size[0], stride=layer.stride,
-                dilation=layer.conv.dilation[0], context=layer.context, n=n, half=weights[0].dtype == torch.float16,
-                weight=_ptr(keep(weights[0])), bias=_ptr(step.bias))
+                dilation=layer.conv.dilation[0], context=layer.context, n=n, half=weight.dtype == torch.float16,
+                weight=_ptr(keep(weight)), bias=_ptr(step.bias))
         if not step.pointwise:
             op.window, op.cols = _ptr(step.window), _ptr(step.cols)
-        if narrow and step.n_out > 1:
-            op.xt = _ptr(keep(_f32(NARROW, step.weight.shape[1])))
         out = keep(_f32(op.c_out, step.n_out))
     elif isinstance(step, ResidualStep):
         conv, pointwise = step.conv, step.pointwise
         hidden = conv.weight.shape[0]
-        weights = _compact_all([conv.weight, pointwise.weight]) if n <= NARROW else [conv.weight, pointwise.weight]
+        weights = _weights([conv.weight, pointwise.weight], n)
         op = Op(kind=_RESIDUAL, c_in=channels, c_out=pointwise.weight.shape[0], kernel=conv.layer.conv.kernel_size[0], stride=1,
                 dilation=conv.layer.conv.dilation[0], context=conv.layer.context, n=n, hidden=hidden,
                 half=weights[0].dtype == torch.float16, window=_ptr(conv.window), weight=_ptr(keep(weights[0])),
                 bias=_ptr(conv.bias), weight2=_ptr(keep(weights[1])), bias2=_ptr(pointwise.bias), cols=_ptr(conv.cols),
-                mid=_ptr(keep(_f32(max(n, NARROW), hidden))))
-        if 1 < n <= NARROW:
-            op.xt = _ptr(keep(_f32(NARROW, conv.weight.shape[1])))
+                mid=_ptr(keep(_f32(hidden, n))))
         out = keep(_f32(op.c_out, n))
     elif step is F.elu_ or step is F.elu:
         op = Op(kind=_ELU, c_in=channels, c_out=channels, stride=1, n=n)
         out = keep(_f32(channels, n))
     elif isinstance(step, ConvTransposeStep):
         k, s, c_out = step.blocks * step.stride, step.stride, step.bias.shape[0]
-        weight = step.weight_t.contiguous()  # [C_out * k, C_in]
-        weight = _compact_all([weight])[0] if n <= NARROW else weight
+        weight = _weights([step.weight_t.contiguous()], n)[0]  # [C_out * k, C_in]
         op = Op(kind=_CONV_TRANSPOSE, c_in=channels, c_out=c_out, kernel=k, stride=s, context=k - s, n=n,
                 half=weight.dtype == torch.float16, weight=_ptr(keep(weight)), bias=_ptr(step.bias),
                 carry=_ptr(step.state.partial), cols=_ptr(keep(_f32(c_out * k, n))),
                 mid=_ptr(keep(_f32(c_out, n * s + k - s))))
-        if 1 < n <= NARROW:
-            op.xt = _ptr(keep(_f32(NARROW, channels)))
         out = keep(_f32(c_out, n * s))
     else:
         return None
@@ -220,10 +226,14 @@ def _op(step: object, channels: int, n: int, keep: Callable[[Tensor], Tensor]) -
     return op, out
 
 
-def _compact_all(weights: list[Tensor]) -> list[Tensor]:
-    """All of ``weights`` as float16 if that is exact for every one (an op has one flag)."""
-    compacted = [compact(w) for w in weights]
-    return compacted if all(w.dtype == torch.float16 for w in compacted) else weights
+def _weights(weights: list[Tensor], columns: int) -> list[Tensor]:
+    """An op's weights as its products read them: as they are for wide products; for narrow
+    ones packed, and float16 if that is exact for every one (an op has one flag)."""
+    if columns > NARROW:
+        return weights
+    packed = [pack(w, columns) for w in weights]
+    compacted = [compact(w) for w in packed]
+    return compacted if all(w.dtype == torch.float16 for w in compacted) else packed
 
 
 def _tensors(plan: FramePlan) -> list[Tensor]:

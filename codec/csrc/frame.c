@@ -7,7 +7,8 @@
  * norms and residual float64.
  *
  * Arithmetic follows the PyTorch layers (codec/streaming.py, codec/seanet.py) up to rounding:
- * sums are taken in another order, and ELU's exp(x) - 1 comes from a polynomial for exp, good
+ * sums are taken in another order, with fused multiply-adds where the CPU has them (native.py
+ * builds with -ffp-contract=fast), and ELU's exp(x) - 1 comes from a polynomial for exp, good
  * to about 1e-7 absolute, so outputs differ from PyTorch's by about 1e-7. The codebook search
  * chooses as codec/quantizer.py's float64 search does (up to the float64 summation order,
  * which only matters for entries at exactly equal distances).
@@ -79,57 +80,23 @@ typedef struct {
     int32_t context;  /* left context kept in the window (conv), overlap carried (transposed) */
     int32_t n;        /* input steps per call */
     int32_t hidden;   /* residual: channels between the two convolutions */
-    int32_t half;     /* weights are float16 (only where every product has at most NARROW columns) */
+    int32_t half;     /* weights are float16 (only packed ones: every product has at most NARROW columns) */
     float *window;    /* conv: [c_in][context + n], the layer's state then the input */
-    const float *weight, *bias;    /* conv [c_out][c_in * kernel]; transposed [c_out * kernel][c_in] */
+    const float *weight, *bias;    /* conv [c_out][c_in * kernel]; transposed [c_out * kernel][c_in]; packed if narrow */
     const float *weight2, *bias2;  /* residual: the 1x1 convolution [c_out][hidden] */
     float *cols;      /* scratch: conv taps [c_in * kernel][n_out]; transposed [c_out * kernel][n] */
     float *mid;       /* scratch: residual [hidden][n]; transposed [c_out][n * stride + context] */
     float *carry;     /* transposed: [c_out][context], the layer's state */
     float *out;       /* [c_out][n_out] */
-    float *xt;        /* scratch for narrow products: their input transposed, [NARROW][J] */
 } Op;
 
-/* Products with 2..NARROW columns (the deepest layers' few steps per frame) go through
- * narrow(): each weight row is read once, as in a matrix-vector product. */
+/* Products with at most NARROW columns (the deepest layers' few steps per frame) read their
+ * weights packed (see packed_*), each weight once per frame, in the order it is stored. */
 #define NARROW 8
 
-/* y[M][N] = w[M][J] x[J][N] + b[M] ---------------------------------------------------------- */
-
-/* Rows of w (float32, or float16) times x, four rows at a time: four streams from memory. */
-#define GEMV(NAME, T, LOAD, SCALAR)                                                          \
-    static void NAME(int M, int J, const T *w, const float *x, const float *b, float *y) {   \
-        int m = 0;                                                                           \
-        for (; m + 4 <= M; m += 4) {                                                         \
-            const T *w0 = w + (int64_t)m * J, *w1 = w0 + J, *w2 = w1 + J, *w3 = w2 + J;      \
-            v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                      \
-            int j = 0;                                                                       \
-            for (; j + 16 <= J; j += 16) {                                                   \
-                v16 v = load16(x + j);                                                       \
-                a0 += LOAD(w0 + j) * v; a1 += LOAD(w1 + j) * v;                             \
-                a2 += LOAD(w2 + j) * v; a3 += LOAD(w3 + j) * v;                              \
-            }                                                                                \
-            float s[4] = {hsum16(a0), hsum16(a1), hsum16(a2), hsum16(a3)};                   \
-            for (; j < J; j++) {                                                             \
-                s[0] += SCALAR(w0[j]) * x[j]; s[1] += SCALAR(w1[j]) * x[j];                  \
-                s[2] += SCALAR(w2[j]) * x[j]; s[3] += SCALAR(w3[j]) * x[j];                  \
-            }                                                                                \
-            for (int i = 0; i < 4; i++) y[m + i] = s[i] + (b ? b[m + i] : 0.0f);             \
-        }                                                                                    \
-        for (; m < M; m++) {                                                                 \
-            const T *row = w + (int64_t)m * J;                                               \
-            v16 a0 = {0};                                                                    \
-            int j = 0;                                                                       \
-            for (; j + 16 <= J; j += 16) a0 += LOAD(row + j) * load16(x + j);                \
-            float s = hsum16(a0);                                                            \
-            for (; j < J; j++) s += SCALAR(row[j]) * x[j];                                   \
-            y[m] = s + (b ? b[m] : 0.0f);                                                    \
-        }                                                                                    \
-    }
-
 static inline float as_float(float v) { return v; }
-GEMV(gemv, float, load16, as_float)
-GEMV(gemv_half, uint16_t, load16h, half_to_float)
+
+/* y[M][N] = w[M][J] x[J][N] + b[M] (N > NARROW) ---------------------------------------------------------- */
 
 /* Columns t.. of y, VW wide, eight rows at a time: each x load feeds eight independent FMAs. */
 #define GEMM_COLUMNS(VT, VW, LOAD, STORE)                                                    \
@@ -139,7 +106,7 @@ GEMV(gemv_half, uint16_t, load16h, half_to_float)
             const float *w0 = w + (int64_t)m * J;                                            \
             VT a[8] = {{0}};                                                                 \
             for (int j = 0; j < J; j++) {                                                    \
-                VT v = LOAD(x + (int64_t)j * N + t);                                         \
+                VT v = LOAD(x + row[j] + t);                                         \
                 for (int i = 0; i < 8; i++) a[i] += w0[(int64_t)i * J + j] * v;              \
             }                                                                                \
             for (int i = 0; i < 8; i++) STORE(y + (int64_t)(m + i) * N + t, a[i] + (b ? b[m + i] : 0.0f)); \
@@ -147,7 +114,7 @@ GEMV(gemv_half, uint16_t, load16h, half_to_float)
         for (; m < M; m++) {                                                                 \
             const float *w0 = w + (int64_t)m * J;                                            \
             VT a0 = {0};                                                                     \
-            for (int j = 0; j < J; j++) a0 += w0[j] * LOAD(x + (int64_t)j * N + t);          \
+            for (int j = 0; j < J; j++) a0 += w0[j] * LOAD(x + row[j] + t);          \
             STORE(y + (int64_t)m * N + t, a0 + (b ? b[m] : 0.0f));                           \
         }                                                                                    \
     }
@@ -158,7 +125,7 @@ GEMV(gemv_half, uint16_t, load16h, half_to_float)
         const float *w0 = w + (int64_t)m * J;                                                \
         v16 a[R] = {{0}}, c[R] = {{0}};                                                      \
         for (int j = 0; j < J; j++) {                                                        \
-            v16 u = load16(x + (int64_t)j * N + t), v = load16(x + (int64_t)j * N + t + 16); \
+            v16 u = load16(x + row[j] + t), v = load16(x + row[j] + t + 16);     \
             for (int i = 0; i < R; i++) {                                                    \
                 float wi = w0[(int64_t)i * J + j];                                           \
                 a[i] += wi * u;                                                              \
@@ -172,11 +139,9 @@ GEMV(gemv_half, uint16_t, load16h, half_to_float)
         }                                                                                    \
     }
 
-static void gemm(int M, int J, int N, const float *w, const float *x, const float *b, float *y) {
-    if (N == 1) {
-        gemv(M, J, w, x, b, y);
-        return;
-    }
+/* x's row j starts at x + row[j]: a matrix [J][N] (row[j] = j N), or a convolution's window,
+ * whose taps need no copy at stride 1. */
+static void gemm(int M, int J, int N, const float *w, const float *x, const int64_t *row, const float *b, float *y) {
     int t = 0;
     for (; t + 32 <= N; t += 32) {
         int m = 0;
@@ -188,57 +153,66 @@ static void gemm(int M, int J, int N, const float *w, const float *x, const floa
     GEMM_COLUMNS(v8, 8, load8, store8)
     for (; t < N; t++)
         for (int m = 0; m < M; m++) {
-            const float *row = w + (int64_t)m * J;
+            const float *w0 = w + (int64_t)m * J;
             float s = 0;
-            for (int j = 0; j < J; j++) s += row[j] * x[(int64_t)j * N + t];
+            for (int j = 0; j < J; j++) s += w0[j] * x[row[j] + t];
             y[(int64_t)m * N + t] = s + (b ? b[m] : 0.0f);
         }
 }
 
-/* y = w xt^T + b for N <= NARROW columns, from xt [NARROW][J] (rows N.. unused); y [M][N],
- * or [N][M] with Y_T. Each row of w (float32, or float16) is read once for all N columns. */
-#define NARROW_PRODUCT(NAME, T, LOAD, SCALAR)                                                \
-    static void NAME(int M, int J, int N, const T *w, const float *xt, const float *b, float *y, int y_t) { \
-        for (int m = 0; m < M; m++) {                                                        \
-            const T *row = w + (int64_t)m * J;                                               \
-            v16 a[NARROW] = {{0}};                                                           \
-            int j = 0;                                                                       \
-            for (; j + 16 <= J; j += 16) {                                                   \
-                v16 wv = LOAD(row + j);                                                      \
-                for (int t = 0; t < NARROW; t++) a[t] += wv * load16(xt + (int64_t)t * J + j); \
+/* y = w x + b for N <= NARROW columns, w packed: row blocks of PACKED_ROWS(N) rows (the last
+ * padded with zero rows), each stored column by column, [M / B][J][B] for B rows a block.
+ * A block's B x N sums stay in registers while its weights stream past once: no sums across
+ * lanes, and at least eight independent sums to hide the FMA latency. */
+#define PACKED_VECTORS(N) ((N) == 1 ? 8 : (N) == 2 ? 4 : (N) == 3 ? 3 : 2)
+#define PACKED_ROWS(N) (16 * PACKED_VECTORS(N))
+
+int rvq_packed_rows(int n) { return n >= 1 && n <= NARROW ? PACKED_ROWS(n) : 0; }
+
+#define PACKED(NAME, T, LOAD, N)                                                             \
+    static void NAME(int M, int J, const T *w, const float *x, const float *b, float *y) {   \
+        enum { V = PACKED_VECTORS(N), B = 16 * V };                                          \
+        for (int m0 = 0; m0 < M; m0 += B) {                                                  \
+            const T *block = w + (int64_t)m0 * J;                                            \
+            v16 a[V][N];                                                                     \
+            _Pragma("GCC unroll 8") for (int v = 0; v < V; v++)                              \
+                _Pragma("GCC unroll 8") for (int t = 0; t < N; t++) a[v][t] = (v16){0};      \
+            for (int j = 0; j < J; j++) {                                                    \
+                const T *row = block + (int64_t)j * B;                                       \
+                const float *xj = x + (int64_t)j * N;                                        \
+                _Pragma("GCC unroll 8") for (int v = 0; v < V; v++) {                        \
+                    v16 wv = LOAD(row + 16 * v);                                             \
+                    _Pragma("GCC unroll 8") for (int t = 0; t < N; t++) a[v][t] += wv * xj[t]; \
+                }                                                                            \
             }                                                                                \
-            for (int t = 0; t < N; t++) {                                                    \
-                float s = hsum16(a[t]);                                                      \
-                for (int i = j; i < J; i++) s += SCALAR(row[i]) * xt[(int64_t)t * J + i];    \
-                s += b ? b[m] : 0.0f;                                                        \
-                y[y_t ? (int64_t)t * M + m : (int64_t)m * N + t] = s;                        \
-            }                                                                                \
+            float tile[N][B];                                                                \
+            for (int v = 0; v < V; v++)                                                      \
+                for (int t = 0; t < N; t++) store16(tile[t] + 16 * v, a[v][t]);              \
+            const int rows = M - m0 < B ? M - m0 : B;                                        \
+            for (int i = 0; i < rows; i++)                                                   \
+                for (int t = 0; t < N; t++) y[(int64_t)(m0 + i) * N + t] = tile[t][i] + (b ? b[m0 + i] : 0.0f); \
         }                                                                                    \
     }
 
-NARROW_PRODUCT(narrow_float, float, load16, as_float)
-NARROW_PRODUCT(narrow_half, uint16_t, load16h, half_to_float)
+#define PACKED_PAIR(N) PACKED(packed_float_##N, float, load16, N) PACKED(packed_half_##N, uint16_t, load16h, N)
+PACKED_PAIR(1) PACKED_PAIR(2) PACKED_PAIR(3) PACKED_PAIR(4) PACKED_PAIR(5) PACKED_PAIR(6) PACKED_PAIR(7) PACKED_PAIR(8)
 
-/* y = w x + b, [M][J] x [J][N], for any N; w float16 (half) only if N <= NARROW. x is given
- * as it is ([J][N]) or, when N <= NARROW, already transposed into xt. y_t: see narrow_*. */
-static void product(int M, int J, int N, const void *w, int half, const float *x, const float *xt, const float *b,
-                    float *y, int y_t) {
-    if (N == 1 && half)
-        gemv_half(M, J, w, x ? x : xt, b, y);
-    else if (N == 1)
-        gemv(M, J, w, x ? x : xt, b, y);
-    else if (N <= NARROW && half)
-        narrow_half(M, J, N, w, xt, b, y, y_t);
-    else if (N <= NARROW)
-        narrow_float(M, J, N, w, xt, b, y, y_t);
-    else
-        gemm(M, J, N, w, x, b, y);
-}
-
-/* x [R][C] -> xt [C][R] */
-static void transpose(int R, int C, const float *x, float *xt) {
-    for (int r = 0; r < R; r++)
-        for (int c = 0; c < C; c++) xt[(int64_t)c * R + r] = x[(int64_t)r * C + c];
+/* y = w x + b, [M][J] x [J][N]: w packed (float32, or float16 with half) if N <= NARROW, else
+ * float32 as it is. */
+static void product(int M, int J, int N, const void *w, int half, const float *x, const float *b, float *y) {
+#define PACKED_CASE(N)                                                                       \
+    case N:                                                                                  \
+        if (half) packed_half_##N(M, J, w, x, b, y);                                         \
+        else packed_float_##N(M, J, w, x, b, y);                                             \
+        return;
+    switch (N) {
+        PACKED_CASE(1) PACKED_CASE(2) PACKED_CASE(3) PACKED_CASE(4)
+        PACKED_CASE(5) PACKED_CASE(6) PACKED_CASE(7) PACKED_CASE(8)
+    }
+    int64_t row[J];
+    for (int j = 0; j < J; j++) row[j] = (int64_t)j * N;
+    gemm(M, J, N, w, x, row, b, y);
+#undef PACKED_CASE
 }
 
 /* ELU ---------------------------------------------------------------------------------------- */
@@ -281,25 +255,24 @@ static void elu(int64_t n, const float *src, float *dst) {
 
 static int conv_outputs(const Op *op) { return op->n / op->stride; }
 
-/* The window's inputs are in place: gather the taps (transposed for a narrow product),
- * multiply, slide the window. y_t: see narrow_*. */
-static void conv_window(const Op *op, int c_out, const void *w, const float *b, float *y, int y_t) {
+/* The window's inputs are in place: multiply by the taps (gathered first unless a wide
+ * product can read them in place), slide the window. */
+static void conv_window(const Op *op, int c_out, const void *w, const float *b, float *y) {
     const int k = op->kernel, L = op->context + op->n, n_out = conv_outputs(op), J = op->c_in * k;
-    const int narrow = n_out > 1 && n_out <= NARROW;
-    for (int ci = 0; ci < op->c_in; ci++) {
-        const float *row = op->window + (int64_t)ci * L;
-        for (int kk = 0; kk < k; kk++) {
-            const float *src = row + kk * op->dilation;
-            int64_t j = (int64_t)ci * k + kk;
-            if (narrow)
-                for (int t = 0; t < n_out; t++) op->xt[t * J + j] = src[t * op->stride];
-            else if (op->stride == 1)
-                memcpy(op->cols + j * n_out, src, n_out * sizeof(float));
-            else
-                for (int t = 0; t < n_out; t++) op->cols[j * n_out + t] = src[t * op->stride];
+    if (op->stride == 1 && n_out > NARROW) {
+        int64_t row[J];
+        for (int j = 0; j < J; j++) row[j] = (int64_t)(j / k) * L + (j % k) * op->dilation;
+        gemm(c_out, J, n_out, w, op->window, row, b, y);
+    } else {
+        for (int ci = 0; ci < op->c_in; ci++) {
+            const float *src = op->window + (int64_t)ci * L;
+            for (int kk = 0; kk < k; kk++, src += op->dilation) {
+                float *dst = op->cols + ((int64_t)ci * k + kk) * n_out;
+                for (int t = 0; t < n_out; t++) dst[t] = src[t * op->stride];
+            }
         }
+        product(c_out, J, n_out, w, op->half, op->cols, b, y);
     }
-    product(c_out, J, n_out, w, op->half, narrow ? NULL : op->cols, op->xt, b, y, y_t);
     for (int ci = 0; ci < op->c_in; ci++) {
         float *row = op->window + (int64_t)ci * L;
         memmove(row, row + op->n, op->context * sizeof(float));
@@ -308,26 +281,28 @@ static void conv_window(const Op *op, int c_out, const void *w, const float *b, 
 
 static void conv(const Op *op, const float *x) {
     if (!op->window) { /* pointwise in time */
-        gemm(op->c_out, op->c_in, op->n, op->weight, x, op->bias, op->out); /* (never half) */
+        product(op->c_out, op->c_in, op->n, op->weight, op->half, x, op->bias, op->out);
         return;
     }
     const int L = op->context + op->n;
     for (int ci = 0; ci < op->c_in; ci++)
         memcpy(op->window + (int64_t)ci * L + op->context, x + (int64_t)ci * op->n, op->n * sizeof(float));
-    conv_window(op, op->c_out, op->weight, op->bias, op->out, 0);
+    conv_window(op, op->c_out, op->weight, op->bias, op->out);
 }
 
 /* x + conv1x1(ELU(conv_dilated(ELU(x)))); the window holds ELU(x). */
 static void residual(const Op *op, const float *x) {
     const int L = op->context + op->n, n = op->n;
-    elu((int64_t)op->c_in * n, x, op->cols); /* in one pass (rows can be shorter than a vector), */
-    for (int ci = 0; ci < op->c_in; ci++)    /* then into the window, before the taps fill cols */
-        memcpy(op->window + (int64_t)ci * L + op->context, op->cols + (int64_t)ci * n, n * sizeof(float));
-    /* narrow: mid comes out transposed, [n][hidden], the 1x1 product's xt */
-    const int narrow = n > 1 && n <= NARROW;
-    conv_window(op, op->hidden, op->weight, op->bias, op->mid, narrow);
+    if (n >= 16)
+        for (int ci = 0; ci < op->c_in; ci++) elu(n, x + (int64_t)ci * n, op->window + (int64_t)ci * L + op->context);
+    else { /* rows shorter than a vector: in one pass, then into the window (before the taps fill cols) */
+        elu((int64_t)op->c_in * n, x, op->cols);
+        for (int ci = 0; ci < op->c_in; ci++)
+            memcpy(op->window + (int64_t)ci * L + op->context, op->cols + (int64_t)ci * n, n * sizeof(float));
+    }
+    conv_window(op, op->hidden, op->weight, op->bias, op->mid);
     elu((int64_t)op->hidden * n, op->mid, op->mid);
-    product(op->c_out, op->hidden, n, op->weight2, op->half, narrow ? NULL : op->mid, op->mid, op->bias2, op->out, 0);
+    product(op->c_out, op->hidden, n, op->weight2, op->half, op->mid, op->bias2, op->out);
     for (int64_t i = 0; i < (int64_t)op->c_out * n; i++) op->out[i] += x[i];
 }
 
@@ -335,10 +310,7 @@ static void residual(const Op *op, const float *x) {
  * carried tail, the last context samples become the next tail. */
 static void conv_transpose(const Op *op, const float *x) {
     const int k = op->kernel, s = op->stride, n = op->n, ov = op->context, full = n * s + ov;
-    const int narrow = n > 1 && n <= NARROW;
-    if (narrow)
-        transpose(op->c_in, n, x, op->xt);
-    product(op->c_out * k, op->c_in, n, op->weight, op->half, narrow ? NULL : x, op->xt, NULL, op->cols, 0);
+    product(op->c_out * k, op->c_in, n, op->weight, op->half, x, NULL, op->cols);
     for (int co = 0; co < op->c_out; co++) {
         float *acc = op->mid + (int64_t)co * full;
         memset(acc, 0, full * sizeof(float));
