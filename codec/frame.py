@@ -36,9 +36,12 @@ class CarryingStep:
     layer: StreamingModule
     state: ConvState | ConvTransposeState | None
 
+    def owns_state(self) -> bool:
+        return self.state is None or self.layer.state is self.state
+
     def adopt(self) -> None:
         """Take over the layer's state if it holds one this step did not make."""
-        if self.state is None or self.layer.state is self.state:
+        if self.owns_state():
             return
         own, previous = _carried(self.state), self.layer.state
         if previous is None:
@@ -143,6 +146,9 @@ class ResidualStep:
     def __init__(self, unit: ResidualUnit, n: int) -> None:
         self.conv, self.pointwise = ConvStep(unit.block[1], n), ConvStep(unit.block[3], n)
 
+    def owns_state(self) -> bool:
+        return self.conv.owns_state()
+
     def adopt(self) -> None:
         self.conv.adopt()
 
@@ -164,10 +170,17 @@ class FramePlan:
             self.steps.append(step)
         self.stateful = [s for s in self.steps if hasattr(s, "adopt")]
 
+    def adopt(self) -> None:
+        """Take over the layers' state where they hold one the steps did not make. The layers'
+        own forward replaces the state of every layer, so the first and last ones tell whether
+        it ran since the last frame."""
+        if not all(step.owns_state() for step in self.stateful[:1] + self.stateful[-1:]):
+            for step in self.stateful:
+                step.adopt()
+
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:
-        for step in self.stateful:
-            step.adopt()
+        self.adopt()
         h = x[0]
         for step in self.steps:
             h = step(h)

@@ -175,10 +175,8 @@ class NativePlan:
             channels, n = out.shape
         return cls(plan, lib, ops, kept, out.view(1, channels, n))
 
-    @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:
-        for step in self.plan.stateful:
-            step.adopt()
+        self.plan.adopt()
         if tuple(x.shape) != self.in_shape:  # C would read past the input
             raise ValueError(f"native frame plan for {self.in_shape}, got {tuple(x.shape)}")
         x = x.float().contiguous()

@@ -53,6 +53,22 @@ def expected_frames(header: Header, num_samples: int) -> int:
     return -(-resampled // round(header.sample_rate / header.frame_rate))
 
 
+class _SameRate:
+    """A stream "resampled" to its own rate: soxr passes such chunks through unchanged, and
+    skipping it saves a live frame a call."""
+
+    @staticmethod
+    def resample_chunk(x: np.ndarray, last: bool = False) -> np.ndarray:
+        return x
+
+
+def resampler(rate_in: int, rate_out: int, channels: int) -> "soxr.ResampleStream | _SameRate":
+    """A chunk-by-chunk resampler from ``rate_in`` to ``rate_out`` (float32 ``[T, C]``)."""
+    if rate_in == rate_out:
+        return _SameRate()
+    return soxr.ResampleStream(rate_in, rate_out, channels, dtype="float32", quality="HQ")
+
+
 def resolve_model(model: Codec | str | Path | None) -> Codec:
     return model if isinstance(model, Codec) else load(model)
 
@@ -100,7 +116,7 @@ class StreamEncoder:
         self.header = Header(model.cfg.name, fingerprint(model)[:8], model.sample_rate, rate, channels,
                              model.frame_rate, model.cfg.codebook_size, self.n_q, length, packet_frames)
         self.samples = self.frames = self.packets = 0  # pushed, and written into packets
-        self._resampler = soxr.ResampleStream(rate, model.sample_rate, channels, dtype="float32", quality="HQ")
+        self._resampler = resampler(rate, model.sample_rate, channels)
         self._pending = np.zeros((0, channels, self.n_q), np.int64)  # frames not yet in a packet
         self._context: ExitStack | None = None
 
@@ -204,8 +220,7 @@ class StreamDecoder:
         self.model = model_for(header, self._model_arg)
         self.header = header
         self._parser = PacketParser(header, self.strict)
-        self._resampler = soxr.ResampleStream(header.sample_rate, header.original_rate, header.channels,
-                                              dtype="float32", quality="HQ")
+        self._resampler = resampler(header.sample_rate, header.original_rate, header.channels)
         self._fade = max(1.0, FADE_SECONDS * header.frame_rate)
         self._stack.enter_context(self.model.streaming())
 
