@@ -61,6 +61,8 @@ def export(
     name: Annotated[Optional[str], typer.Option("--name", help="Model name written into .rvq headers.")] = None,
     no_ema: Annotated[bool, typer.Option("--no-ema", help="Export the raw generator even if the run kept an EMA copy.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite the output file if it exists.")] = False,
+    no_int8: Annotated[bool, typer.Option("--no-int8", help="Keep the deepest layers' weights as trained, not rounded to "
+                                                           "int8 rows for the live-frame runtime.")] = False,
 ) -> None:
     """Write a release model (weights + config, no optimiser state) for --model."""
     from train.export import export_run
@@ -68,7 +70,7 @@ def export(
     if output.exists() and not force:
         _fail(f"output exists: {output} (use --force to overwrite)")
     with user_errors():
-        path = export_run(run_dir, output, name=name, use_ema=not no_ema)
+        path = export_run(run_dir, output, name=name, use_ema=not no_ema, int8=not no_int8)
     typer.echo(f"{path}: written")
 
 

@@ -165,7 +165,9 @@ class FramePlan:
 
     def __init__(self, network: nn.Sequential, n: int) -> None:
         self.steps: list[Step] = []
+        self.lengths: list[int] = []  # each step's input steps a call
         for layer in network:
+            self.lengths.append(n)
             step, n = _step(layer, n)
             self.steps.append(step)
         self.stateful = [s for s in self.steps if hasattr(s, "adopt")]

@@ -31,16 +31,17 @@ class RegisteredModel:
 
 
 REGISTRY: dict[str, RegisteredModel] = {
-    "rvq24k-v5": RegisteredModel(
-        "rvq24k-v5.safetensors",
-        "37519e65068502f44763d65c495516c63691685f0910ca7ed54563f670dc923b",
-        "24 kHz mono, 1.5-24 kbps (interim: reconstruction losses only, 17,750 steps on 2 CPU cores)",
+    "rvq24k-v6": RegisteredModel(
+        "rvq24k-v6.safetensors",
+        "e32d4e86cb482b3396ba55ea824206b1397c1891b0ed0e4dd6724c30b13ac496",
+        "24 kHz mono, 1.5-24 kbps (interim: reconstruction losses only, 17,750 steps on 2 CPU cores; "
+        "the deepest layers' weights are int8 rows for the live-frame runtime)",
     ),
 }
 # EMA statistics of the codebooks: needed to continue training, not to run the model.
 TRAINING_ONLY = {f"quantizer.{name}" for name in ResidualVectorQuantizer.TRAINING_BUFFERS}
-DEFAULT_MODEL = "rvq24k-v5"
-ALIASES = {"rvq24k": "rvq24k-v5", "default": DEFAULT_MODEL}
+DEFAULT_MODEL = "rvq24k-v6"
+ALIASES = {"rvq24k": "rvq24k-v6", "default": DEFAULT_MODEL}
 
 
 class ModelError(CodecError):

@@ -9,7 +9,7 @@ import torch
 
 from codec import native
 from codec.frame import FramePlan
-from codec.native import NativePlan, compact, rvq_decode, rvq_search
+from codec.native import NativePlan, compact, round_plan_weights, rvq_decode, rvq_search
 from codec.quantizer import _nearest_exact
 from codec.seanet import ELU, ResidualUnit
 from codec.streaming import CausalConv1d, CausalConvTranspose1d, streaming
@@ -78,26 +78,31 @@ def test_native_frames_match_offline(cfg, half, seed):
 
 
 @needs_library
-@pytest.mark.parametrize("half", [False, True], ids=["float32", "float16"])
+@pytest.mark.parametrize("weights", ["float32", "float16", "int8"])
 @pytest.mark.parametrize("steps", [*range(1, native.NARROW + 2), 40])
-def test_every_product_width_matches_the_layers(steps, half):
+def test_every_product_width_matches_the_layers(steps, weights):
     """Each layer kind at every width the packed products specialise (1..NARROW steps a
     call), one past it and a wide one, with channel counts that fill no block of rows
-    evenly: several calls of the native plan give what the layers give offline."""
+    evenly, for each way weights are stored: several calls of the native plan give what
+    the layers give offline."""
     torch.manual_seed(steps)
     network = torch.nn.Sequential(CausalConv1d(5, 37, 3, dilation=2), ELU(inplace=True), ResidualUnit(37, 3, 1),
                                   CausalConvTranspose1d(37, 6, 4, 2), CausalConv1d(6, 7, 4, stride=2)).eval()
-    if half:
-        with torch.no_grad():
-            for t in network.parameters():
-                t.copy_(t.half().float())
     x = torch.randn(1, 5, 4 * steps)
     with torch.no_grad():
+        if weights == "float16":
+            for t in network.parameters():
+                t.copy_(t.half().float())
+        if weights == "int8":
+            with streaming(network):
+                assert round_plan_weights(FramePlan(network, steps)) == (5 if steps <= native.NARROW else 0)
         expected = network(x)
-        with streaming(network):
-            plan = NativePlan.for_plan(FramePlan(network, steps), 5, steps)
-            assert plan is not None
-            got = torch.cat([plan(x[..., i : i + steps]) for i in range(0, x.shape[-1], steps)], dim=-1)
+    with torch.no_grad(), streaming(network):
+        plan = NativePlan.for_plan(FramePlan(network, steps), 5, steps)
+        assert plan is not None
+        formats = {op.format for op in plan.ops if op.kind != 2}  # (ELU has no weights)
+        assert formats == {0} if steps > native.NARROW else {"float32": {0}, "float16": {1}, "int8": {2}}[weights]
+        got = torch.cat([plan(x[..., i : i + steps]) for i in range(0, x.shape[-1], steps)], dim=-1)
     assert (got - expected).abs().max().item() < 1e-5
 
 

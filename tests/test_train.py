@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from codec import CodecError, load
+from codec.native import int8_rows
 from train.config import TrainConfig
 from train.checkpoint import list_checkpoints
 from train.export import export_run
@@ -138,6 +139,9 @@ def test_export_then_init_a_new_run_from_the_release(cache, tmp_path):
     assert model.cfg.name == "tiny-test" and model.cfg.n_q == 4
     tensors = load_file(str(release))
     assert not any(k.startswith(("optim", "disc", "rng")) for k in tensors)
+    # the live frames' narrow products are int8 rows (the decoder's first convolution runs on one frame)
+    first = model.decoder[0].conv.weight
+    assert int8_rows(first.reshape(first.shape[0], -1)) is not None
     validation = [json.loads(r) for r in (tmp_path / "a" / "log.jsonl").read_text().splitlines() if "val/si_sdr/32kbps" in r]
     assert validation and "val/mel_distance/8kbps" in validation[0] and "val/pesq_wb/16kbps" in validation[0]
     trainer = Trainer(cfg, cache, tmp_path / "b")

@@ -8,15 +8,18 @@ from pathlib import Path
 from codec.config import CodecConfig
 from codec.errors import CodecError
 from codec.model import Codec
+from codec.native import round_narrow_weights
 from codec.weights import save_model
 
 from .checkpoint import list_checkpoints, read_model_state
 
 
-def export_run(run_dir: Path, output: Path, name: str | None = None, use_ema: bool = True) -> Path:
+def export_run(run_dir: Path, output: Path, name: str | None = None, use_ema: bool = True, int8: bool = True) -> Path:
     """Write the generator (its EMA copy when the run kept one) of the newest checkpoint.
 
     ``run_dir`` may also be one checkpoint folder (``step_N``). No optimiser state is kept.
+    ``int8``: round the deepest layers' weights to int8 rows for the live-frame runtime
+    (:func:`codec.native.round_narrow_weights`).
     """
     run_dir = Path(run_dir)
     ckpts = [run_dir] if (run_dir / "state.json").exists() else list_checkpoints(run_dir)
@@ -31,5 +34,7 @@ def export_run(run_dir: Path, output: Path, name: str | None = None, use_ema: bo
         cfg = dataclasses.replace(cfg, name=name)
     model = Codec(cfg)
     model.load_state_dict(state)
+    if int8:
+        round_narrow_weights(model)
     save_model(model, Path(output), extra={"step": str(meta["step"])})
     return Path(output)

@@ -3,7 +3,7 @@
  * Built on first use by codec/native.py with the system C compiler; Python describes the
  * network as an array of Op (layout mirrored by native.Op) over buffers it owns, and one
  * call runs all of it. Arrays are row-major with contiguous rows (a signal of C channels and
- * N steps is [C][N]); signals are float32, weights float32 or float16 (Op.half), the search's
+ * N steps is [C][N]); signals are float32, weights float32, float16 or int8 (Op.format), the search's
  * norms and residual float64.
  *
  * Arithmetic follows the PyTorch layers (codec/streaming.py, codec/seanet.py) up to rounding:
@@ -15,7 +15,7 @@
  */
 #include <stdint.h>
 #include <string.h>
-#if defined(__AVX512F__) || defined(__F16C__)
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -55,16 +55,20 @@ static float half_to_float(uint16_t h) {
     return f;
 }
 
-static inline v16 load16h(const uint16_t *p) {
-#if defined(__AVX512F__)
-    return (v16)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
-#elif defined(__F16C__)
-    v8 lo = (v8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-    v8 hi = (v8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8)));
+/* Two 8-wide vectors as one 16-wide (for CPUs whose vectors are 8 wide). */
+static inline v16 join8(v8 lo, v8 hi) {
     v16 v;
     memcpy(&v, &lo, sizeof lo);
     memcpy((char *)&v + sizeof lo, &hi, sizeof hi);
     return v;
+}
+
+static inline v16 load16h(const uint16_t *p) {
+#if defined(__AVX512F__)
+    return (v16)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+#elif defined(__F16C__)
+    return join8((v8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)),
+                 (v8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8))));
 #else
     v16 v;
     for (int i = 0; i < 16; i++) v[i] = half_to_float(p[i]);
@@ -72,7 +76,27 @@ static inline v16 load16h(const uint16_t *p) {
 #endif
 }
 
+typedef int8_t v16b __attribute__((vector_size(16)));
+
+static inline v16 load16b(const int8_t *p) {
+#if defined(__AVX512F__)
+    return (v16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+#elif defined(__AVX2__)
+    __m128i b = _mm_loadu_si128((const __m128i *)p);
+    return join8((v8)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), (v8)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8))));
+#else
+    v16b v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(__builtin_convertvector(v, v16i), v16);
+#endif
+}
+
 enum { OP_CONV = 0, OP_RESIDUAL = 1, OP_ELU = 2, OP_CONV_TRANSPOSE = 3 };
+
+/* How an op's weights are stored. Only packed weights (products of at most NARROW columns) are
+ * ever float16 or int8; int8 rows are scaled, row m of the weight being scale[m] times its
+ * integers, all exactly (native.py checks). */
+enum { WEIGHTS_FLOAT32 = 0, WEIGHTS_FLOAT16 = 1, WEIGHTS_INT8 = 2 };
 
 typedef struct {
     int32_t kind;
@@ -80,10 +104,11 @@ typedef struct {
     int32_t context;  /* left context kept in the window (conv), overlap carried (transposed) */
     int32_t n;        /* input steps per call */
     int32_t hidden;   /* residual: channels between the two convolutions */
-    int32_t half;     /* weights are float16 (only packed ones: every product has at most NARROW columns) */
+    int32_t format;   /* WEIGHTS_*, for both weights of a residual */
     float *window;    /* conv: [c_in][context + n], the layer's state then the input */
     const float *weight, *bias;    /* conv [c_out][c_in * kernel]; transposed [c_out * kernel][c_in]; packed if narrow */
     const float *weight2, *bias2;  /* residual: the 1x1 convolution [c_out][hidden] */
+    const float *scale, *scale2;   /* WEIGHTS_INT8: the rows' scales, [rows of the product] */
     float *cols;      /* scratch: conv taps [c_in * kernel][n_out]; transposed [c_out * kernel][n] */
     float *mid;       /* scratch: residual [hidden][n]; transposed [c_out][n * stride + context] */
     float *carry;     /* transposed: [c_out][context], the layer's state */
@@ -170,7 +195,7 @@ static void gemm(int M, int J, int N, const float *w, const float *x, const int6
 int rvq_packed_rows(int n) { return n >= 1 && n <= NARROW ? PACKED_ROWS(n) : 0; }
 
 #define PACKED(NAME, T, LOAD, N)                                                             \
-    static void NAME(int M, int J, const T *w, const float *x, const float *b, float *y) {   \
+    static void NAME(int M, int J, const T *w, const float *scale, const float *x, const float *b, float *y) { \
         enum { V = PACKED_VECTORS(N), B = 16 * V };                                          \
         for (int m0 = 0; m0 < M; m0 += B) {                                                  \
             const T *block = w + (int64_t)m0 * J;                                            \
@@ -190,20 +215,26 @@ int rvq_packed_rows(int n) { return n >= 1 && n <= NARROW ? PACKED_ROWS(n) : 0; 
                 for (int t = 0; t < N; t++) store16(tile[t] + 16 * v, a[v][t]);              \
             const int rows = M - m0 < B ? M - m0 : B;                                        \
             for (int i = 0; i < rows; i++)                                                   \
-                for (int t = 0; t < N; t++) y[(int64_t)(m0 + i) * N + t] = tile[t][i] + (b ? b[m0 + i] : 0.0f); \
+                for (int t = 0; t < N; t++)                                                  \
+                    y[(int64_t)(m0 + i) * N + t] = (scale ? tile[t][i] * scale[m0 + i] : tile[t][i]) + (b ? b[m0 + i] : 0.0f); \
         }                                                                                    \
     }
 
-#define PACKED_PAIR(N) PACKED(packed_float_##N, float, load16, N) PACKED(packed_half_##N, uint16_t, load16h, N)
-PACKED_PAIR(1) PACKED_PAIR(2) PACKED_PAIR(3) PACKED_PAIR(4) PACKED_PAIR(5) PACKED_PAIR(6) PACKED_PAIR(7) PACKED_PAIR(8)
+#define PACKED_ALL(N)                                                                        \
+    PACKED(packed_float_##N, float, load16, N)                                               \
+    PACKED(packed_half_##N, uint16_t, load16h, N)                                            \
+    PACKED(packed_int8_##N, int8_t, load16b, N)
+PACKED_ALL(1) PACKED_ALL(2) PACKED_ALL(3) PACKED_ALL(4) PACKED_ALL(5) PACKED_ALL(6) PACKED_ALL(7) PACKED_ALL(8)
 
-/* y = w x + b, [M][J] x [J][N]: w packed (float32, or float16 with half) if N <= NARROW, else
- * float32 as it is. */
-static void product(int M, int J, int N, const void *w, int half, const float *x, const float *b, float *y) {
+/* y = w x + b, [M][J] x [J][N]: w packed (stored as format says, int8 rows times scale) if
+ * N <= NARROW, else float32 as it is. */
+static void product(int M, int J, int N, const void *w, int format, const float *scale, const float *x, const float *b,
+                    float *y) {
 #define PACKED_CASE(N)                                                                       \
     case N:                                                                                  \
-        if (half) packed_half_##N(M, J, w, x, b, y);                                         \
-        else packed_float_##N(M, J, w, x, b, y);                                             \
+        if (format == WEIGHTS_INT8) packed_int8_##N(M, J, w, scale, x, b, y);                \
+        else if (format == WEIGHTS_FLOAT16) packed_half_##N(M, J, w, NULL, x, b, y);         \
+        else packed_float_##N(M, J, w, NULL, x, b, y);                                       \
         return;
     switch (N) {
         PACKED_CASE(1) PACKED_CASE(2) PACKED_CASE(3) PACKED_CASE(4)
@@ -257,7 +288,7 @@ static int conv_outputs(const Op *op) { return op->n / op->stride; }
 
 /* The window's inputs are in place: multiply by the taps (gathered first unless a wide
  * product can read them in place), slide the window. */
-static void conv_window(const Op *op, int c_out, const void *w, const float *b, float *y) {
+static void conv_window(const Op *op, int c_out, const void *w, const float *scale, const float *b, float *y) {
     const int k = op->kernel, L = op->context + op->n, n_out = conv_outputs(op), J = op->c_in * k;
     if (op->stride == 1 && n_out > NARROW) {
         int64_t row[J];
@@ -271,7 +302,7 @@ static void conv_window(const Op *op, int c_out, const void *w, const float *b, 
                 for (int t = 0; t < n_out; t++) dst[t] = src[t * op->stride];
             }
         }
-        product(c_out, J, n_out, w, op->half, op->cols, b, y);
+        product(c_out, J, n_out, w, op->format, scale, op->cols, b, y);
     }
     for (int ci = 0; ci < op->c_in; ci++) {
         float *row = op->window + (int64_t)ci * L;
@@ -281,13 +312,13 @@ static void conv_window(const Op *op, int c_out, const void *w, const float *b, 
 
 static void conv(const Op *op, const float *x) {
     if (!op->window) { /* pointwise in time */
-        product(op->c_out, op->c_in, op->n, op->weight, op->half, x, op->bias, op->out);
+        product(op->c_out, op->c_in, op->n, op->weight, op->format, op->scale, x, op->bias, op->out);
         return;
     }
     const int L = op->context + op->n;
     for (int ci = 0; ci < op->c_in; ci++)
         memcpy(op->window + (int64_t)ci * L + op->context, x + (int64_t)ci * op->n, op->n * sizeof(float));
-    conv_window(op, op->c_out, op->weight, op->bias, op->out);
+    conv_window(op, op->c_out, op->weight, op->scale, op->bias, op->out);
 }
 
 /* x + conv1x1(ELU(conv_dilated(ELU(x)))); the window holds ELU(x). */
@@ -300,9 +331,9 @@ static void residual(const Op *op, const float *x) {
         for (int ci = 0; ci < op->c_in; ci++)
             memcpy(op->window + (int64_t)ci * L + op->context, op->cols + (int64_t)ci * n, n * sizeof(float));
     }
-    conv_window(op, op->hidden, op->weight, op->bias, op->mid);
+    conv_window(op, op->hidden, op->weight, op->scale, op->bias, op->mid);
     elu((int64_t)op->hidden * n, op->mid, op->mid);
-    product(op->c_out, op->hidden, n, op->weight2, op->half, op->mid, op->bias2, op->out);
+    product(op->c_out, op->hidden, n, op->weight2, op->format, op->scale2, op->mid, op->bias2, op->out);
     for (int64_t i = 0; i < (int64_t)op->c_out * n; i++) op->out[i] += x[i];
 }
 
@@ -310,7 +341,7 @@ static void residual(const Op *op, const float *x) {
  * carried tail, the last context samples become the next tail. */
 static void conv_transpose(const Op *op, const float *x) {
     const int k = op->kernel, s = op->stride, n = op->n, ov = op->context, full = n * s + ov;
-    product(op->c_out * k, op->c_in, n, op->weight, op->half, x, NULL, op->cols);
+    product(op->c_out * k, op->c_in, n, op->weight, op->format, op->scale, x, NULL, op->cols);
     for (int co = 0; co < op->c_out; co++) {
         float *acc = op->mid + (int64_t)co * full;
         memset(acc, 0, full * sizeof(float));
