@@ -146,6 +146,10 @@ class ResidualStep:
     def __init__(self, unit: ResidualUnit, n: int) -> None:
         self.conv, self.pointwise = ConvStep(unit.block[1], n), ConvStep(unit.block[3], n)
 
+    @property
+    def state(self) -> ConvState | None:
+        return self.conv.state
+
     def owns_state(self) -> bool:
         return self.conv.owns_state()
 
@@ -170,7 +174,7 @@ class FramePlan:
             self.lengths.append(n)
             step, n = _step(layer, n)
             self.steps.append(step)
-        self.stateful = [s for s in self.steps if hasattr(s, "adopt")]
+        self.stateful = [s for s in self.steps if getattr(s, "state", None) is not None]  # (not 1x1 convolutions)
 
     def adopt(self) -> None:
         """Take over the layers' state where they hold one the steps did not make. The layers'

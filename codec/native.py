@@ -19,8 +19,8 @@ The library is compiled with the system C compiler (``$CC``, else ``cc``) at ``-
 moves the root) under a name that hashes the source, the flags, the compiler and the CPU, so
 a shared home directory never runs a library built for another CPU. Without a compiler, or
 with ``RVQCODEC_NATIVE=0``, :func:`library` returns None and callers keep the PyTorch path;
-results agree with it up to float rounding (about 1e-7 relative), which the float64 codebook
-search absorbs.
+results agree with it up to float rounding (about 1e-6 of a layer's peak output at most), which
+the float64 codebook search absorbs but for near-ties.
 """
 
 from __future__ import annotations
@@ -161,18 +161,27 @@ def round_narrow_weights(model: nn.Module) -> int:
     float32 bytes, for a change in the outputs of about -45 dB. Returns how many matrices
     were rounded."""
     with model.streaming():
-        return round_plan_weights(FramePlan(model.encoder, model.hop_length)) + round_plan_weights(FramePlan(model.decoder, 1))
+        plans = FramePlan(model.encoder, model.hop_length), FramePlan(model.decoder, 1)
+        return sum(round_plan_weights(plan) for plan in plans if _runnable(plan))
+
+
+def _runnable(plan: FramePlan) -> bool:
+    """Whether frame.c has a kernel for every step (not for LSTM or Snake): rounding the
+    weights of a plan it cannot run would cost quality for nothing."""
+    return all(isinstance(s, (ConvStep, ResidualStep, ConvTransposeStep)) or s is F.elu_ or s is F.elu for s in plan.steps)
 
 
 @torch.no_grad()
 def round_plan_weights(plan: FramePlan) -> int:
-    """:func:`round_narrow_weights` for the layers of one plan."""
+    """:func:`round_narrow_weights` for the layers of one plan (rows holding inf or NaN are
+    left as they are)."""
     rounded = 0
     for step, length in zip(plan.steps, plan.lengths):
         for matrix, columns in _products(step, length):
             if columns <= NARROW:
                 scale = _row_scales(matrix)[:, None]
-                matrix.copy_((matrix / scale).round().clamp(-127, 127) * scale)
+                finite = torch.isfinite(matrix).all(1, keepdim=True)
+                matrix.copy_(torch.where(finite, (matrix / scale).round().clamp(-127, 127) * scale, matrix))
                 rounded += 1
     return rounded
 

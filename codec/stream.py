@@ -59,7 +59,7 @@ class _SameRate:
 
     @staticmethod
     def resample_chunk(x: np.ndarray, last: bool = False) -> np.ndarray:
-        return x
+        return np.ascontiguousarray(x)  # (as soxr's are)
 
 
 def resampler(rate_in: int, rate_out: int, channels: int) -> "soxr.ResampleStream | _SameRate":

@@ -106,6 +106,30 @@ def test_every_product_width_matches_the_layers(steps, weights):
     assert (got - expected).abs().max().item() < 1e-5
 
 
+@pytest.mark.parametrize("runtime", ["native", "pytorch"])
+def test_one_frame_and_longer_chunks_alternate_with_1x1_end_layers(runtime, request):
+    """Chunks of one frame (a frame plan) and longer ones (the layers' forward) alternate on
+    a model whose first and last convolutions are 1x1, which carry no state: the plan must
+    still notice that the layers' forward ran, and the codes and audio stay the offline ones."""
+    if runtime == "pytorch":
+        request.getfixturevalue("pytorch_only")
+    elif native.library() is None:
+        pytest.skip("no C compiler: the native runtime cannot be built")
+    model = make_model(dataclasses.replace(SMALL, kernel_size=1), seed=4)
+    hop, pattern = model.hop_length, [1, 6, 1, 1, 7, 2, 1]
+    wav = torch.randn(1, 1, sum(pattern) * hop) * 0.3
+    offline = model.encode(wav, n_q=8)
+    offline_audio = model.decode(offline)
+    codes, audio, at = [], [], 0
+    with model.streaming():
+        for frames in pattern:
+            codes.append(model.encode(wav[..., at : at + frames * hop], n_q=8))
+            audio.append(model.decode(codes[-1]))
+            at += frames * hop
+    assert torch.equal(torch.cat(codes, dim=-1), offline)
+    assert (torch.cat(audio, dim=-1) - offline_audio).abs().max().item() < 1e-5
+
+
 def test_without_the_library_frames_take_the_pytorch_steps(pytorch_only):
     assert native.library() is None
     model = make_model(SMALL, seed=3)
@@ -231,3 +255,19 @@ def test_native_buffers_are_float32_whatever_the_default_dtype():
     assert runtimes == {"encoder": NativePlan, "decoder": NativePlan}
     assert torch.equal(streamed, codes)
     assert (streamed_audio - audio).abs().max().item() < 1e-5
+
+
+def test_rounding_skips_what_the_runtime_cannot_use():
+    """Snake models have no native kernels: their weights are left as trained. A row holding
+    inf is left as it is instead of turning into NaN; the other rows are rounded."""
+    snake = make_model(dataclasses.replace(SMALL, activation="snake"))
+    before = {k: v.clone() for k, v in snake.state_dict().items()}
+    assert native.round_narrow_weights(snake) == 0
+    assert all(torch.equal(before[k], v) for k, v in snake.state_dict().items())
+    model = make_model(SMALL, seed=5)
+    weight = model.decoder[0].conv.weight  # the decoder's first convolution: one step a frame
+    with torch.no_grad():
+        weight[0, 0, 0] = float("inf")
+    assert native.round_narrow_weights(model) == 18
+    assert torch.isinf(weight[0, 0, 0]) and torch.isfinite(weight[0, 0, 1:]).all()
+    assert native.int8_rows(weight[1:].reshape(weight.shape[0] - 1, -1)) is not None
