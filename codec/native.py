@@ -263,7 +263,7 @@ def _op(step: object, channels: int, n: int, keep: Callable[[Tensor], Tensor]) -
     float16 where exact."""
     if isinstance(step, ConvStep):
         layer = step.layer
-        fmt, (weight,), (scale,) = _weights([step.weight], step.n_out, keep)
+        fmt, (weight,), (scale,) = _weights(step, n, keep)
         op = Op(kind=_CONV, c_in=channels, c_out=step.weight.shape[0], kernel=layer.conv.kernel_size[0], stride=layer.stride,
                 dilation=layer.conv.dilation[0], context=layer.context, n=n, format=fmt, weight=weight, scale=scale,
                 bias=_ptr(step.bias))
@@ -273,7 +273,7 @@ def _op(step: object, channels: int, n: int, keep: Callable[[Tensor], Tensor]) -
     elif isinstance(step, ResidualStep):
         conv, pointwise = step.conv, step.pointwise
         hidden = conv.weight.shape[0]
-        fmt, weights, scales = _weights([conv.weight, pointwise.weight], n, keep)
+        fmt, weights, scales = _weights(step, n, keep)
         op = Op(kind=_RESIDUAL, c_in=channels, c_out=pointwise.weight.shape[0], kernel=conv.layer.conv.kernel_size[0], stride=1,
                 dilation=conv.layer.conv.dilation[0], context=conv.layer.context, n=n, hidden=hidden, format=fmt,
                 window=_ptr(conv.window), weight=weights[0], scale=scales[0], bias=_ptr(conv.bias), weight2=weights[1],
@@ -284,7 +284,7 @@ def _op(step: object, channels: int, n: int, keep: Callable[[Tensor], Tensor]) -
         out = keep(_f32(channels, n))
     elif isinstance(step, ConvTransposeStep):
         k, s, c_out = step.blocks * step.stride, step.stride, step.bias.shape[0]
-        fmt, (weight,), (scale,) = _weights([step.weight_t.contiguous()], n, keep)  # [C_out * k, C_in]
+        fmt, (weight,), (scale,) = _weights(step, n, keep)  # [C_out * k, C_in]
         op = Op(kind=_CONV_TRANSPOSE, c_in=channels, c_out=c_out, kernel=k, stride=s, context=k - s, n=n, format=fmt,
                 weight=weight, scale=scale, bias=_ptr(step.bias),
                 carry=_ptr(step.state.partial), cols=_ptr(keep(_f32(c_out * k, n))),
@@ -296,13 +296,16 @@ def _op(step: object, channels: int, n: int, keep: Callable[[Tensor], Tensor]) -
     return op, out
 
 
-def _weights(weights: list[Tensor], columns: int, keep: Callable[[Tensor], Tensor]) -> tuple[int, list[int], list[int | None]]:
-    """An op's weights as its products read them: the format and the pointers to the weights
-    and (int8) their row scales. Wide products take them as they are; narrow ones packed,
+def _weights(step: object, n: int, keep: Callable[[Tensor], Tensor]) -> tuple[int, list[int], list[int | None]]:
+    """The weights of a plan step's products (:func:`_products`, the matrices
+    :func:`round_plan_weights` rounds) as frame.c reads them: the format and the pointers to
+    the weights and (int8) their row scales. Wide products take them as they are; narrow ones packed,
     as int8 rows if every weight of the op is exactly that, else float16 if that is exact
     for every one (an op has one format), else float32."""
+    products = _products(step, n)
+    weights, columns = [m for m, _ in products], products[0][1]
     if columns > NARROW:
-        return _FLOAT32, [_ptr(keep(w)) for w in weights], [None] * len(weights)
+        return _FLOAT32, [_ptr(keep(w.contiguous())) for w in weights], [None] * len(weights)
     rows = [int8_rows(w) for w in weights]
     if all(r is not None for r in rows):
         return _INT8, [_ptr(keep(pack(q, columns))) for q, _ in rows], [_ptr(keep(scale)) for _, scale in rows]
