@@ -97,19 +97,32 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(cache, tmp_path):
 
 
 def test_resume_takes_the_learning_rates_of_the_new_config(cache, tmp_path):
-    """A later phase may change the rates; the checkpoint's scheduler must not keep the old."""
-    cfg = tiny_config(loss={"adversarial_start_step": 0}, top={"checkpoint_every": 100})
-    run(cfg, cache, tmp_path, max_steps=2, progress=False)
-    faster = tiny_config(loss={"adversarial_start_step": 0}, top={"checkpoint_every": 100},
+    """A later phase may change the rates; nothing saved may keep the old ones."""
+    cfg = tiny_config(loss={"adversarial_start_step": 1}, top={"checkpoint_every": 100})
+    run(cfg, cache, tmp_path, max_steps=3, progress=False)
+    faster = tiny_config(loss={"adversarial_start_step": 1}, top={"checkpoint_every": 100},
                          optim={"lr": 4 * cfg.optim.lr, "disc_lr": 3 * cfg.optim.disc_lr})
-    old, new = Trainer(cfg, cache, tmp_path), Trainer(faster, cache, tmp_path)
-    assert old.resume() and new.resume()
-    for a, b, ratio in ((old.sched_g, new.sched_g, 4), (old.sched_d, new.sched_d, 3)):
-        assert b.optimizer.param_groups[0]["lr"] == pytest.approx(ratio * a.optimizer.param_groups[0]["lr"])
-        assert b.base_lrs == pytest.approx([ratio * lr for lr in a.base_lrs])
-    for step in (2, 3):  # the step right after resuming, and one after a scheduler step
+    new = Trainer(faster, cache, tmp_path)
+    assert new.resume() and (new.step, new.disc_steps) == (3, 2)
+    for step in (3, 4):  # the step right after resuming, and the one after it
         log = new.train_step(new.data.batch(step))
         assert float(log["lr/gen"]) == pytest.approx(4 * cfg.optim.lr * lr_factor(step, cfg.optim))
+        assert float(log["lr/disc"]) == pytest.approx(3 * cfg.optim.disc_lr * lr_factor(step - 1, cfg.optim))
+
+
+def test_resume_reads_the_discriminator_steps_of_older_checkpoints(cache, tmp_path):
+    """Checkpoints written before the count was saved kept it in a scheduler's state."""
+    cfg = tiny_config(loss={"adversarial_start_step": 1}, top={"checkpoint_every": 100})
+    run(cfg, cache, tmp_path, max_steps=3, progress=False)
+    state_json = list_checkpoints(tmp_path)[-1] / "state.json"
+    state = json.loads(state_json.read_text())
+    del state["disc_steps"]
+    state["schedulers"] = {"generator": {"last_epoch": 3}, "disc": {"last_epoch": 2}}
+    state_json.write_text(json.dumps(state))
+    trainer = Trainer(cfg, cache, tmp_path)
+    assert trainer.resume() and trainer.disc_steps == 2
+    log = trainer.train_step(trainer.data.batch(3))
+    assert float(log["lr/disc"]) == pytest.approx(cfg.optim.disc_lr * lr_factor(2, cfg.optim))
 
 
 def test_signal_stops_with_a_checkpoint_and_old_ones_are_pruned(cache, tmp_path, monkeypatch):
@@ -127,7 +140,7 @@ def test_signal_stops_with_a_checkpoint_and_old_ones_are_pruned(cache, tmp_path,
     assert result.stopped and result.step == 4
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003", "step_00000004"]
     state = json.loads((tmp_path / "step_00000004" / "state.json").read_text())
-    assert state["step"] == 4 and {"generator", "disc"} <= set(state["schedulers"])
+    assert state["step"] == 4 and state["disc_steps"] == 4 - cfg.loss.adversarial_start_step
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 

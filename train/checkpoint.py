@@ -2,7 +2,7 @@
 
 A checkpoint is a folder ``step_{N:08d}/`` holding ``tensors.safetensors`` (model,
 discriminators, optimiser moments, RNG states) and ``state.json`` (config, step, optimiser
-hyper-parameters, scheduler states). Folders are written under a temporary name, then renamed.
+hyper-parameters, discriminator steps). Folders are written under a temporary name, then renamed.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One training run's state and its step: generator, discriminators, optimisers, schedulers.
+"""One training run's state and its step: generator, discriminators, optimisers.
 
 :meth:`Trainer.train_step` reads top to bottom: generator forward, discriminator update on
 the detached output, every generator loss in a ``dict[str, Tensor]`` with namespaced keys,
@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
 import json
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +38,22 @@ ON_CODES = ("vq/commitment",)
 
 
 def lr_factor(step: int, cfg: OptimConfig) -> float:
-    """Linear warm-up, then exponential (halving every ``decay_steps``) or cosine decay."""
+    """Linear warm-up, then exponential (halving every ``decay_steps``) or cosine decay.
+
+    The rate of an optimiser step is its base rate times this factor of the steps it took
+    before: a pure function of the config and one counter, so a resumed run follows the new
+    config's rates with no scheduler state to reconcile."""
     warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
     if cfg.schedule == "cosine":
         t = min(1.0, step / max(cfg.decay_steps, 1))
         return warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
     return warm * 0.5 ** (step / max(cfg.decay_steps, 1))
+
+
+def _set_rate(opt: torch.optim.Optimizer, lr: float) -> float:
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return lr
 
 
 def loss_weights(w: LossConfig) -> dict[str, float]:
@@ -84,17 +92,15 @@ class Trainer:
         self.envelope = EnvelopeCorrelationLoss(cfg.model.sample_rate).to(dev) if self.weights["rec/envelope"] > 0 else None
         o = cfg.optim
         self.opt_g = torch.optim.AdamW(self.gen.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, functools.partial(lr_factor, cfg=o))
-        self.opt_d = self.sched_d = None
+        self.opt_d = None
         if self.disc is not None:
             self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=o.disc_lr, betas=o.betas, weight_decay=o.weight_decay)
-            # Counts discriminator steps: a fresh discriminator gets its own warm-up.
-            self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, functools.partial(lr_factor, cfg=o))
         self.gen_ddp, self.disc_ddp = self._wrap(self.gen), self._wrap(self.disc)
         if self.disc is not None:
             self.disc.requires_grad_(False)  # trainable only inside discriminator_step
         self.data = CropSampler(cache, cfg.data, cfg.segment, cfg.seed, self.ctx.rank)
         self.step = 0
+        self.disc_steps = 0  # a discriminator that starts mid-run gets its own warm-up
 
     def _wrap(self, module: nn.Module | None) -> nn.Module | None:
         if module is None or not self.ctx.distributed:
@@ -150,7 +156,7 @@ class Trainer:
     def discriminator_step(self, x: Tensor, fake: Tensor) -> dict[str, Tensor]:
         """Hinge loss on real ``x`` and generated ``fake`` ``[B, 1, T]`` (one forward of both,
         as DDP wants one forward per backward), then the discriminators' optimiser step."""
-        assert self.disc is not None and self.opt_d is not None and self.sched_d is not None
+        assert self.disc is not None and self.opt_d is not None
         self.disc.requires_grad_(True)
         with self.autocast():
             judged = self.disc_ddp(torch.cat([x, fake]))
@@ -160,10 +166,11 @@ class Trainer:
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.disc.parameters(), self.cfg.optim.grad_clip)
+        lr = _set_rate(self.opt_d, self.cfg.optim.disc_lr * lr_factor(self.disc_steps, self.cfg.optim))
         self.opt_d.step()
-        self.sched_d.step()
+        self.disc_steps += 1
         self.disc.requires_grad_(False)
-        return {"disc/hinge": loss.detach(), "grad/disc": norm.detach(), "lr/disc": torch.tensor(self.opt_d.param_groups[0]["lr"])}
+        return {"disc/hinge": loss.detach(), "grad/disc": norm.detach(), "lr/disc": torch.tensor(lr)}
 
     def generator_losses(self, x: Tensor, y: Tensor, q: QuantizerOutput, adversarial: bool) -> dict[str, Tensor]:
         """Every generator loss term of original ``x`` and output ``y`` ``[B, 1, T]``."""
@@ -201,9 +208,8 @@ class Trainer:
         else:
             total.backward()
         log["grad/gen"] = torch.nn.utils.clip_grad_norm_(self.gen.parameters(), self.cfg.optim.grad_clip).detach()
-        log["lr/gen"] = torch.tensor(self.opt_g.param_groups[0]["lr"])
+        log["lr/gen"] = torch.tensor(_set_rate(self.opt_g, self.cfg.optim.lr * lr_factor(self.step, self.cfg.optim)))
         self.opt_g.step()
-        self.sched_g.step()
         if self.ema is not None:
             self._update_ema()
         return log
@@ -229,9 +235,6 @@ class Trainer:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"generator": self.opt_g} | ({"disc": self.opt_d} if self.opt_d is not None else {})
 
-    def schedulers(self) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
-        return {"generator": self.sched_g} | ({"disc": self.sched_d} if self.sched_d is not None else {})
-
     def save(self) -> Path | None:
         """Checkpoint (every process must call it: RNG states are gathered); rank 0 writes."""
         rng = gather_rng(self.ctx)
@@ -240,7 +243,7 @@ class Trainer:
         extra = {
             "config": self.cfg.to_dict(),
             "world_size": self.ctx.world_size,
-            "schedulers": {k: s.state_dict() for k, s in self.schedulers().items()},
+            "disc_steps": self.disc_steps,
         }
         return save_checkpoint(self.run_dir, self.step, self.modules(), self.optimizers(), extra,
                                keep=self.cfg.keep_checkpoints, tensors=rng)
@@ -257,33 +260,13 @@ class Trainer:
             first = str(exc).strip().splitlines()[0]
             raise CodecError(f"cannot resume from {ckpts[-1]}: it does not match the config ({first})") from None
         self.step = int(meta["step"])
-        saved = meta.get("schedulers", {})
-        for name, sched in self.schedulers().items():
-            if name in saved:
-                sched.load_state_dict(saved[name])
-            elif name == "generator":  # checkpoints written before schedulers were saved
-                sched.last_epoch = self.step - 1
-                with warnings.catch_warnings():  # "step() before optimizer.step()": intended
-                    warnings.simplefilter("ignore")
-                    sched.step()
-        self._apply_config_rates()
+        # Older checkpoints kept the count as their discriminator scheduler's last_epoch.
+        old = meta.get("schedulers", {}).get("disc", {}).get("last_epoch", 0)
+        self.disc_steps = int(meta.get("disc_steps", old))
         if "ema" in meta["missing"] and self.ema is not None:
             self.ema.load_state_dict(self.gen.state_dict())
         restore_rng(tensors, self.ctx)
         return True
-
-    def _apply_config_rates(self) -> None:
-        """The config's learning rates win over the checkpoint's: a later phase of a run may
-        change them (the schedulers' saved state would otherwise keep the first phase's)."""
-        o = self.cfg.optim
-        for sched, base in ((self.sched_g, o.lr), (self.sched_d, o.disc_lr)):
-            if sched is None:
-                continue
-            sched.base_lrs = [base] * len(sched.base_lrs)
-            factor = lr_factor(max(sched.last_epoch, 0), o)
-            for group in sched.optimizer.param_groups:
-                group["initial_lr"], group["lr"] = base, base * factor
-            sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
 
     def init_from(self, name_or_path: str) -> None:
         """Start from release weights (a built-in model name or a ``.safetensors`` file)."""
