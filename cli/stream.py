@@ -84,8 +84,6 @@ def encode(
     """
     with user_errors():
         fmt = _raw_format(raw, rate, channels)
-        if not chunk_ms > 0:
-            raise CodecError(f"--chunk-ms must be positive, got {chunk_ms:g}")
         torch.set_num_threads(threads)
         with stop_on_signals(StopFlag()) as stop:
             r = encode_live(input, output, model, kbps, fmt, chunk_ms / 1000, packet_frames, realtime, force, stop)
@@ -134,7 +132,7 @@ def decode(
         _say(f"warning: {s.lost_frames} frames ({r.lost_seconds * 1000:.0f} ms) were lost and concealed{damaged}")
     if s.truncated:
         _say("warning: the stream stopped in the middle of a packet")
-    elif not s.ended and not r.interrupted:
+    elif r.unfinished and not r.interrupted:
         _say("warning: the stream ended without its end record (the encoder did not finish)")
     if r.timed_out:
         _say(f"warning: no data for {timeout:g} s; stopped")

@@ -19,6 +19,7 @@ length is known stores ``UNKNOWN_LENGTH`` there and appends an ``end`` record.
 from __future__ import annotations
 
 import io
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -101,7 +102,8 @@ def read_header(f: BinaryIO) -> Header:
     fields = _FIXED.unpack(rest[n + 8 : n + 8 + _FIXED.size])
     header = Header(model_id, rest[n : n + 8], *fields)
     if header.codebook_size < 2 or header.codebook_size & (header.codebook_size - 1) or not header.channels \
-            or not header.n_q or not header.packet_frames:
+            or not header.n_q or not header.packet_frames or not header.sample_rate or not header.original_rate \
+            or not (math.isfinite(header.frame_rate) and header.frame_rate > 0):
         raise BitstreamError("corrupt .rvq header (impossible field values)")
     return header
 

@@ -30,6 +30,7 @@ from .weights import fingerprint, load
 # Codecs delay by at most a few tens of ms; a wider search only risks locking onto the
 # periodicity of music (a beat, a repeated bar) instead of the delay.
 MAX_LAG_SECONDS = 0.1
+MIN_CLIP_SECONDS = 0.5  # PESQ and STOI need some 0.3-0.4 s of speech, plus the delay search
 # Below this waveform correlation at the best lag, the peak is noise: the decoded waveform
 # does not follow the original (phase-free reconstruction, or no reconstruction at all), and
 # the clip says nothing about the delay.
@@ -71,6 +72,9 @@ def list_clips(input: Path) -> list[Clip]:
 def _clip(path: Path, root: Path, category: str) -> Clip:
     with open_audio(path) as info:  # the same checks and messages as compress
         rate, channels, frames = info.samplerate, info.channels, info.frames
+    if frames < MIN_CLIP_SECONDS * rate:
+        raise CodecError(f"clip too short to score: {path} is {frames / rate:.3f} s "
+                         f"(evaluation clips must be at least {MIN_CLIP_SECONDS:g} s)")
     try:
         name = path.relative_to(root).as_posix()
     except ValueError:  # a manifest may point outside its own folder

@@ -22,6 +22,7 @@ from .audio_io import AudioError
 from .bitstream import UNKNOWN_LENGTH, End, Header, iter_packets, read_header
 from .errors import CodecError
 from .model import Codec
+from .pcm import to_pcm16
 from .stream import StreamDecoder, StreamEncoder, expected_frames, resolve_model
 
 BLOCK_SECONDS = 1.0
@@ -65,9 +66,9 @@ class FileInfo:
 
 
 @contextmanager
-def atomic_output(path: Path, force: bool) -> Iterator[Path]:
+def atomic_output(path: Path, force: bool, source: Path | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it into place only on success."""
-    path = check_output(path, force)
+    path = check_output(path, force, source)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         yield tmp
@@ -77,13 +78,19 @@ def atomic_output(path: Path, force: bool) -> Iterator[Path]:
             tmp.unlink()
 
 
-def check_output(path: Path, force: bool) -> Path:
-    """Refuse an output path that cannot be written (before any work is done)."""
+def check_output(path: Path, force: bool, source: Path | None = None) -> Path:
+    """Refuse an output path that cannot be written (before any work is done): an existing
+    file without ``force``, and even with it a folder, a device or pipe (the output is
+    renamed into place, which would replace the node itself), or the input ``source``."""
     path = Path(path)
     if path.exists() and not force:
         raise CodecError(f"output file exists: {path} (use --force to overwrite)")
-    if path.exists() and path.is_dir():
+    if path.is_dir():
         raise CodecError(f"output is a directory: {path}")
+    if path.exists() and not path.is_file():
+        raise CodecError(f"output is not a regular file (a device or a pipe): {path}")
+    if source is not None and path.exists() and Path(source).exists() and os.path.samefile(path, source):
+        raise CodecError(f"output is the input file: {path}")
     if not path.parent.exists():
         raise CodecError(f"output folder does not exist: {path.parent}")
     return path
@@ -96,6 +103,9 @@ def open_audio(path: Path) -> sf.SoundFile:
         raise AudioError(f"input file not found: {path}")
     if path.is_dir():
         raise AudioError(f"input is a directory, not an audio file: {path}")
+    if not path.is_file():  # soundfile reads pipes only to the end, not in blocks
+        raise AudioError(f"input is not a regular file (a pipe or a device): {path}; "
+                         "`rvqcodec stream encode -i -` reads WAV or raw PCM from a pipe")
     try:
         f = sf.SoundFile(str(path))
     except Exception as exc:
@@ -117,8 +127,9 @@ def compress_file(
     force: bool = False, quiet: bool = True, packet_frames: int = 75,
 ) -> CompressResult:
     """Encode an audio file (any rate, any channel count) into a ``.rvq`` file."""
+    check_suffix(Path(output))
     codec = resolve_model(model)
-    with open_audio(Path(input)) as src, atomic_output(Path(output), force) as tmp:
+    with open_audio(Path(input)) as src, atomic_output(Path(output), force, source=Path(input)) as tmp:
         rate, channels, total = src.samplerate, src.channels, src.frames
         encoder = StreamEncoder(codec, rate, channels, kbps, packet_frames, num_samples=total)
         with open(tmp, "wb") as out, encoder, _progress(total, rate, quiet, "compress") as bar:
@@ -135,8 +146,9 @@ def compress_file(
 
 
 class TrimmingWriter:
-    """Writes ``[T, C]`` blocks to ``out`` (anything with ``write([T, C])``), keeping exactly
-    ``length`` samples (padding with zeros).
+    """Writes float ``[T, C]`` blocks to ``out`` (anything with ``write([T, C])``) as 16-bit
+    samples (:func:`~codec.pcm.to_pcm16`), keeping exactly ``length`` samples (padding with
+    zeros).
 
     While the length is unknown (a stream whose end record has not arrived) the last
     ``holdback`` samples are held back, so that the encoder's padding can still be cut once
@@ -157,7 +169,7 @@ class TrimmingWriter:
             y, self.held = y[:cut], y[cut:]
         keep = y if self.length is None else y[: max(0, self.length - self.written)]
         if len(keep):
-            self.out.write(np.clip(keep, -1.0, 1.0))
+            self.out.write(to_pcm16(keep))
             self.written += len(keep)
 
     def finish(self, channels: int, length: int | None = None) -> None:
@@ -167,7 +179,7 @@ class TrimmingWriter:
             if held is not None:
                 self.write(held)
         if self.length is not None and self.written < self.length:
-            self.out.write(np.zeros((self.length - self.written, channels), np.float32))
+            self.out.write(np.zeros((self.length - self.written, channels), np.int16))
             self.written = self.length
 
 
@@ -181,15 +193,14 @@ def decompress_file(
     """
     input, output = Path(input), Path(output)
     fmt = audio_format(output)
-    if not input.exists() or input.is_dir():
-        raise CodecError(f"input file not found: {input}")
+    check_input(input)
     with open(input, "rb") as f, StreamDecoder(model, strict=True, block_frames=DECODE_BLOCK_FRAMES) as decoder:
         header = read_header(f)
         decoder.start(header)
         rate, channels = header.original_rate, header.channels
         length = None if header.num_samples == UNKNOWN_LENGTH else header.num_samples
         total = _estimated_samples(header, input) if length is None else length
-        with atomic_output(output, force) as tmp:
+        with atomic_output(output, force, source=input) as tmp:
             with sf.SoundFile(str(tmp), "w", rate, channels, format=fmt, subtype="PCM_16") as dst, \
                     _progress(total, rate, quiet, "decompress") as bar:
                 writer = TrimmingWriter(dst, length, holdback_samples(header))
@@ -199,6 +210,20 @@ def decompress_file(
                 writer.write(decoder.finish())
                 writer.finish(channels, decoder.num_samples)
     return output
+
+
+def check_suffix(path: Path) -> None:
+    """Bitstreams are written only to ``.rvq`` names (as audio only to .wav or .flac)."""
+    if Path(path).suffix.lower() != ".rvq":
+        raise CodecError(f"output must be a .rvq file, got {Path(path).name!r}")
+
+
+def check_input(path: Path) -> None:
+    """A ``.rvq`` input that exists and is not a folder."""
+    if not path.exists():
+        raise CodecError(f"input file not found: {path}")
+    if path.is_dir():
+        raise CodecError(f"input is a directory, not a .rvq file: {path}")
 
 
 def audio_format(path: Path) -> str:
@@ -223,8 +248,7 @@ def _estimated_samples(header: Header, path: Path) -> int:
 def read_info(path: Path) -> FileInfo:
     """Header fields and a CRC check of every packet (damage is reported, not raised)."""
     path = Path(path)
-    if not path.exists() or path.is_dir():
-        raise CodecError(f"input file not found: {path}")
+    check_input(path)
     with open(path, "rb") as f:
         header = read_header(f)
         packets = frames = damaged = 0

@@ -12,6 +12,7 @@ moves bytes and samples (see :mod:`codec.endpoints` for where they come from and
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,13 @@ from .endpoints import (
     ByteReader, StopFlag, open_byte_sink, open_byte_source, parse_address, stdout_writer,
 )
 from .errors import CodecError
-from .files import TrimmingWriter, atomic_output, audio_format, check_output, holdback_samples, open_audio
+from .files import TrimmingWriter, atomic_output, audio_format, check_output, check_suffix, holdback_samples, open_audio
 from .model import Codec
 from .pcm import PcmFormat, read_wav_header
 from .stream import StreamDecoder, StreamEncoder, StreamStats, live_packet_frames, resolve_model
 
 CHUNK_SECONDS = 0.02
+MAX_CHUNK_SECONDS = 10.0
 
 
 class AudioSource(Protocol):
@@ -122,11 +124,16 @@ def encode_live(
     stop = stop if stop is not None else StopFlag()
     codec = resolve_model(model)
     codec.n_q_for(kbps)  # refuse a bad bitrate before waiting for any input
+    if not (math.isfinite(chunk_seconds) and 0 < chunk_seconds <= MAX_CHUNK_SECONDS):
+        raise CodecError(f"the read size (--chunk-ms) must be over 0 and at most {MAX_CHUNK_SECONDS * 1000:g} ms, got {chunk_seconds * 1000:g} ms")
+    if packet_frames is not None and not 1 <= packet_frames < 2**16:
+        raise CodecError(f"frames per packet must be 1..65535, got {packet_frames}")
     if output != "-" and parse_address(output) is None:
-        check_output(Path(output), force)
+        check_suffix(Path(output))
+        check_output(Path(output), force, source=None if input == "-" else Path(input))
     sent = 0
     with open_audio_source(input, raw, chunk_seconds, stop) as source:
-        frames = packet_frames or live_packet_frames(codec.frame_rate)
+        frames = live_packet_frames(codec.frame_rate) if packet_frames is None else packet_frames
         encoder = StreamEncoder(codec, source.rate, source.channels, kbps, frames)
         with open_byte_sink(output, force) as write, encoder:
             def send(data: bytes) -> None:
@@ -141,19 +148,21 @@ def encode_live(
                 if realtime:  # a chunk exists once its last sample has been "captured"
                     stop.sleep(start + (encoder.samples + len(x)) / source.rate - time.monotonic())
                 send(encoder.push(x))
+            if not encoder.samples and not stop:
+                raise AudioError("no audio samples arrived on the input")
             send(encoder.finish())
     return EncodeReport(encoder.samples / source.rate, encoder.frames, encoder.packets, sent, bool(stop))
 
 
 class RawPcmWriter:
-    """Float audio ``[T, C]`` -> signed 16-bit little-endian interleaved PCM, rounded the way
-    libsndfile writes WAV files, so raw and WAV outputs hold the same samples."""
+    """16-bit samples ``[T, C]`` (from :class:`~codec.files.TrimmingWriter`) -> little-endian
+    interleaved bytes: the samples a WAV or FLAC output holds."""
 
     def __init__(self, write: Callable[[bytes], None]) -> None:
         self._write = write
 
     def write(self, y: np.ndarray) -> None:
-        self._write(np.rint(np.clip(y, -1.0, 1.0) * 32767).astype("<i2").tobytes())
+        self._write(y.astype("<i2").tobytes())
 
 
 @contextlib.contextmanager
@@ -177,6 +186,7 @@ class DecodeReport:
     interrupted: bool
     timed_out: bool  # no data arrived for ``timeout`` seconds
     frame_rate: float
+    unfinished: bool  # a stream of unknown length whose end record never came
 
     @property
     def lost_seconds(self) -> float:
@@ -196,7 +206,7 @@ def decode_live(
         raise CodecError("stream decode writes to a file or - (stdout); tcp:// outputs are for stream encode")
     if output != "-":
         audio_format(Path(output))
-        check_output(Path(output), force)
+        check_output(Path(output), force, source=None if input == "-" or parse_address(input) else Path(input))
     with open_byte_source(input, stop, timeout, on_listening) as reader, StreamDecoder(codec) as decoder:
         first = np.zeros((0, 0), np.float32)
         while decoder.header is None and (data := reader.read()):
@@ -212,4 +222,5 @@ def decode_live(
             writer.write(decoder.finish())
             writer.finish(decoder.header.channels, decoder.num_samples)
     seconds = writer.written / decoder.header.original_rate
-    return DecodeReport(seconds, decoder.stats, bool(stop), reader.timed_out, decoder.header.frame_rate)
+    unfinished = decoder.header.num_samples == UNKNOWN_LENGTH and not decoder.stats.ended
+    return DecodeReport(seconds, decoder.stats, bool(stop), reader.timed_out, decoder.header.frame_rate, unfinished)

@@ -67,12 +67,15 @@ def mel_distance(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> float:
 
     The L1 distance of ``log10(clamp(mel, 1e-5))`` averaged over bins and frames, summed over
     windows 32..2048 (hop window/4) with 5..320 mel bands: ``codec.mel.MultiScaleMelLoss``.
+    Clips shorter than the longest window are scored with zeros appended up to its length.
     """
     ref, est = _check(ref, est)
-    x = torch.from_numpy(ref).float()[None, None]
-    y = torch.from_numpy(est).float()[None, None]
+    loss = _mel_loss(int(sample_rate))
+    pad = max(0, max(loss.windows) - len(ref))  # the STFT's reflect padding needs that much
+    x = torch.from_numpy(np.pad(ref, (0, pad))).float()[None, None]
+    y = torch.from_numpy(np.pad(est, (0, pad))).float()[None, None]
     with torch.no_grad():
-        return float(_mel_loss(int(sample_rate))(x, y))
+        return float(loss(x, y))
 
 
 def pesq_wb(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> float:

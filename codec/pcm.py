@@ -54,6 +54,13 @@ class PcmFormat:
         return x.reshape(-1, self.channels)
 
 
+def to_pcm16(y: np.ndarray) -> np.ndarray:
+    """Float audio -> int16, the inverse of reading 16-bit samples (``k / 32768`` -> ``k``),
+    clipped to the 16-bit range. Every 16-bit output (WAV, FLAC, raw PCM) is made here, so
+    they hold the same samples whatever libsndfile's own rounding (which has varied)."""
+    return np.clip(np.rint(np.nan_to_num(y) * 32768.0), -32768, 32767).astype(np.int16)
+
+
 def read_wav_header(read_exact: Callable[[int], bytes]) -> tuple[PcmFormat, int | None]:
     """Parse a WAV header from a byte stream, stopping at the first sample.
 

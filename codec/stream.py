@@ -24,6 +24,7 @@ import torch
 from .bitstream import (
     UNKNOWN_LENGTH, BitstreamError, End, Header, PacketParser, encode_end, encode_packet, parse_header,
 )
+from .audio_io import AudioError
 from .errors import CodecError
 from .model import Codec
 from .weights import REGISTRY, fingerprint, load
@@ -134,6 +135,9 @@ class StreamEncoder:
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 2 or audio.shape[1] != self.channels:
             raise ValueError(f"expected audio [T, {self.channels}], got shape {audio.shape}")
+        if not np.isfinite(audio).all():  # NaN would spread through the whole stream
+            at = self.samples + int(np.argmax(~np.isfinite(audio).all(axis=1)))
+            raise AudioError(f"the input has a non-finite sample (NaN or infinity) at {at / self.header.original_rate:.3f} s")
         self.samples += len(audio)
         return self._encode(self._resampler.resample_chunk(audio, last=False))
 

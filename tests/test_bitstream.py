@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 
@@ -82,6 +83,17 @@ def test_every_kind_of_damage_is_detected(mutate, message):
     with pytest.raises(BitstreamError, match=message):
         f = io.BytesIO(mutate(data))
         list(iter_packets(f, read_header(f)))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("sample_rate", 0), ("original_rate", 0), ("frame_rate", 0.0), ("frame_rate", float("nan")),
+    ("frame_rate", float("inf")), ("frame_rate", -75.0), ("channels", 0), ("n_q", 0), ("codebook_size", 1000),
+])
+def test_header_with_impossible_values_and_a_valid_crc_is_refused(field, value):
+    """A header can be well formed, CRC included, and still describe no possible stream."""
+    data = dataclasses.replace(HEADER, **{field: value}).encode()
+    with pytest.raises(BitstreamError, match="impossible field values"):
+        read_header(io.BytesIO(data))
 
 
 def test_damaged_packet_is_reported_without_losing_the_others():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +124,52 @@ def test_damaged_rvq_is_refused_without_output(tmp_path, good_rvq, small_model_f
 def test_bad_output_suffix_and_missing_rvq(tmp_path, good_rvq, small_model_file):
     assert_user_error(invoke("decompress", good_rvq, tmp_path / "out.mp4", "--model", small_model_file))
     assert_user_error(invoke("decompress", tmp_path / "none.rvq", tmp_path / "o.wav"))
+
+
+def test_force_never_replaces_the_input_a_device_or_a_non_rvq_name(tmp_path, stereo_wav, small_model_file):
+    """--force overwrites an older output, nothing else: the output is renamed into place,
+    which would replace the input file itself, or a device node such as /dev/null."""
+    audio = stereo_wav.read_bytes()
+    named_rvq = tmp_path / "audio.rvq"  # audio under a bitstream's name, compressed onto itself
+    named_rvq.write_bytes(audio)
+    r = invoke("compress", named_rvq, named_rvq, "--model", small_model_file, "--force")
+    assert_user_error(r)
+    assert "the input file" in r.stderr and named_rvq.read_bytes() == audio
+    for name in ("x.mp3", "x.wav", "x"):  # compress writes bitstreams only under .rvq names
+        r = invoke("compress", stereo_wav, tmp_path / name, "--model", small_model_file, "--force")
+        assert_user_error(r, tmp_path / name)
+        assert ".rvq" in r.stderr
+    fifo = tmp_path / "pipe.rvq"
+    os.mkfifo(fifo)
+    r = invoke("compress", stereo_wav, fifo, "--model", small_model_file, "--force")
+    assert_user_error(r)
+    assert "not a regular file" in r.stderr and stat.S_ISFIFO(fifo.stat().st_mode)
+    # decompress likewise: a .rvq file under an audio name, decoded onto itself
+    bitstream = tmp_path / "codes.wav"
+    invoke("compress", stereo_wav, tmp_path / "c.rvq", "--model", small_model_file, "-q")
+    bitstream.write_bytes((tmp_path / "c.rvq").read_bytes())
+    r = invoke("decompress", bitstream, bitstream, "--model", small_model_file, "--force")
+    assert_user_error(r)
+    assert bitstream.read_bytes() == (tmp_path / "c.rvq").read_bytes()
+
+
+def test_pipes_non_finite_samples_and_folders_give_one_line(tmp_path, small_model_file):
+    out = tmp_path / "x.rvq"
+    fifo = tmp_path / "in.wav"
+    os.mkfifo(fifo)  # soundfile cannot read a pipe block by block
+    r = invoke("compress", fifo, out, "--model", small_model_file)
+    assert_user_error(r, out)
+    assert "stream encode" in r.stderr
+    bad = tmp_path / "nan.wav"
+    x = np.zeros((16000, 1), np.float32)
+    x[8000] = np.nan
+    sf.write(str(bad), x, 16000, subtype="FLOAT")
+    r = invoke("compress", bad, out, "--model", small_model_file)
+    assert_user_error(r, out)
+    assert "non-finite sample" in r.stderr and "0.500 s" in r.stderr
+    r = invoke("info", tmp_path)
+    assert_user_error(r)
+    assert "is a directory" in r.stderr
 
 
 def test_console_script_prints_one_line_not_a_traceback(tmp_path):

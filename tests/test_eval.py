@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -135,7 +136,7 @@ def test_system_lag_is_the_median_over_correlated_clips():
 
 def test_folder_listing_takes_category_from_top_folder(tmp_path: Path):
     make_clips(tmp_path)
-    sf.write(str(tmp_path / "loose.wav"), tone(0.2, 8000)[0], 8000)
+    sf.write(str(tmp_path / "loose.wav"), tone(0.5, 8000)[0], 8000)
     found = {c.name: c.category for c in list_clips(tmp_path)}
     assert found == {"speech/talk.wav": "speech", "music/chirp.flac": "music", "loose.wav": "general"}
 
@@ -155,10 +156,13 @@ def _fails_with_one_line(result, *words: str) -> None:
     (["{clips}", "--kbps", "6,x"], ["--kbps"]),
     (["{clips}", "--baseline", "mp3"], ["baseline"]),
     (["{empty}"], ["no audio files"]),
+    (["{short}"], ["too short", "0.100 s"]),
 ])
 def test_user_errors(clips: Path, model_file: Path, tmp_path: Path, args, words):
     (tmp_path / "empty").mkdir()
-    names = {"missing": tmp_path / "nope", "clips": clips, "empty": tmp_path / "empty"}
+    (tmp_path / "short" / "speech").mkdir(parents=True)
+    sf.write(str(tmp_path / "short" / "speech" / "a.wav"), np.full(1600, 0.1, np.float32), 16000)
+    names = {"missing": tmp_path / "nope", "clips": clips, "empty": tmp_path / "empty", "short": tmp_path / "short"}
     args = [a.format(**names) for a in args]
     out = tmp_path / "out"
     _fails_with_one_line(eval_cli(*args, "--model", str(model_file), "--out", str(out)), *words)

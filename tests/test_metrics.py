@@ -52,6 +52,12 @@ def test_mel_distance(speech, noise):
     assert 0 < metrics.mel_distance(speech, slightly, RATE) < metrics.mel_distance(speech, noise, RATE)
 
 
+@pytest.mark.parametrize("length", [1, 120, 2047])
+def test_mel_distance_scores_clips_shorter_than_its_longest_window(speech, noise, length):
+    assert metrics.mel_distance(speech[:length], speech[:length], RATE) == 0.0
+    assert metrics.mel_distance(speech[:length], noise[:length], RATE) > 0
+
+
 def test_mel_distance_is_the_training_loss(speech, noise):
     loss = MultiScaleMelLoss(RATE)
     expected = float(loss(torch.from_numpy(speech)[None, None], torch.from_numpy(noise)[None, None]))

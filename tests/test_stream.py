@@ -11,8 +11,9 @@ import soundfile as sf
 import torch
 
 from codec import compress_file, decompress_file, read_info
+from codec.files import TrimmingWriter
 from codec.bitstream import BitstreamError, End, iter_packets, read_header
-from codec.pcm import PcmFormat, read_wav_header
+from codec.pcm import PcmFormat, read_wav_header, to_pcm16
 from codec.stream import StreamDecoder, StreamEncoder, expected_frames, live_packet_frames
 from conftest import SMALL, TINY, make_model, tone
 
@@ -110,7 +111,7 @@ def test_live_decoder_does_not_depend_on_how_bytes_arrive(tmp_path):
     (tmp_path / "s.rvq").write_bytes(data)
     decompress_file(tmp_path / "s.rvq", tmp_path / "s.wav", model=model)
     ref = read_pcm(tmp_path / "s.wav").astype(int)
-    live = np.rint(np.clip(whole[: len(ref)], -1, 1) * 32767).astype(int)
+    live = to_pcm16(whole[: len(ref)]).astype(int)
     assert np.abs(live - ref).max() <= 1
 
 
@@ -229,3 +230,15 @@ def test_wav_with_unknown_length_reads_to_the_end(tmp_path):
     data[4:8] = data[at : at + 4] = b"\xff\xff\xff\xff"  # what streaming writers put in the size fields
     fmt, size = read_wav_header(io.BytesIO(bytes(data)).read)
     assert size is None and fmt == PcmFormat(8000, 1, "i2")
+
+
+def test_16_bit_output_reads_back_as_the_samples_it_came_from(tmp_path):
+    """to_pcm16 inverts reading 16-bit audio (k / 32768 -> k), clips, and maps NaN to 0."""
+    k = np.arange(-32768, 32768, dtype=np.int16)
+    assert np.array_equal(to_pcm16(k.astype(np.float32) / 32768), k)
+    edges = to_pcm16(np.array([1.0, 1.5, -1.0, -3.0, 0.49 / 32768, -0.51 / 32768, np.nan], np.float32))
+    assert edges.tolist() == [32767, 32767, -32768, -32768, 0, -1, 0]
+    y = np.random.default_rng(0).uniform(-1.1, 1.1, (999, 2)).astype(np.float32)
+    with sf.SoundFile(str(tmp_path / "y.wav"), "w", 8000, 2, subtype="PCM_16") as f:
+        TrimmingWriter(f, len(y)).write(y)
+    assert np.array_equal(read_pcm(tmp_path / "y.wav"), to_pcm16(y))

@@ -122,6 +122,21 @@ def test_stream_file_decompresses_exactly_like_compress(tmp_path, stereo_wav, sm
         assert np.array_equal(pcm(tmp_path / "s.wav"), ref)
 
 
+def test_stream_decode_of_a_file_gives_its_samples_raw_or_as_wav_without_warnings(tmp_path, stereo_wav, small_model_file):
+    """A file of known length has no end record, and that is no reason to warn; raw output
+    holds the very samples the WAV output does (both are rounded by codec.pcm.to_pcm16)."""
+    rvq = tmp_path / "c.rvq"
+    assert invoke("compress", stereo_wav, rvq, "--kbps", "3", "--model", small_model_file, "-q").exit_code == 0
+    r = invoke("stream", "decode", "-i", rvq, "-o", tmp_path / "s.wav", "--model", small_model_file)
+    assert r.exit_code == 0 and r.stderr.startswith("decoded") and "warning" not in r.stderr, r.stderr
+    r = invoke("stream", "decode", "-i", rvq, "--model", small_model_file, "-q")
+    assert r.exit_code == 0 and r.stderr == ""
+    wav = pcm(tmp_path / "s.wav")
+    assert np.array_equal(np.frombuffer(r.stdout_bytes, "<i2").reshape(-1, 2), wav)
+    r = invoke("stream", "decode", "-i", rvq, "-o", tmp_path / "c.rvq", "--model", small_model_file, "--force")
+    assert_user_error(r, "unsupported output format")
+
+
 def test_stdin_wav_and_raw_pcm_give_the_same_stream_and_decode_to_stdout(tmp_path, tiny):
     model, model_file, wav = tiny
     r = invoke("stream", "encode", "--model", model_file, "--kbps", "16", input=wav.read_bytes())
@@ -290,13 +305,17 @@ def free_port() -> int:
     (["encode", "-i", "{wav}", "--raw", "--rate", "8000", "--channels", "0"], "unsupported PCM format"),
     (["encode", "-i", "{wav}", "--kbps", "5"], "unsupported bitrate"),
     (["encode", "-i", "tcp://127.0.0.1:5000"], "tcp:// inputs are for stream decode"),
+    (["encode", "-i", "{wav}", "--chunk-ms", "inf"], "--chunk-ms"),
+    (["encode", "-i", "{wav}", "--chunk-ms", "0"], "--chunk-ms"),
+    (["encode", "-i", "{wav}", "--packet-frames", "0"], "frames per packet"),
+    (["encode", "-i", "{wav}", "-o", "{tmp}/out.wav"], "must be a .rvq file"),
     (["decode", "-i", "{tmp}/missing.rvq", "-o", "{out}"], "input file not found"),
     (["decode", "-i", "{wav}", "-o", "{tmp}/out.mp3"], "unsupported output format"),
     (["decode", "-i", "{wav}", "-o", "tcp://127.0.0.1:5000"], "tcp:// outputs are for stream encode"),
     (["decode", "-i", "{wav}", "-o", "{out}"], "not an .rvq file"),
     (["decode", "-i", "tcp://127.0.0.1:0", "-o", "{out}", "--timeout", "0.2", "-q"], "no connection on tcp://127.0.0.1:"),
 ], ids=["missing", "no-port", "scheme", "refused", "raw-rate", "rate-no-raw", "raw-channels", "kbps",
-        "tcp-input", "missing-rvq", "suffix", "tcp-output", "not-rvq", "no-connection"])
+        "tcp-input", "chunk-inf", "chunk-0", "packet-0", "encode-suffix", "missing-rvq", "suffix", "tcp-output", "not-rvq", "no-connection"])
 def test_user_mistakes_give_one_line(tmp_path, tiny, args, contains):
     _, model_file, wav = tiny
     out = tmp_path / "out.wav"
@@ -309,11 +328,14 @@ def test_user_mistakes_give_one_line(tmp_path, tiny, args, contains):
 @pytest.mark.parametrize("command, data, contains", [
     ("encode", b"", "not a WAV stream"),
     ("encode", b"RIFF\x00\x00\x00\x00WAVEfmt ", "ended before its sample data"),
+    ("encode-raw", b"", "no audio samples arrived"),
     ("decode", b"", "ended before its .rvq header"),
     ("decode", b"RVQC\x01", "ended before its .rvq header"),
     ("decode", b"RVQC\x09", "version 9"),
 ])
 def test_bad_stdin_gives_one_line(tiny, command, data, contains):
     _, model_file, _ = tiny
-    kbps = ["--kbps", "16"] if command == "encode" else []
-    assert_user_error(invoke("stream", command, "--model", model_file, *kbps, input=data), contains)
+    raw = ["--raw", "--rate", "8000", "--channels", "1"] if command == "encode-raw" else []
+    kbps = ["--kbps", "16"] if command.startswith("encode") else []
+    command = command.removesuffix("-raw")
+    assert_user_error(invoke("stream", command, "--model", model_file, *kbps, *raw, input=data), contains)

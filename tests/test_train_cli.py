@@ -46,13 +46,15 @@ def test_empty_data_folder_is_one_line(tmp_path):
     assert_one_line_error(r, "no audio files found")
 
 
-@pytest.mark.parametrize("problem", ["missing", "unknown key", "not yaml"])
+@pytest.mark.parametrize("problem", ["missing", "unknown key", "not yaml", "not text"])
 def test_bad_config_is_one_line(tmp_path, problem):
     config = tmp_path / "c.yaml"
     if problem == "unknown key":
         config.write_text("loss:\n  mell: 1.0\n")
     elif problem == "not yaml":
         config.write_text("model: [unclosed\n")
+    elif problem == "not text":  # an audio file given as the config, say
+        config.write_bytes(b"RIFF\xa4\x00\x00\x00WAVEfmt \xff\xfe")
     data = write_corpus(tmp_path / "data", speech=1, music=0)
     r = invoke("train", "--config", config, "--data", data, "--out", tmp_path / "run", "--quiet")
     assert_one_line_error(r, "c.yaml")

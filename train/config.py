@@ -165,13 +165,13 @@ class TrainConfig:
     def from_yaml(cls, path: Path) -> "TrainConfig":
         """Load a YAML file; a missing file raises FileNotFoundError, anything else ConfigError."""
         path = Path(path)
-        text = path.read_text()
+        raw = path.read_bytes()
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.safe_load(raw.decode()) or {}
             if not isinstance(data, dict):
                 raise ValueError("the file must hold a mapping of config keys")
             return cls.from_dict(data)
-        except (yaml.YAMLError, ValueError, TypeError) as exc:
+        except (yaml.YAMLError, ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"bad training config {path}: {first}") from None
 
