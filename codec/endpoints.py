@@ -213,7 +213,9 @@ def open_byte_source(spec: str, stop: StopFlag, timeout: float | None = None,
     elif spec == "-":
         yield ByteReader(sys.stdin.buffer, stop, timeout)
     else:
-        if not Path(spec).is_file():
+        if not Path(spec).exists():
             raise CodecError(f"input file not found: {spec}")
+        if Path(spec).is_dir():
+            raise CodecError(f"input is a directory: {spec}")
         with open(spec, "rb", buffering=0) as f:
             yield ByteReader(f, stop, timeout)

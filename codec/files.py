@@ -83,12 +83,12 @@ def check_output(path: Path, force: bool, source: Path | None = None) -> Path:
     file without ``force``, and even with it a folder, a device or pipe (the output is
     renamed into place, which would replace the node itself), or the input ``source``."""
     path = Path(path)
-    if path.exists() and not force:
-        raise CodecError(f"output file exists: {path} (use --force to overwrite)")
     if path.is_dir():
         raise CodecError(f"output is a directory: {path}")
     if path.exists() and not path.is_file():
         raise CodecError(f"output is not a regular file (a device or a pipe): {path}")
+    if path.exists() and not force:
+        raise CodecError(f"output file exists: {path} (use --force to overwrite)")
     if source is not None and path.exists() and Path(source).exists() and os.path.samefile(path, source):
         raise CodecError(f"output is the input file: {path}")
     if not path.parent.exists():
@@ -103,9 +103,9 @@ def open_audio(path: Path) -> sf.SoundFile:
         raise AudioError(f"input file not found: {path}")
     if path.is_dir():
         raise AudioError(f"input is a directory, not an audio file: {path}")
-    if not path.is_file():  # soundfile reads pipes only to the end, not in blocks
+    if not path.is_file():  # compress needs the length and a seekable file up front
         raise AudioError(f"input is not a regular file (a pipe or a device): {path}; "
-                         "`rvqcodec stream encode -i -` reads WAV or raw PCM from a pipe")
+                         "`rvqcodec stream encode` reads WAV or raw PCM from a pipe")
     try:
         f = sf.SoundFile(str(path))
     except Exception as exc:

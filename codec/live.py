@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,16 +80,24 @@ class PcmStream:
 
 @contextlib.contextmanager
 def open_audio_source(spec: str, raw: PcmFormat | None, chunk_seconds: float, stop: StopFlag) -> Iterator[AudioSource]:
-    """A file in any format, or WAV / raw PCM (``raw``) from a file or stdin (``-``)."""
+    """A file in any format, or WAV / raw PCM (``raw``) from a file, a named pipe or stdin (``-``)."""
     if parse_address(spec) is not None:
         raise CodecError("stream encode reads a file or - (stdin); tcp:// inputs are for stream decode")
-    if spec != "-" and raw is None:
+    if spec != "-" and raw is None and not _is_stream(Path(spec)):
         with open_audio(Path(spec)) as f:
             yield FileAudio(f, max(1, round(f.samplerate * chunk_seconds)))
         return
     with open_byte_source(spec, stop) as reader:
         fmt, size = (raw, None) if raw is not None else _wav_header(reader, stop)
         yield PcmStream(reader, fmt, size, max(1, round(fmt.rate * chunk_seconds)))
+
+
+def _is_stream(path: Path) -> bool:
+    """A named pipe or a character device (``/dev/stdin``): read as a WAV stream, in order."""
+    try:
+        return stat.S_ISFIFO(path.stat().st_mode) or stat.S_ISCHR(path.stat().st_mode)
+    except OSError:
+        return False
 
 
 def _wav_header(reader: ByteReader, stop: StopFlag) -> tuple[PcmFormat, int | None]:

@@ -58,7 +58,8 @@ def to_pcm16(y: np.ndarray) -> np.ndarray:
     """Float audio -> int16, the inverse of reading 16-bit samples (``k / 32768`` -> ``k``),
     clipped to the 16-bit range. Every 16-bit output (WAV, FLAC, raw PCM) is made here, so
     they hold the same samples whatever libsndfile's own rounding (which has varied)."""
-    return np.clip(np.rint(np.nan_to_num(y) * 32768.0), -32768, 32767).astype(np.int16)
+    y = np.clip(np.nan_to_num(y, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
+    return np.minimum(np.rint(y * 32768.0), 32767).astype(np.int16)
 
 
 def read_wav_header(read_exact: Callable[[int], bytes]) -> tuple[PcmFormat, int | None]:

@@ -141,9 +141,10 @@ def test_force_never_replaces_the_input_a_device_or_a_non_rvq_name(tmp_path, ste
         assert ".rvq" in r.stderr
     fifo = tmp_path / "pipe.rvq"
     os.mkfifo(fifo)
-    r = invoke("compress", stereo_wav, fifo, "--model", small_model_file, "--force")
-    assert_user_error(r)
-    assert "not a regular file" in r.stderr and stat.S_ISFIFO(fifo.stat().st_mode)
+    for force in (["--force"], []):  # without --force too: not "exists (use --force)"
+        r = invoke("compress", stereo_wav, fifo, "--model", small_model_file, *force)
+        assert_user_error(r)
+        assert "not a regular file" in r.stderr and stat.S_ISFIFO(fifo.stat().st_mode)
     # decompress likewise: a .rvq file under an audio name, decoded onto itself
     bitstream = tmp_path / "codes.wav"
     invoke("compress", stereo_wav, tmp_path / "c.rvq", "--model", small_model_file, "-q")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -233,11 +234,13 @@ def test_wav_with_unknown_length_reads_to_the_end(tmp_path):
 
 
 def test_16_bit_output_reads_back_as_the_samples_it_came_from(tmp_path):
-    """to_pcm16 inverts reading 16-bit audio (k / 32768 -> k), clips, and maps NaN to 0."""
+    """to_pcm16 inverts reading 16-bit audio (k / 32768 -> k), clips, and maps NaN to 0 and inf to full scale."""
     k = np.arange(-32768, 32768, dtype=np.int16)
     assert np.array_equal(to_pcm16(k.astype(np.float32) / 32768), k)
-    edges = to_pcm16(np.array([1.0, 1.5, -1.0, -3.0, 0.49 / 32768, -0.51 / 32768, np.nan], np.float32))
-    assert edges.tolist() == [32767, 32767, -32768, -32768, 0, -1, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning on stderr for inf
+        edges = to_pcm16(np.array([1.0, 1.5, -1.0, -3.0, 0.49 / 32768, -0.51 / 32768, np.nan, np.inf, -np.inf], np.float32))
+    assert edges.tolist() == [32767, 32767, -32768, -32768, 0, -1, 0, 32767, -32768]
     y = np.random.default_rng(0).uniform(-1.1, 1.1, (999, 2)).astype(np.float32)
     with sf.SoundFile(str(tmp_path / "y.wav"), "w", 8000, 2, subtype="PCM_16") as f:
         TrimmingWriter(f, len(y)).write(y)

@@ -155,6 +155,22 @@ def test_stdin_wav_and_raw_pcm_give_the_same_stream_and_decode_to_stdout(tmp_pat
     assert np.abs(out[: len(ref)] - ref).max() <= 1
 
 
+def test_named_pipe_input_streams_like_stdin(tmp_path, tiny, procs):
+    """``-i FIFO`` (or ``/dev/stdin``) is read in order as a WAV stream, like ``-i -``."""
+    model, model_file, wav = tiny
+    r = invoke("stream", "encode", "--model", model_file, "--kbps", "16", input=wav.read_bytes())
+    assert r.exit_code == 0, r.output
+    fifo = tmp_path / "live.wav"
+    os.mkfifo(fifo)
+    enc = spawn(procs, "encode", "-i", fifo, "--model", model_file, "--kbps", "16", "-q",
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    writer = threading.Thread(target=fifo.write_bytes, args=(wav.read_bytes(),), daemon=True)
+    writer.start()
+    stream = read_until(enc.stdout.fileno(), lambda d: False, time.monotonic() + LIMIT)
+    assert enc.wait(LIMIT) == 0, enc.stderr.read()
+    assert stream == r.stdout_bytes
+
+
 def test_pipe_round_trip(tmp_path, tiny, procs):
     model, model_file, wav = tiny
     out = tmp_path / "out.wav"

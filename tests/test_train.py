@@ -75,8 +75,9 @@ def test_tiny_model_overfits_one_clip(tmp_path):
 
 
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(cache, tmp_path):
-    # Every kind of state: discriminators starting mid-way, balancer averages, EMA weights.
-    cfg = tiny_config(loss={"adversarial_start_step": 2, "balancer": True}, optim={"ema": 0.9},
+    # Every kind of state: discriminators starting mid-way, balancer averages, EMA weights; a
+    # warm-up long enough that a learning rate one step off would change the losses.
+    cfg = tiny_config(loss={"adversarial_start_step": 2, "balancer": True}, optim={"ema": 0.9, "warmup_steps": 8},
                       top={"checkpoint_every": 100})
     run(cfg, cache, tmp_path / "whole", max_steps=6, progress=False)
     first = run(cfg, cache, tmp_path / "split", max_steps=3, progress=False)
@@ -98,10 +99,10 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(cache, tmp_path):
 
 def test_resume_takes_the_learning_rates_of_the_new_config(cache, tmp_path):
     """A later phase may change the rates; nothing saved may keep the old ones."""
-    cfg = tiny_config(loss={"adversarial_start_step": 1}, top={"checkpoint_every": 100})
+    cfg = tiny_config(loss={"adversarial_start_step": 1}, top={"checkpoint_every": 100}, optim={"warmup_steps": 8})
     run(cfg, cache, tmp_path, max_steps=3, progress=False)
     faster = tiny_config(loss={"adversarial_start_step": 1}, top={"checkpoint_every": 100},
-                         optim={"lr": 4 * cfg.optim.lr, "disc_lr": 3 * cfg.optim.disc_lr})
+                         optim={"lr": 4 * cfg.optim.lr, "disc_lr": 3 * cfg.optim.disc_lr, "warmup_steps": 8})
     new = Trainer(faster, cache, tmp_path)
     assert new.resume() and (new.step, new.disc_steps) == (3, 2)
     for step in (3, 4):  # the step right after resuming, and the one after it
@@ -112,7 +113,7 @@ def test_resume_takes_the_learning_rates_of_the_new_config(cache, tmp_path):
 
 def test_resume_reads_the_discriminator_steps_of_older_checkpoints(cache, tmp_path):
     """Checkpoints written before the count was saved kept it in a scheduler's state."""
-    cfg = tiny_config(loss={"adversarial_start_step": 1}, top={"checkpoint_every": 100})
+    cfg = tiny_config(loss={"adversarial_start_step": 1}, top={"checkpoint_every": 100}, optim={"warmup_steps": 8})
     run(cfg, cache, tmp_path, max_steps=3, progress=False)
     state_json = list_checkpoints(tmp_path)[-1] / "state.json"
     state = json.loads(state_json.read_text())
