@@ -74,6 +74,22 @@ def test_tiny_model_overfits_one_clip(tmp_path):
     assert min(mel[-5:]) <= 0.5 * mel[0], mel
 
 
+def test_codebook_decay_sets_how_fast_the_codebooks_follow(cache, tmp_path):
+    """Step 1 initialises the codebooks (k-means); step 2 is the first EMA update, which moves
+    the statistics by (1 - decay) of the way to the batch's."""
+    moved = {}
+    for decay in (0.9, 0.999):
+        trainer = Trainer(tiny_config(top={"codebook_decay": decay}), cache, tmp_path / str(decay))
+        assert trainer.gen.quantizer.decay == decay
+        trainer.train_step(trainer.data.batch(0))
+        before = trainer.gen.quantizer.embed_sum.clone()
+        trainer.train_step(trainer.data.batch(1))
+        moved[decay] = float((trainer.gen.quantizer.embed_sum - before).abs().median())
+    assert 0 < moved[0.999] < 0.05 * moved[0.9], moved
+    with pytest.raises(ValueError, match="codebook_decay"):
+        tiny_config(top={"codebook_decay": 1.0})
+
+
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(cache, tmp_path):
     # Every kind of state: discriminators starting mid-way, balancer averages, EMA weights; a
     # warm-up long enough that a learning rate one step off would change the losses.

@@ -116,6 +116,10 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     quantizer_dropout: float = 1.0
     quantize_prob: float = 1.0  # fraction of examples decoded from codes; the rest bypass (Mimi)
+    # EMA decay of the codebook statistics. A step averages about batch x frames-per-crop
+    # frames (288 at batch 8 x 0.48 s), so 0.97 follows the last ~10,000 frames, some 9 per
+    # entry of a 1,024-entry codebook: small CPU batches want 0.99-0.999.
+    codebook_decay: float = 0.97
     seed: int = 0
     threads: int = 0  # torch threads per process (0: leave PyTorch's default)
     log_every: int = 25
@@ -129,6 +133,8 @@ class TrainConfig:
             raise ValueError(f"optim.schedule must be 'exponential' or 'cosine', got {self.optim.schedule!r}")
         if self.data.batch_size < 1 or self.data.segment_seconds <= 0:
             raise ValueError("data.batch_size and data.segment_seconds must be positive")
+        if not 0.0 < self.codebook_decay < 1.0:
+            raise ValueError("codebook_decay must be in (0, 1)")
         if not 0.0 <= self.data.val_fraction < 1.0:
             raise ValueError("data.val_fraction must be in [0, 1)")
         for name in ("log_every", "checkpoint_every", "validate_every"):

@@ -79,6 +79,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)  # same initial weights on every process
         self.gen = Codec(cfg.model).to(dev)
+        self.gen.quantizer.decay = cfg.codebook_decay
         self.weights = loss_weights(cfg.loss)
         self.disc = Discriminators(cfg.disc).to(dev) if cfg.loss.uses_discriminators else None
         self.ema = copy.deepcopy(self.gen).eval().requires_grad_(False) if cfg.optim.ema > 0 else None
