@@ -31,17 +31,17 @@ class RegisteredModel:
 
 
 REGISTRY: dict[str, RegisteredModel] = {
-    "rvq24k-v6": RegisteredModel(
-        "rvq24k-v6.safetensors",
-        "e32d4e86cb482b3396ba55ea824206b1397c1891b0ed0e4dd6724c30b13ac496",
-        "24 kHz mono, 1.5-24 kbps (interim: reconstruction losses only, 17,750 steps on 2 CPU cores; "
-        "the deepest layers' weights are int8 rows for the live-frame runtime)",
+    "rvq24k-v7": RegisteredModel(
+        "rvq24k-v7.safetensors",
+        "0ba8d34ee47fe945a67b65c5ed356400bf59f3b549ee8cae9018dbcb22ce054d",
+        "24 kHz mono, 1.5-24 kbps (interim: 17,750 reconstruction-loss steps, then 5,000 adversarial "
+        "fine-tune steps, all on 2 CPU cores; the deepest layers' weights are int8 rows for the live-frame runtime)",
     ),
 }
 # EMA statistics of the codebooks: needed to continue training, not to run the model.
 TRAINING_ONLY = {f"quantizer.{name}" for name in ResidualVectorQuantizer.TRAINING_BUFFERS}
-DEFAULT_MODEL = "rvq24k-v6"
-ALIASES = {"rvq24k": "rvq24k-v6", "default": DEFAULT_MODEL}
+DEFAULT_MODEL = "rvq24k-v7"
+ALIASES = {"rvq24k": "rvq24k-v7", "default": DEFAULT_MODEL}
 
 
 class ModelError(CodecError):

@@ -188,7 +188,7 @@ def test_init_from_a_release_of_another_architecture_is_refused(cache, tmp_path)
 
 def test_shipped_configs_load_and_general24k_continues_the_release_architecture():
     configs = {p.stem: TrainConfig.from_yaml(p) for p in CONFIGS.glob("*.yaml")}
-    phases = ("interim24k", "interim24k-anneal", "interim24k-envelope", "general24k-finetune")
+    phases = ("interim24k", "interim24k-anneal", "interim24k-envelope", "general24k-finetune", "general24k-finetune2")
     assert {"tiny", "speech16k", "general24k", *phases} <= set(configs)
     general, interim = configs["general24k"], configs["interim24k"]
     # The same architecture, so that --init rvq24k continues the shipped weights, and each
@@ -199,6 +199,7 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     assert configs["interim24k-envelope"].loss.envelope > 0
     assert general.loss.uses_discriminators and general.loss.adversarial_start_step > 0
     assert configs["general24k-finetune"].loss.uses_discriminators
+    assert configs["general24k-finetune2"].codebook_decay > configs["general24k-finetune"].codebook_decay
     assert configs["speech16k"].model.sample_rate == 16000
 
 
