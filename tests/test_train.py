@@ -58,6 +58,32 @@ def test_adversarial_terms_wait_for_the_warm_up(cache, tmp_path):
     assert {"adv/gen", "adv/feat", "disc/hinge"} <= set(second)
 
 
+def test_generator_hears_the_discriminators_after_their_warm_up(cache, tmp_path):
+    trainer = Trainer(tiny_config(loss={"adversarial_start_step": 0, "disc_warmup_steps": 2}), cache, tmp_path)
+    logs = [trainer.train_step(trainer.data.batch(s)) for s in range(3)]
+    assert all("disc/hinge" in log for log in logs)  # the discriminators learn from the start
+    assert ["adv/gen" in log for log in logs] == [False, False, True]
+
+
+@pytest.mark.parametrize("balancer", [False, True])
+def test_frozen_encoder_trains_the_decoder_alone(cache, tmp_path, balancer):
+    """The codes must not change: encoder weights and codebooks stay, the decoder learns."""
+    cfg = tiny_config(loss={"adversarial_start_step": 0, "balancer": balancer}, top={"freeze_encoder": True})
+    trainer = Trainer(cfg, cache, tmp_path)
+    trainer.gen.quantizer.initialized.fill_(True)  # as after --init from a release
+    before = {k: v.clone() for k, v in trainer.gen.state_dict().items()}
+    for s in range(2):
+        log = trainer.train_step(trainer.data.batch(s))
+    assert math.isfinite(float(log["total"]))
+    after = trainer.gen.state_dict()
+    frozen = [k for k in after if k.startswith(("encoder.", "quantizer."))]
+    assert any(k.startswith("quantizer.codebooks") for k in frozen)
+    for key in frozen:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0, msg=key)
+    assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("decoder."))
+    assert trainer.gen.training and trainer.gen.decoder.training  # (left in train mode for the next step)
+
+
 def test_tiny_model_overfits_one_clip(tmp_path):
     (tmp_path / "d").mkdir()
     t = np.arange(2048) / 8000

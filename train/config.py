@@ -66,6 +66,10 @@ class LossConfig:
     adversarial: float = 0.0
     feature_matching: float = 0.0
     adversarial_start_step: int = 0
+    # Discriminator steps before the adversarial terms reach the generator. A run that starts
+    # from release weights (--init) starts with untrained discriminators, whose judgements
+    # would otherwise push a good generator around at random while they learn.
+    disc_warmup_steps: int = 0
     balancer: bool = False
     balancer_ema: float = 0.999
 
@@ -120,6 +124,9 @@ class TrainConfig:
     # frames (288 at batch 8 x 0.48 s), so 0.97 follows the last ~10,000 frames, some 9 per
     # entry of a 1,024-entry codebook: small CPU batches want 0.99-0.999.
     codebook_decay: float = 0.97
+    # Train the decoder alone: the encoder and the codebooks stay as loaded (--init), so the
+    # codes a file holds, and the codebook usage, do not change while the decoder learns.
+    freeze_encoder: bool = False
     seed: int = 0
     threads: int = 0  # torch threads per process (0: leave PyTorch's default)
     log_every: int = 25

@@ -21,6 +21,13 @@ def export_run(run_dir: Path, output: Path, name: str | None = None, use_ema: bo
     ``int8``: round the deepest layers' weights to int8 rows for the live-frame runtime
     (:func:`codec.native.round_narrow_weights`).
     """
+    model, step = run_model(run_dir, name, use_ema, int8)
+    save_model(model, Path(output), extra={"step": str(step)})
+    return Path(output)
+
+
+def run_model(run_dir: Path, name: str | None = None, use_ema: bool = True, int8: bool = True) -> tuple[Codec, int]:
+    """The model :func:`export_run` would write, and the step of its checkpoint."""
     run_dir = Path(run_dir)
     ckpts = [run_dir] if (run_dir / "state.json").exists() else list_checkpoints(run_dir)
     if not ckpts:
@@ -36,5 +43,4 @@ def export_run(run_dir: Path, output: Path, name: str | None = None, use_ema: bo
     model.load_state_dict(state)
     if int8:
         round_narrow_weights(model)
-    save_model(model, Path(output), extra={"step": str(meta["step"])})
-    return Path(output)
+    return model.eval(), int(meta["step"])

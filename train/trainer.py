@@ -80,6 +80,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # same initial weights on every process
         self.gen = Codec(cfg.model).to(dev)
         self.gen.quantizer.decay = cfg.codebook_decay
+        if cfg.freeze_encoder:
+            self.gen.encoder.requires_grad_(False)  # (the codebooks are buffers: see train_step)
         self.weights = loss_weights(cfg.loss)
         self.disc = Discriminators(cfg.disc).to(dev) if cfg.loss.uses_discriminators else None
         self.ema = copy.deepcopy(self.gen).eval().requires_grad_(False) if cfg.optim.ema > 0 else None
@@ -92,7 +94,8 @@ class Trainer:
         self.stft = MultiResolutionSTFTLoss().to(dev) if self.weights["rec/stft"] > 0 else None
         self.envelope = EnvelopeCorrelationLoss(cfg.model.sample_rate).to(dev) if self.weights["rec/envelope"] > 0 else None
         o = cfg.optim
-        self.opt_g = torch.optim.AdamW(self.gen.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        trained = [p for p in self.gen.parameters() if p.requires_grad]
+        self.opt_g = torch.optim.AdamW(trained, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         self.opt_d = None
         if self.disc is not None:
             self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=o.disc_lr, betas=o.betas, weight_decay=o.weight_decay)
@@ -140,6 +143,10 @@ class Trainer:
         n_q = self.draw_n_q(self.step, x.shape[0]).to(self.ctx.device)
         adversarial = self.disc is not None and self.step >= self.cfg.loss.adversarial_start_step
         self.gen.train()
+        if self.cfg.freeze_encoder:
+            # eval mode: the quantizer neither updates nor re-seeds its codebooks
+            self.gen.encoder.eval()
+            self.gen.quantizer.eval()
         bypass = self.draw_bypass(self.step, x.shape[0])
         with self.autocast():
             out = self.gen_ddp(x, n_q, bypass)
@@ -147,7 +154,8 @@ class Trainer:
         log: dict[str, Tensor] = {}
         if adversarial:
             log.update(self.discriminator_step(x, y.detach()))
-        losses = self.generator_losses(x, y, out.quantized, adversarial)
+        heard = adversarial and self.disc_steps > self.cfg.loss.disc_warmup_steps
+        losses = self.generator_losses(x, y, out.quantized, heard)
         log.update(self.generator_update(losses, y))
         self.step += 1
         log.update({k: v.detach() for k, v in losses.items()})
@@ -203,8 +211,10 @@ class Trainer:
         if self.balancer is not None:
             grad_y, norms = self.balancer.gradient(losses, y)
             on_codes = sum(self.weights[k] * losses[k] for k in ON_CODES)
-            # One backward for both parts: DDP reduces gradients once per forward.
-            torch.autograd.backward([y, on_codes], [grad_y, None])
+            # One backward for both parts: DDP reduces gradients once per forward. (With the
+            # encoder frozen nothing upstream of the codes learns.)
+            roots = [(y, grad_y)] + ([(on_codes, None)] if on_codes.requires_grad else [])
+            torch.autograd.backward(*map(list, zip(*roots)))
             log.update({f"grad/{k}": v for k, v in norms.items()})
         else:
             total.backward()
