@@ -29,7 +29,7 @@ from .balancer import Balancer
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from .config import LossConfig, OptimConfig, TrainConfig
 from .data import CropSampler
-from .discriminators import Discriminators
+from .discriminators import Discriminators, at_judged_level
 from .distributed import Context, gather_rng, restore_rng
 from .losses import EnvelopeCorrelationLoss, MultiResolutionSTFTLoss, MultiScaleMelLoss, feature_matching, hinge_discriminator, hinge_generator
 
@@ -167,6 +167,7 @@ class Trainer:
         as DDP wants one forward per backward), then the discriminators' optimiser step."""
         assert self.disc is not None and self.opt_d is not None
         self.disc.requires_grad_(True)
+        x, fake = at_judged_level(x, fake)
         with self.autocast():
             judged = self.disc_ddp(torch.cat([x, fake]))
         real = [(logits.float().chunk(2)[0], []) for logits, _ in judged]
@@ -195,10 +196,11 @@ class Trainer:
         if adversarial:
             assert self.disc is not None
             # The bare module, frozen: no DDP hooks, no gradients into the discriminators.
+            x_judged, y_judged = at_judged_level(x, y)
             with self.autocast():
                 with torch.no_grad():
-                    real = self.disc(x)
-                fake = self.disc(y)
+                    real = self.disc(x_judged)
+                fake = self.disc(y_judged)
             losses["adv/gen"] = hinge_generator(fake).float()
             losses["adv/feat"] = feature_matching(real, fake).float()
         return losses
