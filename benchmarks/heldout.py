@@ -3,13 +3,15 @@ speakers and tracks a run never trains on, so that trials can be compared (and a
 checkpoints followed) without touching the development set.
 
     python benchmarks/heldout.py ~/.cache/rvqcodec/corpus24k rvq24k runs/mine runs/mine/step_2000 \\
-        [--kbps 6] [--clips 24] [--seconds 6] [--json PATH]
+        [--kbps 6] [--clips 24] [--seconds 6] [--postfilter S] [--json PATH]
 
 A model is a built-in name, a ``.safetensors`` file, a run folder (its newest checkpoint)
 or one ``step_N`` checkpoint; checkpoints are scored as ``rvqcodec export`` would write them
 (EMA copy, int8 rows). Excerpts are the validation split's (``train.data.validation_clips``,
 round-robin over the categories, the middle of each file). Per category it prints the mean
-mel distance and SI-SDR, and on speech wideband PESQ and STOI. Writes JSON (default
+mel distance and SI-SDR, on speech wideband PESQ, STOI and ViSQOL (speech mode), and on
+music ViSQOL (audio mode) where ``visqol-python`` is installed. ``--postfilter`` scores
+every model with that pitch-postfilter strength instead of its own. Writes JSON (default
 ``reports/heldout.json``, git-ignored).
 """
 
@@ -27,19 +29,23 @@ from common import print_table, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from codec import load  # noqa: E402
-from codec.metrics import mel_distance, pesq_wb, si_sdr, stoi  # noqa: E402
+from codec.metrics import mel_distance, pesq_wb, si_sdr, stoi, visqol, visqol_available  # noqa: E402
 from codec.model import Codec  # noqa: E402
 from train.config import DataConfig  # noqa: E402
 from train.data import ValidationClip, validation_clips  # noqa: E402
 from train.export import run_model  # noqa: E402
 
 
-def load_any(spec: str) -> Codec:
-    """A built-in name or ``.safetensors`` path, else a run folder / checkpoint."""
+def load_any(spec: str, postfilter: float | None = None) -> Codec:
+    """A built-in name or ``.safetensors`` path, else a run folder / checkpoint; with
+    ``postfilter``, rebuilt with that postfilter strength."""
     path = Path(spec).expanduser()
-    if path.is_dir():
-        return run_model(path)[0]
-    return load(spec).eval()
+    model = run_model(path)[0] if path.is_dir() else load(spec)
+    if postfilter is not None:
+        rebuilt = Codec(dataclasses.replace(model.cfg, postfilter=postfilter))
+        rebuilt.load_state_dict(model.state_dict())
+        model = rebuilt
+    return model.eval()
 
 
 @torch.no_grad()
@@ -56,6 +62,9 @@ def score(model: Codec, clips: list[ValidationClip], kbps: float) -> dict[str, d
         if clip.category == "speech":
             row.setdefault("pesq_wb", []).append(pesq_wb(clip.audio, y, rate))
             row.setdefault("stoi", []).append(stoi(clip.audio, y, rate))
+        if clip.category in ("speech", "music") and visqol_available():
+            mode = "speech" if clip.category == "speech" else "audio"
+            row.setdefault("visqol", []).append(visqol(clip.audio, y, rate, mode) or float("nan"))
     return {cat: {k: float(np.nanmean(v)) for k, v in row.items()} for cat, row in values.items()}
 
 
@@ -66,23 +75,27 @@ def main() -> None:
     p.add_argument("--kbps", type=float, default=6.0)
     p.add_argument("--clips", type=int, default=24, help="excerpts, round-robin over the categories")
     p.add_argument("--seconds", type=float, default=6.0, help="length of each excerpt")
+    p.add_argument("--postfilter", type=float, default=None, help="pitch-postfilter strength for every model")
     p.add_argument("--json", type=Path, default=Path("reports/heldout.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
-    first = load_any(args.models[0])
+    first = load_any(args.models[0], args.postfilter)
     data = dataclasses.replace(DataConfig(), val_clips=args.clips, val_seconds=args.seconds)
     clips = validation_clips(args.cache.expanduser(), data, first.sample_rate, first.hop_length)
     counts = {c: sum(k.category == c for k in clips) for c in sorted({k.category for k in clips})}
     print(f"{len(clips)} held-out excerpts of {args.seconds:g} s ({counts}), {args.kbps:g} kbps")
     results, rows = {}, []
     for spec in args.models:
-        model = first if spec == args.models[0] else load_any(spec)
+        model = first if spec == args.models[0] else load_any(spec, args.postfilter)
         results[spec] = score(model, clips, args.kbps)
         speech = results[spec].get("speech", {})
-        rows.append([spec, *(f"{speech.get(k, float('nan')):.3f}" for k in ("pesq_wb", "stoi", "mel_distance")),
-                     *(f"{results[spec].get(c, {}).get('mel_distance', float('nan')):.3f}" for c in ("music", "general"))])
-    print_table(["model", "speech PESQ", "speech STOI", "speech mel", "music mel", "general mel"], rows)
-    write_json(args.json, {"kbps": args.kbps, "clips": [c.name for c in clips], "results": results})
+        music = results[spec].get("music", {})
+        rows.append([spec, *(f"{speech.get(k, float('nan')):.3f}" for k in ("pesq_wb", "stoi", "visqol", "mel_distance")),
+                     *(f"{music.get(k, float('nan')):.3f}" for k in ("visqol", "mel_distance")),
+                     f"{results[spec].get('general', {}).get('mel_distance', float('nan')):.3f}"])
+    print_table(["model", "speech PESQ", "speech STOI", "speech ViSQOL", "speech mel", "music ViSQOL", "music mel",
+                 "general mel"], rows)
+    write_json(args.json, {"kbps": args.kbps, "postfilter": args.postfilter, "clips": [c.name for c in clips], "results": results})
 
 
 if __name__ == "__main__":

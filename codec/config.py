@@ -27,6 +27,8 @@ class CodecConfig:
         codebook_size: entries per codebook (a power of two).
         bandwidths: the bitrates in kbps the model serves (each a whole number of codebooks).
         name: model identifier written into `.rvq` headers.
+        postfilter: strength of the decoder's pitch postfilter, 0 (off) to 1: the comb
+            filter's gain on perfectly periodic audio (codec/postfilter.py).
     """
 
     sample_rate: int = 24000
@@ -42,10 +44,13 @@ class CodecConfig:
     codebook_size: int = 1024
     bandwidths: tuple[float, ...] = (1.5, 3.0, 6.0, 12.0, 24.0)
     name: str = "rvq24k"
+    postfilter: float = 0.0
 
     def __post_init__(self) -> None:
         if self.activation not in ("elu", "snake"):
             raise ValueError(f"activation must be 'elu' or 'snake', got {self.activation!r}")
+        if not 0.0 <= self.postfilter <= 1.0:
+            raise ValueError(f"postfilter must be in [0, 1], got {self.postfilter}")
         if self.codebook_size & (self.codebook_size - 1):
             raise ValueError("codebook_size must be a power of two")
         for kbps in self.bandwidths:

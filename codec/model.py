@@ -14,6 +14,7 @@ from .cache import TensorCache
 from .config import CodecConfig
 from .frame import FramePlan
 from .native import NativePlan
+from .postfilter import PitchPostfilter
 from .quantizer import QuantizerOutput, ResidualVectorQuantizer
 from .seanet import Decoder, Encoder
 from .streaming import streaming
@@ -41,6 +42,7 @@ class Codec(nn.Module):
         self.encoder = Encoder(cfg)
         self.quantizer = ResidualVectorQuantizer(cfg.latent_dim, cfg.n_q, cfg.codebook_size)
         self.decoder = Decoder(cfg)
+        self.postfilter = PitchPostfilter(cfg.sample_rate, cfg.hop_length, cfg.postfilter)
         self._held: Tensor | None = None  # while streaming: input of the incomplete frame [B*C, 1, <hop]
         self._plans: dict[str, FramePlan | NativePlan] = {}  # while streaming: one-frame plans, built on first use
         self.fingerprint_cache: TensorCache[bytes] = TensorCache()  # for codec.weights.fingerprint
@@ -127,7 +129,7 @@ class Codec(nn.Module):
         b, c, k, f = codes.shape
         z = self.quantizer.decode(codes.reshape(b * c, k, f).long())
         audio = self.decoder(z) if self._held is None else self._run_streaming("decoder", z, 1)
-        audio = audio.reshape(b, c, -1)
+        audio = self.postfilter(audio).reshape(b, c, -1)
         return audio if length is None else audio[..., :length]
 
     PLAN_MAX_FRAMES = 4  # chunks of up to this many frames (batch 1) go frame by frame
@@ -160,8 +162,10 @@ class Codec(nn.Module):
         if self._held is not None:
             raise RuntimeError("model is already streaming")
         self._held = torch.zeros(1, 1, 0)
+        self.postfilter.streaming_on = True
         try:
             with streaming(self.encoder), streaming(self.decoder):
                 yield self
         finally:
             self._held, self._plans = None, {}
+            self.postfilter.streaming_on, self.postfilter.state = False, None

@@ -31,17 +31,18 @@ class RegisteredModel:
 
 
 REGISTRY: dict[str, RegisteredModel] = {
-    "rvq24k-v7": RegisteredModel(
-        "rvq24k-v7.safetensors",
-        "0ba8d34ee47fe945a67b65c5ed356400bf59f3b549ee8cae9018dbcb22ce054d",
+    "rvq24k-v8": RegisteredModel(
+        "rvq24k-v8.safetensors",
+        "d3523c8ab4b0f0f8c9de75454401a995436970a2032d7ce2393a5114bcbda07c",
         "24 kHz mono, 1.5-24 kbps (interim: 17,750 reconstruction-loss steps, then 5,000 adversarial "
-        "fine-tune steps, all on 2 CPU cores; the deepest layers' weights are int8 rows for the live-frame runtime)",
+        "fine-tune steps, all on 2 CPU cores; the deepest layers' weights are int8 rows for the live-frame runtime; "
+        "pitch postfilter 0.75). The weights of rvq24k-v7, so --model rvq24k decodes the files v7 wrote",
     ),
 }
 # EMA statistics of the codebooks: needed to continue training, not to run the model.
 TRAINING_ONLY = {f"quantizer.{name}" for name in ResidualVectorQuantizer.TRAINING_BUFFERS}
-DEFAULT_MODEL = "rvq24k-v7"
-ALIASES = {"rvq24k": "rvq24k-v7", "default": DEFAULT_MODEL}
+DEFAULT_MODEL = "rvq24k-v8"
+ALIASES = {"rvq24k": "rvq24k-v8", "default": DEFAULT_MODEL}
 
 
 class ModelError(CodecError):

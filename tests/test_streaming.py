@@ -36,8 +36,9 @@ def chunked_decode(model, codes, rng):
 
 @pytest.mark.parametrize(
     "cfg",
-    [SMALL, TINY, dataclasses.replace(TINY, lstm_layers=1), dataclasses.replace(TINY, activation="snake")],
-    ids=["small", "tiny", "lstm", "snake"],
+    [SMALL, TINY, dataclasses.replace(TINY, lstm_layers=1), dataclasses.replace(TINY, activation="snake"),
+     dataclasses.replace(SMALL, postfilter=0.75)],
+    ids=["small", "tiny", "lstm", "snake", "postfilter"],
 )
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("batch", [(2, 2), (1, 1)], ids=["batch4", "batch1"])  # batch 1 takes frame plans
