@@ -53,7 +53,6 @@ class PitchPostfilter:
         self.window = max(int(sample_rate * WINDOW_S), self.hi + hop)
         self.keep = max(self.window - hop, self.hi)  # input samples a frame needs from before it
         self.fade = (np.arange(1, hop + 1) / hop)[None]  # [1, hop]: previous filter -> this frame's
-        self.at = self.keep + np.arange(hop)[None]  # [1, hop]: a frame's positions in its buffer
         lags = np.arange(self.lo, self.hi + 1)
         # Energy of the span ``lag`` samples before the window's tail, from cumulative sums.
         self.span_end, self.span_start = self.window - lags, self.hi - lags
@@ -83,11 +82,14 @@ class PitchPostfilter:
         """Filter one frame ``x`` ``[N, hop]``, advancing ``state``."""
         buf = np.concatenate([state.history, x], axis=1)  # [N, keep + hop]
         lag, gain = self.pitch(buf[:, -self.window :])
-        new = np.take_along_axis(buf, self.at - lag[:, None], axis=1)
-        old = np.take_along_axis(buf, self.at - state.lag[:, None], axis=1)
+        new, old = self.delayed(buf, lag), self.delayed(buf, state.lag)
         g, g0 = gain[:, None], state.gain[:, None]
         state.history, state.lag, state.gain = buf[:, -self.keep :], lag, gain
         return self.fade * ((x + g * new) / (1 + g)) + (1 - self.fade) * ((x + g0 * old) / (1 + g0))
+
+    def delayed(self, buf: np.ndarray, lag: np.ndarray) -> np.ndarray:
+        """The frame's input ``lag`` samples earlier, per row of ``buf`` ``[N, keep + hop]``."""
+        return np.stack([row[self.keep - d : self.keep - d + self.hop] for row, d in zip(buf, lag.tolist())])
 
     def pitch(self, seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Period (samples) and comb gain per row of ``seg`` ``[N, window]``.
