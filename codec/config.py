@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from .errors import CodecError
@@ -90,6 +90,12 @@ class CodecConfig:
                 return round(b * 1000 / (self.frame_rate * self.bits_per_code))
         valid = ", ".join(f"{b:g}" for b in sorted(self.bandwidths))
         raise CodecError(f"unsupported bitrate {kbps:g} kbps; valid values: {valid}")
+
+    def same_architecture(self, other: "CodecConfig") -> bool:
+        """Whether ``other``'s weights fit this model: everything but the name and the
+        postfilter strength (which has no weights) agrees."""
+        neutral = {"name": "", "postfilter": 0.0}
+        return replace(self, **neutral) == replace(other, **neutral)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -40,3 +40,10 @@ def test_json_round_trip():
 def test_unknown_activation_is_rejected():
     with pytest.raises(ValueError, match="activation"):
         CodecConfig(activation="relu")
+
+
+def test_same_architecture_ignores_only_the_name_and_the_postfilter():
+    cfg = CodecConfig()
+    assert cfg.same_architecture(CodecConfig(name="other", postfilter=0.75))
+    assert not cfg.same_architecture(CodecConfig(channels=24))
+    assert not cfg.same_architecture(CodecConfig(n_q=16, bandwidths=(1.5, 3.0, 6.0, 12.0)))

@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from codec import CodecError, load
+from codec import Codec, CodecError, load, save_model
 from codec.native import int8_rows
 from train.config import TrainConfig
 from train.checkpoint import list_checkpoints
@@ -206,6 +206,20 @@ def test_export_then_init_a_new_run_from_the_release(cache, tmp_path):
         torch.testing.assert_close(trainer.gen.state_dict()[key], value, msg=key)
 
 
+def test_init_from_a_release_with_another_postfilter(cache, tmp_path):
+    """The postfilter has no weights: a release that uses it (as the built-in one does)
+    starts a run whose config sets another strength; the run keeps its config's."""
+    cfg = tiny_config()
+    run(cfg, cache, tmp_path / "a", max_steps=1, progress=False)
+    model = load(export_run(tmp_path / "a", tmp_path / "tiny.safetensors"))
+    filtered = Codec(dataclasses.replace(model.cfg, postfilter=0.5))
+    filtered.load_state_dict(model.state_dict())
+    save_model(filtered, tmp_path / "filtered.safetensors")
+    trainer = Trainer(cfg, cache, tmp_path / "b")
+    trainer.init_from(str(tmp_path / "filtered.safetensors"))
+    assert trainer.gen.cfg.postfilter == cfg.model.postfilter == 0.0
+
+
 def test_init_from_a_release_of_another_architecture_is_refused(cache, tmp_path):
     trainer = Trainer(tiny_config(), cache, tmp_path)
     with pytest.raises(CodecError, match="architecture"):
@@ -219,9 +233,9 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     general, interim = configs["general24k"], configs["interim24k"]
     # The same architecture, so that --init rvq24k continues the shipped weights, and each
     # later phase of the interim model can resume the run of the one before.
-    assert dataclasses.replace(general.model, name=interim.model.name) == interim.model
+    assert general.model.same_architecture(interim.model)
     for phase in phases:
-        assert dataclasses.replace(configs[phase].model, name=interim.model.name) == interim.model
+        assert configs[phase].model.same_architecture(interim.model)
     assert configs["interim24k-envelope"].loss.envelope > 0
     assert general.loss.uses_discriminators and general.loss.adversarial_start_step > 0
     assert configs["general24k-finetune"].loss.uses_discriminators

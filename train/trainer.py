@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -284,7 +283,7 @@ class Trainer:
     def init_from(self, name_or_path: str) -> None:
         """Start from release weights (a built-in model name or a ``.safetensors`` file)."""
         release = load_release(name_or_path)
-        if dataclasses.replace(release.cfg, name=self.cfg.model.name) != self.cfg.model:
+        if not release.cfg.same_architecture(self.cfg.model):
             raise CodecError(f"cannot start from {name_or_path}: its architecture differs from the config's model")
         self.gen.load_state_dict(release.state_dict())
         if self.ema is not None:
@@ -293,6 +292,6 @@ class Trainer:
 
 def _check_architecture(name: str, state_json: Path, cfg: TrainConfig) -> None:
     saved = CodecConfig.from_dict(json.loads(state_json.read_text())["config"]["model"])
-    if dataclasses.replace(saved, name=cfg.model.name) != cfg.model:
+    if not saved.same_architecture(cfg.model):
         raise CodecError(f"cannot resume from {name}: the config's model differs from the checkpoint's")
 
