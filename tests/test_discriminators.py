@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import train.trainer
-from train.discriminators import JUDGED_RMS, at_judged_level
+from train.discriminators import JUDGED_RMS, MAX_GAIN, at_judged_level
 from train.trainer import Trainer
 from train_support import tiny_config
 
@@ -19,13 +19,21 @@ def rms(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_real_examples_are_brought_to_one_level_and_fakes_keep_their_ratio():
-    real = torch.randn(3, 1, 800) * torch.tensor([1e-4, 1e-2, 0.5])[:, None, None]
+    real = torch.randn(3, 1, 800) * torch.tensor([1e-3, 1e-2, 0.5])[:, None, None]
     fake = real * 0.5 + 1e-5 * torch.randn_like(real)
     r, f = at_judged_level(real, fake.requires_grad_())
-    torch.testing.assert_close(rms(r), torch.full((3, 1), JUDGED_RMS))
+    torch.testing.assert_close(rms(r), torch.full((3, 1), JUDGED_RMS), rtol=0.02, atol=0)
     torch.testing.assert_close(rms(f) / rms(r), rms(fake) / rms(real))  # a level error stays visible
     f.sum().backward()  # the gain is a constant: d(scaled fake)/d(fake) is the gain alone
-    torch.testing.assert_close(fake.grad[:, 0, 0], (JUDGED_RMS / rms(real))[:, 0])
+    torch.testing.assert_close(fake.grad[:, 0, 0], (JUDGED_RMS / rms(real))[:, 0].clamp(max=MAX_GAIN))
+
+
+def test_near_silence_is_raised_by_the_largest_gain_only():
+    silent, noise = torch.zeros(2, 1, 800), 1e-3 * torch.randn(2, 1, 800)
+    silent[1] = 1e-7 * torch.randn(800)
+    r, f = at_judged_level(silent, noise)
+    assert torch.isfinite(r).all() and torch.isfinite(f).all()
+    torch.testing.assert_close(rms(f), rms(noise) * MAX_GAIN)
 
 
 def quiet_pairs(batch: int, seed: int, level: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ def run(pf: PitchPostfilter, x: np.ndarray) -> np.ndarray:
     return pf(torch.from_numpy(x)[None, None])[0, 0].numpy()
 
 
-@pytest.mark.parametrize("f0", [80.0, 150.0, 230.0, 440.0])
+@pytest.mark.parametrize("f0", [60.0, 80.0, 150.0, 230.0, 440.0, 500.0])  # the range's ends too
 def test_finds_the_period_not_a_multiple_of_it(f0):
     pf = PitchPostfilter(RATE, HOP, 0.75)
     _, x = voiced(f0, 0.1, noise=0.3)
@@ -70,7 +70,7 @@ def test_streaming_in_any_chunks_equals_offline_exactly():
     parts, i, frames = [], 0, x.shape[-1] // HOP
     pf.streaming_on = True
     while i < frames:
-        n = int(rng.integers(1, 6))
+        n = int(rng.integers(0, 6))  # empty chunks too
         parts.append(pf(torch.from_numpy(x[..., i * HOP : (i + n) * HOP])).numpy())
         i += n
     np.testing.assert_array_equal(np.concatenate(parts, axis=-1), offline)
@@ -93,3 +93,20 @@ def test_config_bounds_and_the_model_applies_it():
     codes = plain.encode(wav)
     expected = PitchPostfilter(cfg.sample_rate, cfg.hop_length, 0.75)(plain.decode(codes))
     torch.testing.assert_close(filtered.decode(codes), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_a_non_finite_sample_spoils_no_other(bad):
+    _, x = voiced(150.0, noise=0.3)
+    x[5000] = bad
+    with np.errstate(all="raise"):  # no floating-point warning either
+        out = run(PitchPostfilter(RATE, HOP, 0.75), x)
+    assert np.flatnonzero(~np.isfinite(out)).tolist() == [5000]
+
+
+def test_a_stream_keeps_its_channel_count():
+    pf = PitchPostfilter(RATE, HOP, 0.75)
+    pf.streaming_on = True
+    pf(torch.zeros(2, 1, HOP))
+    with pytest.raises(ValueError, match="2 channels"):
+        pf(torch.zeros(1, 1, HOP))

@@ -84,6 +84,12 @@ def test_frozen_encoder_trains_the_decoder_alone(cache, tmp_path, balancer):
     assert trainer.gen.training and trainer.gen.decoder.training  # (left in train mode for the next step)
 
 
+def test_frozen_encoder_needs_trained_codebooks(cache, tmp_path):
+    trainer = Trainer(tiny_config(top={"freeze_encoder": True}), cache, tmp_path)
+    with pytest.raises(CodecError, match="--init or --resume"):
+        trainer.train_step(trainer.data.batch(0))
+
+
 def test_tiny_model_overfits_one_clip(tmp_path):
     (tmp_path / "d").mkdir()
     t = np.arange(2048) / 8000

@@ -81,6 +81,7 @@ class PeriodDiscriminator(nn.Module):
 
 
 JUDGED_RMS = 0.3  # the level at which the discriminators see every real example
+MAX_GAIN = 300.0  # real crops quieter than -60 dBFS (RMS 1e-3) are raised by this much only
 
 
 def at_judged_level(real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
@@ -92,9 +93,11 @@ def at_judged_level(real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
     (measured: every one scored real and generated crops alike to three decimals, whatever
     the crop), and at 2e-4 after a warm-up they took hundreds of steps to start telling
     them apart, while the generator followed their noise. Scaled, they start within 20-30
-    steps. Both signals take the same gain, so a level error stays visible.
+    steps. Both signals take the same gain, so a level error stays visible. The gain stops at
+    :data:`MAX_GAIN`: a near-silent crop next to the decoder's noise floor would otherwise
+    put that noise at full scale and let one example dominate the batch.
     """
-    gain = JUDGED_RMS / real.detach().pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-5)
+    gain = (JUDGED_RMS / real.detach().pow(2).mean(-1, keepdim=True).sqrt()).clamp(max=MAX_GAIN)
     return real * gain, fake * gain
 
 

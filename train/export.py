@@ -27,7 +27,8 @@ def export_run(run_dir: Path, output: Path, name: str | None = None, use_ema: bo
 
 
 def run_model(run_dir: Path, name: str | None = None, use_ema: bool = True, int8: bool = True) -> tuple[Codec, int]:
-    """The model :func:`export_run` would write, and the step of its checkpoint."""
+    """The model :func:`export_run` would write (before its float16 rounding), and the step
+    of its checkpoint."""
     run_dir = Path(run_dir)
     ckpts = [run_dir] if (run_dir / "state.json").exists() else list_checkpoints(run_dir)
     if not ckpts:

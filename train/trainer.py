@@ -143,6 +143,8 @@ class Trainer:
         adversarial = self.disc is not None and self.step >= self.cfg.loss.adversarial_start_step
         self.gen.train()
         if self.cfg.freeze_encoder:
+            if not bool(self.gen.quantizer.initialized):
+                raise CodecError("freeze_encoder trains the decoder of trained weights: start with --init or --resume")
             # eval mode: the quantizer neither updates nor re-seeds its codebooks
             self.gen.encoder.eval()
             self.gen.quantizer.eval()
@@ -212,10 +214,11 @@ class Trainer:
         if self.balancer is not None:
             grad_y, norms = self.balancer.gradient(losses, y)
             on_codes = sum(self.weights[k] * losses[k] for k in ON_CODES)
-            # One backward for both parts: DDP reduces gradients once per forward. (With the
-            # encoder frozen nothing upstream of the codes learns.)
-            roots = [(y, grad_y)] + ([(on_codes, None)] if on_codes.requires_grad else [])
-            torch.autograd.backward(*map(list, zip(*roots)))
+            # One backward for both parts: DDP reduces gradients once per forward.
+            if on_codes.requires_grad:
+                torch.autograd.backward([y, on_codes], [grad_y, None])
+            else:  # the encoder is frozen: nothing upstream of the codes learns
+                y.backward(grad_y)
             log.update({f"grad/{k}": v for k, v in norms.items()})
         else:
             total.backward()
