@@ -3,7 +3,7 @@ speakers and tracks a run never trains on, so that trials can be compared (and a
 checkpoints followed) without touching the development set.
 
     python benchmarks/heldout.py ~/.cache/rvqcodec/corpus24k rvq24k runs/mine runs/mine/step_2000 \\
-        [--kbps 6] [--clips 24] [--seconds 6] [--postfilter S] [--json PATH]
+        [--kbps 6] [--clips 24] [--per-group 1] [--seconds 6] [--postfilter S] [--json PATH]
 
 A model is a built-in name, a ``.safetensors`` file, a run folder (its newest checkpoint)
 or one ``step_N`` checkpoint; checkpoints are scored as ``rvqcodec export`` would write them
@@ -74,6 +74,7 @@ def main() -> None:
     p.add_argument("models", nargs="+", help="built-in names, .safetensors files, run folders or checkpoints")
     p.add_argument("--kbps", type=float, default=6.0)
     p.add_argument("--clips", type=int, default=24, help="excerpts, round-robin over the categories")
+    p.add_argument("--per-group", type=int, default=1, help="files per speaker / track (the split has few speakers)")
     p.add_argument("--seconds", type=float, default=6.0, help="length of each excerpt")
     p.add_argument("--postfilter", type=float, default=None, help="pitch-postfilter strength for every model")
     p.add_argument("--json", type=Path, default=Path("reports/heldout.json"))
@@ -81,7 +82,7 @@ def main() -> None:
     torch.set_num_threads(1)
     first = load_any(args.models[0], args.postfilter)
     data = dataclasses.replace(DataConfig(), val_clips=args.clips, val_seconds=args.seconds)
-    clips = validation_clips(args.cache.expanduser(), data, first.sample_rate, first.hop_length)
+    clips = validation_clips(args.cache.expanduser(), data, first.sample_rate, first.hop_length, args.per_group)
     counts = {c: sum(k.category == c for k in clips) for c in sorted({k.category for k in clips})}
     print(f"{len(clips)} held-out excerpts of {args.seconds:g} s ({counts}), {args.kbps:g} kbps")
     results, rows = {}, []

@@ -121,3 +121,16 @@ def test_validation_clips_are_fixed_and_cover_categories(tmp_path):
     assert [c.name for c in clips] == [c.name for c in again]
     train, _ = split_clips(load_index(cache), cfg.val_fraction)
     assert not {c.name for c in clips} & {Path(c.path).stem for c in train}
+
+
+def test_validation_clips_take_several_files_per_speaker_when_asked(tmp_path):
+    corpus = write_corpus(tmp_path / "d", speech=6, music=0)
+    rows = ["path\tcategory\tspeaker"] + [f"speech/s{i}.wav\tspeech\tspk{i % 2}" for i in range(6)]
+    (corpus / "manifest.tsv").write_text("\n".join(rows) + "\n")
+    cache = tmp_path / "c"
+    build_cache(corpus / "manifest.tsv", cache, 8000, workers=1)
+    cfg = DataConfig(val_fraction=0.999, val_clips=10, val_seconds=0.5)  # both speakers held out
+    one = validation_clips(cache, cfg, 8000, 4)
+    two = validation_clips(cache, cfg, 8000, 4, per_group=2)
+    assert len(one) == 2 and len(two) == 4
+    assert {c.name for c in one} < {c.name for c in two}

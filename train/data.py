@@ -149,19 +149,19 @@ class ValidationClip:
     audio: np.ndarray  # [T] float32
 
 
-def validation_clips(cache: Path, cfg: DataConfig, sample_rate: int, hop: int) -> list[ValidationClip]:
+def validation_clips(cache: Path, cfg: DataConfig, sample_rate: int, hop: int, per_group: int = 1) -> list[ValidationClip]:
     """Up to ``cfg.val_clips`` excerpts of the validation split, the same every time.
 
-    Taken round-robin over the categories (so speech is present for PESQ), one per
-    speaker / track, from the middle of each file, at most ``val_seconds`` long.
+    Taken round-robin over the categories (so speech is present for PESQ), ``per_group``
+    files per speaker / track, from the middle of each file, at most ``val_seconds`` long.
     """
     _, val = split_clips(load_index(cache), cfg.val_fraction)
     want = int(cfg.val_seconds * sample_rate) // hop * hop
     pools: dict[str, list[Clip]] = {}
-    seen: set[str] = set()
+    taken: dict[str, int] = {}
     for clip in sorted(val, key=lambda c: (_group_hash(c), c.path)):
-        if clip.group not in seen and clip.length >= hop:
-            seen.add(clip.group)
+        if taken.get(clip.group, 0) < per_group and clip.length >= hop:
+            taken[clip.group] = taken.get(clip.group, 0) + 1
             pools.setdefault(clip.category, []).append(clip)
     picked: list[Clip] = []
     while len(picked) < cfg.val_clips and any(pools.values()):
