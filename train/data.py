@@ -12,6 +12,7 @@ import csv
 import hashlib
 import math
 import signal
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,10 +159,10 @@ def validation_clips(cache: Path, cfg: DataConfig, sample_rate: int, hop: int, p
     _, val = split_clips(load_index(cache), cfg.val_fraction)
     want = int(cfg.val_seconds * sample_rate) // hop * hop
     pools: dict[str, list[Clip]] = {}
-    taken: dict[str, int] = {}
+    taken: Counter[str] = Counter()
     for clip in sorted(val, key=lambda c: (_group_hash(c), c.path)):
-        if taken.get(clip.group, 0) < per_group and clip.length >= hop:
-            taken[clip.group] = taken.get(clip.group, 0) + 1
+        if taken[clip.group] < per_group and clip.length >= hop:
+            taken[clip.group] += 1
             pools.setdefault(clip.category, []).append(clip)
     picked: list[Clip] = []
     while len(picked) < cfg.val_clips and any(pools.values()):
