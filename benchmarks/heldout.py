@@ -29,7 +29,7 @@ from common import print_table, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from codec import load  # noqa: E402
-from codec.metrics import mel_distance, pesq_wb, si_sdr, stoi, visqol, visqol_available  # noqa: E402
+from codec.metrics import METRICS, SPEECH_ONLY, score_clip  # noqa: E402
 from codec.model import Codec  # noqa: E402
 from train.config import DataConfig  # noqa: E402
 from train.data import ValidationClip, validation_clips  # noqa: E402
@@ -50,22 +50,20 @@ def load_any(spec: str, postfilter: float | None = None) -> Codec:
 
 @torch.no_grad()
 def score(model: Codec, clips: list[ValidationClip], kbps: float) -> dict[str, dict[str, float]]:
-    """Mean of every metric per category: ``{category: {metric: value}}``."""
+    """Mean of every metric per category: ``{category: {metric: value}}`` (NaN where no
+    excerpt could be scored). ViSQOL only on speech and music: it is the slowest metric."""
     values: dict[str, dict[str, list[float]]] = {}
     for clip in clips:
         x = torch.from_numpy(clip.audio)[None, None]
         y = model.decode(model.encode(x, kbps=kbps), length=x.shape[-1])[0, 0].numpy()
+        names = tuple(m for m in METRICS if (clip.category == "speech" or m not in SPEECH_ONLY)
+                      and (clip.category in ("speech", "music") or m != "visqol"))
         row = values.setdefault(clip.category, {})
-        rate = model.sample_rate
-        row.setdefault("mel_distance", []).append(mel_distance(clip.audio, y, rate))
-        row.setdefault("si_sdr", []).append(si_sdr(clip.audio, y))
-        if clip.category == "speech":
-            row.setdefault("pesq_wb", []).append(pesq_wb(clip.audio, y, rate))
-            row.setdefault("stoi", []).append(stoi(clip.audio, y, rate))
-        if clip.category in ("speech", "music") and visqol_available():
-            mode = "speech" if clip.category == "speech" else "audio"
-            row.setdefault("visqol", []).append(visqol(clip.audio, y, rate, mode) or float("nan"))
-    return {cat: {k: float(np.nanmean(v)) for k, v in row.items()} for cat, row in values.items()}
+        for name, value in score_clip(clip.audio, y, model.sample_rate, clip.category, names).items():
+            row.setdefault(name, [])
+            if value is not None:
+                row[name].append(value)
+    return {cat: {k: float(np.mean(v)) if v else float("nan") for k, v in row.items()} for cat, row in values.items()}
 
 
 def main() -> None:

@@ -172,15 +172,7 @@ def _score(c: Coded, lag: int) -> Row:
     ref, rate = _mono(c.clip.path)
     est, _ = _mono(c.decoded)
     ref, est = metrics.align(ref, est, lag)
-    speech = c.clip.category == "speech"
-    scores: dict[str, float | None] = {
-        "si_sdr": metrics.si_sdr(ref, est),
-        "mel_distance": metrics.mel_distance(ref, est, rate),
-        "pesq_wb": metrics.pesq_wb(ref, est, rate) if speech else None,
-        "stoi": metrics.stoi(ref, est, rate) if speech else None,
-        "visqol": metrics.visqol(ref, est, rate, "speech" if speech else "audio"),
-    }
-    scores = {k: None if v is None or not math.isfinite(v) else v for k, v in scores.items()}
+    scores = metrics.score_clip(ref, est, rate, c.clip.category)
     return Row(c.clip, c.system, c.kbps, c.actual_kbps, lag, c.lag, c.correlation, scores)
 
 

@@ -27,6 +27,9 @@ VISQOL_RATES = {"speech": 16000, "audio": 48000}
 # SI-SDR of identical signals is infinite; the epsilon caps it (at about 150 dB for speech at
 # -23 dBFS) so that results stay finite numbers in JSON.
 _EPS = 1e-12
+# Every metric :func:`score_clip` knows, in the order reports list them.
+METRICS = ("si_sdr", "mel_distance", "pesq_wb", "stoi", "visqol")
+SPEECH_ONLY = ("pesq_wb", "stoi")  # meaningless on music and other sounds
 
 
 def _check(ref: np.ndarray, est: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -184,3 +187,30 @@ def align(ref: np.ndarray, est: np.ndarray, lag: int) -> tuple[np.ndarray, np.nd
         ref = ref[-lag:]
     n = min(len(ref), len(est))
     return ref[:n], est[:n]
+
+
+def score_clip(
+    ref: np.ndarray, est: np.ndarray, sample_rate: int, category: str, names: tuple[str, ...] = METRICS,
+) -> dict[str, float | None]:
+    """The metrics ``names`` of one aligned pair ``[T]``: name -> score, or None where the
+    metric does not apply (PESQ and STOI on anything but ``category == "speech"``), cannot
+    score the pair (a NaN or inf), or is not installed (ViSQOL). ViSQOL runs in speech mode on
+    speech and audio mode on everything else. The one scorer behind ``rvqcodec eval``,
+    training validation and ``benchmarks/heldout.py``, so their numbers agree.
+    """
+    unknown = set(names) - set(METRICS)
+    if unknown:
+        raise ValueError(f"unknown metrics {sorted(unknown)}; known: {METRICS}")
+    speech = category == "speech"
+    scorers = {
+        "si_sdr": lambda: si_sdr(ref, est),
+        "mel_distance": lambda: mel_distance(ref, est, sample_rate),
+        "pesq_wb": lambda: pesq_wb(ref, est, sample_rate),
+        "stoi": lambda: stoi(ref, est, sample_rate),
+        "visqol": lambda: visqol(ref, est, sample_rate, "speech" if speech else "audio"),
+    }
+    scores: dict[str, float | None] = {}
+    for name in names:
+        value = None if name in SPEECH_ONLY and not speech else scorers[name]()
+        scores[name] = value if value is not None and np.isfinite(value) else None
+    return scores

@@ -125,3 +125,24 @@ def test_metrics_refuse_misaligned_input(speech):
         metrics.si_sdr(speech, speech[:-1])
     with pytest.raises(ValueError, match="mono"):
         metrics.stoi(np.stack([speech, speech]), np.stack([speech, speech]), RATE)
+
+
+def test_score_clip_matches_the_metrics_and_their_scope(speech, noise, monkeypatch):
+    monkeypatch.setattr(metrics, "visqol_available", lambda: False)
+    noisy = speech + 0.3 * noise
+    on_speech = metrics.score_clip(speech, noisy, RATE, "speech")
+    assert list(on_speech) == list(metrics.METRICS)
+    assert on_speech["pesq_wb"] == metrics.pesq_wb(speech, noisy, RATE)
+    assert on_speech["stoi"] == metrics.stoi(speech, noisy, RATE)
+    assert on_speech["si_sdr"] == metrics.si_sdr(speech, noisy)
+    assert on_speech["visqol"] is None  # not installed
+    on_music = metrics.score_clip(speech, noisy, RATE, "music", ("pesq_wb", "stoi", "mel_distance"))
+    assert on_music["pesq_wb"] is None and on_music["stoi"] is None  # speech metrics on speech only
+    assert on_music["mel_distance"] == metrics.mel_distance(speech, noisy, RATE)
+
+
+def test_score_clip_turns_unscorable_into_none_and_refuses_unknown_names(speech):
+    silence = np.zeros_like(speech)
+    assert metrics.score_clip(silence, speech, RATE, "speech", ("pesq_wb",)) == {"pesq_wb": None}
+    with pytest.raises(ValueError, match="unknown metrics"):
+        metrics.score_clip(speech, speech, RATE, "speech", ("pesq",))

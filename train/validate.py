@@ -1,8 +1,8 @@
 """Validation: code the held-out excerpts at several bitrates and measure the result.
 
 Metrics per bitrate: mel distance and SI-SDR on every excerpt, wideband PESQ on speech
-(the metric is meaningless on music). They come from :mod:`codec.metrics`, the module the
-evaluation reports use, so training curves and release numbers agree.
+(the metric is meaningless on music). They come from :func:`codec.metrics.score_clip`, the
+scorer of the evaluation reports, so training curves and release numbers agree.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from codec.metrics import mel_distance, pesq_wb, si_sdr
+from codec.metrics import score_clip
 from codec.model import Codec
 
 from .data import ValidationClip
 
 AUDIO_EXAMPLES = 2  # excerpts written to TensorBoard at every bitrate
+METRICS = ("mel_distance", "si_sdr", "pesq_wb")  # the quick ones; STOI and ViSQOL take longer
 
 
 @dataclass
@@ -39,20 +40,18 @@ def validate(model: Codec, clips: list[ValidationClip], device: torch.device) ->
         result.audio[f"reference/{clips[i].category}_{clips[i].name}"] = clips[i].audio
     for n_q in model.cfg.valid_n_q:
         kbps = f"{model.cfg.kbps(n_q):g}kbps"
-        scores: dict[str, list[float]] = {"mel_distance": [], "si_sdr": [], "pesq_wb": []}
+        scores: dict[str, list[float]] = {name: [] for name in METRICS}
         for i, clip in enumerate(clips):
             x = torch.from_numpy(clip.audio).to(device)[None, None]
             y = model.decode(model.encode(x, n_q=n_q), length=x.shape[-1])[0, 0].float().cpu().numpy()
-            scores["mel_distance"].append(mel_distance(clip.audio, y, model.sample_rate))
-            scores["si_sdr"].append(si_sdr(clip.audio, y))
-            if clip.category == "speech":
-                scores["pesq_wb"].append(pesq_wb(clip.audio, y, model.sample_rate))
+            for name, value in score_clip(clip.audio, y, model.sample_rate, clip.category, METRICS).items():
+                if value is not None:  # PESQ on speech only, and where it can score
+                    scores[name].append(value)
             if i in examples:
                 result.audio[f"{kbps}/{clip.category}_{clip.name}"] = y
         for name, values in scores.items():
-            finite = [v for v in values if np.isfinite(v)]  # PESQ is NaN where it cannot score
-            if finite:
-                result.metrics[f"val/{name}/{kbps}"] = float(np.mean(finite))
+            if values:
+                result.metrics[f"val/{name}/{kbps}"] = float(np.mean(values))
     model.train(was_training)
     return result
 
