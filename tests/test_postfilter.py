@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from codec.config import CodecConfig
+from codec import postfilter
 from codec.postfilter import PitchPostfilter
 from conftest import SMALL, make_model
 
@@ -75,6 +76,15 @@ def test_streaming_in_any_chunks_equals_offline_exactly():
         i += n
     np.testing.assert_array_equal(np.concatenate(parts, axis=-1), offline)
     assert not np.array_equal(offline, x)  # (it did filter)
+
+
+def test_offline_blocks_of_frames_do_not_change_the_output(monkeypatch):
+    _, x = voiced(140.0, seconds=1.6, noise=0.4)
+    wav = torch.from_numpy(x)[None, None]
+    whole = PitchPostfilter(RATE, HOP, 0.75)(wav)  # 120 frames: one block
+    monkeypatch.setattr(postfilter, "BLOCK_FRAMES", 7)
+    torch.testing.assert_close(PitchPostfilter(RATE, HOP, 0.75)(wav), whole, rtol=0, atol=0)
+    assert not torch.equal(whole, wav)
 
 
 def test_input_must_be_whole_frames():
