@@ -29,6 +29,7 @@ from common import print_table, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from codec import load  # noqa: E402
+from codec.errors import CodecError  # noqa: E402
 from codec.metrics import METRICS, SPEECH_ONLY, score_clip  # noqa: E402
 from codec.model import Codec  # noqa: E402
 from train.config import DataConfig  # noqa: E402
@@ -78,6 +79,8 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=Path("reports/heldout.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
+    if not (args.cache.expanduser() / "index.tsv").is_file():
+        raise CodecError(f"{args.cache} is not a prepared corpus cache (python -m train.prepare makes one)")
     first = load_any(args.models[0], args.postfilter)
     data = dataclasses.replace(DataConfig(), val_clips=args.clips, val_seconds=args.seconds)
     clips = validation_clips(args.cache.expanduser(), data, first.sample_rate, first.hop_length, args.per_group)
@@ -98,4 +101,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except CodecError as e:  # a model or cache that is not there: one line, not a traceback
+        sys.exit(f"heldout: {e}")
