@@ -60,6 +60,7 @@ class PitchPostfilter:
         self.window = max(int(sample_rate * WINDOW_S), self.hi + hop)
         self.keep = self.window - hop  # input samples a frame needs from before it (>= hi)
         self.fade = np.arange(1, hop + 1) / hop  # [hop]: previous filter -> this frame's
+        self.offsets = self.keep + np.arange(hop)  # [hop]: a frame's samples in its window
         lags = np.arange(self.lo, self.hi + 1)
         # Energy of the span ``lag`` samples before the window's tail, from cumulative sums.
         self.span_end, self.span_start = self.window - lags, self.hi - lags
@@ -81,7 +82,8 @@ class PitchPostfilter:
             raise ValueError(f"streaming postfilter holds {state.history.shape[0]} channels, got {n}")
         x = audio.reshape(n, t).detach().cpu().double().numpy()
         step = BLOCK_FRAMES * self.hop
-        out = np.concatenate([self.frames(x[:, s : s + step], state) for s in range(0, t, step)], axis=1)
+        blocks = [self.frames(x[:, s : s + step], state) for s in range(0, t, step)]
+        out = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
         if self.streaming_on:
             self.state = state
         return torch.from_numpy(out).to(audio.dtype).to(audio.device).reshape(n, 1, t)
@@ -107,7 +109,7 @@ class PitchPostfilter:
         prev_lag = np.concatenate([state.lag[:, None], lag[:, :-1]], axis=1)
         prev_gain = np.concatenate([state.gain[:, None], gain[:, :-1]], axis=1) * finite
         frames = x.reshape(n, f, self.hop)
-        new, old = self.comb(frames, buf, np.stack([lag, prev_lag]), np.stack([gain, prev_gain]))
+        new, old = self.comb(frames, buf, np.array([lag, prev_lag]), np.array([gain, prev_gain]))
         state.history, state.lag, state.gain = buf[:, -self.keep :], lag[:, -1], gain[:, -1]
         return (self.fade * new + (1 - self.fade) * old).reshape(n, t)
 
@@ -117,7 +119,7 @@ class PitchPostfilter:
         ``[K, N, F, hop]``. Frames with gain 0 are ``x`` itself."""
         n, f, hop = x.shape
         g = gain[..., None]
-        where = self.keep + hop * np.arange(f)[:, None] + np.arange(hop) - lag[..., None]  # [K, N, F, hop]
+        where = self.offsets + hop * np.arange(f)[:, None] - lag[..., None]  # [K, N, F, hop] in buf
         delayed = buf[np.arange(n)[:, None, None], where]
         with np.errstate(invalid="ignore", over="ignore"):  # (0 * inf in frames left alone)
             return np.where(g > 0, (x + g * delayed) / (1 + g), x)
