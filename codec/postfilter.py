@@ -60,7 +60,7 @@ class PitchPostfilter:
         self.window = max(int(sample_rate * WINDOW_S), self.hi + hop)
         self.keep = self.window - hop  # input samples a frame needs from before it (>= hi)
         self.fade = np.arange(1, hop + 1) / hop  # [hop]: previous filter -> this frame's
-        self.offsets = self.keep + np.arange(hop)  # [hop]: a frame's samples in its window
+        self.offsets = self.keep + np.arange(hop)  # [hop]: frame 0's samples in buf (frame f: + f * hop)
         lags = np.arange(self.lo, self.hi + 1)
         # Energy of the span ``lag`` samples before the window's tail, from cumulative sums.
         self.span_end, self.span_start = self.window - lags, self.hi - lags
