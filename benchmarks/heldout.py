@@ -22,7 +22,6 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from common import print_table, write_json
@@ -30,7 +29,7 @@ from common import print_table, write_json
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from codec import load  # noqa: E402
 from codec.errors import CodecError  # noqa: E402
-from codec.metrics import METRICS, SPEECH_ONLY, score_clip  # noqa: E402
+from codec.metrics import METRICS, mean_scores, score_clip  # noqa: E402
 from codec.model import Codec  # noqa: E402
 from train.config import DataConfig  # noqa: E402
 from train.data import ValidationClip, validation_clips  # noqa: E402
@@ -51,20 +50,15 @@ def load_any(spec: str, postfilter: float | None = None) -> Codec:
 
 @torch.no_grad()
 def score(model: Codec, clips: list[ValidationClip], kbps: float) -> dict[str, dict[str, float]]:
-    """Mean of every metric per category: ``{category: {metric: value}}`` (NaN where no
-    excerpt could be scored). ViSQOL only on speech and music: it is the slowest metric."""
-    values: dict[str, dict[str, list[float]]] = {}
+    """Mean of every metric per category: ``{category: {metric: value}}`` (a metric no
+    excerpt could score is absent). ViSQOL only on speech and music: it is the slowest metric."""
+    rows: dict[str, list[dict[str, float | None]]] = {}
     for clip in clips:
         x = torch.from_numpy(clip.audio)[None, None]
         y = model.decode(model.encode(x, kbps=kbps), length=x.shape[-1])[0, 0].numpy()
-        names = tuple(m for m in METRICS if (clip.category == "speech" or m not in SPEECH_ONLY)
-                      and (clip.category in ("speech", "music") or m != "visqol"))
-        row = values.setdefault(clip.category, {})
-        for name, value in score_clip(clip.audio, y, model.sample_rate, clip.category, names).items():
-            row.setdefault(name, [])
-            if value is not None:
-                row[name].append(value)
-    return {cat: {k: float(np.mean(v)) if v else float("nan") for k, v in row.items()} for cat, row in values.items()}
+        names = tuple(m for m in METRICS if clip.category in ("speech", "music") or m != "visqol")
+        rows.setdefault(clip.category, []).append(score_clip(clip.audio, y, model.sample_rate, clip.category, names))
+    return {cat: mean_scores(scored) for cat, scored in rows.items()}
 
 
 def main() -> None:

@@ -214,3 +214,15 @@ def score_clip(
         value = None if name in SPEECH_ONLY and not speech else scorers[name]()
         scores[name] = value if value is not None and np.isfinite(value) else None
     return scores
+
+
+def mean_scores(rows: list[dict[str, float | None]]) -> dict[str, float]:
+    """Per metric, the mean of the scores :func:`score_clip` gave (``rows``, one per clip);
+    None (not applicable, not scorable) is left out, and a metric with no score at all is
+    absent from the result."""
+    values: dict[str, list[float]] = {}
+    for row in rows:
+        for name, value in row.items():
+            if value is not None:
+                values.setdefault(name, []).append(value)
+    return {name: float(np.mean(v)) for name, v in values.items()}

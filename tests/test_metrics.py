@@ -146,3 +146,9 @@ def test_score_clip_turns_unscorable_into_none_and_refuses_unknown_names(speech)
     assert metrics.score_clip(silence, speech, RATE, "speech", ("pesq_wb",)) == {"pesq_wb": None}
     with pytest.raises(ValueError, match="unknown metrics"):
         metrics.score_clip(speech, speech, RATE, "speech", ("pesq",))
+
+
+def test_mean_scores_leaves_out_what_was_not_scored():
+    rows = [{"pesq_wb": 2.0, "stoi": None, "visqol": None}, {"pesq_wb": 3.0, "stoi": 0.5, "visqol": None}]
+    assert metrics.mean_scores(rows) == {"pesq_wb": 2.5, "stoi": 0.5}
+    assert metrics.mean_scores([]) == {}

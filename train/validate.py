@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from codec.metrics import score_clip
+from codec.metrics import mean_scores, score_clip
 from codec.model import Codec
 
 from .data import ValidationClip
@@ -40,18 +40,15 @@ def validate(model: Codec, clips: list[ValidationClip], device: torch.device) ->
         result.audio[f"reference/{clips[i].category}_{clips[i].name}"] = clips[i].audio
     for n_q in model.cfg.valid_n_q:
         kbps = f"{model.cfg.kbps(n_q):g}kbps"
-        scores: dict[str, list[float]] = {name: [] for name in METRICS}
+        rows = []
         for i, clip in enumerate(clips):
             x = torch.from_numpy(clip.audio).to(device)[None, None]
             y = model.decode(model.encode(x, n_q=n_q), length=x.shape[-1])[0, 0].float().cpu().numpy()
-            for name, value in score_clip(clip.audio, y, model.sample_rate, clip.category, METRICS).items():
-                if value is not None:  # PESQ on speech only, and where it can score
-                    scores[name].append(value)
+            rows.append(score_clip(clip.audio, y, model.sample_rate, clip.category, METRICS))
             if i in examples:
                 result.audio[f"{kbps}/{clip.category}_{clip.name}"] = y
-        for name, values in scores.items():
-            if values:
-                result.metrics[f"val/{name}/{kbps}"] = float(np.mean(values))
+        # (PESQ scores speech only, and only where it can score)
+        result.metrics.update({f"val/{name}/{kbps}": value for name, value in mean_scores(rows).items()})
     model.train(was_training)
     return result
 
