@@ -46,6 +46,8 @@ def synthetic_cache(root: Path, sample_rate: int, files: int = 4, seconds: float
 def measure(cfg: TrainConfig, cache: Path, run_dir: Path, device: torch.device, steps: int, warmup: int) -> float:
     """Seconds per optimisation step, after ``warmup`` untimed steps."""
     trainer = Trainer(cfg, cache, run_dir, Context(device=device))
+    if cfg.freeze_encoder:  # a decoder alone learns from trained codes: the built-in model's
+        trainer.init_from("rvq24k")
     batches = [trainer.data.batch(s) for s in range(warmup + steps)]
     for batch in batches[:warmup]:
         trainer.train_step(batch)

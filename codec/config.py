@@ -29,6 +29,10 @@ class CodecConfig:
         name: model identifier written into `.rvq` headers.
         postfilter: strength of the decoder's pitch postfilter, 0 (off) to 1: the comb
             filter's gain on perfectly periodic audio (codec/postfilter.py).
+        decoder: ``seanet`` (the encoder's mirror, codec/seanet.py) or ``spectral`` (ConvNeXt
+            blocks at the frame rate and an inverse FFT per frame, codec/spectral.py).
+        decoder_dim: width of the spectral decoder (its blocks' hidden layers are 4x).
+        decoder_layers: ConvNeXt blocks of the spectral decoder.
     """
 
     sample_rate: int = 24000
@@ -45,8 +49,13 @@ class CodecConfig:
     bandwidths: tuple[float, ...] = (1.5, 3.0, 6.0, 12.0, 24.0)
     name: str = "rvq24k"
     postfilter: float = 0.0
+    decoder: str = "seanet"
+    decoder_dim: int = 256
+    decoder_layers: int = 8
 
     def __post_init__(self) -> None:
+        if self.decoder not in ("seanet", "spectral"):
+            raise ValueError(f"decoder must be 'seanet' or 'spectral', got {self.decoder!r}")
         if self.activation not in ("elu", "snake"):
             raise ValueError(f"activation must be 'elu' or 'snake', got {self.activation!r}")
         if not 0.0 <= self.postfilter <= 1.0:
@@ -95,6 +104,12 @@ class CodecConfig:
         """Whether ``other``'s weights fit this model: everything but the name and the
         postfilter strength (which has no weights) agrees."""
         neutral = {"name": "", "postfilter": 0.0}
+        return replace(self, **neutral) == replace(other, **neutral)
+
+    def same_encoder(self, other: "CodecConfig") -> bool:
+        """Whether ``other``'s encoder and codebooks fit this model: everything but the
+        decoder (and what :meth:`same_architecture` ignores) agrees."""
+        neutral = {"name": "", "postfilter": 0.0, "decoder": "seanet", "decoder_dim": 0, "decoder_layers": 0}
         return replace(self, **neutral) == replace(other, **neutral)
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from .native import NativePlan
 from .postfilter import PitchPostfilter
 from .quantizer import QuantizerOutput, ResidualVectorQuantizer
 from .seanet import Decoder, Encoder
+from .spectral import SpectralDecoder
 from .streaming import streaming
 
 
@@ -41,7 +42,8 @@ class Codec(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.quantizer = ResidualVectorQuantizer(cfg.latent_dim, cfg.n_q, cfg.codebook_size)
-        self.decoder = Decoder(cfg)
+        self.decoder = Decoder(cfg) if cfg.decoder == "seanet" else SpectralDecoder(
+            cfg.latent_dim, cfg.hop_length, cfg.decoder_dim, 4 * cfg.decoder_dim, cfg.decoder_layers)
         self.postfilter = PitchPostfilter(cfg.sample_rate, cfg.hop_length, cfg.postfilter)
         self._held: Tensor | None = None  # while streaming: input of the incomplete frame [B*C, 1, <hop]
         self._plans: dict[str, FramePlan | NativePlan] = {}  # while streaming: one-frame plans, built on first use

@@ -73,9 +73,9 @@ class CausalConv1d(StreamingModule):
     the stride; in streaming mode every complete stride of input gives one output.
     """
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, dilation: int = 1) -> None:
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, dilation: int = 1, groups: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(c_in, c_out, kernel, stride=stride, dilation=dilation)
+        self.conv = nn.Conv1d(c_in, c_out, kernel, stride=stride, dilation=dilation, groups=groups)
         nn.init.zeros_(self.conv.bias)  # see _zero_bias_note
         self.stride = stride
         self.span = (kernel - 1) * dilation + 1

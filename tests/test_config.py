@@ -42,6 +42,19 @@ def test_unknown_activation_is_rejected():
         CodecConfig(activation="relu")
 
 
+def test_unknown_decoder_is_rejected():
+    with pytest.raises(ValueError, match="decoder"):
+        CodecConfig(decoder="wavenet")
+
+
+def test_same_encoder_ignores_only_the_decoder():
+    spectral = CodecConfig(decoder="spectral", decoder_dim=64, name="other")
+    assert spectral.same_encoder(CodecConfig())
+    assert not spectral.same_architecture(CodecConfig())
+    assert not spectral.same_encoder(CodecConfig(channels=24))
+    assert not spectral.same_encoder(CodecConfig(latent_dim=64))
+
+
 def test_same_architecture_ignores_only_the_name_and_the_postfilter():
     cfg = CodecConfig()
     assert cfg.same_architecture(CodecConfig(name="other", postfilter=0.75))

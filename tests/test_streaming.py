@@ -12,6 +12,8 @@ from codec.frame import ConvStep, ConvTransposeStep
 from codec.streaming import CausalConv1d, CausalConvTranspose1d, streaming
 from conftest import SMALL, TINY, make_model
 
+SPECTRAL = dataclasses.replace(SMALL, decoder="spectral", decoder_dim=16, decoder_layers=2)
+
 
 def chunked_encode(model, wav, n_q, rng):
     parts, i = [], 0
@@ -37,8 +39,8 @@ def chunked_decode(model, codes, rng):
 @pytest.mark.parametrize(
     "cfg",
     [SMALL, TINY, dataclasses.replace(TINY, lstm_layers=1), dataclasses.replace(TINY, activation="snake"),
-     dataclasses.replace(SMALL, postfilter=0.75)],
-    ids=["small", "tiny", "lstm", "snake", "postfilter"],
+     dataclasses.replace(SMALL, postfilter=0.75), SPECTRAL, dataclasses.replace(TINY, decoder="spectral", decoder_dim=8)],
+    ids=["small", "tiny", "lstm", "snake", "postfilter", "spectral", "tiny-spectral"],
 )
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("batch", [(2, 2), (1, 1)], ids=["batch4", "batch1"])  # batch 1 takes frame plans
@@ -156,10 +158,11 @@ def test_conv_transpose_step_matches_the_layer(kernel, stride, frames):
         assert torch.allclose(steps_and_forward(layer, ConvTransposeStep, x, frames), layer(x), atol=1e-5)
 
 
-def test_one_frame_calls_take_the_frame_plan():
+@pytest.mark.parametrize("cfg", [SMALL, SPECTRAL], ids=["seanet", "spectral"])
+def test_one_frame_calls_take_the_frame_plan(cfg):
     """Batch 1, one frame per call: the encoder and decoder run their plans, and the codes
     and audio are those of offline coding."""
-    model = make_model(SMALL, seed=4)
+    model = make_model(cfg, seed=4)
     hop = model.hop_length
     wav = torch.randn(1, 1, 6 * hop) * 0.3
     codes = model.encode(wav, n_q=8)

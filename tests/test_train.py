@@ -226,6 +226,30 @@ def test_init_from_a_release_with_another_postfilter(cache, tmp_path):
     assert trainer.gen.cfg.postfilter == cfg.model.postfilter == 0.0
 
 
+def test_a_new_decoder_starts_from_a_release_encoder(cache, tmp_path):
+    """freeze_encoder with another decoder: the run takes the release's encoder and codebooks
+    (so its codes are the release's), its decoder learns from scratch; without freezing the
+    encoder the release is refused."""
+    run(tiny_config(), cache, tmp_path / "a", max_steps=1, progress=False)
+    release = load(export_run(tmp_path / "a", tmp_path / "tiny.safetensors"))
+    spectral = {"decoder": "spectral", "decoder_dim": 8, "decoder_layers": 2}
+    cfg = tiny_config(model=spectral, top={"freeze_encoder": True})
+    trainer = Trainer(cfg, cache, tmp_path / "b")
+    trainer.init_from(str(tmp_path / "tiny.safetensors"))
+    for name in ("encoder", "quantizer"):
+        for key, value in getattr(release, name).state_dict().items():
+            torch.testing.assert_close(getattr(trainer.gen, name).state_dict()[key], value, msg=key)
+    x = trainer.data.batch(0)
+    assert torch.equal(trainer.gen.encode(x, n_q=4), release.encode(x, n_q=4))
+    decoder = [p.detach().clone() for p in trainer.gen.decoder.parameters()]
+    encoder = [p.detach().clone() for p in trainer.gen.encoder.parameters()]
+    trainer.train_step(x)
+    assert any(not torch.equal(a, b) for a, b in zip(decoder, trainer.gen.decoder.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(encoder, trainer.gen.encoder.parameters()))
+    with pytest.raises(CodecError, match="architecture"):
+        Trainer(tiny_config(model=spectral), cache, tmp_path / "c").init_from(str(tmp_path / "tiny.safetensors"))
+
+
 def test_init_from_a_release_of_another_architecture_is_refused(cache, tmp_path):
     trainer = Trainer(tiny_config(), cache, tmp_path)
     with pytest.raises(CodecError, match="architecture"):
@@ -247,6 +271,10 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     assert configs["general24k-finetune"].loss.uses_discriminators
     assert configs["general24k-finetune2"].codebook_decay > configs["general24k-finetune"].codebook_decay
     assert configs["speech16k"].model.sample_rate == 16000
+    # a new decoder for the shipped encoder and codebooks
+    spectral = configs["spectral24k"]
+    assert spectral.freeze_encoder and spectral.model.decoder == "spectral"
+    assert spectral.model.same_encoder(interim.model) and not spectral.model.same_architecture(interim.model)
 
 
 def test_unknown_config_key_is_a_user_error(tmp_path):

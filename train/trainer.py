@@ -284,11 +284,17 @@ class Trainer:
         return True
 
     def init_from(self, name_or_path: str) -> None:
-        """Start from release weights (a built-in model name or a ``.safetensors`` file)."""
+        """Start from release weights (a built-in model name or a ``.safetensors`` file): all
+        of them, or with ``freeze_encoder`` and another decoder, the encoder and codebooks."""
         release = load_release(name_or_path)
-        if not release.cfg.same_architecture(self.cfg.model):
+        if release.cfg.same_architecture(self.cfg.model):
+            self.gen.load_state_dict(release.state_dict())
+        elif self.cfg.freeze_encoder and release.cfg.same_encoder(self.cfg.model):
+            # a new decoder learns from the release's frozen encoder and codebooks
+            self.gen.encoder.load_state_dict(release.encoder.state_dict())
+            self.gen.quantizer.load_state_dict(release.quantizer.state_dict())
+        else:
             raise CodecError(f"cannot start from {name_or_path}: its architecture differs from the config's model")
-        self.gen.load_state_dict(release.state_dict())
         if self.ema is not None:
             self.ema.load_state_dict(self.gen.state_dict())
 
