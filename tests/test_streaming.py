@@ -145,6 +145,22 @@ def test_conv_step_matches_the_layer(c_in, kernel, stride, dilation):
         assert torch.allclose(steps_and_forward(conv, ConvStep, x, 2 * stride), conv(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("dilation", [1, 3])
+def test_depthwise_convolution_streamed_one_step_at_a_time(dilation):
+    """One output a call takes the weighted-sum shortcut of depthwise convolutions: it gives
+    the convolution's output, bias included."""
+    torch.manual_seed(0)
+    conv = CausalConv1d(6, 6, 7, dilation=dilation, groups=6)
+    torch.nn.init.normal_(conv.conv.bias)
+    x = torch.randn(2, 6, 40)
+    with torch.no_grad():
+        offline = conv(x)
+        with streaming(conv):
+            streamed = torch.cat([conv(x[..., i : i + 1]) for i in range(40)], dim=-1)
+    assert streamed.shape == offline.shape
+    assert torch.allclose(streamed, offline, atol=1e-5)
+
+
 @pytest.mark.parametrize("kernel,stride", [(16, 8), (10, 5), (4, 2), (9, 3)])
 @pytest.mark.parametrize("frames", [1, 3])
 def test_conv_transpose_step_matches_the_layer(kernel, stride, frames):
