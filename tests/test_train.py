@@ -246,6 +246,11 @@ def test_a_new_decoder_starts_from_a_release_encoder(cache, tmp_path):
     trainer.train_step(x)
     assert any(not torch.equal(a, b) for a, b in zip(decoder, trainer.gen.decoder.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(encoder, trainer.gen.encoder.parameters()))
+    trainer.save()  # and its export codes as the release did
+    exported = load(export_run(tmp_path / "b", tmp_path / "spectral.safetensors"))
+    assert exported.cfg.decoder == "spectral"
+    assert torch.equal(exported.encode(x, n_q=4), release.encode(x, n_q=4))
+    assert exported.decode(release.encode(x, n_q=4)).shape == x.shape
     with pytest.raises(CodecError, match="architecture"):
         Trainer(tiny_config(model=spectral), cache, tmp_path / "c").init_from(str(tmp_path / "tiny.safetensors"))
 
