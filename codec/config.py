@@ -101,9 +101,12 @@ class CodecConfig:
         raise CodecError(f"unsupported bitrate {kbps:g} kbps; valid values: {valid}")
 
     def same_architecture(self, other: "CodecConfig") -> bool:
-        """Whether ``other``'s weights fit this model: everything but the name and the
-        postfilter strength (which has no weights) agrees."""
-        neutral = {"name": "", "postfilter": 0.0}
+        """Whether ``other``'s weights fit this model: everything but the name, the
+        postfilter strength (which has no weights) and, between SEANet decoders, the unused
+        spectral-decoder sizes agrees."""
+        neutral: dict[str, Any] = {"name": "", "postfilter": 0.0}
+        if self.decoder == other.decoder == "seanet":
+            neutral |= {"decoder_dim": 0, "decoder_layers": 0}
         return replace(self, **neutral) == replace(other, **neutral)
 
     def same_encoder(self, other: "CodecConfig") -> bool:

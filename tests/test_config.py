@@ -53,6 +53,8 @@ def test_same_encoder_ignores_only_the_decoder():
     assert not spectral.same_architecture(CodecConfig())
     assert not spectral.same_encoder(CodecConfig(channels=24))
     assert not spectral.same_encoder(CodecConfig(latent_dim=64))
+    assert CodecConfig(decoder_dim=64).same_architecture(CodecConfig())  # unused by a SEANet decoder
+    assert not spectral.same_architecture(CodecConfig(decoder="spectral"))
 
 
 def test_same_architecture_ignores_only_the_name_and_the_postfilter():
