@@ -112,8 +112,8 @@ class CodecConfig:
     def same_encoder(self, other: "CodecConfig") -> bool:
         """Whether ``other``'s encoder and codebooks fit this model: everything but the
         decoder (and what :meth:`same_architecture` ignores) agrees."""
-        neutral = {"name": "", "postfilter": 0.0, "decoder": "seanet", "decoder_dim": 0, "decoder_layers": 0}
-        return replace(self, **neutral) == replace(other, **neutral)
+        decoder = {"decoder": "seanet", "decoder_dim": 0, "decoder_layers": 0}
+        return replace(self, **decoder).same_architecture(replace(other, **decoder))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -102,7 +102,10 @@ class PitchPostfilter:
         rows, cols = buf.strides
         windows = np.lib.stride_tricks.as_strided(  # [N, F, window], frame f's ends with its last sample
             buf, (n, f, self.window), (rows, self.hop * cols, cols), writeable=False)
-        finite = np.isfinite(windows).all(axis=2)  # [N, F]
+        # non-finite samples per window from one cumulative count over buf, not per window
+        bad = np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(~np.isfinite(buf), axis=1)], axis=1)
+        starts = self.hop * np.arange(f)
+        finite = bad[:, starts + self.window] == bad[:, starts]  # [N, F]
         seg = np.where(finite[:, :, None], windows, 0.0).reshape(n * f, self.window)
         lag, gain = (v.reshape(n, f) for v in self.pitch(seg))
         gain = gain * finite
