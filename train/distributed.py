@@ -7,6 +7,7 @@ run is a single process and every helper here is a no-op. NCCL on GPUs, gloo on 
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -56,9 +57,16 @@ def setup(device: str | None = None) -> Context:
     return Context(rank, world, local, dev)
 
 
-def teardown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def teardown(finished: bool = False) -> None:
+    """Leave the process group. ``finished``: every process got here normally, so wait for
+    all of them first; a process that tears down while another is still inside gloo (rank 0
+    writing the last checkpoint) can abort the whole run at exit."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()  # DDP's reducer holds the group's work objects: free them while the group lives
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def any_true(flag: bool, ctx: Context) -> bool:

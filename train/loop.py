@@ -44,14 +44,17 @@ def train(
     cfg = TrainConfig.from_yaml(config)
     run_dir = Path(out) if out is not None else Path("runs") / config.stem
     ctx = distributed.setup(device)
+    finished = False
     try:
         cache_dir = ensure_cache(
             Path(data), Path(cache) if cache else run_dir / "cache", cfg.model.sample_rate,
             cfg.data.decode_workers, build=ctx.local_rank == 0,
         )
-        return run(cfg, cache_dir, run_dir, max_steps, resume, init=init, ctx=ctx, progress=progress)
+        result = run(cfg, cache_dir, run_dir, max_steps, resume, init=init, ctx=ctx, progress=progress)
+        finished = True
+        return result
     finally:
-        distributed.teardown()
+        distributed.teardown(finished)
 
 
 def run(
