@@ -12,7 +12,7 @@ it did not make (after the layers' own ``forward`` ran on a longer chunk) and ha
 back as the layer's state, so one-frame and multi-frame calls can alternate freely. A plan
 takes and returns batch-1 tensors ``[1, C, T]``; its steps work on ``[C, T]`` (indexing away
 the batch dimension costs as much as a small copy). Layers without a step of their own (LSTM,
-Snake) run their ``forward``, which keeps their state.
+Snake, the spectral decoder's inverse FFT) run their ``forward``, which keeps their state.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .seanet import ELU, ResidualUnit
+from .spectral import ChannelNorm, ConvNeXtBlock, FFTHead, FFTSynthesis
 from .streaming import CausalConv1d, CausalConvTranspose1d, ConvState, ConvTransposeState, StreamingModule
 
 Step = Callable[[Tensor], Tensor]
@@ -162,6 +163,70 @@ class ResidualStep:
         return torch.addmm(self.pointwise.bias, self.pointwise.weight, h).add_(x)
 
 
+class ChannelNormStep:
+    """A :class:`ChannelNorm` (layer norm over the channels of each step)."""
+
+    def __init__(self, layer: ChannelNorm) -> None:
+        self.layer = layer
+
+    def __call__(self, x: Tensor) -> Tensor:
+        norm = self.layer
+        return F.layer_norm(x.t(), norm.normalized_shape, norm.weight, norm.bias, norm.eps).t()
+
+
+class LinearStep:
+    """A 1x1 ``nn.Conv1d`` (the spectral decoder's projection to spectra): one matrix product."""
+
+    def __init__(self, conv: nn.Conv1d) -> None:
+        self.weight = conv.weight.detach()[..., 0]  # [C_out, C_in]
+        self.bias = conv.bias.detach()[:, None]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.addmm(self.bias, self.weight, x)
+
+
+class ConvNeXtStep(CarryingStep):
+    """A :class:`ConvNeXtBlock` on ``n`` frames. ``window`` ``[1, C, context + n]`` holds the
+    depthwise convolution's left context (its streaming state), then the input; the taps of the
+    ``n`` outputs are a view of it, ``[C, n, kernel]``."""
+
+    def __init__(self, block: ConvNeXtBlock, n: int) -> None:
+        layer, conv = block.dwconv, block.dwconv.conv
+        c, ctx, like = conv.out_channels, layer.context, {"dtype": conv.weight.dtype, "device": conv.weight.device}
+        self.layer, self.norm = layer, block.norm
+        self.depthwise, self.depthwise_bias = conv.weight.detach()[:, 0], conv.bias.detach()[:, None]  # [C, k], [C, 1]
+        self.weight1, self.bias1 = block.pw1.weight.detach(), block.pw1.bias.detach()  # [H, C], [H]
+        self.weight2, self.bias2 = block.pw2.weight.detach(), block.pw2.bias.detach()  # [C, H], [C]
+        self.gain = block.scale.detach()[:, None]
+        window = torch.zeros(1, c, ctx + n, **like)
+        self.state = ConvState(window[..., :ctx])
+        self.window = window[0]
+        self.input, self.head, self.shift_from = self.window[:, ctx:], self.window[:, :ctx], self.window[:, n:]
+        self.overlapping = n < ctx
+        self.taps = self.window.unfold(-1, layer.span, 1)[..., :: conv.dilation[0]]  # [C, n, k]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """``x`` ``[C, n]`` -> ``[C, n]``."""
+        self.input.copy_(x)
+        h = (self.taps * self.depthwise[:, None]).sum(-1).add_(self.depthwise_bias)  # [C, n]
+        self.head.copy_(self.shift_from.clone() if self.overlapping else self.shift_from)
+        norm = self.norm
+        h = F.layer_norm(h.t(), norm.normalized_shape, norm.weight, norm.bias, norm.eps)  # [n, C]
+        h = torch.addmm(self.bias2, F.gelu(torch.addmm(self.bias1, h, self.weight1.t())), self.weight2.t())
+        return torch.addcmul(x, h.t(), self.gain)
+
+
+class SynthesisStep:
+    """The spectral decoder's inverse FFT and cross-fade (:class:`FFTSynthesis`), by its own
+    forward, which keeps its state: ``[n_fft + 2, n]`` -> ``[1, n * hop]``."""
+
+    def __init__(self, layer: FFTSynthesis) -> None:
+        self.layer = layer
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.layer(x.unsqueeze(0))[0]
+
+
 class FramePlan:
     """The steps of ``network`` (an ``nn.Sequential`` encoder or decoder) for ``n`` input
     samples or frames per call; ``plan(x)`` runs them, ``[1, C, n]`` -> ``[1, C', n']``.
@@ -170,7 +235,7 @@ class FramePlan:
     def __init__(self, network: nn.Sequential, n: int) -> None:
         self.steps: list[Step] = []
         self.lengths: list[int] = []  # each step's input steps a call
-        for layer in network:
+        for layer in _layers(network):
             self.lengths.append(n)
             step, n = _step(layer, n)
             self.steps.append(step)
@@ -193,8 +258,24 @@ class FramePlan:
         return h.unsqueeze(0)
 
 
+def _layers(network: nn.Sequential) -> list[nn.Module]:
+    """The layers of ``network``, an :class:`FFTHead` as its projection and its synthesis."""
+    layers: list[nn.Module] = []
+    for layer in network:
+        layers += [layer.proj, layer.synthesis] if isinstance(layer, FFTHead) else [layer]
+    return layers
+
+
 def _step(layer: nn.Module, n: int) -> tuple[Step, int]:
     """The step for ``layer`` on ``n`` time steps, and its output length."""
+    if isinstance(layer, ConvNeXtBlock):
+        return ConvNeXtStep(layer, n), n
+    if isinstance(layer, ChannelNorm):
+        return ChannelNormStep(layer), n
+    if isinstance(layer, FFTSynthesis):
+        return SynthesisStep(layer), n * layer.hop
+    if type(layer) is nn.Conv1d and layer.kernel_size == (1,) and layer.stride == (1,) and layer.groups == 1:
+        return LinearStep(layer), n
     if isinstance(layer, CausalConv1d):
         return ConvStep(layer, n), n // layer.stride
     if isinstance(layer, CausalConvTranspose1d) and layer.conv.kernel_size[0] % layer.stride == 0:

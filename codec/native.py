@@ -40,13 +40,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .frame import ConvStep, ConvTransposeStep, FramePlan, ResidualStep
+from .frame import ChannelNormStep, ConvNeXtStep, ConvStep, ConvTransposeStep, FramePlan, LinearStep, ResidualStep, Step, SynthesisStep
 
 SOURCE = Path(__file__).with_name("csrc") / "frame.c"
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-shared", "-fPIC", "-std=c11"]
 BUILD_TIMEOUT_S = 120
 
-_CONV, _RESIDUAL, _ELU, _CONV_TRANSPOSE = 0, 1, 2, 3
+_CONV, _RESIDUAL, _ELU, _CONV_TRANSPOSE, _NORM, _CONVNEXT = 0, 1, 2, 3, 4, 5
 _FLOAT32, _FLOAT16, _INT8 = 0, 1, 2  # frame.c's WEIGHTS_*
 
 
@@ -55,7 +55,8 @@ class Op(ctypes.Structure):
 
     _fields_ = [
         (name, ctypes.c_int32) for name in ("kind", "c_in", "c_out", "kernel", "stride", "dilation", "context", "n", "hidden", "format")
-    ] + [(name, ctypes.c_void_p) for name in ("window", "weight", "bias", "weight2", "bias2", "scale", "scale2", "cols", "mid", "carry", "out")]
+    ] + [(name, ctypes.c_void_p) for name in ("window", "weight", "bias", "weight2", "bias2", "scale", "scale2", "cols", "mid", "carry", "out",
+                                              "depthwise", "depthwise_bias", "norm_weight", "norm_bias", "gain")] + [("eps", ctypes.c_float)]
 
 
 def cache_dir() -> Path:
@@ -165,10 +166,23 @@ def round_narrow_weights(model: nn.Module) -> int:
         return sum(round_plan_weights(plan) for plan in plans if _runnable(plan))
 
 
+_KERNELS = (ConvStep, ResidualStep, ConvTransposeStep, ChannelNormStep, ConvNeXtStep, LinearStep)
+
+
+def native_steps(plan: FramePlan) -> int | None:
+    """How many of ``plan``'s steps frame.c runs: all, but a last inverse FFT
+    (:class:`SynthesisStep`), which runs in PyTorch; None where a step has no kernel (LSTM,
+    Snake)."""
+    steps = plan.steps[:-1] if plan.steps and isinstance(plan.steps[-1], SynthesisStep) else plan.steps
+    if not all(isinstance(s, _KERNELS) or s is F.elu_ or s is F.elu for s in steps):
+        return None
+    return len(steps)
+
+
 def _runnable(plan: FramePlan) -> bool:
-    """Whether frame.c has a kernel for every step (not for LSTM or Snake): rounding the
-    weights of a plan it cannot run would cost quality for nothing."""
-    return all(isinstance(s, (ConvStep, ResidualStep, ConvTransposeStep)) or s is F.elu_ or s is F.elu for s in plan.steps)
+    """Whether frame.c runs ``plan``: rounding the weights of a plan it cannot run would cost
+    quality for nothing."""
+    return native_steps(plan) is not None
 
 
 @torch.no_grad()
@@ -195,6 +209,10 @@ def _products(step: object, n: int) -> list[tuple[Tensor, int]]:
         return [(step.conv.weight, n), (step.pointwise.weight, n)]
     if isinstance(step, ConvTransposeStep):
         return [(step.weight_t, n)]
+    if isinstance(step, ConvNeXtStep):
+        return [(step.weight1, n), (step.weight2, n)]
+    if isinstance(step, LinearStep):
+        return [(step.weight, n)]
     return []
 
 
@@ -215,11 +233,12 @@ class NativePlan:
     layers' state; adds the output and scratch buffers C needs, and float16 copies of the
     narrow products' weights where exact (:func:`compact`), made when the plan is built:
     build one per streaming session, with :meth:`for_plan`, which says None for plans it
-    cannot run.
+    cannot run. A last inverse FFT (``tail``) runs in PyTorch on frame.c's output.
     """
 
-    def __init__(self, plan: FramePlan, lib: ctypes.CDLL, ops: list[Op], kept: list[Tensor], out: Tensor) -> None:
-        self.plan, self.lib, self.out = plan, lib, out
+    def __init__(self, plan: FramePlan, lib: ctypes.CDLL, ops: list[Op], kept: list[Tensor], out: Tensor,
+                 tail: list[Step]) -> None:
+        self.plan, self.lib, self.out, self.tail = plan, lib, out, tail
         self.in_shape = (1, ops[0].c_in, ops[0].n)
         self.ops = (Op * len(ops))(*ops)
         self.kept = kept  # tensors the ops point into that nothing else holds
@@ -227,9 +246,9 @@ class NativePlan:
     @classmethod
     def for_plan(cls, plan: FramePlan, channels: int, n: int) -> "NativePlan | None":
         """``channels`` x ``n``: the plan's input. None without the library, off the CPU,
-        outside float32, or with a step frame.c has no kernel for (LSTM, Snake)."""
-        lib = library()
-        if lib is None or any(t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous() for t in _tensors(plan)):
+        outside float32, or with a step frame.c has no kernel for (:func:`native_steps`)."""
+        lib, count = library(), native_steps(plan)
+        if lib is None or not count or any(t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous() for t in _tensors(plan)):
             return None
         ops: list[Op] = []
         kept: list[Tensor] = []
@@ -239,14 +258,11 @@ class NativePlan:
             return t
 
         out = None
-        for step in plan.steps:
-            made = _op(step, channels, n, keep)
-            if made is None:
-                return None
-            op, out = made
+        for step in plan.steps[:count]:
+            op, out = _op(step, channels, n, keep)
             ops.append(op)
             channels, n = out.shape
-        return cls(plan, lib, ops, kept, out.view(1, channels, n))
+        return cls(plan, lib, ops, kept, out, plan.steps[count:])
 
     def __call__(self, x: Tensor) -> Tensor:
         self.plan.adopt()
@@ -254,13 +270,16 @@ class NativePlan:
             raise ValueError(f"native frame plan for {self.in_shape}, got {tuple(x.shape)}")
         x = x.float().contiguous()
         self.lib.rvq_run(self.ops, len(self.ops), x.data_ptr())
-        return self.out.clone()
+        h = self.out.clone()
+        for step in self.tail:
+            h = step(h)
+        return h.unsqueeze(0)
 
 
-def _op(step: object, channels: int, n: int, keep: Callable[[Tensor], Tensor]) -> tuple[Op, Tensor] | None:
-    """The Op for one plan step on ``channels`` x ``n`` input and its output buffer; ``keep``
-    holds the tensors it makes. Narrow products (at most NARROW columns) get packed weights,
-    float16 where exact."""
+def _op(step: object, channels: int, n: int, keep: Callable[[Tensor], Tensor]) -> tuple[Op, Tensor]:
+    """The Op for one plan step (one :func:`native_steps` counts) on ``channels`` x ``n``
+    input and its output buffer; ``keep`` holds the tensors it makes. Narrow products (at most
+    NARROW columns) get packed weights, float16 where exact."""
     if isinstance(step, ConvStep):
         layer = step.layer
         fmt, (weight,), (scale,) = _weights(step, n, keep)
@@ -290,8 +309,29 @@ def _op(step: object, channels: int, n: int, keep: Callable[[Tensor], Tensor]) -
                 carry=_ptr(step.state.partial), cols=_ptr(keep(_f32(c_out * k, n))),
                 mid=_ptr(keep(_f32(c_out, n * s + k - s))))
         out = keep(_f32(c_out, n * s))
+    elif isinstance(step, LinearStep):
+        fmt, (weight,), (scale,) = _weights(step, n, keep)
+        op = Op(kind=_CONV, c_in=channels, c_out=step.weight.shape[0], kernel=1, stride=1, n=n, format=fmt,
+                weight=weight, scale=scale, bias=_ptr(step.bias))
+        out = keep(_f32(op.c_out, n))
+    elif isinstance(step, ChannelNormStep):
+        norm = step.layer
+        op = Op(kind=_NORM, c_in=channels, c_out=channels, stride=1, n=n, norm_weight=_ptr(norm.weight),
+                norm_bias=_ptr(norm.bias), eps=norm.eps)
+        out = keep(_f32(channels, n))
+    elif isinstance(step, ConvNeXtStep):
+        conv, hidden = step.layer.conv, step.weight1.shape[0]
+        fmt, weights, scales = _weights(step, n, keep)
+        op = Op(kind=_CONVNEXT, c_in=channels, c_out=channels, kernel=conv.kernel_size[0], stride=1,
+                dilation=conv.dilation[0], context=step.layer.context, n=n, hidden=hidden, format=fmt,
+                window=_ptr(step.window), weight=weights[0], scale=scales[0], bias=_ptr(step.bias1),
+                weight2=weights[1], scale2=scales[1], bias2=_ptr(step.bias2), cols=_ptr(keep(_f32(channels, n))),
+                mid=_ptr(keep(_f32(hidden, n))), depthwise=_ptr(step.depthwise),
+                depthwise_bias=_ptr(step.depthwise_bias), norm_weight=_ptr(step.norm.weight),
+                norm_bias=_ptr(step.norm.bias), gain=_ptr(step.gain), eps=step.norm.eps)
+        out = keep(_f32(channels, n))
     else:
-        return None
+        raise TypeError(f"frame.c has no kernel for {step!r}")
     op.out = _ptr(out)
     return op, out
 
@@ -324,6 +364,11 @@ def _tensors(plan: FramePlan) -> list[Tensor]:
             found += [t for t in (getattr(conv, name, None) for name in ("weight", "bias", "window", "cols")) if isinstance(t, Tensor)]
         if isinstance(step, ConvTransposeStep):
             found += [step.weight_t.t(), step.bias, step.state.partial]  # (weight_t is a transposed view)
+        if isinstance(step, ChannelNormStep):
+            found += [step.layer.weight, step.layer.bias]
+        if isinstance(step, ConvNeXtStep):
+            found += [step.depthwise, step.depthwise_bias, step.weight1, step.bias1, step.weight2, step.bias2, step.gain,
+                      step.norm.weight, step.norm.bias]
     return found
 
 

@@ -12,8 +12,11 @@ from codec.frame import FramePlan
 from codec.native import NativePlan, compact, round_plan_weights, rvq_decode, rvq_search
 from codec.quantizer import _nearest_exact
 from codec.seanet import ELU, ResidualUnit
+from codec.spectral import ChannelNorm, ConvNeXtBlock, FFTHead
 from codec.streaming import CausalConv1d, CausalConvTranspose1d, streaming
 from conftest import SMALL, TINY, make_model
+
+SPECTRAL = dataclasses.replace(SMALL, decoder="spectral", decoder_dim=24, decoder_layers=2)
 
 needs_library = pytest.mark.skipif(native.library() is None, reason="no C compiler: the native runtime cannot be built")
 
@@ -60,8 +63,9 @@ def fp16_valued(model):
 
 
 @needs_library
-@pytest.mark.parametrize("cfg, half", [(SMALL, False), (SMALL, True), (TINY, False), (dataclasses.replace(SMALL, channels=3), True)],
-                         ids=["small", "small-fp16", "tiny", "odd-channels-fp16"])
+@pytest.mark.parametrize("cfg, half", [(SMALL, False), (SMALL, True), (TINY, False), (dataclasses.replace(SMALL, channels=3), True),
+                                       (SPECTRAL, False), (SPECTRAL, True)],
+                         ids=["small", "small-fp16", "tiny", "odd-channels-fp16", "spectral", "spectral-fp16"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_native_frames_match_offline(cfg, half, seed):
     model = make_model(cfg, seed)
@@ -77,6 +81,29 @@ def test_native_frames_match_offline(cfg, half, seed):
     assert (streamed_audio - audio).abs().max().item() < 1e-5
 
 
+def native_against_offline(network, steps, weights, rounded):
+    """``network`` (input 5 channels) with its weights stored as ``weights`` says, ``rounded``:
+    how many matrices int8 rounding must touch at this width. Runs 4 calls of ``steps``
+    through its native plan -> (plan, native output, offline output)."""
+    x = torch.randn(1, 5, 4 * steps)
+    with torch.no_grad():
+        if weights == "float16":
+            for t in network.parameters():
+                t.copy_(t.half().float())
+        if weights == "int8":
+            with streaming(network):
+                assert round_plan_weights(FramePlan(network, steps)) == (rounded if steps <= native.NARROW else 0)
+        expected = network(x)
+    with torch.no_grad(), streaming(network):
+        plan = NativePlan.for_plan(FramePlan(network, steps), 5, steps)
+        assert plan is not None
+        formats = {op.format for op in plan.ops if op.kind not in (2, 4)}  # (ELU and norms have no products)
+        assert formats == {0} if steps > native.NARROW else {"float32": {0}, "float16": {1}, "int8": {2}}[weights]
+        got = torch.cat([plan(x[..., i : i + steps]) for i in range(0, x.shape[-1], steps)], dim=-1)
+    assert got.shape == expected.shape
+    return plan, got, expected
+
+
 @needs_library
 @pytest.mark.parametrize("weights", ["float32", "float16", "int8"])
 @pytest.mark.parametrize("steps", [*range(1, native.NARROW + 2), 40])
@@ -88,22 +115,27 @@ def test_every_product_width_matches_the_layers(steps, weights):
     torch.manual_seed(steps)
     network = torch.nn.Sequential(CausalConv1d(5, 37, 3, dilation=2), ELU(inplace=True), ResidualUnit(37, 3, 1),
                                   CausalConvTranspose1d(37, 6, 4, 2), CausalConv1d(6, 7, 4, stride=2)).eval()
-    x = torch.randn(1, 5, 4 * steps)
-    with torch.no_grad():
-        if weights == "float16":
-            for t in network.parameters():
-                t.copy_(t.half().float())
-        if weights == "int8":
-            with streaming(network):
-                assert round_plan_weights(FramePlan(network, steps)) == (5 if steps <= native.NARROW else 0)
-        expected = network(x)
-    with torch.no_grad(), streaming(network):
-        plan = NativePlan.for_plan(FramePlan(network, steps), 5, steps)
-        assert plan is not None
-        formats = {op.format for op in plan.ops if op.kind != 2}  # (ELU has no weights)
-        assert formats == {0} if steps > native.NARROW else {"float32": {0}, "float16": {1}, "int8": {2}}[weights]
-        got = torch.cat([plan(x[..., i : i + steps]) for i in range(0, x.shape[-1], steps)], dim=-1)
+    _, got, expected = native_against_offline(network, steps, weights, rounded=5)
     assert (got - expected).abs().max().item() < 1e-5
+
+
+@needs_library
+@pytest.mark.parametrize("weights", ["float32", "float16", "int8"])
+@pytest.mark.parametrize("steps", [1, 2, 5, native.NARROW, native.NARROW + 1, 40])
+def test_spectral_layers_match_at_every_width(steps, weights):
+    """The spectral decoder's layers (layer norm, ConvNeXt block with its GELU, projection;
+    the inverse FFT after them in PyTorch) with random weights large enough to reach GELU's
+    and the norm's nonlinear ranges: several calls of the native plan give what the layers
+    give offline, to 1e-6 of the output's peak."""
+    torch.manual_seed(100 + steps)
+    network = torch.nn.Sequential(CausalConv1d(5, 37, 3), ChannelNorm(37), ConvNeXtBlock(37, 75, 7, 0.5), ChannelNorm(37),
+                                  FFTHead(37, 16, 8, 4)).eval()
+    with torch.no_grad():
+        for t in network.parameters():
+            t.normal_(0, 0.4)
+    plan, got, expected = native_against_offline(network, steps, weights, rounded=4)
+    assert [op.kind for op in plan.ops] == [0, 4, 5, 4, 0] and len(plan.tail) == 1
+    assert (got - expected).abs().max().item() < 1e-6 * expected.abs().max().item()
 
 
 @pytest.mark.parametrize("runtime", ["native", "pytorch"])
@@ -130,9 +162,10 @@ def test_one_frame_and_longer_chunks_alternate_with_1x1_end_layers(runtime, requ
     assert (torch.cat(audio, dim=-1) - offline_audio).abs().max().item() < 1e-5
 
 
-def test_without_the_library_frames_take_the_pytorch_steps(pytorch_only):
+@pytest.mark.parametrize("cfg", [SMALL, SPECTRAL], ids=["seanet", "spectral"])
+def test_without_the_library_frames_take_the_pytorch_steps(pytorch_only, cfg):
     assert native.library() is None
-    model = make_model(SMALL, seed=3)
+    model = make_model(cfg, seed=3)
     hop = model.hop_length
     wav = torch.randn(1, 1, 4 * hop) * 0.3
     codes = model.encode(wav, n_q=8)

@@ -6,12 +6,12 @@
  * N steps is [C][N]); signals are float32, weights float32, float16 or int8 (Op.format), the search's
  * norms and residual float64.
  *
- * Arithmetic follows the PyTorch layers (codec/streaming.py, codec/seanet.py) up to rounding:
- * sums are taken in another order, with fused multiply-adds where the CPU has them (native.py
- * builds with -ffp-contract=fast), and ELU's exp(x) - 1 comes from a polynomial for exp, good
- * to about 1e-7 absolute, so outputs differ from PyTorch's by about 1e-7. The codebook search
- * chooses as codec/quantizer.py's float64 search does (up to the float64 summation order,
- * which only matters for entries at exactly equal distances).
+ * Arithmetic follows the PyTorch layers (codec/streaming.py, codec/seanet.py, codec/spectral.py)
+ * up to rounding: sums are taken in another order, with fused multiply-adds where the CPU has
+ * them (native.py builds with -ffp-contract=fast), and ELU's exp(x) - 1 and GELU's erf come
+ * from polynomials good to about 1e-7 absolute, so outputs differ from PyTorch's by about
+ * 1e-7. The codebook search chooses as codec/quantizer.py's float64 search does (up to the
+ * float64 summation order, which only matters for entries at exactly equal distances).
  */
 #include <stdint.h>
 #include <string.h>
@@ -91,7 +91,7 @@ static inline v16 load16b(const int8_t *p) {
 #endif
 }
 
-enum { OP_CONV = 0, OP_RESIDUAL = 1, OP_ELU = 2, OP_CONV_TRANSPOSE = 3 };
+enum { OP_CONV = 0, OP_RESIDUAL = 1, OP_ELU = 2, OP_CONV_TRANSPOSE = 3, OP_NORM = 4, OP_CONVNEXT = 5 };
 
 /* How an op's weights are stored. Only packed weights (products of at most NARROW columns) are
  * ever float16 or int8; int8 rows are scaled, row m of the weight being scale[m] times its
@@ -109,10 +109,14 @@ typedef struct {
     const float *weight, *bias;    /* conv [c_out][c_in * kernel]; transposed [c_out * kernel][c_in]; packed if narrow */
     const float *weight2, *bias2;  /* residual: the 1x1 convolution [c_out][hidden] */
     const float *scale, *scale2;   /* WEIGHTS_INT8: the rows' scales, [rows of the product] */
-    float *cols;      /* scratch: conv taps [c_in * kernel][n_out]; transposed [c_out * kernel][n] */
-    float *mid;       /* scratch: residual [hidden][n]; transposed [c_out][n * stride + context] */
+    float *cols;      /* scratch: conv taps [c_in * kernel][n_out]; transposed [c_out * kernel][n]; ConvNeXt [c_in][n] */
+    float *mid;       /* scratch: residual, ConvNeXt [hidden][n]; transposed [c_out][n * stride + context] */
     float *carry;     /* transposed: [c_out][context], the layer's state */
     float *out;       /* [c_out][n_out] */
+    const float *depthwise, *depthwise_bias;  /* ConvNeXt: [c_in][kernel], [c_in] */
+    const float *norm_weight, *norm_bias;     /* norm, ConvNeXt: the layer norm's [c_in] each */
+    const float *gain;                        /* ConvNeXt: the residual branch's [c_in] */
+    float eps;                                /* norm, ConvNeXt: the layer norm's */
 } Op;
 
 /* Products with at most NARROW columns (the deepest layers' few steps per frame) read their
@@ -250,10 +254,9 @@ static void product(int M, int J, int N, const void *w, int format, const float 
 
 static inline v16 select16(v16i mask, v16 a, v16 b) { return (v16)((mask & (v16i)a) | (~mask & (v16i)b)); }
 
-/* ELU of 16 values: x for x > 0, exp(x) - 1 otherwise (Cephes' expf polynomial). */
-static inline v16 elu16(v16 x) {
+/* exp of 16 values z <= 0 (Cephes' expf polynomial); below -87 it is exp(-87). */
+static inline v16 exp16(v16 z) {
     const v16 zero = {0}, floor_ = zero - 87.0f;
-    v16 z = select16(x < zero, x, zero);
     z = select16(z < floor_, floor_, z);
     const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
     v16 k = (z * 1.44269504088896341f + magic) - magic;
@@ -266,19 +269,59 @@ static inline v16 elu16(v16 x) {
     p = p * r + 5.0000001201e-1f;
     v16 e = p * r * r + r + 1.0f;
     v16i bits = (__builtin_convertvector(k, v16i) + 127) << 23;
-    e *= (v16)bits;
+    return e * (v16)bits;
+}
+
+/* ELU of 16 values: x for x > 0, exp(x) - 1 otherwise. */
+static inline v16 elu16(v16 x) {
+    const v16 zero = {0};
+    v16 e = exp16(select16(x < zero, x, zero));
     return select16(x <= zero, e - 1.0f, x); /* (NaN stays NaN) */
 }
 
-/* dst[i] = ELU(src[i]); dst may be src. */
-static void elu(int64_t n, const float *src, float *dst) {
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) store16(dst + i, elu16(load16(src + i)));
-    if (i < n) {
-        float tail[16] = {0};
-        memcpy(tail, src + i, (n - i) * sizeof(float));
-        store16(tail, elu16(load16(tail)));
-        memcpy(dst + i, tail, (n - i) * sizeof(float));
+/* GELU of 16 values, x (1 + erf(x / sqrt 2)) / 2, with erf from Abramowitz and Stegun's
+ * 7.1.26 (within 1.5e-7). */
+static inline v16 gelu16(v16 x) {
+    const v16 zero = {0};
+    v16 u = x * 0.70710678118654752f;
+    v16 a = select16(u < zero, zero - u, u);
+    v16 t = 1.0f / (1.0f + 0.3275911f * a);
+    v16 p = 1.061405429f * t - 1.453152027f;
+    p = p * t + 1.421413741f;
+    p = p * t - 0.284496736f;
+    p = p * t + 0.254829592f;
+    v16 erf_a = 1.0f - p * t * exp16(zero - a * a);
+    return 0.5f * x * (1.0f + select16(u < zero, zero - erf_a, erf_a)); /* (NaN stays NaN) */
+}
+
+/* dst[i] = F(src[i]) for a 16-wide F; dst may be src. */
+#define ELEMENTWISE(NAME, F)                                                                 \
+    static void NAME(int64_t n, const float *src, float *dst) {                              \
+        int64_t i = 0;                                                                       \
+        for (; i + 16 <= n; i += 16) store16(dst + i, F(load16(src + i)));                   \
+        if (i < n) {                                                                         \
+            float tail[16] = {0};                                                            \
+            memcpy(tail, src + i, (n - i) * sizeof(float));                                  \
+            store16(tail, F(load16(tail)));                                                  \
+            memcpy(dst + i, tail, (n - i) * sizeof(float));                                  \
+        }                                                                                    \
+    }
+ELEMENTWISE(elu, elu16)
+ELEMENTWISE(gelu, gelu16)
+
+/* Layer norm over the C channels of each of n steps, [C][n] -> [C][n]: (x - mean) /
+ * sqrt(variance + eps) * g + b, mean and variance summed in float64; y may be x. */
+static void layer_norm(int C, int n, const float *x, const float *g, const float *b, float eps, float *y) {
+    for (int t = 0; t < n; t++) {
+        double sum = 0, squares = 0;
+        for (int c = 0; c < C; c++) sum += x[(int64_t)c * n + t];
+        const double mean = sum / C;
+        for (int c = 0; c < C; c++) {
+            const double d = x[(int64_t)c * n + t] - mean;
+            squares += d * d;
+        }
+        const float m = (float)mean, inv = (float)(1.0 / __builtin_sqrt(squares / C + eps));
+        for (int c = 0; c < C; c++) y[(int64_t)c * n + t] = (x[(int64_t)c * n + t] - m) * inv * g[c] + b[c];
     }
 }
 
@@ -356,6 +399,29 @@ static void conv_transpose(const Op *op, const float *x) {
     }
 }
 
+/* x + gain * pw2(GELU(pw1(norm(depthwise(x))))), the depthwise convolution's window holding
+ * its state then x; pw1 is weight [hidden][c_in], pw2 weight2 [c_in][hidden]. */
+static void convnext(const Op *op, const float *x) {
+    const int C = op->c_in, n = op->n, k = op->kernel, L = op->context + n;
+    for (int c = 0; c < C; c++) {
+        float *win = op->window + (int64_t)c * L;
+        const float *w = op->depthwise + (int64_t)c * k;
+        memcpy(win + op->context, x + (int64_t)c * n, n * sizeof(float));
+        for (int t = 0; t < n; t++) {
+            float s = op->depthwise_bias[c];
+            for (int kk = 0; kk < k; kk++) s += w[kk] * win[t + kk * op->dilation];
+            op->cols[(int64_t)c * n + t] = s;
+        }
+        memmove(win, win + n, op->context * sizeof(float));
+    }
+    layer_norm(C, n, op->cols, op->norm_weight, op->norm_bias, op->eps, op->cols);
+    product(op->hidden, C, n, op->weight, op->format, op->scale, op->cols, op->bias, op->mid);
+    gelu((int64_t)op->hidden * n, op->mid, op->mid);
+    product(C, op->hidden, n, op->weight2, op->format, op->scale2, op->mid, op->bias2, op->out);
+    for (int c = 0; c < C; c++)
+        for (int t = 0; t < n; t++) op->out[(int64_t)c * n + t] = x[(int64_t)c * n + t] + op->gain[c] * op->out[(int64_t)c * n + t];
+}
+
 /* Runs ops[0..n_ops) on x; the result is in ops[n_ops - 1].out. */
 void rvq_run(const Op *ops, int n_ops, const float *x) {
     for (int i = 0; i < n_ops; i++) {
@@ -365,6 +431,8 @@ void rvq_run(const Op *ops, int n_ops, const float *x) {
             case OP_RESIDUAL: residual(op, x); break;
             case OP_ELU: elu((int64_t)op->c_in * op->n, x, op->out); break;
             case OP_CONV_TRANSPOSE: conv_transpose(op, x); break;
+            case OP_NORM: layer_norm(op->c_in, op->n, x, op->norm_weight, op->norm_bias, op->eps, op->out); break;
+            case OP_CONVNEXT: convnext(op, x); break;
         }
         x = op->out;
     }
