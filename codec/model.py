@@ -75,16 +75,21 @@ class Codec(nn.Module):
         return self.cfg.n_q_for_kbps(max(self.cfg.bandwidths) if kbps is None else kbps)
 
     # Training -----------------------------------------------------------------------
-    def forward(self, x: Tensor, n_q: Tensor, bypass: Tensor | None = None) -> CodecOutput:
+    def forward(self, x: Tensor, n_q: Tensor, bypass: Tensor | None = None, codes: Tensor | None = None) -> CodecOutput:
         """Training pass. ``x``: ``[B, 1, T]`` with T a multiple of hop; ``n_q``: active
         codebooks ``[B]``; ``bypass``: ``[B]`` bool, examples whose decoder gets the
-        unquantized latent (the quantizer still learns from them).
+        unquantized latent (the quantizer still learns from them); ``codes``: ``[B, K, F]``,
+        the codes of ``x`` from this model's frozen encoder, computed before (then ``x`` is
+        not encoded, and nothing bypasses).
 
         Why bypass (as in Mimi): with every example quantized from the first step, the
         encoder output collapsed to a near-constant that a handful of codes covered, so the
         decoder got no information to learn from. Decoding some examples from the
         continuous latent keeps the encoder informative while the codebooks catch up.
         """
+        if codes is not None:
+            q = self.quantizer.from_codes(codes, n_q)
+            return CodecOutput(self.decoder(q.x), q)
         z = self.encoder(x)
         q = self.quantizer(z, n_q)
         latent = q.x if bypass is None else torch.where(bypass.to(z.device)[:, None, None], z, q.x.to(z.dtype))

@@ -253,6 +253,17 @@ class ResidualVectorQuantizer(nn.Module):
             codes.append(idx)
         return torch.stack(codes, dim=1).reshape(b, f, n_q).transpose(1, 2)
 
+    def from_codes(self, codes: Tensor, n_q: Tensor) -> QuantizerOutput:
+        """Training on codes computed before (a frozen encoder's, :mod:`train.codes`): example
+        ``b``'s latent from its first ``n_q[b]`` levels of ``codes`` ``[B, K, F]``; no
+        search, no codebook update, no commitment loss."""
+        b, k, f = codes.shape
+        offsets = torch.arange(k, device=codes.device)[:, None] * self.codebook_size  # [K, 1]
+        rows = self.codebooks.reshape(-1, self.dim).index_select(0, (codes + offsets).reshape(-1)).view(b, k, f, self.dim)
+        active = torch.arange(k, device=codes.device)[None, :] < n_q.to(codes.device)[:, None]  # [B, K]
+        x = (rows * active[:, :, None, None]).sum(1).transpose(1, 2)
+        return QuantizerOutput(x, codes, x.new_zeros(()))
+
     def decode(self, codes: Tensor) -> Tensor:
         """codes ``[B, K, F]`` (K <= n_q) -> latent ``[B, D, F]``."""
         b, k, f = codes.shape

@@ -32,6 +32,23 @@ def test_training_forward_masks_inactive_levels():
     assert out.commitment_loss.item() > 0
 
 
+def test_cached_codes_give_the_training_forward_latent():
+    """from_codes (training on a code cache): each example's latent is that of the forward
+    pass with the same active levels, from the codes alone, and nothing learns."""
+    torch.manual_seed(1)
+    rvq = ResidualVectorQuantizer(dim=16, n_q=6, size=32).train()
+    z = torch.randn(4, 16, 10)
+    rvq(z, torch.full((4,), 6))  # k-means initialisation
+    rvq.eval()
+    n_q = torch.tensor([1, 2, 6, 4])
+    out = rvq(z, n_q)
+    before = rvq.codebooks.clone()
+    cached = rvq.from_codes(out.codes, n_q)
+    assert torch.allclose(cached.x, out.x, atol=1e-5)
+    assert not torch.allclose(cached.x[0], rvq.from_codes(out.codes, torch.full((4,), 6)).x[0], atol=1e-3)
+    assert float(cached.commitment_loss) == 0.0 and torch.equal(rvq.codebooks, before)
+
+
 def test_straight_through_and_commitment_gradients_reach_the_input():
     torch.manual_seed(0)
     rvq = ResidualVectorQuantizer(dim=8, n_q=3, size=16).train()

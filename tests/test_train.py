@@ -18,6 +18,7 @@ from codec import Codec, CodecError, load, save_model
 from codec.native import int8_rows
 from train.config import TrainConfig
 from train.checkpoint import list_checkpoints
+from train.codes import CodeCropSampler
 from train.export import export_run
 from train.loop import run
 from train.prepare import build_cache
@@ -253,6 +254,44 @@ def test_a_new_decoder_starts_from_a_release_encoder(cache, tmp_path):
     assert exported.decode(release.encode(x, n_q=4)).shape == x.shape
     with pytest.raises(CodecError, match="architecture"):
         Trainer(tiny_config(model=spectral), cache, tmp_path / "c").init_from(str(tmp_path / "tiny.safetensors"))
+
+
+def test_a_code_cache_trains_the_decoder_on_the_release_codes(cache, tmp_path):
+    """data.code_crops: crops drawn once and encoded by the frozen encoder with every level;
+    the steps take windows of them with their codes and train the decoder alone. A resumed
+    run keeps the cache; a cache of other weights is rebuilt."""
+    run(tiny_config(), cache, tmp_path / "a", max_steps=1, progress=False)
+    release_file = export_run(tmp_path / "a", tmp_path / "tiny.safetensors")
+    release = load(release_file)
+    spectral = {"decoder": "spectral", "decoder_dim": 8, "decoder_layers": 2}
+    cfg = tiny_config(model=spectral, data={"code_crops": 6, "code_crop_seconds": 0.5}, top={"freeze_encoder": True})
+    run(cfg, cache, tmp_path / "b", max_steps=2, init=str(release_file), progress=False)
+    folder = tmp_path / "b" / "codes"
+    audio, codes = np.load(folder / "audio.npy"), np.load(folder / "codes.npy")
+    assert audio.shape == (6, 4000) and codes.shape == (6, 4, 1000)
+    assert len({bytes(a) for a in audio}) == 6 and np.abs(audio).max() > 1000  # six crops of audio, not silence
+    x = torch.from_numpy(audio.astype(np.float32) / 32767)[:, None]
+    assert torch.equal(release.encode(x, n_q=4)[:, 0], torch.from_numpy(codes.astype(np.int64)))
+    crops, window = CodeCropSampler(folder, cfg).batch(5)
+    assert crops.shape == (4, 1, 2048) and window.shape == (4, 4, 512)
+    found = [[i for i in range(6) for s in range(0, 4000 - 2047, 4)
+              if np.array_equal(audio[i, s : s + 2048], np.round(c[0].numpy() * 32767))
+              and np.array_equal(codes[i, :, s // 4 : s // 4 + 512], w.numpy())] for c, w in zip(crops, window)]
+    assert all(len(f) >= 1 for f in found)  # each window is a cached crop's audio with its own codes
+    logged = losses_by_step(tmp_path / "b")
+    assert sorted(logged) == [1, 2] and all(math.isfinite(row["rec/mel"]) for row in logged.values())
+    assert logged[2]["rec/mel"] != logged[1]["rec/mel"]
+    trained = load(export_run(tmp_path / "b", tmp_path / "b.safetensors", int8=False))
+    assert torch.equal(trained.encode(x, n_q=4), release.encode(x, n_q=4))
+    meta = folder / "meta.json"
+    stamp = meta.stat().st_mtime_ns
+    run(cfg, cache, tmp_path / "b", max_steps=3, resume=True, progress=False)
+    assert meta.stat().st_mtime_ns == stamp
+    meta.write_text(meta.read_text().replace(json.loads(meta.read_text())["codes_fingerprint"], "0" * 64))
+    run(cfg, cache, tmp_path / "b", max_steps=4, resume=True, progress=False)
+    assert json.loads(meta.read_text())["codes_fingerprint"] != "0" * 64
+    with pytest.raises(ValueError, match="freeze_encoder"):
+        tiny_config(data={"code_crops": 6})
 
 
 def test_init_from_a_release_of_another_architecture_is_refused(cache, tmp_path):

@@ -36,6 +36,9 @@ class DataConfig:
         loader_workers: processes drawing crops ahead of the model (0: in the training process).
         val_clips: validation excerpts, taken round-robin over the categories.
         val_seconds: length of each validation excerpt (shorter clips are used whole).
+        code_crops: with ``freeze_encoder``, encode this many crops of ``code_crop_seconds``
+            once and train on their codes (:mod:`train.codes`); 0: encode every step's crops.
+        code_crop_seconds: length of each encoded crop; steps take ``segment_seconds`` of it.
     """
 
     segment_seconds: float = 0.48
@@ -48,6 +51,8 @@ class DataConfig:
     loader_workers: int = 1
     val_clips: int = 8
     val_seconds: float = 4.0
+    code_crops: int = 0
+    code_crop_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,10 @@ class TrainConfig:
             raise ValueError("codebook_decay must be in (0, 1)")
         if not 0.0 <= self.data.val_fraction < 1.0:
             raise ValueError("data.val_fraction must be in [0, 1)")
+        if self.data.code_crops and not self.freeze_encoder:
+            raise ValueError("data.code_crops caches the codes of a frozen encoder: it needs freeze_encoder: true")
+        if self.data.code_crops < 0 or (self.data.code_crops and self.data.code_crop_seconds < self.data.segment_seconds):
+            raise ValueError("data.code_crops must be >= 0, and data.code_crop_seconds at least data.segment_seconds")
         for name in ("log_every", "checkpoint_every", "validate_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -124,15 +124,19 @@ class CropSampler(torch.utils.data.Dataset):
 
     def loader(self, start: int, stop: int) -> torch.utils.data.DataLoader:
         """Batches of steps ``start .. stop - 1``, prepared by ``loader_workers`` processes."""
-        workers = self.cfg.loader_workers
-        return torch.utils.data.DataLoader(
-            self, batch_size=None, sampler=range(start, stop), num_workers=workers,
-            prefetch_factor=4 if workers else None, persistent_workers=False,
-            # Its own generator: drawing the loader's base seed must not advance the global
-            # RNG, or a resumed run would diverge from an uninterrupted one.
-            generator=torch.Generator().manual_seed(self.seed),
-            worker_init_fn=_ignore_stop_signals,
-        )
+        return step_loader(self, start, stop, self.cfg.loader_workers, self.seed)
+
+
+def step_loader(batches: torch.utils.data.Dataset, start: int, stop: int, workers: int, seed: int) -> torch.utils.data.DataLoader:
+    """``batches[step]`` for steps ``start .. stop - 1``, prepared by ``workers`` processes."""
+    return torch.utils.data.DataLoader(
+        batches, batch_size=None, sampler=range(start, stop), num_workers=workers,
+        prefetch_factor=4 if workers else None, persistent_workers=False,
+        # Its own generator: drawing the loader's base seed must not advance the global
+        # RNG, or a resumed run would diverge from an uninterrupted one.
+        generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_ignore_stop_signals,
+    )
 
 
 def _ignore_stop_signals(worker_id: int) -> None:

@@ -69,6 +69,12 @@ def teardown(finished: bool = False) -> None:
     dist.destroy_process_group()
 
 
+def barrier(ctx: Context) -> None:
+    """Wait until every process gets here."""
+    if ctx.distributed:
+        dist.barrier()
+
+
 def any_true(flag: bool, ctx: Context) -> bool:
     """Whether ``flag`` is set on any process (all must stop at the same step)."""
     if not ctx.distributed:

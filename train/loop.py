@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import distributed
+from .codes import ensure_code_cache
 from .config import TrainConfig
 from .data import validation_clips
 from .monitor import Monitor
@@ -77,6 +78,12 @@ def run(
     monitor.message(f"resumed at step {trainer.step}" if resumed else f"training {run_dir} from step 0")
     if not clips:
         monitor.message("no validation clips (data.val_fraction selects no speaker or track): validation is off")
+    if cfg.data.code_crops:
+        folder = run_dir / "codes"
+        if ctx.is_main:
+            ensure_code_cache(trainer.gen, cfg, cache, folder, monitor.message)
+        distributed.barrier(ctx)  # the others wait for the codes
+        trainer.use_codes(folder)
     audio_per_step = cfg.data.batch_size * ctx.world_size * cfg.segment / cfg.model.sample_rate
     saved_at, checkpoint, stopped = (trainer.step if resumed else -1), None, False
     try:

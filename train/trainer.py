@@ -27,6 +27,7 @@ from codec.weights import load as load_release
 from .balancer import Balancer
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from .config import LossConfig, OptimConfig, TrainConfig
+from .codes import CodeCropSampler
 from .data import CropSampler
 from .discriminators import Discriminators, at_judged_level
 from .distributed import Context, gather_rng, restore_rng
@@ -135,9 +136,15 @@ class Trainer:
         return torch.rand(batch, generator=g) >= self.cfg.quantize_prob
 
     # The step -----------------------------------------------------------------------
-    def train_step(self, audio: Tensor) -> dict[str, Tensor]:
-        """One optimisation step on crops ``[B, 1, T]``. Returns every loss term, gradient
-        norm, learning rate and codebook metric of the step (detached scalars)."""
+    def use_codes(self, folder: Path) -> None:
+        """Train on the cached crops and codes in ``folder`` (:mod:`train.codes`) from now on."""
+        self.data = CodeCropSampler(folder, self.cfg, self.ctx.rank)
+
+    def train_step(self, batch: Tensor | tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        """One optimisation step on crops ``[B, 1, T]`` (or crops and their codes ``[B, K,
+        F]``, from a code cache). Returns every loss term, gradient norm, learning rate and
+        codebook metric of the step (detached scalars)."""
+        audio, codes = batch if isinstance(batch, (tuple, list)) else (batch, None)
         x = audio.to(self.ctx.device, non_blocking=True)
         n_q = self.draw_n_q(self.step, x.shape[0]).to(self.ctx.device)
         adversarial = self.disc is not None and self.step >= self.cfg.loss.adversarial_start_step
@@ -150,7 +157,7 @@ class Trainer:
             self.gen.quantizer.eval()
         bypass = self.draw_bypass(self.step, x.shape[0])
         with self.autocast():
-            out = self.gen_ddp(x, n_q, bypass)
+            out = self.gen_ddp(x, n_q, bypass, None if codes is None else codes.to(self.ctx.device))
         y = out.audio.float()  # [B, 1, T]
         log: dict[str, Tensor] = {}
         if adversarial:
