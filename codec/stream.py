@@ -27,7 +27,7 @@ from .bitstream import (
 from .audio_io import AudioError
 from .errors import CodecError
 from .model import Codec
-from .weights import REGISTRY, fingerprint, load
+from .weights import builtin_for, fingerprint, load, reads
 
 LIVE_PACKET_SECONDS = 0.02
 FADE_SECONDS = 0.04
@@ -75,16 +75,17 @@ def resolve_model(model: Codec | str | Path | None) -> Codec:
 
 
 def model_for(header: Header, model: Codec | str | Path | None = None) -> Codec:
-    """The model that made a stream: the one given, or the built-in one named in the header."""
+    """The model that decodes a stream: the one given, else the built-in one named in the
+    header, else a built-in one that reads the codes of the earlier release that made it."""
     if model is None:
-        if header.model_id not in REGISTRY:
+        model = builtin_for(header.model_id, header.weights_hash)
+        if model is None:
             raise CodecError(
                 f"file was made by model {header.model_id!r}, which is not built in; pass --model PATH"
             )
-        model = header.model_id
     codec = resolve_model(model)
-    weights = fingerprint(codec)[:8]
-    if weights != header.weights_hash:
+    if not reads(codec, header.weights_hash):
+        weights = fingerprint(codec)[:8]
         raise CodecError(
             f"file was made by model {header.model_id!r} with weights {header.weights_hash.hex()}, "
             f"not by the weights given ({codec.cfg.name}, {weights.hex()})"

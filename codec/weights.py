@@ -39,6 +39,10 @@ REGISTRY: dict[str, RegisteredModel] = {
         "pitch postfilter 0.75). The weights of rvq24k-v7, so --model rvq24k decodes the files v7 wrote",
     ),
 }
+# Earlier releases whose files later models still decode: the weights hash their .rvq headers
+# carry -> the codes_fingerprint() of their encoder and codebooks. rvq24k-v7 and v8 (the same
+# weights) -> the encoder and codebooks that rvq24k-v9 kept.
+EARLIER_CODES = {"e9271f8063f42148": "e9ffc840d6a4a69f3e9f4f4f8c118d2813731681dddbf22a5e0d0931d36a581f"}
 # EMA statistics of the codebooks: needed to continue training, not to run the model.
 TRAINING_ONLY = {f"quantizer.{name}" for name in ResidualVectorQuantizer.TRAINING_BUFFERS}
 DEFAULT_MODEL = "rvq24k-v8"
@@ -49,6 +53,18 @@ class ModelError(CodecError):
     """A model name or file that cannot be loaded."""
 
 
+def _weights_of(model: Codec, prefixes: tuple[str, ...] = ("",)) -> dict:
+    return {k: v for k, v in sorted(model.state_dict(keep_vars=True).items()) if k.startswith(prefixes) and k not in TRAINING_ONLY}
+
+
+def _digest(state: dict) -> bytes:
+    h = hashlib.sha256()
+    for name, value in state.items():
+        h.update(name.encode())
+        h.update(value.detach().float().contiguous().numpy().tobytes())
+    return h.digest()
+
+
 def fingerprint(model: Codec) -> bytes:
     """sha256 over the model's weights (names and float32 values), independent of file format
     and of the training-only EMA statistics.
@@ -57,16 +73,34 @@ def fingerprint(model: Codec) -> bytes:
     files. The cache is keyed on every tensor's in-place version counter, so weights changed
     since (a training step, ``load_state_dict``) are hashed again.
     """
-    state = {k: v for k, v in sorted(model.state_dict(keep_vars=True).items()) if k not in TRAINING_ONLY}
+    state = _weights_of(model)
+    return model.fingerprint_cache.get(state.values(), lambda: _digest(state))
 
-    def digest() -> bytes:
-        h = hashlib.sha256()
-        for name, value in state.items():
-            h.update(name.encode())
-            h.update(value.detach().float().contiguous().numpy().tobytes())
-        return h.digest()
 
-    return model.fingerprint_cache.get(state.values(), digest)
+def codes_fingerprint(model: Codec) -> bytes:
+    """sha256 over the encoder's and the quantizer's weights: what the codes mean. Models that
+    share it read each other's codes, whatever their decoders."""
+    return _digest(_weights_of(model, ("encoder.", "quantizer.")))
+
+
+def reads(model: Codec, weights_hash: bytes) -> bool:
+    """Whether ``model`` decodes a file whose header carries ``weights_hash`` (the first 8
+    bytes of its maker's :func:`fingerprint`): the maker's own weights, or an earlier
+    release's (:data:`EARLIER_CODES`) whose encoder and codebooks ``model`` has."""
+    if fingerprint(model)[:8] == weights_hash:
+        return True
+    codes = EARLIER_CODES.get(weights_hash.hex())
+    return codes is not None and codes_fingerprint(model).hex() == codes
+
+
+def builtin_for(model_id: str, weights_hash: bytes) -> str | None:
+    """The built-in model that decodes a file made by ``model_id`` with ``weights_hash``: the
+    one of that name, else one that :func:`reads` the earlier release's codes; None if none."""
+    if model_id in REGISTRY:
+        return model_id
+    if weights_hash.hex() not in EARLIER_CODES:
+        return None
+    return next((name for name in [DEFAULT_MODEL, *REGISTRY] if reads(load(name), weights_hash)), None)
 
 
 def save_model(model: Codec, path: Path, extra: dict[str, str] | None = None) -> None:
