@@ -7,7 +7,10 @@
 Two phases per precision: ``reconstruction`` (the warm-up: mel + STFT + VQ losses) and
 ``adversarial`` (discriminator update + adversarial and feature-matching losses as well).
 Batches are drawn before timing, so the numbers are the optimisation step alone (the data
-loader runs in its own processes during training). Prints a Markdown table.
+loader runs in its own processes during training). A recipe with a code cache
+(``data.code_crops``) trains on the codes of 16 crops encoded first (a step's cost does not
+depend on how many). Prints a Markdown table and writes JSON (default
+``reports/train_speed.json``, git-ignored).
 """
 
 from __future__ import annotations
@@ -25,13 +28,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import write_json  # noqa: E402
+from train.codes import ensure_code_cache  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.distributed import Context  # noqa: E402
 from train.prepare import build_cache  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
 
 
-def synthetic_cache(root: Path, sample_rate: int, files: int = 4, seconds: float = 4.0) -> Path:
+def synthetic_cache(root: Path, sample_rate: int, files: int = 4, seconds: float = 6.0) -> Path:
     """Chirps plus noise: the model's speed does not depend on what it hears."""
     rng = np.random.default_rng(0)
     (root / "audio").mkdir(parents=True)
@@ -48,6 +53,9 @@ def measure(cfg: TrainConfig, cache: Path, run_dir: Path, device: torch.device, 
     trainer = Trainer(cfg, cache, run_dir, Context(device=device))
     if cfg.freeze_encoder:  # a decoder alone learns from trained codes: the built-in model's
         trainer.init_from("rvq24k")
+    if cfg.data.code_crops:
+        few = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, code_crops=16))
+        trainer.use_codes(ensure_code_cache(trainer.gen, few, cache, run_dir / "codes", log=lambda message: None))
     batches = [trainer.data.batch(s) for s in range(warmup + steps)]
     for batch in batches[:warmup]:
         trainer.train_step(batch)
@@ -79,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
     ap.add_argument("--phase", choices=["reconstruction", "adversarial", "both"], default="both")
+    ap.add_argument("--json", type=Path, default=Path("reports/train_speed.json"))
     a = ap.parse_args(argv)
     cfg = TrainConfig.from_yaml(a.config)
     cfg = dataclasses.replace(cfg, threads=a.threads if a.device == "cpu" else cfg.threads)
@@ -92,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{a.config.stem}: batch {cfg.data.batch_size} x {cfg.segment / cfg.model.sample_rate:.2f} s, {name}")
     print("| device | precision | phase | s/step | steps/s | audio-s/s |")
     print("|---|---|---|---|---|---|")
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = synthetic_cache(Path(tmp), cfg.model.sample_rate)
         for precision in precisions:
@@ -100,6 +110,10 @@ def main(argv: list[str] | None = None) -> None:
                                   device, a.steps, a.warmup)
                 print(f"| {device.type} | {precision} | {phase} | {seconds:.3f} | {1 / seconds:.2f} | "
                       f"{audio_per_step / seconds:.2f} |", flush=True)
+                rows.append({"precision": precision, "phase": phase, "seconds_per_step": seconds,
+                             "audio_seconds_per_s": audio_per_step / seconds})
+    write_json(a.json, {"config": a.config.stem, "device": name, "batch": cfg.data.batch_size,
+                        "segment_seconds": cfg.segment / cfg.model.sample_rate, "code_crops": cfg.data.code_crops, "rows": rows})
 
 
 if __name__ == "__main__":

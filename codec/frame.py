@@ -274,7 +274,8 @@ def _step(layer: nn.Module, n: int) -> tuple[Step, int]:
         return ChannelNormStep(layer), n
     if isinstance(layer, FFTSynthesis):
         return SynthesisStep(layer), n * layer.hop
-    if type(layer) is nn.Conv1d and layer.kernel_size == (1,) and layer.stride == (1,) and layer.groups == 1:
+    if type(layer) is nn.Conv1d and layer.kernel_size == (1,) and layer.stride == (1,) and layer.padding == (0,) \
+            and layer.groups == 1 and layer.bias is not None:
         return LinearStep(layer), n
     if isinstance(layer, CausalConv1d):
         return ConvStep(layer, n), n // layer.stride

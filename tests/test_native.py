@@ -138,16 +138,22 @@ def test_spectral_layers_match_at_every_width(steps, weights):
     assert (got - expected).abs().max().item() < 1e-6 * expected.abs().max().item()
 
 
+@pytest.mark.parametrize("cfg", [dataclasses.replace(SMALL, kernel_size=1), SPECTRAL], ids=["1x1-ends", "spectral"])
 @pytest.mark.parametrize("runtime", ["native", "pytorch"])
-def test_one_frame_and_longer_chunks_alternate_with_1x1_end_layers(runtime, request):
-    """Chunks of one frame (a frame plan) and longer ones (the layers' forward) alternate on
-    a model whose first and last convolutions are 1x1, which carry no state: the plan must
-    still notice that the layers' forward ran, and the codes and audio stay the offline ones."""
+def test_one_frame_and_longer_chunks_alternate(runtime, cfg, request):
+    """Chunks of one frame (a frame plan) and longer ones (the layers' forward) alternate, on
+    a model whose first and last convolutions are 1x1, which carry no state, and on a spectral
+    decoder (its blocks' windows, the inverse FFT's carried fade): the plan must notice that
+    the layers' forward ran, and the codes and audio stay the offline ones."""
     if runtime == "pytorch":
         request.getfixturevalue("pytorch_only")
     elif native.library() is None:
         pytest.skip("no C compiler: the native runtime cannot be built")
-    model = make_model(dataclasses.replace(SMALL, kernel_size=1), seed=4)
+    model = make_model(cfg, seed=4)
+    if cfg.decoder == "spectral":  # weights large enough for the decoder's norms and GELUs to bend
+        with torch.no_grad():
+            for p in model.decoder.parameters():
+                p.normal_(0, 0.3)
     hop, pattern = model.hop_length, [1, 6, 1, 1, 7, 2, 1]
     wav = torch.randn(1, 1, sum(pattern) * hop) * 0.3
     offline = model.encode(wav, n_q=8)
@@ -304,3 +310,10 @@ def test_rounding_skips_what_the_runtime_cannot_use():
     assert native.round_narrow_weights(model) == 18
     assert torch.isinf(weight[0, 0, 0]) and torch.isfinite(weight[0, 0, 1:]).all()
     assert native.int8_rows(weight[1:].reshape(weight.shape[0] - 1, -1)) is not None
+    # a spectral decoder is left as trained; its encoder is rounded as a SEANet one's
+    spectral = make_model(SPECTRAL, seed=5)
+    decoder = {k: v.clone() for k, v in spectral.decoder.state_dict().items()}
+    assert native.round_narrow_weights(spectral) == 9  # (SMALL's 18: 9 encoder, 9 decoder)
+    assert all(torch.equal(decoder[k], v) for k, v in spectral.decoder.state_dict().items())
+    last = spectral.encoder[-1].conv.weight
+    assert native.int8_rows(last.reshape(last.shape[0], -1)) is not None

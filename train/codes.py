@@ -1,29 +1,37 @@
 """Training a decoder on codes computed once.
 
 With ``freeze_encoder`` the encoder and codebooks never change, so neither do the codes of a
-crop: ``data.code_crops`` crops of ``data.code_crop_seconds`` are drawn (as the training
-loop draws them, random gain included), encoded once with every codebook level, and each step
-takes random windows of them with their codes. A step then runs the decoder alone, which
-on a CPU is about half the time of a step that also runs the encoder and the codebook search.
+crop: ``data.code_crops`` crops of ``data.code_crop_seconds`` are drawn by the training
+loop's sampler (category weights, random gain and the silence check applied to each whole
+crop; clips shorter than a crop are left out), encoded once with every codebook level, and
+each step takes random windows of them with their codes. A step then runs the decoder alone,
+which on a CPU is about half the time of a step that also runs the encoder and the codebook
+search. Encoding 4 hours of crops takes some 20 minutes on 2 CPU cores (the exact float64
+search of 32 levels is most of it).
 
 The cache is a folder (``codes/`` in the run folder): ``audio.npy`` int16 ``[N, T]``,
 ``codes.npy`` uint16 ``[N, K, F]`` (every level) and ``meta.json``, which records the
-:func:`~codec.weights.codes_fingerprint` of the encoder and codebooks that made the codes
-and what was drawn: a cache is used only by a run of the same weights and data settings,
-and rebuilt otherwise. Plain ``.npy`` (no pickle), memory-mapped by the loader.
+:func:`~codec.weights.codes_fingerprint` of the encoder and codebooks that made the codes,
+the prepared corpus's index and what was drawn: a cache is used only by a run of the same
+weights, corpus and data settings, and rebuilt otherwise. Plain ``.npy`` (no pickle),
+memory-mapped by the loader. Under DDP the first process builds it and the others wait for
+it, so processes on several machines need the run folder on a shared file system.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from codec.errors import CodecError
 from codec.model import Codec
 from codec.weights import codes_fingerprint
 
@@ -37,8 +45,9 @@ ENCODE_BATCH = 8
 def cache_meta(model: Codec, cfg: TrainConfig, corpus: Path) -> dict:
     """What the codes depend on: the weights that made them and how the crops were drawn."""
     d = cfg.data
+    index = hashlib.sha256((Path(corpus) / "index.tsv").read_bytes()).hexdigest()
     return {
-        "format": FORMAT, "codes_fingerprint": codes_fingerprint(model).hex(), "corpus": str(Path(corpus).resolve()),
+        "format": FORMAT, "codes_fingerprint": codes_fingerprint(model).hex(), "corpus_index": index,
         "crops": d.code_crops, "crop_seconds": d.code_crop_seconds, "seed": cfg.seed, "gain_db": list(d.gain_db),
         "min_rms_db": d.min_rms_db, "category_weights": d.category_weights, "val_fraction": d.val_fraction,
     }
@@ -49,11 +58,12 @@ def ensure_code_cache(model: Codec, cfg: TrainConfig, corpus: Path, folder: Path
     under ``model`` (built, or rebuilt if it holds another model's or other crops' codes)."""
     folder = Path(folder)
     meta = cache_meta(model, cfg, corpus)
-    try:
-        if json.loads((folder / "meta.json").read_text()) == meta:
-            return folder
-    except (OSError, ValueError):
-        pass
+    if _holds(folder, meta):
+        return folder
+    if not bool(model.quantizer.initialized):
+        raise CodecError("data.code_crops encodes with trained weights: start with --init or --resume")
+    if model.cfg.codebook_size > 2**16:
+        raise CodecError("data.code_crops stores codes in 16 bits: codebooks of at most 65,536 entries")
     d = cfg.data
     hop = model.hop_length
     length = max(int(d.code_crop_seconds * model.sample_rate) // hop, 1) * hop
@@ -83,6 +93,22 @@ def ensure_code_cache(model: Codec, cfg: TrainConfig, corpus: Path, folder: Path
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return folder
+
+
+def wait_for_code_cache(model: Codec, cfg: TrainConfig, corpus: Path, folder: Path, poll_s: float = 2.0) -> Path:
+    """What the other DDP processes do while the first builds the cache (no collective, so no
+    timeout however long the encoding takes)."""
+    meta = cache_meta(model, cfg, corpus)
+    while not _holds(Path(folder), meta):
+        time.sleep(poll_s)
+    return Path(folder)
+
+
+def _holds(folder: Path, meta: dict) -> bool:
+    try:
+        return json.loads((folder / "meta.json").read_text()) == meta
+    except (OSError, ValueError):
+        return False
 
 
 class CodeCropSampler(torch.utils.data.Dataset):

@@ -149,8 +149,9 @@ class TrainConfig:
             raise ValueError("codebook_decay must be in (0, 1)")
         if not 0.0 <= self.data.val_fraction < 1.0:
             raise ValueError("data.val_fraction must be in [0, 1)")
-        if self.data.code_crops and not self.freeze_encoder:
-            raise ValueError("data.code_crops caches the codes of a frozen encoder: it needs freeze_encoder: true")
+        if self.data.code_crops and (not self.freeze_encoder or self.quantize_prob < 1.0):
+            raise ValueError("data.code_crops caches the codes of a frozen encoder: it needs freeze_encoder: true "
+                             "(and quantize_prob 1: cached codes have no unquantized latent to bypass to)")
         if self.data.code_crops < 0 or (self.data.code_crops and self.data.code_crop_seconds < self.data.segment_seconds):
             raise ValueError("data.code_crops must be >= 0, and data.code_crop_seconds at least data.segment_seconds")
         for name in ("log_every", "checkpoint_every", "validate_every"):

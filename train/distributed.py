@@ -64,15 +64,9 @@ def teardown(finished: bool = False) -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     gc.collect()  # DDP's reducer holds the group's work objects: free them while the group lives
-    if finished:
+    if finished:  # (a process that failed instead ends the run: torchrun stops the others)
         dist.barrier()
     dist.destroy_process_group()
-
-
-def barrier(ctx: Context) -> None:
-    """Wait until every process gets here."""
-    if ctx.distributed:
-        dist.barrier()
 
 
 def any_true(flag: bool, ctx: Context) -> bool:

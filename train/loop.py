@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import distributed
-from .codes import ensure_code_cache
+from .codes import ensure_code_cache, wait_for_code_cache
 from .config import TrainConfig
 from .data import validation_clips
 from .monitor import Monitor
@@ -78,15 +78,15 @@ def run(
     monitor.message(f"resumed at step {trainer.step}" if resumed else f"training {run_dir} from step 0")
     if not clips:
         monitor.message("no validation clips (data.val_fraction selects no speaker or track): validation is off")
-    if cfg.data.code_crops:
-        folder = run_dir / "codes"
-        if ctx.is_main:
-            ensure_code_cache(trainer.gen, cfg, cache, folder, monitor.message)
-        distributed.barrier(ctx)  # the others wait for the codes
-        trainer.use_codes(folder)
     audio_per_step = cfg.data.batch_size * ctx.world_size * cfg.segment / cfg.model.sample_rate
     saved_at, checkpoint, stopped = (trainer.step if resumed else -1), None, False
     try:
+        if cfg.data.code_crops:  # the first process encodes, the others wait for it
+            if ctx.is_main:
+                ensure_code_cache(trainer.gen, cfg, cache, run_dir / "codes", monitor.message)
+            else:
+                wait_for_code_cache(trainer.gen, cfg, cache, run_dir / "codes")
+            trainer.use_codes(run_dir / "codes")
         with stop_signals() as stop:
             for batch in trainer.data.loader(trainer.step, last):
                 log = trainer.train_step(batch)
