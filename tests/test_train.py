@@ -18,7 +18,7 @@ from codec import Codec, CodecError, load, save_model
 from codec.native import int8_rows
 from train.config import TrainConfig
 from train.checkpoint import list_checkpoints
-from train.codes import CodeCropSampler
+from train.codes import CodeCropSampler, ensure_code_cache
 from train.export import export_run
 from train.loop import run
 from train.prepare import build_cache
@@ -292,6 +292,12 @@ def test_a_code_cache_trains_the_decoder_on_the_release_codes(cache, tmp_path):
     assert json.loads(meta.read_text())["codes_fingerprint"] != "0" * 64
     with pytest.raises(ValueError, match="freeze_encoder"):
         tiny_config(data={"code_crops": 6})
+    with pytest.raises(ValueError, match="quantize_prob"):
+        tiny_config(data={"code_crops": 6}, top={"freeze_encoder": True, "quantize_prob": 0.8})
+    fresh = Trainer(cfg, cache, tmp_path / "c")  # no --init: nothing trained to encode with
+    with pytest.raises(CodecError, match="--init"):
+        ensure_code_cache(fresh.gen, cfg, cache, tmp_path / "c" / "codes")
+    assert not (tmp_path / "c" / "codes").exists()
 
 
 def test_init_from_a_release_of_another_architecture_is_refused(cache, tmp_path):
@@ -305,8 +311,8 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     phases = ("interim24k", "interim24k-anneal", "interim24k-envelope", "general24k-finetune", "general24k-finetune2")
     assert {"tiny", "speech16k", "general24k", *phases} <= set(configs)
     general, interim = configs["general24k"], configs["interim24k"]
-    # The same architecture, so that --init rvq24k continues the shipped weights, and each
-    # later phase of the interim model can resume the run of the one before.
+    # The same architecture, so that each later phase of the interim model can resume the
+    # run of the one before (and --init takes v8's weights).
     assert general.model.same_architecture(interim.model)
     for phase in phases:
         assert configs[phase].model.same_architecture(interim.model)
@@ -319,6 +325,7 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     spectral = configs["spectral24k"]
     assert spectral.freeze_encoder and spectral.model.decoder == "spectral"
     assert spectral.model.same_encoder(interim.model) and not spectral.model.same_architecture(interim.model)
+    assert spectral.model.same_architecture(load().cfg)  # the shipped model's recipe: --init rvq24k continues it
 
 
 def test_unknown_config_key_is_a_user_error(tmp_path):
