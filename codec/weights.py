@@ -69,7 +69,7 @@ def fingerprint(model: Codec) -> bytes:
     """sha256 over the model's weights (names and float32 values), independent of file format
     and of the training-only EMA statistics.
 
-    Cached on the model: hashing 4M weights for every file compressed would dominate short
+    Cached on the model: hashing some 11M values for every file compressed would dominate short
     files. The cache is keyed on every tensor's in-place version counter, so weights changed
     since (a training step, ``load_state_dict``) are hashed again.
     """

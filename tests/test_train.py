@@ -312,7 +312,7 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     assert {"tiny", "speech16k", "general24k", *phases} <= set(configs)
     general, interim = configs["general24k"], configs["interim24k"]
     # The same architecture, so that each later phase of the interim model can resume the
-    # run of the one before (and --init takes v8's weights).
+    # run of the one before (and --init takes v8's weights, from git history).
     assert general.model.same_architecture(interim.model)
     for phase in phases:
         assert configs[phase].model.same_architecture(interim.model)
@@ -321,7 +321,7 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     assert configs["general24k-finetune"].loss.uses_discriminators
     assert configs["general24k-finetune2"].codebook_decay > configs["general24k-finetune"].codebook_decay
     assert configs["speech16k"].model.sample_rate == 16000
-    # a new decoder for the shipped encoder and codebooks
+    # a spectral decoder for the shipped encoder and codebooks
     spectral = configs["spectral24k"]
     assert spectral.freeze_encoder and spectral.model.decoder == "spectral"
     assert spectral.model.same_encoder(interim.model) and not spectral.model.same_architecture(interim.model)
