@@ -58,7 +58,24 @@ def _carried(state: ConvState | ConvTransposeState) -> Tensor:
     return state.buffer if isinstance(state, ConvState) else state.partial
 
 
-class ConvStep(CarryingStep):
+class WindowedStep(CarryingStep):
+    """A step of a :class:`CausalConv1d` on ``n`` input steps a call, through a window
+    ``[C_in, context + n]``: the left context (the layer's streaming state), then the input."""
+
+    def _open_window(self, layer: CausalConv1d, n: int) -> None:
+        conv, ctx = layer.conv, layer.context
+        window = torch.zeros(1, conv.in_channels, ctx + n, dtype=conv.weight.dtype, device=conv.weight.device)
+        self.state = ConvState(window[..., :ctx])  # what the layer's own forward reads
+        self.window = window[0]
+        self.input, self.head, self.shift_from = self.window[:, ctx:], self.window[:, :ctx], self.window[:, n:]
+        self.overlapping = n < ctx  # source and destination of the shift overlap
+
+    def _slide(self) -> None:
+        """Keep the window's last ``context`` steps as the next call's left context."""
+        self.head.copy_(self.shift_from.clone() if self.overlapping else self.shift_from)
+
+
+class ConvStep(WindowedStep):
     """A :class:`CausalConv1d` on a fixed input length ``n`` (a multiple of its stride).
 
     ``window`` ``[1, C_in, context + n]`` holds the left context, then the input; the taps of
@@ -76,15 +93,10 @@ class ConvStep(CarryingStep):
         self.state = None
         if self.pointwise:  # no window: the input is the only tap
             return
-        ctx, like = layer.context, {"dtype": conv.weight.dtype, "device": conv.weight.device}
-        window = torch.zeros(1, c_in, ctx + n, **like)
-        self.state = ConvState(window[..., :ctx])  # what the layer's own forward reads
-        self.window = window[0]
-        self.input, self.head, self.shift_from = self.window[:, ctx:], self.window[:, :ctx], self.window[:, n:]
-        self.overlapping = n < ctx  # source and destination of the shift overlap
+        self._open_window(layer, n)
         taps = self.window.unfold(-1, layer.span, layer.stride)[..., ::dilation]  # [C_in, n_out, k]
         self.taps = taps.transpose(1, 2)  # [C_in, k, n_out]
-        self.cols = torch.empty(c_in * k, self.n_out, **like)
+        self.cols = torch.empty(c_in * k, self.n_out, dtype=conv.weight.dtype, device=conv.weight.device)
         self.cols_3d = self.cols.view(c_in, k, self.n_out)
 
     def __call__(self, x: Tensor | None) -> Tensor:
@@ -95,7 +107,7 @@ class ConvStep(CarryingStep):
             self.input.copy_(x)
         self.cols_3d.copy_(self.taps)
         y = torch.addmm(self.bias, self.weight, self.cols)
-        self.head.copy_(self.shift_from.clone() if self.overlapping else self.shift_from)
+        self._slide()
         return y
 
 
@@ -185,31 +197,26 @@ class LinearStep:
         return torch.addmm(self.bias, self.weight, x)
 
 
-class ConvNeXtStep(CarryingStep):
+class ConvNeXtStep(WindowedStep):
     """A :class:`ConvNeXtBlock` on ``n`` frames. ``window`` ``[1, C, context + n]`` holds the
     depthwise convolution's left context (its streaming state), then the input; the taps of the
     ``n`` outputs are a view of it, ``[C, n, kernel]``."""
 
     def __init__(self, block: ConvNeXtBlock, n: int) -> None:
         layer, conv = block.dwconv, block.dwconv.conv
-        c, ctx, like = conv.out_channels, layer.context, {"dtype": conv.weight.dtype, "device": conv.weight.device}
         self.layer, self.norm = layer, block.norm
         self.depthwise, self.depthwise_bias = conv.weight.detach()[:, 0], conv.bias.detach()[:, None]  # [C, k], [C, 1]
         self.weight1, self.bias1 = block.pw1.weight.detach(), block.pw1.bias.detach()  # [H, C], [H]
         self.weight2, self.bias2 = block.pw2.weight.detach(), block.pw2.bias.detach()  # [C, H], [C]
         self.gain = block.scale.detach()[:, None]
-        window = torch.zeros(1, c, ctx + n, **like)
-        self.state = ConvState(window[..., :ctx])
-        self.window = window[0]
-        self.input, self.head, self.shift_from = self.window[:, ctx:], self.window[:, :ctx], self.window[:, n:]
-        self.overlapping = n < ctx
+        self._open_window(layer, n)
         self.taps = self.window.unfold(-1, layer.span, 1)[..., :: conv.dilation[0]]  # [C, n, k]
 
     def __call__(self, x: Tensor) -> Tensor:
         """``x`` ``[C, n]`` -> ``[C, n]``."""
         self.input.copy_(x)
         h = (self.taps * self.depthwise[:, None]).sum(-1).add_(self.depthwise_bias)  # [C, n]
-        self.head.copy_(self.shift_from.clone() if self.overlapping else self.shift_from)
+        self._slide()
         norm = self.norm
         h = F.layer_norm(h.t(), norm.normalized_shape, norm.weight, norm.bias, norm.eps)  # [n, C]
         h = torch.addmm(self.bias2, F.gelu(torch.addmm(self.bias1, h, self.weight1.t())), self.weight2.t())

@@ -166,7 +166,8 @@ def round_narrow_weights(model: nn.Module) -> int:
         plans = [FramePlan(model.encoder, model.hop_length)]
         if model.cfg.decoder == "seanet":
             plans.append(FramePlan(model.decoder, 1))
-        return sum(round_plan_weights(plan) for plan in plans if _runnable(plan))
+        # (rounding the weights of a plan frame.c cannot run would cost quality for nothing)
+        return sum(round_plan_weights(plan) for plan in plans if native_steps(plan) is not None)
 
 
 _KERNELS = (ConvStep, ResidualStep, ConvTransposeStep, ChannelNormStep, ConvNeXtStep, LinearStep)
@@ -180,12 +181,6 @@ def native_steps(plan: FramePlan) -> int | None:
     if not all(isinstance(s, _KERNELS) or s is F.elu_ or s is F.elu for s in steps):
         return None
     return len(steps)
-
-
-def _runnable(plan: FramePlan) -> bool:
-    """Whether frame.c runs ``plan``: rounding the weights of a plan it cannot run would cost
-    quality for nothing."""
-    return native_steps(plan) is not None
 
 
 @torch.no_grad()

@@ -257,12 +257,16 @@ class ResidualVectorQuantizer(nn.Module):
         """Training on codes computed before (a frozen encoder's, :mod:`train.codes`): example
         ``b``'s latent from its first ``n_q[b]`` levels of ``codes`` ``[B, K, F]``; no
         search, no codebook update, no commitment loss."""
+        active = torch.arange(codes.shape[1], device=codes.device)[None, :] < n_q.to(codes.device)[:, None]  # [B, K]
+        x = (self._entries(codes) * active[:, :, None, None]).sum(1).transpose(1, 2)
+        return QuantizerOutput(x, codes, x.new_zeros(()))
+
+    def _entries(self, codes: Tensor) -> Tensor:
+        """The entries ``codes`` ``[B, K, F]`` pick, level k from codebook k: ``[B, K, F, D]``,
+        one gather from all levels at once (entry j of level i is row i * size + j)."""
         b, k, f = codes.shape
         offsets = torch.arange(k, device=codes.device)[:, None] * self.codebook_size  # [K, 1]
-        rows = self.codebooks.reshape(-1, self.dim).index_select(0, (codes + offsets).reshape(-1)).view(b, k, f, self.dim)
-        active = torch.arange(k, device=codes.device)[None, :] < n_q.to(codes.device)[:, None]  # [B, K]
-        x = (rows * active[:, :, None, None]).sum(1).transpose(1, 2)
-        return QuantizerOutput(x, codes, x.new_zeros(()))
+        return self.codebooks.reshape(-1, self.dim).index_select(0, (codes + offsets).reshape(-1)).view(b, k, f, self.dim)
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes ``[B, K, F]`` (K <= n_q) -> latent ``[B, D, F]``."""
@@ -277,10 +281,7 @@ class ResidualVectorQuantizer(nn.Module):
         low, high = torch.aminmax(codes) if codes.numel() else (0, 0)
         if low < 0 or high >= self.codebook_size:
             raise ValueError(f"codes must be in 0..{self.codebook_size - 1}, got {int(low)}..{int(high)}")
-        # one gather from all levels at once: entry j of level i is row i * size + j
-        offsets = torch.arange(k, device=codes.device)[:, None] * self.codebook_size  # [K, 1]
-        rows = self.codebooks.reshape(-1, self.dim).index_select(0, (codes + offsets).reshape(-1))
-        return rows.view(b, k, f, self.dim).sum(1).transpose(1, 2)
+        return self._entries(codes).sum(1).transpose(1, 2)
 
 
 def _nearest_exact(c: Tensor, norms: Tensor, r: Tensor) -> Tensor:

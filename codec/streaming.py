@@ -80,7 +80,6 @@ class CausalConv1d(StreamingModule):
         self.stride = stride
         self.span = (kernel - 1) * dilation + 1
         self.context = self.span - stride  # left context kept between calls
-        self._depthwise = groups == c_in == c_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.context and self.stride == 1 and x.shape[-1]:  # pointwise in time: no state
@@ -98,12 +97,7 @@ class CausalConv1d(StreamingModule):
             prev = state.buffer
         inp = torch.cat([prev, x], dim=-1)
         n_out = max(0, (inp.shape[-1] - self.span) // self.stride + 1)
-        if n_out == 1 and self._depthwise:
-            # a live frame of a depthwise convolution: a weighted sum of the window, without
-            # the convolution's setup, which costs ten times the arithmetic here
-            window = inp[..., : self.span : self.conv.dilation[0]]
-            y = (window * self.conv.weight[:, 0]).sum(-1, keepdim=True) + self.conv.bias[:, None]
-        elif n_out > 0:
+        if n_out > 0:
             y = self.conv(inp[..., : (n_out - 1) * self.stride + self.span])
         else:
             y = x.new_zeros(x.shape[0], self.conv.out_channels, 0)

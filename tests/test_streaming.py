@@ -147,8 +147,8 @@ def test_conv_step_matches_the_layer(c_in, kernel, stride, dilation):
 
 @pytest.mark.parametrize("dilation", [1, 3])
 def test_depthwise_convolution_streamed_one_step_at_a_time(dilation):
-    """One output a call takes the weighted-sum shortcut of depthwise convolutions: it gives
-    the convolution's output, bias included."""
+    """A depthwise (grouped) convolution fed one step a call gives its offline output, bias
+    included."""
     torch.manual_seed(0)
     conv = CausalConv1d(6, 6, 7, dilation=dilation, groups=6)
     torch.nn.init.normal_(conv.conv.bias)
