@@ -77,13 +77,9 @@ def resolve_model(model: Codec | str | Path | None) -> Codec:
 def model_for(header: Header, model: Codec | str | Path | None = None) -> Codec:
     """The model that decodes a stream: the one given, else the built-in one named in the
     header, else a built-in one that reads the codes of the earlier release that made it."""
-    if model is None:
-        model = builtin_for(header.model_id, header.weights_hash)
-        if model is None:
-            raise CodecError(
-                f"file was made by model {header.model_id!r}, which is not built in; pass --model PATH"
-            )
-    codec = resolve_model(model)
+    codec = resolve_model(model) if model is not None else builtin_for(header.model_id, header.weights_hash)
+    if codec is None:
+        raise CodecError(f"file was made by model {header.model_id!r}, which is not built in; pass --model PATH")
     if not reads(codec, header.weights_hash):
         weights = fingerprint(codec)[:8]
         raise CodecError(

@@ -93,12 +93,12 @@ def reads(model: Codec, weights_hash: bytes) -> bool:
     return codes is not None and codes_fingerprint(model).hex() == codes
 
 
-def builtin_for(model_id: str, weights_hash: bytes) -> str | Codec | None:
-    """The built-in model that decodes a file made by ``model_id`` with ``weights_hash``: the
-    name of that one, else (loaded) one that :func:`reads` the earlier release's codes; None
+def builtin_for(model_id: str, weights_hash: bytes) -> Codec | None:
+    """The built-in model (loaded) that decodes a file made by ``model_id`` with
+    ``weights_hash``: that one, else one that :func:`reads` the earlier release's codes; None
     if none."""
     if model_id in REGISTRY:
-        return model_id
+        return load(model_id)
     if weights_hash.hex() not in EARLIER_CODES:
         return None
     candidates = (load(name) for name in dict.fromkeys([DEFAULT_MODEL, *REGISTRY]))

@@ -326,6 +326,10 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     assert spectral.freeze_encoder and spectral.model.decoder == "spectral"
     assert spectral.model.same_encoder(interim.model) and not spectral.model.same_architecture(interim.model)
     assert spectral.model.same_architecture(load().cfg)  # the shipped model's recipe: --init rvq24k continues it
+    # its adversarial fine-tuning: the same decoder, the same cached codes, discriminators on
+    gan = configs["spectral24k-gan"]
+    assert gan.model.same_architecture(spectral.model) and gan.freeze_encoder and gan.data.code_crops
+    assert gan.loss.uses_discriminators and gan.optim.lr < spectral.optim.lr
 
 
 def test_unknown_config_key_is_a_user_error(tmp_path):
