@@ -48,6 +48,7 @@ class Codec(nn.Module):
         self._held: Tensor | None = None  # while streaming: input of the incomplete frame [B*C, 1, <hop]
         self._plans: dict[str, FramePlan | NativePlan] = {}  # while streaming: one-frame plans, built on first use
         self.fingerprint_cache: TensorCache[bytes] = TensorCache()  # for codec.weights.fingerprint
+        self.codes_fingerprint_cache: TensorCache[bytes] = TensorCache()  # and codes_fingerprint
 
     # Derived properties -------------------------------------------------------------
     @property

@@ -79,8 +79,10 @@ def fingerprint(model: Codec) -> bytes:
 
 def codes_fingerprint(model: Codec) -> bytes:
     """sha256 over the encoder's and the quantizer's weights: what the codes mean. Models that
-    share it read each other's codes, whatever their decoders."""
-    return _digest(_weights_of(model, ("encoder.", "quantizer.")))
+    share it read each other's codes, whatever their decoders. Cached on the model as
+    :func:`fingerprint` is (decoding an earlier release's file asks for it more than once)."""
+    state = _weights_of(model, ("encoder.", "quantizer."))
+    return model.codes_fingerprint_cache.get(state.values(), lambda: _digest(state))
 
 
 def reads(model: Codec, weights_hash: bytes) -> bool:

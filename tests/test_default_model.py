@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
-
-import dataclasses
-
-import pytest
 
 from codec import DEFAULT_MODEL, REGISTRY, CodecError, compress_file, decompress_file, load
 from codec.bitstream import parse_header
