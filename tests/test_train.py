@@ -41,11 +41,11 @@ def losses_by_step(run_dir) -> dict[int, dict[str, float]]:
 
 
 def test_one_step_has_every_loss_term_finite(cache, tmp_path):
-    cfg = tiny_config(loss={"adversarial_start_step": 0, "envelope": 1.0})
+    cfg = tiny_config(loss={"adversarial_start_step": 0, "envelope": 1.0, "phase": 1.0})
     trainer = Trainer(cfg, cache, tmp_path)
     before = [p.detach().clone() for p in trainer.disc.parameters()]
     log = trainer.train_step(trainer.data.batch(0))
-    assert ALL_TERMS | {"rec/envelope"} <= set(log)
+    assert ALL_TERMS | {"rec/envelope", "rec/phase"} <= set(log)
     assert {"grad/gen", "grad/disc", "lr/gen", "total", "codebook/usage/q3", "codebook/perplexity/q0"} <= set(log)
     assert all(math.isfinite(float(v)) for v in log.values()), log
     assert trainer.step == 1
@@ -330,6 +330,34 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     gan = configs["spectral24k-gan"]
     assert gan.model.same_architecture(spectral.model) and gan.freeze_encoder and gan.data.code_crops
     assert gan.loss.uses_discriminators and gan.optim.lr < spectral.optim.lr
+    # its phase-aware fine-tuning: phase 6's terms (from its base recipe) and the phase loss
+    phase = configs["spectral24k-phase"]
+    assert phase.model.same_architecture(spectral.model) and phase.freeze_encoder and phase.data.code_crops
+    assert phase.loss.phase > 0 and phase.loss.envelope == spectral.loss.envelope and not phase.loss.uses_discriminators
+    assert phase.optim.lr < spectral.optim.lr
+
+
+def test_a_recipe_changes_only_what_it_names_of_its_base(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "data:\n  batch_size: 4\n  segment_seconds: 0.5\n  category_weights: {speech: 0.5, music: 0.5}\n"
+        "loss:\n  mel: 2.0\n  stft: 0.5\nthreads: 1\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text(
+        "base: ../base.yaml\ndata:\n  batch_size: 8\n  category_weights: {speech: 1.0}\nloss:\n  phase: 1.0\n")
+    cfg = TrainConfig.from_yaml(tmp_path / "sub" / "child.yaml")
+    assert (cfg.data.batch_size, cfg.data.segment_seconds) == (8, 0.5)
+    assert cfg.data.category_weights == {"speech": 1.0}  # a nested mapping is replaced whole
+    assert (cfg.loss.mel, cfg.loss.stft, cfg.loss.phase) == (2.0, 0.5, 1.0)
+    assert cfg.threads == 1
+
+
+@pytest.mark.parametrize("text, message", [("base: missing.yaml\n", "does not exist"),
+                                            ("base: loop.yaml\n", "loop")])
+def test_a_missing_or_looping_base_recipe_is_a_user_error(tmp_path, text, message):
+    (tmp_path / "loop.yaml").write_text("base: child.yaml\n")
+    (tmp_path / "child.yaml").write_text(text)
+    with pytest.raises(CodecError, match=message):
+        TrainConfig.from_yaml(tmp_path / "child.yaml")
 
 
 def test_unknown_config_key_is_a_user_error(tmp_path):

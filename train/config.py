@@ -67,6 +67,7 @@ class LossConfig:
     stft: float = 1.0
     waveform: float = 0.0
     envelope: float = 0.0  # band-envelope correlation (STOI's measure), for intelligibility
+    phase: float = 0.0  # STFT phase, its frequency and time differences (train.losses.PhaseLoss)
     commitment: float = 0.02
     adversarial: float = 0.0
     feature_matching: float = 0.0
@@ -188,15 +189,35 @@ class TrainConfig:
     def from_yaml(cls, path: Path) -> "TrainConfig":
         """Load a YAML file; a missing file raises FileNotFoundError, anything else ConfigError."""
         path = Path(path)
-        raw = path.read_bytes()
         try:
-            data = yaml.safe_load(raw.decode()) or {}
-            if not isinstance(data, dict):
-                raise ValueError("the file must hold a mapping of config keys")
-            return cls.from_dict(data)
+            return cls.from_dict(_read_recipe(path, ()))
         except (yaml.YAMLError, ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"bad training config {path}: {first}") from None
+
+
+def _read_recipe(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """A recipe's mapping, with its ``base:`` recipe (a path relative to its folder) under it.
+
+    A recipe that varies another names it as ``base`` and writes only what differs: each
+    section's keys replace the base's same keys (a nested mapping such as
+    ``data.category_weights`` is replaced whole), other keys stay the base's.
+    """
+    data = yaml.safe_load(path.read_bytes().decode()) or {}
+    if not isinstance(data, dict):
+        raise ValueError("the file must hold a mapping of config keys")
+    if "base" not in data:
+        return data
+    base, seen = path.parent / str(data.pop("base")), (*seen, path.resolve())
+    if base.resolve() in seen:
+        raise ValueError(f"base recipes form a loop at {base}")
+    if not base.is_file():
+        raise ValueError(f"its base recipe {base} does not exist")
+    merged = _read_recipe(base, seen)
+    for key, value in data.items():
+        inherited = merged.get(key)
+        merged[key] = {**inherited, **value} if isinstance(inherited, dict) and isinstance(value, dict) else value
+    return merged
 
 
 def _build(kind: type, values: dict[str, Any]) -> Any:

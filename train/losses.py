@@ -1,5 +1,5 @@
-"""Training losses: multi-scale mel L1, multi-resolution STFT and band-envelope correlation
-(reconstruction), hinge and feature matching (adversarial)."""
+"""Training losses: multi-scale mel L1, multi-resolution STFT, band-envelope correlation and
+STFT phase (reconstruction), hinge and feature matching (adversarial)."""
 
 from __future__ import annotations
 
@@ -90,6 +90,58 @@ class EnvelopeCorrelationLoss(nn.Module):
         active = (energy >= floor).float()
         per_segment = corr.mean(1)
         return 1 - (per_segment * active).sum() / active.sum().clamp(min=1)
+
+
+class PhaseLoss(nn.Module):
+    """Weighted circular distance between the STFT phases of output and original: at each
+    bin (instantaneous phase), between neighbouring bins (group delay) and between
+    consecutive frames (instantaneous frequency), as APNet's anti-wrapping losses
+    (Ai and Ling, 2023), in the smooth form ``1 - cos(difference)``.
+
+    Why: the magnitude terms are blind to phase, and the waveform L1 sees it only through
+    sample differences that a small misalignment makes large. A decoder that makes its own
+    phase (codec/spectral.py) and cross-fades frames needs the phase advance from one frame to
+    the next right, or neighbouring frames partly cancel and harmonics turn rough.
+
+    Each bin's term is weighted by the original's magnitude there (both neighbours' geometric
+    mean for the differences), normalised per example, so the loss follows the harmonics and
+    ignores the phase of noise and silence, which carries nothing audible. The weights come
+    from the original only: the output cannot lower the loss by going quiet.
+    ``forward(y, x)`` with output ``y`` and original ``x`` ``[B, 1, T]`` returns a scalar in
+    [0, 2] (0 when the phases agree wherever the original has energy).
+    """
+
+    def __init__(self, n_fft: int = 640, hop: int = 160) -> None:
+        super().__init__()
+        self.n_fft, self.hop = n_fft, hop
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+
+    def spectrum(self, x: Tensor) -> Tensor:
+        """``[B, 1, T]`` -> complex ``[B, bins, frames]``."""
+        return torch.stft(x.reshape(-1, x.shape[-1]).float(), self.n_fft, self.hop, window=self.window,
+                          center=False, return_complex=True)
+
+    @staticmethod
+    def _distance(a: Tensor, b: Tensor, weight: Tensor) -> Tensor:
+        """Weighted mean of ``1 - cos(angle(a) - angle(b))`` per example, then over the batch."""
+        cos = (a * b.conj()).real / (a.abs() * b.abs() + 1e-12)
+        w = weight / weight.sum(dim=(1, 2), keepdim=True).clamp(min=1e-8)
+        return ((1 - cos) * w).sum(dim=(1, 2)).mean()
+
+    def terms(self, y: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The instantaneous-phase, group-delay and instantaneous-frequency terms."""
+        sx, sy = self.spectrum(x), self.spectrum(y)
+        mag = sx.abs()
+        inst = self._distance(sy, sx, mag)
+        # phase differences as complex products: angle(a * conj(b)) = angle(a) - angle(b)
+        gx, gy = sx[:, 1:] * sx[:, :-1].conj(), sy[:, 1:] * sy[:, :-1].conj()
+        delay = self._distance(gy, gx, (mag[:, 1:] * mag[:, :-1]).sqrt())
+        fx, fy = sx[..., 1:] * sx[..., :-1].conj(), sy[..., 1:] * sy[..., :-1].conj()
+        freq = self._distance(fy, fx, (mag[..., 1:] * mag[..., :-1]).sqrt())
+        return inst, delay, freq
+
+    def forward(self, y: Tensor, x: Tensor) -> Tensor:
+        return sum(self.terms(y, x)) / 3
 
 
 # Adversarial losses. Each discriminator returns (logits, features); the losses average over

@@ -31,9 +31,9 @@ from .codes import CodeCropSampler
 from .data import CropSampler
 from .discriminators import Discriminators, at_judged_level
 from .distributed import Context, gather_rng, restore_rng
-from .losses import EnvelopeCorrelationLoss, MultiResolutionSTFTLoss, MultiScaleMelLoss, feature_matching, hinge_discriminator, hinge_generator
+from .losses import EnvelopeCorrelationLoss, MultiResolutionSTFTLoss, MultiScaleMelLoss, PhaseLoss, feature_matching, hinge_discriminator, hinge_generator
 
-ON_AUDIO = ("rec/mel", "rec/stft", "rec/waveform", "rec/envelope", "adv/gen", "adv/feat")  # computed from y
+ON_AUDIO = ("rec/mel", "rec/stft", "rec/waveform", "rec/envelope", "rec/phase", "adv/gen", "adv/feat")  # computed from y
 ON_CODES = ("vq/commitment",)
 
 
@@ -59,7 +59,7 @@ def _set_rate(opt: torch.optim.Optimizer, lr: float) -> float:
 def loss_weights(w: LossConfig) -> dict[str, float]:
     return {
         "rec/mel": w.mel, "rec/stft": w.stft, "rec/waveform": w.waveform, "rec/envelope": w.envelope,
-        "vq/commitment": w.commitment,
+        "rec/phase": w.phase, "vq/commitment": w.commitment,
         "adv/gen": w.adversarial, "adv/feat": w.feature_matching,
     }
 
@@ -93,6 +93,7 @@ class Trainer:
         # the optional terms exist only when weighted (the STFT one is the costliest)
         self.stft = MultiResolutionSTFTLoss().to(dev) if self.weights["rec/stft"] > 0 else None
         self.envelope = EnvelopeCorrelationLoss(cfg.model.sample_rate).to(dev) if self.weights["rec/envelope"] > 0 else None
+        self.phase = PhaseLoss().to(dev) if self.weights["rec/phase"] > 0 else None
         o = cfg.optim
         trained = [p for p in self.gen.parameters() if p.requires_grad]
         self.opt_g = torch.optim.AdamW(trained, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
@@ -201,6 +202,8 @@ class Trainer:
             losses["rec/stft"] = self.stft(y, x)
         if self.envelope is not None:
             losses["rec/envelope"] = self.envelope(y, x)
+        if self.phase is not None:
+            losses["rec/phase"] = self.phase(y, x)
         if adversarial:
             assert self.disc is not None
             # The bare module, frozen: no DDP hooks, no gradients into the discriminators.
