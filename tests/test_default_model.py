@@ -57,24 +57,25 @@ def test_default_model_codes_real_speech(tmp_path):
     assert errors[0] > errors[1] > errors[2], errors
 
 
-def test_files_of_the_previous_release_decode_with_the_default_model(tmp_path):
-    """rvq24k-v9 kept v8's encoder and codebooks (v8 was v7's weights): a file whose header
-    names v8 and v8's weights decodes without --model, to what the default makes of the same
-    codes; a model with another encoder refuses it in one line."""
-    v8 = bytes.fromhex("e9271f8063f42148")
-    assert EARLIER_CODES[v8.hex()] == codes_fingerprint(load()).hex()
-    assert fingerprint(load())[:8] != v8  # (the decoder is new: v8's own weights hash differs)
+@pytest.mark.parametrize("release, weights_hash", [("rvq24k-v8", "e9271f8063f42148"), ("rvq24k-v9", "07f2c20aee4c4948")])
+def test_files_of_earlier_releases_decode_with_the_default_model(tmp_path, release, weights_hash):
+    """rvq24k-v9 and v10 kept v8's encoder and codebooks (v8 was v7's weights): a file whose
+    header names v8 or v9 and its weights decodes without --model, to what the default makes
+    of the same codes; a model with another encoder refuses it in one line."""
+    earlier = bytes.fromhex(weights_hash)
+    assert EARLIER_CODES[weights_hash] == codes_fingerprint(load()).hex()
+    assert fingerprint(load())[:8] != earlier  # (the decoder is new: the earlier weights hash differs)
     clip = SAMPLES / "speech_librispeech_60.flac"
     compress_file(clip, tmp_path / "new.rvq", kbps=3)
     data = (tmp_path / "new.rvq").read_bytes()
     header, size = parse_header(data)
-    old = dataclasses.replace(header, model_id="rvq24k-v8", weights_hash=v8).encode()
-    (tmp_path / "v8.rvq").write_bytes(old + data[size:])
+    old = dataclasses.replace(header, model_id=release, weights_hash=earlier).encode()
+    (tmp_path / "earlier.rvq").write_bytes(old + data[size:])
     decompress_file(tmp_path / "new.rvq", tmp_path / "new.wav")
-    decompress_file(tmp_path / "v8.rvq", tmp_path / "v8.wav")
-    assert np.array_equal(sf.read(str(tmp_path / "new.wav"))[0], sf.read(str(tmp_path / "v8.wav"))[0])
+    decompress_file(tmp_path / "earlier.rvq", tmp_path / "earlier.wav")
+    assert np.array_equal(sf.read(str(tmp_path / "new.wav"))[0], sf.read(str(tmp_path / "earlier.wav"))[0])
     other = tmp_path / "other.safetensors"
     save_model(make_model(SMALL, seed=1), other)
-    with pytest.raises(CodecError, match="rvq24k-v8"):
-        decompress_file(tmp_path / "v8.rvq", tmp_path / "x.wav", model=other)
+    with pytest.raises(CodecError, match=release):
+        decompress_file(tmp_path / "earlier.rvq", tmp_path / "x.wav", model=other)
     assert not (tmp_path / "x.wav").exists()

@@ -55,6 +55,22 @@ def test_fingerprint_follows_weight_changes():
     assert fingerprint(model) == before
 
 
+def test_fingerprint_ignores_the_sign_of_zero():
+    """-0.0 and 0.0 are the same weight (re-rounding weights, as an export does, may flip it):
+    the same fingerprint; any other change is another one."""
+    model = make_model(TINY, 3)
+    with torch.no_grad():
+        model.encoder[0].conv.weight[0, 0, :2] = torch.tensor([0.0, 0.5])
+    before = fingerprint(model)
+    with torch.no_grad():
+        model.encoder[0].conv.weight[0, 0, 0] = -0.0
+    assert torch.signbit(model.encoder[0].conv.weight[0, 0, 0])
+    assert fingerprint(model) == before
+    with torch.no_grad():
+        model.encoder[0].conv.weight[0, 0, 0] = 1e-30
+    assert fingerprint(model) != before
+
+
 def test_unknown_model_name_lists_built_in_models():
     with pytest.raises(ModelError, match="built-in models"):
         load("no-such-model")
