@@ -41,7 +41,7 @@ REGISTRY: dict[str, RegisteredModel] = {
 }
 # Earlier releases whose files later models still decode: the weights hash their .rvq headers
 # carry -> the codes_fingerprint() of their encoder and codebooks. rvq24k-v7 and v8 (the same
-# weights), and v9 -> the encoder and codebooks that v9 and v10 kept.
+# weights) and v9 -> v8's encoder and codebooks, which v9 and v10 kept.
 EARLIER_CODES = {
     "e9271f8063f42148": "4b8cbd2b84f5762b84d89b51e0e8084cdf043d4517e64268ceb0c239ac68708b",  # v7, v8
     "07f2c20aee4c4948": "4b8cbd2b84f5762b84d89b51e0e8084cdf043d4517e64268ceb0c239ac68708b",  # v9
@@ -60,13 +60,14 @@ def _weights_of(model: Codec, prefixes: tuple[str, ...] = ("",)) -> dict:
     return {k: v for k, v in sorted(model.state_dict(keep_vars=True).items()) if k.startswith(prefixes) and k not in TRAINING_ONLY}
 
 
-def _digest(state: dict) -> bytes:
+def _digest(state: dict, signed_zeros: bool = False) -> bytes:
     """sha256 over names and float32 values, -0.0 counted as 0.0 (the same weights: rounding
-    them again, as an export does, may flip the sign of a zero)."""
+    them again, as an export does, may flip the sign of a zero). ``signed_zeros``: as files
+    written before session 15 hashed them (see :func:`reads`)."""
     h = hashlib.sha256()
     for name, value in state.items():
         h.update(name.encode())
-        h.update((value.detach().float() + 0.0).contiguous().numpy().tobytes())
+        h.update((value.detach().float() + (0.0 if not signed_zeros else -0.0)).contiguous().numpy().tobytes())
     return h.digest()
 
 
@@ -97,7 +98,10 @@ def reads(model: Codec, weights_hash: bytes) -> bool:
     if fingerprint(model)[:8] == weights_hash:
         return True
     codes = EARLIER_CODES.get(weights_hash.hex())
-    return codes is not None and codes_fingerprint(model).hex() == codes
+    if codes is not None:
+        return codes_fingerprint(model).hex() == codes
+    # A file its own model wrote before the fingerprint counted -0.0 as 0.0 (session 15).
+    return _digest(_weights_of(model), signed_zeros=True)[:8] == weights_hash
 
 
 def builtin_for(model_id: str, weights_hash: bytes) -> Codec | None:

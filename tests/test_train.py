@@ -343,16 +343,19 @@ def test_a_recipe_changes_only_what_it_names_of_its_base(tmp_path):
         "loss:\n  mel: 2.0\n  stft: 0.5\nthreads: 1\n")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "child.yaml").write_text(
-        "base: ../base.yaml\ndata:\n  batch_size: 8\n  category_weights: {speech: 1.0}\nloss:\n  phase: 1.0\n")
+        "base: ../base.yaml\ndata:\n  batch_size: 8\n  category_weights: {speech: 1.0}\nloss:\n  phase: 1.0\n"
+        "optim:\n")  # (an empty section changes nothing)
     cfg = TrainConfig.from_yaml(tmp_path / "sub" / "child.yaml")
     assert (cfg.data.batch_size, cfg.data.segment_seconds) == (8, 0.5)
     assert cfg.data.category_weights == {"speech": 1.0}  # a nested mapping is replaced whole
     assert (cfg.loss.mel, cfg.loss.stft, cfg.loss.phase) == (2.0, 0.5, 1.0)
     assert cfg.threads == 1
+    (tmp_path / "sub" / "empty.yaml").write_text("base: ../base.yaml\ndata:\n")
+    assert TrainConfig.from_yaml(tmp_path / "sub" / "empty.yaml").data.batch_size == 4
 
 
-@pytest.mark.parametrize("text, message", [("base: missing.yaml\n", "does not exist"),
-                                            ("base: loop.yaml\n", "loop")])
+@pytest.mark.parametrize("text, message", [("base: missing.yaml\n", "does not exist"), ("base: loop.yaml\n", "loop"),
+                                            ("base:\n", "path of a recipe"), ("base: .\n", "not a file")])
 def test_a_missing_or_looping_base_recipe_is_a_user_error(tmp_path, text, message):
     (tmp_path / "loop.yaml").write_text("base: child.yaml\n")
     (tmp_path / "child.yaml").write_text(text)

@@ -205,18 +205,24 @@ def _read_recipe(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     """
     data = yaml.safe_load(path.read_bytes().decode()) or {}
     if not isinstance(data, dict):
-        raise ValueError("the file must hold a mapping of config keys")
+        raise ValueError(f"{path.name} must hold a mapping of config keys")
     if "base" not in data:
         return data
-    base, seen = path.parent / str(data.pop("base")), (*seen, path.resolve())
+    name = data.pop("base")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"base must be the path of a recipe, got {name!r}")
+    base, seen = path.parent / name, (*seen, path.resolve())
     if base.resolve() in seen:
         raise ValueError(f"base recipes form a loop at {base}")
     if not base.is_file():
-        raise ValueError(f"its base recipe {base} does not exist")
+        raise ValueError(f"its base recipe {base} does not exist or is not a file")
     merged = _read_recipe(base, seen)
     for key, value in data.items():
         inherited = merged.get(key)
-        merged[key] = {**inherited, **value} if isinstance(inherited, dict) and isinstance(value, dict) else value
+        if isinstance(inherited, dict) and (value is None or isinstance(value, dict)):
+            merged[key] = {**inherited, **(value or {})}  # (an empty section changes nothing)
+        else:
+            merged[key] = value
     return merged
 
 

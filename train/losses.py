@@ -123,21 +123,30 @@ class PhaseLoss(nn.Module):
 
     @staticmethod
     def _distance(a: Tensor, b: Tensor, weight: Tensor) -> Tensor:
-        """Weighted mean of ``1 - cos(angle(a) - angle(b))`` per example, then over the batch."""
+        """Weighted mean of ``1 - cos(angle(a) - angle(b))`` per example, then over the
+        examples whose original is not silent (a silent one has no phase to follow).
+
+        The gradient at an output bin grows as 1 / its magnitude (the phase of a near-zero
+        value turns fast): the training step's gradient clipping bounds it."""
         cos = (a * b.conj()).real / (a.abs() * b.abs() + 1e-12)
-        w = weight / weight.sum(dim=(1, 2), keepdim=True).clamp(min=1e-8)
-        return ((1 - cos) * w).sum(dim=(1, 2)).mean()
+        total = weight.sum(dim=(1, 2))
+        per_example = ((1 - cos) * weight).sum(dim=(1, 2)) / total.clamp(min=1e-8)
+        active = (total > 1e-8).float()
+        return (per_example * active).sum() / active.sum().clamp(min=1)
+
+    @staticmethod
+    def _step(s: Tensor, dim: int) -> Tensor:
+        """``s[k] * conj(s[k - 1])`` along ``dim``: its angle is the phase difference."""
+        n = s.shape[dim]
+        return s.narrow(dim, 1, n - 1) * s.narrow(dim, 0, n - 1).conj()
 
     def terms(self, y: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The instantaneous-phase, group-delay and instantaneous-frequency terms."""
+        """The instantaneous-phase, group-delay (``dim`` 1: bins) and instantaneous-frequency
+        (``dim`` 2: frames) terms."""
         sx, sy = self.spectrum(x), self.spectrum(y)
         mag = sx.abs()
         inst = self._distance(sy, sx, mag)
-        # phase differences as complex products: angle(a * conj(b)) = angle(a) - angle(b)
-        gx, gy = sx[:, 1:] * sx[:, :-1].conj(), sy[:, 1:] * sy[:, :-1].conj()
-        delay = self._distance(gy, gx, (mag[:, 1:] * mag[:, :-1]).sqrt())
-        fx, fy = sx[..., 1:] * sx[..., :-1].conj(), sy[..., 1:] * sy[..., :-1].conj()
-        freq = self._distance(fy, fx, (mag[..., 1:] * mag[..., :-1]).sqrt())
+        delay, freq = (self._distance(self._step(sy, d), self._step(sx, d), self._step(mag, d).sqrt()) for d in (1, 2))
         return inst, delay, freq
 
     def forward(self, y: Tensor, x: Tensor) -> Tensor:
