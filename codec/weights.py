@@ -66,8 +66,11 @@ def _digest(state: dict, signed_zeros: bool = False) -> bytes:
     written before session 15 hashed them (see :func:`reads`)."""
     h = hashlib.sha256()
     for name, value in state.items():
+        values = value.detach().float()
+        if not signed_zeros:
+            values = values + 0.0  # -0.0 + 0.0 is 0.0
         h.update(name.encode())
-        h.update((value.detach().float() + (0.0 if not signed_zeros else -0.0)).contiguous().numpy().tobytes())
+        h.update(values.contiguous().numpy().tobytes())
     return h.digest()
 
 
