@@ -320,6 +320,14 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     assert general.loss.uses_discriminators and general.loss.adversarial_start_step > 0
     assert configs["general24k-finetune"].loss.uses_discriminators
     assert configs["general24k-finetune2"].codebook_decay > configs["general24k-finetune"].codebook_decay
+    # each later phase names what it changes; the rest comes from the phase before (base:)
+    anneal, envelope = configs["interim24k-anneal"], configs["interim24k-envelope"]
+    assert anneal.quantize_prob == interim.quantize_prob < 1 and anneal.loss.waveform < interim.loss.waveform
+    assert envelope.loss.waveform == anneal.loss.waveform and envelope.optim.decay_steps == anneal.optim.decay_steps
+    assert envelope.data.category_weights == anneal.data.category_weights != interim.data.category_weights
+    finetune, finetune2 = configs["general24k-finetune"], configs["general24k-finetune2"]
+    assert finetune2.loss == finetune.loss and finetune2.optim == finetune.optim
+    assert finetune2.data.gain_db[0] < finetune.data.gain_db[0]
     assert configs["speech16k"].model.sample_rate == 16000
     # a spectral decoder for the shipped encoder and codebooks
     spectral = configs["spectral24k"]
