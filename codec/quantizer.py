@@ -48,12 +48,18 @@ class QuantizerOutput:
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
-def sample_n_q(batch: int, choices: tuple[int, ...], dropout: float, generator: torch.Generator | None = None) -> Tensor:
-    """Quantizer dropout: per example, with probability ``dropout`` draw n_q uniformly from
-    ``choices``, otherwise use the largest. Returns ``[B]`` int64."""
+def sample_n_q(batch: int, choices: tuple[int, ...], dropout: float, generator: torch.Generator | None = None,
+               weights: tuple[float, ...] = ()) -> Tensor:
+    """Quantizer dropout: per example, with probability ``dropout`` draw n_q from ``choices``
+    (uniformly, or in proportion to ``weights``, one per choice in ascending order),
+    otherwise use the largest. Returns ``[B]`` int64."""
     n_max = max(choices)
     options = torch.tensor(sorted(choices))
-    pick = options[torch.randint(len(options), (batch,), generator=generator)]
+    if weights:
+        index = torch.multinomial(torch.tensor(weights, dtype=torch.float64), batch, replacement=True, generator=generator)
+    else:
+        index = torch.randint(len(options), (batch,), generator=generator)
+    pick = options[index]
     drop = torch.rand(batch, generator=generator) < dropout
     return torch.where(drop, pick, torch.full_like(pick, n_max))
 

@@ -17,6 +17,15 @@ def test_dropout_reaches_every_n_q():
     assert set(none.tolist()) == {max(choices)}
 
 
+def test_dropout_draws_bitrates_in_proportion_to_their_weights():
+    choices = (2, 4, 8, 16, 32)
+    g = torch.Generator().manual_seed(0)
+    draws = sample_n_q(20000, choices, dropout=1.0, generator=g, weights=(1.0, 0.0, 3.0, 0.0, 0.0))
+    share = {n: (draws == n).float().mean().item() for n in choices}
+    assert share[4] == share[16] == share[32] == 0.0
+    assert abs(share[8] - 0.75) < 0.02 and abs(share[2] - 0.25) < 0.02
+
+
 def test_training_forward_masks_inactive_levels():
     torch.manual_seed(0)
     rvq = ResidualVectorQuantizer(dim=16, n_q=6, size=32).train()

@@ -376,3 +376,22 @@ def test_unknown_config_key_is_a_user_error(tmp_path):
     bad.write_text("optim:\n  lr: 0.1\n  momentum: 0.9\n")
     with pytest.raises(CodecError, match="momentum"):
         TrainConfig.from_yaml(bad)
+
+
+@pytest.mark.parametrize("weights", ["[1, 1]", "[1, 1, -1, 1, 1]", "[0, 0, 0, 0, 0]"])
+def test_quantizer_weights_need_one_weight_per_bitrate(tmp_path, weights):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"quantizer_weights: {weights}\n")
+    with pytest.raises(CodecError, match="one weight >= 0 per bitrate"):
+        TrainConfig.from_yaml(bad)
+
+
+def test_quantizer_weights_steer_the_trainer_s_bitrates(cache, tmp_path):
+    cfg = dataclasses.replace(tiny_config(), quantizer_weights=(0.0,) * (len(tiny_config().model.valid_n_q) - 1) + (1.0,))
+    smallest = min(cfg.model.valid_n_q)
+    uniform = Trainer(tiny_config(), cache, tmp_path / "u")
+    weighted = Trainer(cfg, cache, tmp_path / "w")
+    drawn_uniform = torch.cat([uniform.draw_n_q(s, 16) for s in range(20)])
+    drawn_weighted = torch.cat([weighted.draw_n_q(s, 16) for s in range(20)])
+    assert (drawn_uniform == smallest).any()
+    assert (drawn_weighted == max(cfg.model.valid_n_q)).all()

@@ -125,6 +125,10 @@ class TrainConfig:
     disc: DiscConfig = field(default_factory=DiscConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     quantizer_dropout: float = 1.0
+    # How often quantizer dropout draws each bitrate, one weight per model.valid_n_q (fewest
+    # codebooks first; they need not sum to 1): where the decoder's capacity goes. Empty:
+    # every bitrate alike.
+    quantizer_weights: tuple[float, ...] = ()
     quantize_prob: float = 1.0  # fraction of examples decoded from codes; the rest bypass (Mimi)
     # EMA decay of the codebook statistics. A step averages about batch x frames-per-crop
     # frames (288 at batch 8 x 0.48 s), so 0.97 follows the last ~10,000 frames, some 9 per
@@ -155,6 +159,10 @@ class TrainConfig:
                              "(and quantize_prob 1: cached codes have no unquantized latent to bypass to)")
         if self.data.code_crops < 0 or (self.data.code_crops and self.data.code_crop_seconds < self.data.segment_seconds):
             raise ValueError("data.code_crops must be >= 0, and data.code_crop_seconds at least data.segment_seconds")
+        weights, bitrates = self.quantizer_weights, self.model.valid_n_q
+        if weights and (len(weights) != len(bitrates) or min(weights) < 0 or sum(weights) <= 0):
+            raise ValueError(f"quantizer_weights needs one weight >= 0 per bitrate {list(bitrates)} "
+                             f"(codebooks, fewest first), not all 0; got {list(weights)}")
         for name in ("log_every", "checkpoint_every", "validate_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -125,7 +125,7 @@ class Trainer:
         codebook update, whose broadcast is a collective operation under DDP.
         """
         g = torch.Generator().manual_seed(_step_seed(self.cfg.seed, self.ctx.rank, step, 1))
-        n_q = sample_n_q(batch, self.cfg.model.valid_n_q, self.cfg.quantizer_dropout, g)
+        n_q = sample_n_q(batch, self.cfg.model.valid_n_q, self.cfg.quantizer_dropout, g, self.cfg.quantizer_weights)
         n_q[0] = max(self.cfg.model.valid_n_q)
         return n_q
 
