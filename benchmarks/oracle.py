@@ -13,7 +13,9 @@ Parts (a 512-point STFT, hop 128, of the decoded audio and of the original):
     fine structure the decoded envelope times the original's fine structure
 A part whose replacement lifts a score a lot is where the model loses it. It also prints
 the decoded audio's band power against the original's (over frames within 30 dB of the
-clip's loudest). The excerpts are ``benchmarks/heldout.py``'s speech excerpts.
+clip's loudest), and with ``--boost LO-HI:DB`` (repeatable) scores the decoded audio with
+that fixed gain in that band (Hz), the same for every clip: whether a fixed equaliser would
+make up a band's missing power. The excerpts are ``benchmarks/heldout.py``'s speech excerpts.
 """
 
 from __future__ import annotations
@@ -77,6 +79,27 @@ def with_original_part(x: np.ndarray, y: np.ndarray, part: str, sample_rate: int
     return out.numpy().astype(np.float32)
 
 
+def boosted(y: np.ndarray, bands: list[tuple[float, float, float]], sample_rate: int) -> np.ndarray:
+    """``y [T]`` with a fixed gain of ``db`` in each ``(lo, hi, db)`` band (Hz)."""
+    Y = _stft(y)
+    freqs = torch.arange(Y.shape[0]) * sample_rate / N_FFT
+    gain = torch.ones_like(freqs)
+    for lo, hi, db in bands:
+        gain[(freqs >= lo) & (freqs < hi)] = 10 ** (db / 20)
+    out = torch.istft(Y * gain[:, None], N_FFT, HOP, window=torch.hann_window(N_FFT), length=len(y))
+    return out.numpy().astype(np.float32)
+
+
+def _band_gain(text: str) -> tuple[float, float, float]:
+    """``LO-HI:DB`` -> (lo, hi, db)."""
+    try:
+        band, db = text.split(":")
+        lo, hi = band.split("-")
+        return float(lo), float(hi), float(db)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO-HI:DB (Hz, dB), e.g. 4000-8000:4, got {text!r}") from None
+
+
 def band_power_db(x: np.ndarray, y: np.ndarray, sample_rate: int) -> list[float]:
     """Power of ``y`` against ``x`` in each of BANDS (dB), over the frames of ``x`` within
     30 dB of its loudest."""
@@ -100,6 +123,8 @@ def main() -> None:
     p.add_argument("--clips", type=int, default=40, help="excerpts of all categories, as heldout.py draws them")
     p.add_argument("--per-group", type=int, default=4)
     p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument("--boost", type=_band_gain, action="append", default=[], metavar="LO-HI:DB",
+                   help="also score the decoded audio with this fixed band gain (repeatable: one equaliser)")
     p.add_argument("--json", type=Path, default=Path("reports/oracle.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -110,22 +135,26 @@ def main() -> None:
     clips = [c for c in validation_clips(args.cache.expanduser(), data, model.sample_rate, model.hop_length, args.per_group)
              if c.category == "speech"]
     print(f"{len(clips)} held-out speech excerpts of {args.seconds:g} s, {args.model} at {args.kbps:g} kbps")
-    scores: dict[str, list[dict[str, float | None]]] = {part: [] for part in PARTS}
+    parts = (*PARTS, "boosted") if args.boost else PARTS
+    scores: dict[str, list[dict[str, float | None]]] = {part: [] for part in parts}
     powers = []
     with torch.no_grad():
         for clip in clips:
             x = torch.from_numpy(clip.audio)[None, None]
             y = model.decode(model.encode(x, kbps=args.kbps), length=x.shape[-1])[0, 0].numpy()
             powers.append(band_power_db(clip.audio, y, model.sample_rate))
-            for part in PARTS:
-                z = with_original_part(clip.audio, y, part, model.sample_rate)
+            for part in parts:
+                if part == "boosted":
+                    z = boosted(y, args.boost, model.sample_rate)
+                else:
+                    z = with_original_part(clip.audio, y, part, model.sample_rate)
                 scores[part].append(score_clip(clip.audio, z, model.sample_rate, "speech", METRIC_NAMES))
     means = {part: {m: float(np.mean([r[m] for r in rows if r[m] is not None] or [np.nan])) for m in METRIC_NAMES}
              for part, rows in scores.items()}
     print_table(["original's part", *METRIC_NAMES], [[part, *(f"{v[m]:.3f}" for m in METRIC_NAMES)] for part, v in means.items()])
     band_mean = np.mean(powers, axis=0)
     print_table(["band (Hz)", "decoded power (dB)"], [[f"{lo}-{hi}", f"{v:+.1f}"] for (lo, hi), v in zip(BANDS, band_mean)])
-    write_json(args.json, {"model": args.model, "kbps": args.kbps, "clips": [c.name for c in clips], "scores": means,
+    write_json(args.json, {"model": args.model, "kbps": args.kbps, "boost": args.boost, "clips": [c.name for c in clips], "scores": means,
                            "band_power_db": {f"{lo}-{hi}": float(v) for (lo, hi), v in zip(BANDS, band_mean)}})
 
 

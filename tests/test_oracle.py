@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from oracle import BANDS, PARTS, band_power_db, with_original_part  # noqa: E402
+from oracle import BANDS, PARTS, band_power_db, boosted, with_original_part  # noqa: E402
 
 RATE = 24000
 
@@ -50,3 +50,10 @@ def test_the_original_s_phase_undoes_a_delay():
     with pytest.raises(ValueError, match="unknown part"):
         with_original_part(x, y, "loudness", RATE)
     assert set(PARTS) >= {"phase", "magnitude", "envelope"}
+
+
+def test_a_fixed_boost_raises_its_band_by_its_gain_only():
+    x = _voiced()
+    power = dict(zip(BANDS, band_power_db(x, boosted(x, [(1000.0, 4000.0, 6.0)], RATE), RATE)))
+    assert power[(1000, 2000)] == pytest.approx(6.0, abs=0.3) and power[(2000, 4000)] == pytest.approx(6.0, abs=0.3)
+    assert power[(0, 500)] == pytest.approx(0.0, abs=0.3) and power[(4000, 8000)] == pytest.approx(0.0, abs=0.3)
