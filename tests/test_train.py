@@ -343,6 +343,11 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     assert phase.model.same_architecture(spectral.model) and phase.freeze_encoder and phase.data.code_crops
     assert phase.loss.phase > 0 and phase.loss.envelope == spectral.loss.envelope and not phase.loss.uses_discriminators
     assert phase.optim.lr < spectral.optim.lr
+    # the GPU recipe: all of the shipped model trained on (--init rvq24k), discriminators on
+    gpu = configs["general24k-spectral"]
+    assert gpu.model.same_architecture(load().cfg) and not gpu.freeze_encoder and not gpu.data.code_crops
+    assert gpu.loss.uses_discriminators and gpu.loss.commitment > 0 and gpu.loss.phase == phase.loss.phase
+    assert gpu.disc.stft_channels > general.disc.stft_channels
 
 
 def test_a_recipe_changes_only_what_it_names_of_its_base(tmp_path):
