@@ -1,0 +1,215 @@
+"""Is it the codes or the decoder? Two spectral decoders trained side by side from scratch,
+the same way and for the same steps, one from a model's codes at a bitrate, one from the
+original's log-mel spectrum (80 bands a frame, far more than the codes' bits); then both
+scored on held-out speech and music.
+
+    python benchmarks/feature_ceiling.py RUN/codes ~/.cache/rvqcodec/corpus24k \\
+        --minutes 50 [--model rvq24k] [--kbps 6] [--out ~/.cache/rvqcodec/ceiling]
+
+RUN/codes is a code cache (``data.code_crops`` of a frozen-encoder run: ``audio.npy`` and
+``codes.npy``). Each decoder trains in its own process on one thread for ``--minutes``, with
+phase 6's losses (mel 1, waveform L1 2, band envelopes 10, linear STFT 1), batch 16 x 0.96 s,
+AdamW 1e-3, bf16. If the log-mel decoder scores far higher, what the codes carry limits the
+model, not what the decoder can make of it. A third row feeds the log-mel decoder its input
+through a residual VQ at the codes' bitrate (k-means codebooks of 1024 entries fitted on 400
+training crops; the decoder never trained on quantized input): what a codec that codes the
+log-mel spectrum itself could reach. No postfilter on any. ``--only score`` scores decoders
+trained before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import librosa
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from common import print_table, write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from codec import load  # noqa: E402
+from codec.errors import CodecError  # noqa: E402
+from codec.metrics import score_clip  # noqa: E402
+from codec.spectral import SpectralDecoder  # noqa: E402
+from train.config import DataConfig  # noqa: E402
+from train.data import validation_clips  # noqa: E402
+from train.losses import EnvelopeCorrelationLoss, MultiResolutionSTFTLoss, MultiScaleMelLoss  # noqa: E402
+
+N_MELS, BATCH, FRAMES = 80, 16, 72
+
+
+class LogMel(torch.nn.Module):
+    """The original's log-mel spectrum per frame, causal: frame ``t`` from the two hops of
+    samples ending at ``(t + 1) * hop``. ``[B, 1, F * hop] -> [B, N_MELS, F]``."""
+
+    def __init__(self, sample_rate: int, hop: int) -> None:
+        super().__init__()
+        self.hop = hop
+        fb = librosa.filters.mel(sr=sample_rate, n_fft=2 * hop, n_mels=N_MELS)
+        self.register_buffer("fb", torch.from_numpy(fb).float())
+        self.register_buffer("window", torch.hann_window(2 * hop))
+
+    def forward(self, x: Tensor) -> Tensor:
+        padded = torch.nn.functional.pad(x[:, 0], (self.hop, 0))
+        frames = padded.unfold(-1, 2 * self.hop, self.hop)  # [B, F, 2 hop]
+        power = torch.fft.rfft(frames * self.window, dim=-1).abs().pow(2)
+        return torch.log(power @ self.fb.T + 1e-5).transpose(1, 2)
+
+
+def train(args: argparse.Namespace, kind: str) -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = load(args.model).eval()
+    hop, rate = model.hop_length, model.sample_rate
+    n_q = model.n_q_for(args.kbps)
+    audio = np.load(args.codes / "audio.npy", mmap_mode="r")
+    codes = np.load(args.codes / "codes.npy", mmap_mode="r")
+    cfg = model.cfg
+    in_dim = N_MELS if kind == "logmel" else cfg.latent_dim
+    dec = SpectralDecoder(in_dim, hop, cfg.decoder_dim, 4 * cfg.decoder_dim, cfg.decoder_layers)
+    features = LogMel(rate, hop)
+    mel, stft, env = MultiScaleMelLoss(rate), MultiResolutionSTFTLoss(), EnvelopeCorrelationLoss(rate)
+    opt = torch.optim.AdamW(dec.parameters(), lr=1e-3, betas=(0.8, 0.99), weight_decay=0.01)
+    rng = np.random.default_rng(1 if kind == "logmel" else 2)
+    end, step = time.time() + args.minutes * 60, 0
+    while time.time() < end:
+        idx = rng.integers(0, audio.shape[0], BATCH)
+        start = rng.integers(0, codes.shape[-1] - FRAMES, BATCH)
+        x = torch.stack([torch.from_numpy(audio[i, s * hop:(s + FRAMES) * hop].astype(np.float32) / 32767) for i, s in zip(idx, start)])[:, None]
+        with torch.no_grad():
+            if kind == "logmel":
+                cond = features(x)
+            else:
+                c = torch.stack([torch.from_numpy(codes[i, :, s:s + FRAMES].astype(np.int64)) for i, s in zip(idx, start)])
+                cond = model.quantizer.decode(c[:, :n_q])
+        for g in opt.param_groups:
+            g["lr"] = 1e-3 * min(1.0, (step + 1) / 200) * 0.5 ** (step / 4000)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = dec(cond).float()
+        loss = mel(y, x) + 2 * (y - x).abs().mean() + 10 * env(y, x) + stft(y, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dec.parameters(), 10.0)
+        opt.step()
+        step += 1
+        if step % 250 == 0:
+            print(f"{kind} step {step} loss {loss.item():.3f}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_file(dec.state_dict(), args.out / f"{kind}.safetensors", metadata={"steps": str(step)})
+
+
+def nearest(x: Tensor, book: Tensor) -> Tensor:
+    """Index of the entry of ``book [K, D]`` nearest each row of ``x [N, D]``: ``[N]``."""
+    return torch.cat([torch.cdist(part, book).argmin(1) for part in x.split(65536)])
+
+
+@torch.no_grad()
+def fit_rvq(frames: Tensor, levels: int, size: int = 1024, iters: int = 8) -> list[Tensor]:
+    """Residual k-means codebooks for ``frames [N, D]``: ``levels`` books ``[size, D]``."""
+    g = torch.Generator().manual_seed(0)
+    books, residual = [], frames.clone()
+    for _ in range(levels):
+        book = residual[torch.randperm(len(residual), generator=g)[:size]].clone()
+        for _ in range(iters):
+            idx = nearest(residual, book)
+            sums = torch.zeros_like(book).index_add_(0, idx, residual)
+            counts = torch.bincount(idx, minlength=size).float()[:, None]
+            book = torch.where(counts > 0, sums / counts.clamp(min=1), book)
+        residual -= book[nearest(residual, book)]
+        books.append(book)
+    return books
+
+
+def rvq_round_trip(x: Tensor, books: list[Tensor]) -> Tensor:
+    """``x [N, D]`` quantized with ``books`` (residual, nearest entry per level)."""
+    out, residual = torch.zeros_like(x), x.clone()
+    for book in books:
+        q = book[nearest(residual, book)]
+        out, residual = out + q, residual - q
+    return out
+
+
+@torch.no_grad()
+def evaluate(args: argparse.Namespace) -> None:
+    torch.set_num_threads(2)
+    model = load(args.model).eval()
+    hop, rate, cfg = model.hop_length, model.sample_rate, model.cfg
+    data = dataclasses.replace(DataConfig(), val_clips=40, val_seconds=6.0)
+    clips = [c for c in validation_clips(args.cache.expanduser(), data, rate, hop, 4) if c.category in ("speech", "music")]
+    features = LogMel(rate, hop)
+    # The log-mel decoder's input through a residual VQ at the codes' bitrate, fitted by
+    # k-means on 400 training crops (the decoder is not trained on quantized input).
+    audio = np.load(args.codes / "audio.npy", mmap_mode="r")
+    crops = torch.from_numpy(np.asarray(audio[:: max(1, audio.shape[0] // 400)], dtype=np.float32) / 32767)[:, None]
+    train_frames = torch.cat([features(part) for part in crops.split(50)]).transpose(1, 2).reshape(-1, N_MELS)
+    books = fit_rvq(train_frames, model.n_q_for(args.kbps))
+    results, steps = {}, {}
+    for kind in ("codes", "logmel", "logmel-rvq"):
+        trained = "logmel" if kind.startswith("logmel") else kind
+        with safe_open(args.out / f"{trained}.safetensors", "pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+            steps[kind] = int(f.metadata()["steps"])
+        dec = SpectralDecoder(N_MELS if trained == "logmel" else cfg.latent_dim, hop, cfg.decoder_dim, 4 * cfg.decoder_dim,
+                              cfg.decoder_layers)
+        dec.load_state_dict(state)
+        dec.eval()
+        rows: dict[str, list] = {}
+        for clip in clips:
+            x = torch.from_numpy(clip.audio)[None, None]
+            if kind == "logmel":
+                cond = features(x)
+            elif kind == "logmel-rvq":
+                cond = rvq_round_trip(features(x)[0].T, books).T[None]
+            else:
+                c = model.encode(x, kbps=args.kbps)[:, 0]  # [1, n_q, F]
+                cond = model.quantizer.decode(c)
+            y = dec(cond)[0, 0, :x.shape[-1]].numpy()
+            names = ("pesq_wb", "stoi", "visqol", "mel_distance") if clip.category == "speech" else ("visqol", "mel_distance")
+            rows.setdefault(clip.category, []).append(score_clip(clip.audio, y, rate, clip.category, names))
+        results[kind] = {cat: {m: float(np.mean([r[m] for r in rs if r.get(m) is not None])) for m in rs[0]}
+                         for cat, rs in rows.items()}
+    print_table(["decoder from", "steps", "speech PESQ", "STOI", "ViSQOL", "mel", "music ViSQOL", "music mel"],
+                [[kind, steps[kind], *(f"{r['speech'][m]:.3f}" for m in ("pesq_wb", "stoi", "visqol", "mel_distance")),
+                  *(f"{r['music'][m]:.3f}" for m in ("visqol", "mel_distance"))] for kind, r in results.items()])
+    write_json(args.json, {"model": args.model, "kbps": args.kbps, "minutes": args.minutes, "steps": steps, "results": results})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("codes", type=Path, help="a code cache folder (audio.npy, codes.npy)")
+    p.add_argument("cache", type=Path, help="the corpus cache, for the held-out excerpts")
+    p.add_argument("--model", default="rvq24k", help="the model whose codes (and codebooks) the cache holds")
+    p.add_argument("--kbps", type=float, default=6.0)
+    p.add_argument("--minutes", type=float, default=50.0, help="training time of each decoder")
+    p.add_argument("--out", type=Path, default=Path("~/.cache/rvqcodec/ceiling").expanduser())
+    p.add_argument("--json", type=Path, default=Path("reports/feature_ceiling.json"))
+    p.add_argument("--only", choices=("codes", "logmel", "score"),
+                   help="train one decoder only, or (score) score the two trained before")
+    args = p.parse_args()
+    if not (args.codes / "codes.npy").is_file() or not (args.cache.expanduser() / "index.tsv").is_file():
+        raise CodecError("expected a code cache folder (codes.npy) and a prepared corpus cache (index.tsv)")
+    if args.only in ("codes", "logmel"):
+        return train(args, args.only)
+    if args.only != "score":
+        me = [sys.executable, __file__, *sys.argv[1:]]
+        procs = [subprocess.Popen([*me, "--only", kind]) for kind in ("codes", "logmel")]
+        if any(proc.wait() for proc in procs):
+            raise CodecError("a training process failed")
+    evaluate(args)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except CodecError as e:
+        sys.exit(f"feature_ceiling: {e}")
