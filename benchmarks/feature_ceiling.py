@@ -14,7 +14,9 @@ model, not what the decoder can make of it. A third row feeds the log-mel decode
 through a residual VQ at the codes' bitrate (k-means codebooks of 1024 entries fitted on 400
 training crops; the decoder never trained on quantized input): what a codec that codes the
 log-mel spectrum itself could reach. No postfilter on any. ``--only score`` scores decoders
-trained before.
+trained before; ``--only trained-rvq --minutes M [--threads 2]`` trains the log-mel decoder on
+its quantized input (from where it stopped, saved every 500 steps), which ``score`` then
+scores as a fourth row.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class LogMel(torch.nn.Module):
 
 
 def train(args: argparse.Namespace, kind: str) -> None:
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = load(args.model).eval()
     hop, rate = model.hop_length, model.sample_rate
@@ -75,13 +77,23 @@ def train(args: argparse.Namespace, kind: str) -> None:
     audio = np.load(args.codes / "audio.npy", mmap_mode="r")
     codes = np.load(args.codes / "codes.npy", mmap_mode="r")
     cfg = model.cfg
-    in_dim = N_MELS if kind == "logmel" else cfg.latent_dim
+    in_dim = cfg.latent_dim if kind == "codes" else N_MELS
     dec = SpectralDecoder(in_dim, hop, cfg.decoder_dim, 4 * cfg.decoder_dim, cfg.decoder_layers)
     features = LogMel(rate, hop)
+    books, first, peak = None, 0, 1e-3
+    if kind == "trained-rvq":  # continues itself, else starts from the log-mel decoder
+        books = training_books(args, features, n_q)
+        start_from = args.out / ("trained-rvq.safetensors" if (args.out / "trained-rvq.safetensors").is_file() else "logmel.safetensors")
+        if not start_from.is_file():
+            raise CodecError(f"{start_from} is not there: train the log-mel decoder first")
+        with safe_open(start_from, "pt") as f:
+            dec.load_state_dict({k: f.get_tensor(k) for k in f.keys()})
+            first = int(f.metadata()["steps"]) if start_from.name.startswith("trained") else 0
+        peak = 3e-4
     mel, stft, env = MultiScaleMelLoss(rate), MultiResolutionSTFTLoss(), EnvelopeCorrelationLoss(rate)
     opt = torch.optim.AdamW(dec.parameters(), lr=1e-3, betas=(0.8, 0.99), weight_decay=0.01)
     rng = np.random.default_rng(1 if kind == "logmel" else 2)
-    end, step = time.time() + args.minutes * 60, 0
+    end, step = time.time() + args.minutes * 60, first
     while time.time() < end:
         idx = rng.integers(0, audio.shape[0], BATCH)
         start = rng.integers(0, codes.shape[-1] - FRAMES, BATCH)
@@ -89,11 +101,14 @@ def train(args: argparse.Namespace, kind: str) -> None:
         with torch.no_grad():
             if kind == "logmel":
                 cond = features(x)
+            elif kind == "trained-rvq":
+                f = features(x)
+                cond = rvq_round_trip(f.transpose(1, 2).reshape(-1, N_MELS), books).view(BATCH, -1, N_MELS).transpose(1, 2)
             else:
                 c = torch.stack([torch.from_numpy(codes[i, :, s:s + FRAMES].astype(np.int64)) for i, s in zip(idx, start)])
                 cond = model.quantizer.decode(c[:, :n_q])
         for g in opt.param_groups:
-            g["lr"] = 1e-3 * min(1.0, (step + 1) / 200) * 0.5 ** (step / 4000)
+            g["lr"] = peak * min(1.0, (step - first + 1) / 200) * 0.5 ** (step / 4000 if kind != "trained-rvq" else step / 16000)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = dec(cond).float()
         loss = mel(y, x) + 2 * (y - x).abs().mean() + 10 * env(y, x) + stft(y, x)
@@ -104,8 +119,11 @@ def train(args: argparse.Namespace, kind: str) -> None:
         step += 1
         if step % 250 == 0:
             print(f"{kind} step {step} loss {loss.item():.3f}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    save_file(dec.state_dict(), args.out / f"{kind}.safetensors", metadata={"steps": str(step)})
+        if step % 500 == 0 or time.time() >= end:
+            args.out.mkdir(parents=True, exist_ok=True)
+            part = args.out / f"{kind}.part.safetensors"
+            save_file(dec.state_dict(), part, metadata={"steps": str(step)})
+            part.replace(args.out / f"{kind}.safetensors")
 
 
 def nearest(x: Tensor, book: Tensor) -> Tensor:
@@ -130,6 +148,23 @@ def fit_rvq(frames: Tensor, levels: int, size: int = 1024, iters: int = 8) -> li
     return books
 
 
+def training_books(args: argparse.Namespace, features: "LogMel", levels: int) -> list[Tensor]:
+    """The log-mel RVQ's codebooks: fitted on 400 training crops once, then read from
+    ``args.out / "rvq.safetensors"``, so that training and scoring use the same."""
+    path = args.out / "rvq.safetensors"
+    if path.is_file():
+        with safe_open(path, "pt") as f:
+            return [f.get_tensor(f"level{i}") for i in range(levels)]
+    audio = np.load(args.codes / "audio.npy", mmap_mode="r")
+    crops = torch.from_numpy(np.asarray(audio[:: max(1, audio.shape[0] // 400)], dtype=np.float32) / 32767)[:, None]
+    with torch.no_grad():
+        frames = torch.cat([features(part) for part in crops.split(50)]).transpose(1, 2).reshape(-1, N_MELS)
+    books = fit_rvq(frames, levels)
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_file({f"level{i}": b.contiguous() for i, b in enumerate(books)}, path)
+    return books
+
+
 def rvq_round_trip(x: Tensor, books: list[Tensor]) -> Tensor:
     """``x [N, D]`` quantized with ``books`` (residual, nearest entry per level)."""
     out, residual = torch.zeros_like(x), x.clone()
@@ -149,17 +184,16 @@ def evaluate(args: argparse.Namespace) -> None:
     features = LogMel(rate, hop)
     # The log-mel decoder's input through a residual VQ at the codes' bitrate, fitted by
     # k-means on 400 training crops (the decoder is not trained on quantized input).
-    audio = np.load(args.codes / "audio.npy", mmap_mode="r")
-    crops = torch.from_numpy(np.asarray(audio[:: max(1, audio.shape[0] // 400)], dtype=np.float32) / 32767)[:, None]
-    train_frames = torch.cat([features(part) for part in crops.split(50)]).transpose(1, 2).reshape(-1, N_MELS)
-    books = fit_rvq(train_frames, model.n_q_for(args.kbps))
+    books = training_books(args, features, model.n_q_for(args.kbps))
     results, steps = {}, {}
-    for kind in ("codes", "logmel", "logmel-rvq"):
+    # logmel-rvq: the log-mel decoder on quantized input; trained-rvq: a decoder trained on it
+    kinds = ("codes", "logmel", "logmel-rvq", "trained-rvq")
+    for kind in kinds if (args.out / "trained-rvq.safetensors").is_file() else kinds[:3]:
         trained = "logmel" if kind.startswith("logmel") else kind
         with safe_open(args.out / f"{trained}.safetensors", "pt") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
             steps[kind] = int(f.metadata()["steps"])
-        dec = SpectralDecoder(N_MELS if trained == "logmel" else cfg.latent_dim, hop, cfg.decoder_dim, 4 * cfg.decoder_dim,
+        dec = SpectralDecoder(cfg.latent_dim if trained == "codes" else N_MELS, hop, cfg.decoder_dim, 4 * cfg.decoder_dim,
                               cfg.decoder_layers)
         dec.load_state_dict(state)
         dec.eval()
@@ -168,7 +202,7 @@ def evaluate(args: argparse.Namespace) -> None:
             x = torch.from_numpy(clip.audio)[None, None]
             if kind == "logmel":
                 cond = features(x)
-            elif kind == "logmel-rvq":
+            elif kind in ("logmel-rvq", "trained-rvq"):
                 cond = rvq_round_trip(features(x)[0].T, books).T[None]
             else:
                 c = model.encode(x, kbps=args.kbps)[:, 0]  # [1, n_q, F]
@@ -191,14 +225,16 @@ def main() -> None:
     p.add_argument("--model", default="rvq24k", help="the model whose codes (and codebooks) the cache holds")
     p.add_argument("--kbps", type=float, default=6.0)
     p.add_argument("--minutes", type=float, default=50.0, help="training time of each decoder")
+    p.add_argument("--threads", type=int, default=1, help="threads of each training process")
     p.add_argument("--out", type=Path, default=Path("~/.cache/rvqcodec/ceiling").expanduser())
     p.add_argument("--json", type=Path, default=Path("reports/feature_ceiling.json"))
-    p.add_argument("--only", choices=("codes", "logmel", "score"),
-                   help="train one decoder only, or (score) score the two trained before")
+    p.add_argument("--only", choices=("codes", "logmel", "trained-rvq", "score"),
+                   help="train one decoder only (trained-rvq: on the quantized log-mel, from the log-mel "
+                        "decoder or where it stopped), or (score) score those trained before")
     args = p.parse_args()
     if not (args.codes / "codes.npy").is_file() or not (args.cache.expanduser() / "index.tsv").is_file():
         raise CodecError("expected a code cache folder (codes.npy) and a prepared corpus cache (index.tsv)")
-    if args.only in ("codes", "logmel"):
+    if args.only in ("codes", "logmel", "trained-rvq"):
         return train(args, args.only)
     if args.only != "score":
         me = [sys.executable, __file__, *sys.argv[1:]]
