@@ -69,6 +69,9 @@ class LogMel(torch.nn.Module):
 
 
 def train(args: argparse.Namespace, kind: str) -> None:
+    """Train one decoder (``kind``: codes, logmel or trained-rvq) for ``args.minutes`` into
+    ``args.out / f"{kind}.safetensors"``; a resumed trained-rvq run restarts its optimizer
+    with a short warm-up and draws new crops."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = load(args.model).eval()
@@ -92,7 +95,8 @@ def train(args: argparse.Namespace, kind: str) -> None:
         peak = 3e-4
     mel, stft, env = MultiScaleMelLoss(rate), MultiResolutionSTFTLoss(), EnvelopeCorrelationLoss(rate)
     opt = torch.optim.AdamW(dec.parameters(), lr=1e-3, betas=(0.8, 0.99), weight_decay=0.01)
-    rng = np.random.default_rng(1 if kind == "logmel" else 2)
+    seed = 1 if kind == "logmel" else 2
+    rng = np.random.default_rng(seed if first == 0 else (seed, first))  # a resumed run: other crops
     end, step = time.time() + args.minutes * 60, first
     while time.time() < end:
         idx = rng.integers(0, audio.shape[0], BATCH)
