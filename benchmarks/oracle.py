@@ -40,6 +40,7 @@ from train.data import validation_clips  # noqa: E402
 
 N_FFT, HOP, QUEFRENCIES = 512, 128, 30
 PARTS = ("decoded", "phase", "magnitude", "mag <1 kHz", "mag 1-4 kHz", "mag >4 kHz", "envelope", "fine structure")
+BAND_PARTS = {"mag <1 kHz": (0, 1000), "mag 1-4 kHz": (1000, 4000), "mag >4 kHz": (4000, 10**6)}
 BANDS = ((0, 500), (500, 1000), (1000, 2000), (2000, 4000), (4000, 8000), (8000, 12000))
 METRIC_NAMES = ("pesq_wb", "stoi", "visqol", "mel_distance")
 
@@ -66,8 +67,8 @@ def with_original_part(x: np.ndarray, y: np.ndarray, part: str, sample_rate: int
         spec = ym * torch.exp(1j * X.angle())
     elif part == "magnitude":
         spec = xm * yphase
-    elif part.startswith("mag "):
-        lo, hi = {"mag <1 kHz": (0, 1000), "mag 1-4 kHz": (1000, 4000), "mag >4 kHz": (4000, sample_rate)}[part]
+    elif part in BAND_PARTS:
+        lo, hi = BAND_PARTS[part]
         spec = torch.where((freqs >= lo) & (freqs < hi), xm, ym) * yphase
     elif part == "envelope":
         spec = _envelope(xm) * ym / _envelope(ym) * yphase

@@ -49,6 +49,8 @@ def test_the_original_s_phase_undoes_a_delay():
     assert _error(with_original_part(x, y, "phase", RATE), x) < 0.05
     with pytest.raises(ValueError, match="unknown part"):
         with_original_part(x, y, "loudness", RATE)
+    with pytest.raises(ValueError, match="unknown part"):
+        with_original_part(x, y, "mag 2-3 kHz", RATE)
     assert set(PARTS) >= {"phase", "magnitude", "envelope"}
 
 
