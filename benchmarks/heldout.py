@@ -20,14 +20,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 import torch
 
 from common import print_table, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from codec import load  # noqa: E402
+from codec import load, opus  # noqa: E402
 from codec.errors import CodecError  # noqa: E402
 from codec.metrics import METRICS, mean_scores, score_clip  # noqa: E402
 from codec.model import Codec  # noqa: E402
@@ -48,23 +51,38 @@ def load_any(spec: str, postfilter: float | None = None) -> Codec:
     return model.eval()
 
 
+def opus_round_trip(clip: ValidationClip, kbps: float, rate: int) -> np.ndarray:
+    """``clip`` through Opus at ``kbps`` (codec/opus.py, as ``rvqcodec eval`` codes it)."""
+    with tempfile.TemporaryDirectory() as work:
+        wav = Path(work) / "clip.wav"
+        sf.write(wav, clip.audio, rate, subtype="PCM_16")
+        result = opus.code(wav, Path(work), kbps, rate, 1, len(clip.audio) / rate)
+        y, _ = sf.read(result.output, dtype="float32")
+    return np.pad(y, (0, max(0, len(clip.audio) - len(y))))[: len(clip.audio)]
+
+
 @torch.no_grad()
-def score(model: Codec, clips: list[ValidationClip], kbps: float) -> dict[str, dict[str, float]]:
+def score(model: Codec | None, clips: list[ValidationClip], kbps: float, rate: int) -> dict[str, dict[str, float]]:
     """Mean of every metric per category: ``{category: {metric: value}}`` (a metric no
-    excerpt could score is absent). ViSQOL only on speech and music: it is the slowest metric."""
+    excerpt could score is absent). ViSQOL only on speech and music: it is the slowest metric.
+    ``model`` None: Opus at ``kbps``."""
     rows: dict[str, list[dict[str, float | None]]] = {}
     for clip in clips:
         x = torch.from_numpy(clip.audio)[None, None]
-        y = model.decode(model.encode(x, kbps=kbps), length=x.shape[-1])[0, 0].numpy()
+        if model is None:
+            y = opus_round_trip(clip, kbps, rate)
+        else:
+            y = model.decode(model.encode(x, kbps=kbps), length=x.shape[-1])[0, 0].numpy()
         names = tuple(m for m in METRICS if clip.category in ("speech", "music") or m != "visqol")
-        rows.setdefault(clip.category, []).append(score_clip(clip.audio, y, model.sample_rate, clip.category, names))
+        rows.setdefault(clip.category, []).append(score_clip(clip.audio, y, rate, clip.category, names))
     return {cat: mean_scores(scored) for cat, scored in rows.items()}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("cache", type=Path, help="the corpus cache a run trains on (train/prepare.py)")
-    p.add_argument("models", nargs="+", help="built-in names, .safetensors files, run folders or checkpoints")
+    p.add_argument("models", nargs="+", help="built-in names, .safetensors files, run folders or checkpoints; "
+                                             "'opus': Opus at the same bitrate (opus-tools)")
     p.add_argument("--kbps", type=float, default=6.0)
     p.add_argument("--clips", type=int, default=24, help="excerpts, round-robin over the categories")
     p.add_argument("--per-group", type=int, default=1, help="files per speaker / track (the split has few speakers)")
@@ -75,15 +93,20 @@ def main() -> None:
     torch.set_num_threads(1)
     if not (args.cache.expanduser() / "index.tsv").is_file():
         raise CodecError(f"{args.cache} is not a prepared corpus cache (python -m train.prepare makes one)")
-    first = load_any(args.models[0], args.postfilter)
+    first_spec = next((m for m in args.models if m != "opus"), "rvq24k")  # also sets the rate for Opus
+    first = load_any(first_spec, args.postfilter)
     data = dataclasses.replace(DataConfig(), val_clips=args.clips, val_seconds=args.seconds)
     clips = validation_clips(args.cache.expanduser(), data, first.sample_rate, first.hop_length, args.per_group)
     counts = {c: sum(k.category == c for k in clips) for c in sorted({k.category for k in clips})}
     print(f"{len(clips)} held-out excerpts of {args.seconds:g} s ({counts}), {args.kbps:g} kbps")
     results, rows = {}, []
     for spec in args.models:
-        model = first if spec == args.models[0] else load_any(spec, args.postfilter)
-        results[spec] = score(model, clips, args.kbps)
+        if spec == "opus":
+            opus.require_tools()
+            results[spec] = score(None, clips, args.kbps, first.sample_rate)
+        else:
+            model = first if spec == first_spec else load_any(spec, args.postfilter)
+            results[spec] = score(model, clips, args.kbps, model.sample_rate)
         speech = results[spec].get("speech", {})
         music = results[spec].get("music", {})
         rows.append([spec, *(f"{speech.get(k, float('nan')):.3f}" for k in ("pesq_wb", "stoi", "visqol", "mel_distance")),

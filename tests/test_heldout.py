@@ -1,0 +1,25 @@
+"""benchmarks/heldout.py's Opus row: a clip through Opus comes back aligned, at its length.
+Needs opus-tools, as tests/test_eval.py does."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from heldout import opus_round_trip  # noqa: E402
+
+from train.data import ValidationClip  # noqa: E402
+
+RATE = 24000
+
+
+def test_a_clip_through_opus_comes_back_aligned_and_at_its_length():
+    t = np.arange(2 * RATE) / RATE
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t) * np.minimum(1, t * 4)).astype(np.float32)
+    y = opus_round_trip(ValidationClip("tone", "music", tone), 24.0, RATE)
+    assert y.shape == tone.shape
+    core = slice(RATE // 2, -RATE // 4)
+    assert np.corrcoef(y[core], tone[core])[0, 1] > 0.95  # not shifted: a lag of 1/880 s would give -1
+    shifted = np.roll(tone, 27)[core]
+    assert np.corrcoef(y[core], shifted)[0, 1] < np.corrcoef(y[core], tone[core])[0, 1]
