@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import subprocess
 import sys
 import time
@@ -68,6 +67,24 @@ class LogMel(torch.nn.Module):
         return torch.log(power @ self.fb.T + 1e-5).transpose(1, 2)
 
 
+def decoder(cfg, in_dim: int) -> SpectralDecoder:
+    """A spectral decoder of the model's size (``cfg``: its CodecConfig) on ``in_dim`` inputs."""
+    return SpectralDecoder(in_dim, cfg.hop_length, cfg.decoder_dim, 4 * cfg.decoder_dim, cfg.decoder_layers)
+
+
+def read_decoder(dec: SpectralDecoder, path: Path) -> int:
+    """Load ``path`` (written by :func:`train`) into ``dec``; returns its step count."""
+    with safe_open(path, "pt") as f:
+        dec.load_state_dict({k: f.get_tensor(k) for k in f.keys()})
+        return int(f.metadata()["steps"])
+
+
+def quantized(features: Tensor, books: list[Tensor]) -> Tensor:
+    """Log-mel ``features [B, N_MELS, F]`` through the RVQ ``books``."""
+    b, d, f = features.shape
+    return rvq_round_trip(features.transpose(1, 2).reshape(-1, d), books).view(b, f, d).transpose(1, 2)
+
+
 def train(args: argparse.Namespace, kind: str) -> None:
     """Train one decoder (``kind``: codes, logmel or trained-rvq) for ``args.minutes`` into
     ``args.out / f"{kind}.safetensors"``; a resumed trained-rvq run restarts its optimizer
@@ -80,8 +97,7 @@ def train(args: argparse.Namespace, kind: str) -> None:
     audio = np.load(args.codes / "audio.npy", mmap_mode="r")
     codes = np.load(args.codes / "codes.npy", mmap_mode="r")
     cfg = model.cfg
-    in_dim = cfg.latent_dim if kind == "codes" else N_MELS
-    dec = SpectralDecoder(in_dim, hop, cfg.decoder_dim, 4 * cfg.decoder_dim, cfg.decoder_layers)
+    dec = decoder(cfg, cfg.latent_dim if kind == "codes" else N_MELS)
     features = LogMel(rate, hop)
     books, first, peak = None, 0, 1e-3
     if kind == "trained-rvq":  # continues itself, else starts from the log-mel decoder
@@ -89,9 +105,8 @@ def train(args: argparse.Namespace, kind: str) -> None:
         start_from = args.out / ("trained-rvq.safetensors" if (args.out / "trained-rvq.safetensors").is_file() else "logmel.safetensors")
         if not start_from.is_file():
             raise CodecError(f"{start_from} is not there: train the log-mel decoder first")
-        with safe_open(start_from, "pt") as f:
-            dec.load_state_dict({k: f.get_tensor(k) for k in f.keys()})
-            first = int(f.metadata()["steps"]) if start_from.name.startswith("trained") else 0
+        steps = read_decoder(dec, start_from)
+        first = steps if start_from.name.startswith("trained") else 0
         peak = 3e-4
     mel, stft, env = MultiScaleMelLoss(rate), MultiResolutionSTFTLoss(), EnvelopeCorrelationLoss(rate)
     opt = torch.optim.AdamW(dec.parameters(), lr=1e-3, betas=(0.8, 0.99), weight_decay=0.01)
@@ -106,8 +121,7 @@ def train(args: argparse.Namespace, kind: str) -> None:
             if kind == "logmel":
                 cond = features(x)
             elif kind == "trained-rvq":
-                f = features(x)
-                cond = rvq_round_trip(f.transpose(1, 2).reshape(-1, N_MELS), books).view(BATCH, -1, N_MELS).transpose(1, 2)
+                cond = quantized(features(x), books)
             else:
                 c = torch.stack([torch.from_numpy(codes[i, :, s:s + FRAMES].astype(np.int64)) for i, s in zip(idx, start)])
                 cond = model.quantizer.decode(c[:, :n_q])
@@ -194,20 +208,15 @@ def evaluate(args: argparse.Namespace) -> None:
     kinds = ("codes", "logmel", "logmel-rvq", "trained-rvq")
     for kind in kinds if (args.out / "trained-rvq.safetensors").is_file() else kinds[:3]:
         trained = "logmel" if kind.startswith("logmel") else kind
-        with safe_open(args.out / f"{trained}.safetensors", "pt") as f:
-            state = {k: f.get_tensor(k) for k in f.keys()}
-            steps[kind] = int(f.metadata()["steps"])
-        dec = SpectralDecoder(cfg.latent_dim if trained == "codes" else N_MELS, hop, cfg.decoder_dim, 4 * cfg.decoder_dim,
-                              cfg.decoder_layers)
-        dec.load_state_dict(state)
-        dec.eval()
+        dec = decoder(cfg, cfg.latent_dim if trained == "codes" else N_MELS).eval()
+        steps[kind] = read_decoder(dec, args.out / f"{trained}.safetensors")
         rows: dict[str, list] = {}
         for clip in clips:
             x = torch.from_numpy(clip.audio)[None, None]
             if kind == "logmel":
                 cond = features(x)
             elif kind in ("logmel-rvq", "trained-rvq"):
-                cond = rvq_round_trip(features(x)[0].T, books).T[None]
+                cond = quantized(features(x), books)
             else:
                 c = model.encode(x, kbps=args.kbps)[:, 0]  # [1, n_q, F]
                 cond = model.quantizer.decode(c)

@@ -49,6 +49,11 @@ def _stft(a: np.ndarray) -> Tensor:
     return torch.stft(torch.from_numpy(a).float(), N_FFT, HOP, window=torch.hann_window(N_FFT), return_complex=True)
 
 
+def _istft(spec: Tensor, length: int) -> np.ndarray:
+    out = torch.istft(spec, N_FFT, HOP, window=torch.hann_window(N_FFT), length=length)
+    return out.numpy().astype(np.float32)
+
+
 def _envelope(mag: Tensor) -> Tensor:
     """The smooth part of ``mag [F, T]``: its log, liftered to the first quefrencies."""
     cep = torch.fft.irfft(torch.log(mag + 1e-7), dim=0)
@@ -76,8 +81,7 @@ def with_original_part(x: np.ndarray, y: np.ndarray, part: str, sample_rate: int
         spec = _envelope(ym) * xm / _envelope(xm) * yphase
     else:
         raise ValueError(f"unknown part {part!r}; known: {PARTS}")
-    out = torch.istft(spec, N_FFT, HOP, window=torch.hann_window(N_FFT), length=len(y))
-    return out.numpy().astype(np.float32)
+    return _istft(spec, len(y))
 
 
 def boosted(y: np.ndarray, bands: list[tuple[float, float, float]], sample_rate: int) -> np.ndarray:
@@ -87,8 +91,7 @@ def boosted(y: np.ndarray, bands: list[tuple[float, float, float]], sample_rate:
     gain = torch.ones_like(freqs)
     for lo, hi, db in bands:
         gain[(freqs >= lo) & (freqs < hi)] = 10 ** (db / 20)
-    out = torch.istft(Y * gain[:, None], N_FFT, HOP, window=torch.hann_window(N_FFT), length=len(y))
-    return out.numpy().astype(np.float32)
+    return _istft(Y * gain[:, None], len(y))
 
 
 def _band_gain(text: str) -> tuple[float, float, float]:
