@@ -28,7 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-import librosa
 import numpy as np
 import torch
 from safetensors import safe_open
@@ -40,6 +39,7 @@ from common import print_table, write_json
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from codec import load  # noqa: E402
 from codec.errors import CodecError  # noqa: E402
+from codec.logmel import LogMelEncoder  # noqa: E402
 from codec.metrics import score_clip  # noqa: E402
 from codec.spectral import SpectralDecoder  # noqa: E402
 from train.config import DataConfig  # noqa: E402
@@ -47,24 +47,6 @@ from train.data import validation_clips  # noqa: E402
 from train.losses import EnvelopeCorrelationLoss, MultiResolutionSTFTLoss, MultiScaleMelLoss  # noqa: E402
 
 N_MELS, BATCH, FRAMES = 80, 16, 72
-
-
-class LogMel(torch.nn.Module):
-    """The original's log-mel spectrum per frame, causal: frame ``t`` from the two hops of
-    samples ending at ``(t + 1) * hop``. ``[B, 1, F * hop] -> [B, N_MELS, F]``."""
-
-    def __init__(self, sample_rate: int, hop: int) -> None:
-        super().__init__()
-        self.hop = hop
-        fb = librosa.filters.mel(sr=sample_rate, n_fft=2 * hop, n_mels=N_MELS)
-        self.register_buffer("fb", torch.from_numpy(fb).float())
-        self.register_buffer("window", torch.hann_window(2 * hop))
-
-    def forward(self, x: Tensor) -> Tensor:
-        padded = torch.nn.functional.pad(x[:, 0], (self.hop, 0))
-        frames = padded.unfold(-1, 2 * self.hop, self.hop)  # [B, F, 2 hop]
-        power = torch.fft.rfft(frames * self.window, dim=-1).abs().pow(2)
-        return torch.log(power @ self.fb.T + 1e-5).transpose(1, 2)
 
 
 def decoder(cfg, in_dim: int) -> SpectralDecoder:
@@ -98,7 +80,7 @@ def train(args: argparse.Namespace, kind: str) -> None:
     codes = np.load(args.codes / "codes.npy", mmap_mode="r")
     cfg = model.cfg
     dec = decoder(cfg, cfg.latent_dim if kind == "codes" else N_MELS)
-    features = LogMel(rate, hop)
+    features = LogMelEncoder(rate, hop, N_MELS)
     books, first, peak = None, 0, 1e-3
     if kind == "trained-rvq":  # continues itself, else starts from the log-mel decoder
         books = training_books(args, features, n_q)
@@ -166,7 +148,7 @@ def fit_rvq(frames: Tensor, levels: int, size: int = 1024, iters: int = 8) -> li
     return books
 
 
-def training_books(args: argparse.Namespace, features: "LogMel", levels: int) -> list[Tensor]:
+def training_books(args: argparse.Namespace, features: LogMelEncoder, levels: int) -> list[Tensor]:
     """The log-mel RVQ's codebooks: fitted on 400 training crops once, then read from
     ``args.out / "rvq.safetensors"``, so that training and scoring use the same."""
     path = args.out / "rvq.safetensors"
@@ -199,7 +181,7 @@ def evaluate(args: argparse.Namespace) -> None:
     hop, rate, cfg = model.hop_length, model.sample_rate, model.cfg
     data = dataclasses.replace(DataConfig(), val_clips=40, val_seconds=6.0)
     clips = [c for c in validation_clips(args.cache.expanduser(), data, rate, hop, 4) if c.category in ("speech", "music")]
-    features = LogMel(rate, hop)
+    features = LogMelEncoder(rate, hop, N_MELS)
     # The log-mel decoder's input through a residual VQ at the codes' bitrate, fitted by
     # k-means on 400 training crops (the decoder is not trained on quantized input).
     books = training_books(args, features, model.n_q_for(args.kbps))

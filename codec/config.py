@@ -33,6 +33,10 @@ class CodecConfig:
             blocks at the frame rate and an inverse FFT per frame, codec/spectral.py).
         decoder_dim: width of the spectral decoder (its blocks' hidden layers are 4x).
         decoder_layers: ConvNeXt blocks of the spectral decoder.
+        encoder: ``seanet`` (the causal convolutional encoder, codec/seanet.py) or ``logmel``
+            (no weights: each frame's log-mel spectrum, ``latent_dim`` bands, codec/logmel.py;
+            ``channels``, ``dilations``, kernels, ``lstm_layers`` and ``activation`` then only
+            shape a SEANet decoder).
     """
 
     sample_rate: int = 24000
@@ -52,8 +56,11 @@ class CodecConfig:
     decoder: str = "seanet"
     decoder_dim: int = 256
     decoder_layers: int = 8
+    encoder: str = "seanet"
 
     def __post_init__(self) -> None:
+        if self.encoder not in ("seanet", "logmel"):
+            raise ValueError(f"encoder must be 'seanet' or 'logmel', got {self.encoder!r}")
         if self.decoder not in ("seanet", "spectral"):
             raise ValueError(f"decoder must be 'seanet' or 'spectral', got {self.decoder!r}")
         if self.activation not in ("elu", "snake"):

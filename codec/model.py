@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from .cache import TensorCache
 from .config import CodecConfig
 from .frame import FramePlan
+from .logmel import LogMelEncoder
 from .native import NativePlan
 from .postfilter import PitchPostfilter
 from .quantizer import QuantizerOutput, ResidualVectorQuantizer
@@ -40,7 +41,7 @@ class Codec(nn.Module):
     def __init__(self, cfg: CodecConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = Encoder(cfg)
+        self.encoder = Encoder(cfg) if cfg.encoder == "seanet" else LogMelEncoder(cfg.sample_rate, cfg.hop_length, cfg.latent_dim)
         self.quantizer = ResidualVectorQuantizer(cfg.latent_dim, cfg.n_q, cfg.codebook_size)
         self.decoder = Decoder(cfg) if cfg.decoder == "seanet" else SpectralDecoder(
             cfg.latent_dim, cfg.hop_length, cfg.decoder_dim, 4 * cfg.decoder_dim, cfg.decoder_layers)
@@ -154,8 +155,8 @@ class Codec(nn.Module):
         if frames == 0:
             out_channels = self.cfg.latent_dim if name == "encoder" else 1
             return x.new_zeros(x.shape[0], out_channels, 0)
-        if x.shape[0] != 1 or frames > self.PLAN_MAX_FRAMES:
-            return network(x)
+        if x.shape[0] != 1 or frames > self.PLAN_MAX_FRAMES or isinstance(network, LogMelEncoder):
+            return network(x)  # (the log-mel encoder is one FFT per frame: no plan needed)
         if name not in self._plans:
             plan = FramePlan(network, per_frame)
             self._plans[name] = NativePlan.for_plan(plan, x.shape[1], per_frame) or plan

@@ -163,7 +163,7 @@ def round_narrow_weights(model: nn.Module) -> int:
     were rounded. A spectral decoder is left as trained: rounding it changes its output by
     about -34 dB, and its live frame is fast enough with float16 weights."""
     with model.streaming():
-        plans = [FramePlan(model.encoder, model.hop_length)]
+        plans = [FramePlan(model.encoder, model.hop_length)] if model.cfg.encoder == "seanet" else []
         if model.cfg.decoder == "seanet":
             plans.append(FramePlan(model.decoder, 1))
         # (rounding the weights of a plan frame.c cannot run would cost quality for nothing)

@@ -58,17 +58,20 @@ def test_default_model_codes_real_speech(tmp_path):
 
 
 @pytest.mark.parametrize("release, weights_hash", [("rvq24k-v8", "e9271f8063f42148"), ("rvq24k-v9", "07f2c20aee4c4948")])
-def test_files_of_earlier_releases_decode_with_the_default_model(tmp_path, release, weights_hash):
-    """rvq24k-v9 and v10 kept v8's encoder and codebooks (v8 was v7's weights): a file whose
-    header names v8 or v9 and its weights decodes without --model, to what the default makes
-    of the same codes; a model with another encoder refuses it in one line."""
+def test_files_of_earlier_releases_decode_with_the_built_in_v10(tmp_path, release, weights_hash):
+    """rvq24k-v9 and v10 kept v8's encoder and codebooks (v8 was v7's weights); v11, the
+    default, codes the log-mel spectrum instead. A file whose header names v8 or v9 and its
+    weights decodes without --model, to what the built-in v10 makes of the same codes; a
+    model with another encoder refuses it in one line."""
     earlier = bytes.fromhex(weights_hash)
-    assert EARLIER_CODES[weights_hash] == codes_fingerprint(load()).hex()
-    assert fingerprint(load())[:8] != earlier  # (the decoder is new: the earlier weights hash differs)
+    v10 = load("rvq24k-v10")
+    assert EARLIER_CODES[weights_hash] == codes_fingerprint(v10).hex() != codes_fingerprint(load()).hex()
+    assert fingerprint(v10)[:8] != earlier  # (the decoder is new: the earlier weights hash differs)
     clip = SAMPLES / "speech_librispeech_60.flac"
-    compress_file(clip, tmp_path / "new.rvq", kbps=3)
+    compress_file(clip, tmp_path / "new.rvq", kbps=3, model=v10)
     data = (tmp_path / "new.rvq").read_bytes()
     header, size = parse_header(data)
+    assert header.model_id == "rvq24k-v10"
     old = dataclasses.replace(header, model_id=release, weights_hash=earlier).encode()
     (tmp_path / "earlier.rvq").write_bytes(old + data[size:])
     decompress_file(tmp_path / "new.rvq", tmp_path / "new.wav")

@@ -13,6 +13,7 @@ from codec.streaming import CausalConv1d, CausalConvTranspose1d, streaming
 from conftest import SMALL, TINY, make_model
 
 SPECTRAL = dataclasses.replace(SMALL, decoder="spectral", decoder_dim=16, decoder_layers=2)
+LOGMEL = dataclasses.replace(SPECTRAL, encoder="logmel", latent_dim=40)
 
 
 def chunked_encode(model, wav, n_q, rng):
@@ -39,8 +40,9 @@ def chunked_decode(model, codes, rng):
 @pytest.mark.parametrize(
     "cfg",
     [SMALL, TINY, dataclasses.replace(TINY, lstm_layers=1), dataclasses.replace(TINY, activation="snake"),
-     dataclasses.replace(SMALL, postfilter=0.75), SPECTRAL, dataclasses.replace(TINY, decoder="spectral", decoder_dim=8)],
-    ids=["small", "tiny", "lstm", "snake", "postfilter", "spectral", "tiny-spectral"],
+     dataclasses.replace(SMALL, postfilter=0.75), SPECTRAL, dataclasses.replace(TINY, decoder="spectral", decoder_dim=8),
+     LOGMEL, dataclasses.replace(LOGMEL, decoder="seanet")],
+    ids=["small", "tiny", "lstm", "snake", "postfilter", "spectral", "tiny-spectral", "logmel", "logmel-seanet"],
 )
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("batch", [(2, 2), (1, 1)], ids=["batch4", "batch1"])  # batch 1 takes frame plans
@@ -174,10 +176,11 @@ def test_conv_transpose_step_matches_the_layer(kernel, stride, frames):
         assert torch.allclose(steps_and_forward(layer, ConvTransposeStep, x, frames), layer(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("cfg", [SMALL, SPECTRAL], ids=["seanet", "spectral"])
+@pytest.mark.parametrize("cfg", [SMALL, SPECTRAL, LOGMEL], ids=["seanet", "spectral", "logmel"])
 def test_one_frame_calls_take_the_frame_plan(cfg):
-    """Batch 1, one frame per call: the encoder and decoder run their plans, and the codes
-    and audio are those of offline coding."""
+    """Batch 1, one frame per call: the encoder and decoder run their plans (a log-mel
+    encoder, one FFT a frame, runs as it is), and the codes and audio are those of offline
+    coding."""
     model = make_model(cfg, seed=4)
     hop = model.hop_length
     wav = torch.randn(1, 1, 6 * hop) * 0.3
@@ -185,7 +188,7 @@ def test_one_frame_calls_take_the_frame_plan(cfg):
     with model.streaming():
         streamed = torch.cat([model.encode(wav[..., i * hop : (i + 1) * hop], n_q=8) for i in range(6)], dim=-1)
         audio = torch.cat([model.decode(codes[..., i : i + 1]) for i in range(6)], dim=-1)
-        assert set(model._plans) == {"encoder", "decoder"}
+        assert set(model._plans) == ({"decoder"} if cfg.encoder == "logmel" else {"encoder", "decoder"})
     assert torch.equal(streamed, codes)
     assert (audio - model.decode(codes)).abs().max().item() < 1e-5
 

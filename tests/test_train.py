@@ -333,7 +333,7 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     spectral = configs["spectral24k"]
     assert spectral.freeze_encoder and spectral.model.decoder == "spectral"
     assert spectral.model.same_encoder(interim.model) and not spectral.model.same_architecture(interim.model)
-    assert spectral.model.same_architecture(load().cfg)  # the shipped model's recipe: --init rvq24k continues it
+    assert spectral.model.same_architecture(load("rvq24k-v10").cfg)  # v10's recipe: --init rvq24k-v10 continues it
     # its adversarial fine-tuning: the same decoder, the same cached codes, discriminators on
     gan = configs["spectral24k-gan"]
     assert gan.model.same_architecture(spectral.model) and gan.freeze_encoder and gan.data.code_crops
@@ -343,11 +343,15 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     assert phase.model.same_architecture(spectral.model) and phase.freeze_encoder and phase.data.code_crops
     assert phase.loss.phase > 0 and phase.loss.envelope == spectral.loss.envelope and not phase.loss.uses_discriminators
     assert phase.optim.lr < spectral.optim.lr
-    # the GPU recipe: all of the shipped model trained on (--init rvq24k), discriminators on
+    # the GPU recipe: all of v10 trained on (--init rvq24k-v10), discriminators on
     gpu = configs["general24k-spectral"]
-    assert gpu.model.same_architecture(load().cfg) and not gpu.freeze_encoder and not gpu.data.code_crops
+    assert gpu.model.same_architecture(load("rvq24k-v10").cfg) and not gpu.freeze_encoder and not gpu.data.code_crops
     assert gpu.loss.uses_discriminators and gpu.loss.commitment > 0 and gpu.loss.phase == phase.loss.phase
     assert gpu.disc.stft_channels > general.disc.stft_channels
+    # the shipped default's recipe: the log-mel front end, no encoder to freeze
+    logmel = configs["logmel24k"]
+    assert logmel.model.encoder == "logmel" and logmel.model.same_architecture(load().cfg)
+    assert not logmel.freeze_encoder and not logmel.data.code_crops
 
 
 def test_a_recipe_changes_only_what_it_names_of_its_base(tmp_path):
