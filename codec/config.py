@@ -109,11 +109,15 @@ class CodecConfig:
 
     def same_architecture(self, other: "CodecConfig") -> bool:
         """Whether ``other``'s weights fit this model: everything but the name, the
-        postfilter strength (which has no weights) and, between SEANet decoders, the unused
-        spectral-decoder sizes agrees."""
+        postfilter strength (which has no weights) and the unused sizes agrees: between SEANet
+        decoders the spectral decoder's, between log-mel encoders with spectral decoders the
+        SEANet layers' (only the strides, that is the hop, still count)."""
         neutral: dict[str, Any] = {"name": "", "postfilter": 0.0}
         if self.decoder == other.decoder == "seanet":
             neutral |= {"decoder_dim": 0, "decoder_layers": 0}
+        if self.encoder == other.encoder == "logmel" and self.decoder == other.decoder == "spectral":
+            neutral |= {"channels": 0, "dilations": (), "kernel_size": 0, "residual_kernel_size": 0,
+                        "lstm_layers": 0, "activation": "elu"}
         return replace(self, **neutral) == replace(other, **neutral)
 
     def same_encoder(self, other: "CodecConfig") -> bool:

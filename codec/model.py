@@ -150,7 +150,7 @@ class Codec(nn.Module):
         (codec/frame.py), run by the native runtime where it builds (codec/native.py); longer chunks
         and batches take the layers' forward, whose convolutions amortise their cost over
         the frames. Both keep the same state, so calls of any size can alternate."""
-        network: nn.Sequential = getattr(self, name)
+        network: nn.Module = getattr(self, name)
         frames = x.shape[-1] // per_frame
         if frames == 0:
             out_channels = self.cfg.latent_dim if name == "encoder" else 1

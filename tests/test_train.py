@@ -352,6 +352,16 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     logmel = configs["logmel24k"]
     assert logmel.model.encoder == "logmel" and logmel.model.same_architecture(load().cfg)
     assert not logmel.freeze_encoder and not logmel.data.code_crops
+    # its last stretch (resumed in place): a cosine ending at the run's end, louder crops
+    anneal = configs["logmel24k-anneal"]
+    assert anneal.model == logmel.model and anneal.loss == logmel.loss
+    assert anneal.optim.schedule == "cosine" and anneal.optim.decay_steps == anneal.max_steps
+    assert anneal.data.gain_db[0] > logmel.data.gain_db[0] and anneal.data.gain_db[1] > logmel.data.gain_db[1]
+    # the same on a GPU (train.timed sizes its cosine), and with discriminators
+    gpu_mel, gan_mel = configs["logmel24k-gpu"], configs["logmel24k-gan"]
+    assert gpu_mel.model == gan_mel.model == logmel.model and gpu_mel.loss == logmel.loss
+    assert gpu_mel.data.batch_size == 4 * logmel.data.batch_size and gpu_mel.optim.schedule == "cosine"
+    assert gan_mel.loss.uses_discriminators and gan_mel.loss.disc_warmup_steps > 0 and gan_mel.optim == gpu_mel.optim
 
 
 def test_a_recipe_changes_only_what_it_names_of_its_base(tmp_path):

@@ -1,0 +1,60 @@
+"""train.timed: recipes trained side by side for a wall-clock budget, each with a cosine
+schedule sized by its measured speed, then exported."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from codec import load
+from train.config import TrainConfig
+from train.timed import main, run_timed
+from train_support import CONFIGS, write_corpus
+
+
+def cosine_recipe(path: Path, lr: float) -> Path:
+    path.write_text(yaml.safe_dump({
+        "base": str(CONFIGS / "tiny.yaml"),
+        "optim": {"lr": lr, "schedule": "cosine", "warmup_steps": 1},
+        "data": {"loader_workers": 0},
+        "threads": 1,
+        "validate_every": 10**6,  # the probe does not time validation
+    }))
+    return path
+
+
+def test_timed_runs_end_with_the_schedule(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    configs = [cosine_recipe(tmp_path / "a.yaml", 1e-3), cosine_recipe(tmp_path / "b.yaml", 2e-3)]
+    out = tmp_path / "timed"
+    plans = run_timed(configs, corpus, out, seconds=80, device="cpu", probe_steps=4, startup_seconds=15,
+                      margin=0.5, say=lambda m: None)  # a loaded test machine: half the steps that fit
+    assert [p.name for p in plans] == ["a", "b"]
+    for plan, lr in zip(plans, (1e-3, 2e-3)):
+        assert plan.steps >= 1 and plan.speed > 0
+        cfg = TrainConfig.from_yaml(out / f"{plan.name}.yaml")  # the run's exact recipe
+        assert cfg.max_steps == plan.steps and cfg.optim.decay_steps == plan.steps
+        assert cfg.optim.lr == lr and cfg.optim.schedule == "cosine"
+        rows = [json.loads(line) for line in (out / plan.name / "log.jsonl").read_text().splitlines()]
+        rows = [r for r in rows if "lr/gen" in r]
+        assert (out / plan.name / f"step_{plan.steps:08d}").is_dir()  # finished inside the time
+        # Rates on a cosine over exactly these steps, from the base rate down to 5% of it: a
+        # logged step s ran at the rate of step s - 1 of n (warm-up: 1 step).
+        n, s = plan.steps, rows[-1]["step"]
+        assert s > n / 2
+        assert rows[-1]["lr/gen"] == pytest.approx(lr * (0.05 + 0.475 * (1 + math.cos(math.pi * (s - 1) / n))), rel=1e-4)
+        model = load(out / f"{plan.name}.safetensors")
+        assert model.cfg.name == "tiny"
+
+
+def test_refuses_recipes_without_a_cosine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = write_corpus(tmp_path / "corpus", speech=1, music=1)
+    code = main(["--config", str(CONFIGS / "tiny.yaml"), "--data", str(corpus), "--out", str(tmp_path / "t"),
+                 "--seconds", "60", "--device", "cpu"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "cosine" in err[-1]
