@@ -31,6 +31,13 @@ class RegisteredModel:
 
 
 REGISTRY: dict[str, RegisteredModel] = {
+    "rvq24k-v12": RegisteredModel(
+        "rvq24k-v12.safetensors",
+        "68db3f1c8238858a6d46c5a7417008a223c68cfec8e3c28b63e2f5b201e1645d",
+        "24 kHz mono, 1.5-24 kbps (interim): the log-mel codec, each frame's 80-band log-mel "
+        "spectrum coded by a 32-level EMA RVQ and decoded by a spectral decoder; v11's run carried "
+        "on to step 18,934 on two CPU threads, its rate annealed and its crops louder; pitch postfilter 0.75",
+    ),
     "rvq24k-v11": RegisteredModel(
         "rvq24k-v11.safetensors",
         "0c421f9bb28f5ad12f0fa1bfac7ce12e7d3a576d4494bf17e0ba3c3a64562a38",
@@ -48,16 +55,17 @@ REGISTRY: dict[str, RegisteredModel] = {
 }
 # Earlier releases whose files later models still decode: the weights hash their .rvq headers
 # carry -> the codes_fingerprint() of their encoder and codebooks. rvq24k-v7 and v8 (the same
-# weights) and v9 -> v8's encoder and codebooks, which v9 and v10 kept (v11 codes the log-mel
-# spectrum instead: new codes, so those files decode with v10, which stays built in).
+# weights) and v9 -> v8's encoder and codebooks, which v9 and v10 kept (v11 and v12 code the
+# log-mel spectrum instead: new codes, so those files decode with v10, which stays built in;
+# v12's codebooks moved on from v11's, so v11's files decode with v11, also built in).
 EARLIER_CODES = {
     "e9271f8063f42148": "4b8cbd2b84f5762b84d89b51e0e8084cdf043d4517e64268ceb0c239ac68708b",  # v7, v8
     "07f2c20aee4c4948": "4b8cbd2b84f5762b84d89b51e0e8084cdf043d4517e64268ceb0c239ac68708b",  # v9
 }
 # EMA statistics of the codebooks: needed to continue training, not to run the model.
 TRAINING_ONLY = {f"quantizer.{name}" for name in ResidualVectorQuantizer.TRAINING_BUFFERS}
-DEFAULT_MODEL = "rvq24k-v11"
-ALIASES = {"rvq24k": "rvq24k-v11", "default": DEFAULT_MODEL}
+DEFAULT_MODEL = "rvq24k-v12"
+ALIASES = {"rvq24k": "rvq24k-v12", "default": DEFAULT_MODEL}
 
 
 class ModelError(CodecError):

@@ -59,8 +59,8 @@ def test_default_model_codes_real_speech(tmp_path):
 
 @pytest.mark.parametrize("release, weights_hash", [("rvq24k-v8", "e9271f8063f42148"), ("rvq24k-v9", "07f2c20aee4c4948")])
 def test_files_of_earlier_releases_decode_with_the_built_in_v10(tmp_path, release, weights_hash):
-    """rvq24k-v9 and v10 kept v8's encoder and codebooks (v8 was v7's weights); v11, the
-    default, codes the log-mel spectrum instead. A file whose header names v8 or v9 and its
+    """rvq24k-v9 and v10 kept v8's encoder and codebooks (v8 was v7's weights); v11 and v12 (the
+    default) code the log-mel spectrum instead. A file whose header names v8 or v9 and its
     weights decodes without --model, to what the built-in v10 makes of the same codes; a
     model with another encoder refuses it in one line."""
     earlier = bytes.fromhex(weights_hash)
@@ -81,4 +81,23 @@ def test_files_of_earlier_releases_decode_with_the_built_in_v10(tmp_path, releas
     save_model(make_model(SMALL, seed=1), other)
     with pytest.raises(CodecError, match=release):
         decompress_file(tmp_path / "earlier.rvq", tmp_path / "x.wav", model=other)
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_files_of_v11_decode_with_the_built_in_v11(tmp_path):
+    """v12 carried v11's run on: the same architecture, but its codebooks moved, so the same
+    codes mean other spectra. A v11 file decodes without --model with the built-in v11, and
+    the default (v12) refuses it, naming v11."""
+    v11, v12 = load("rvq24k-v11"), load()
+    assert v12.cfg.name != "rvq24k-v11" and v12.cfg.same_architecture(v11.cfg)
+    assert codes_fingerprint(v11) != codes_fingerprint(v12)
+    clip = SAMPLES / "speech_librispeech_60.flac"
+    compress_file(clip, tmp_path / "v11.rvq", kbps=6, model=v11)
+    assert parse_header((tmp_path / "v11.rvq").read_bytes())[0].model_id == "rvq24k-v11"
+    decompress_file(tmp_path / "v11.rvq", tmp_path / "auto.wav")
+    decompress_file(tmp_path / "v11.rvq", tmp_path / "named.wav", model=v11)
+    auto, named = sf.read(str(tmp_path / "auto.wav"))[0], sf.read(str(tmp_path / "named.wav"))[0]
+    assert np.array_equal(auto, named)
+    with pytest.raises(CodecError, match="rvq24k-v11"):
+        decompress_file(tmp_path / "v11.rvq", tmp_path / "x.wav", model=v12)
     assert not (tmp_path / "x.wav").exists()
