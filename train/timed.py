@@ -47,11 +47,16 @@ class Plan:
     speed: float
 
 
-def derived_recipe(source: Path, dest: Path, steps: int, log_every: int, checkpoint_every: int) -> Path:
-    """``source`` as ``base`` with ``steps`` as the schedule's length and the run's end."""
+def read_recipe(source: Path) -> TrainConfig:
+    """``source``'s config, refused unless its rate follows a cosine (whose length we set)."""
     cfg = TrainConfig.from_yaml(source)
     if cfg.optim.schedule != "cosine":
         raise DataError(f"{source}: a timed run needs `optim.schedule: cosine` (it sizes decay_steps to the time)")
+    return cfg
+
+
+def derived_recipe(source: Path, dest: Path, steps: int, log_every: int, checkpoint_every: int) -> Path:
+    """``source`` as ``base`` with ``steps`` as the schedule's length and the run's end."""
     recipe = {
         "base": str(source.resolve()),
         "optim": {"decay_steps": steps},
@@ -70,8 +75,9 @@ def launch(recipe: Path, cache: Path, run_dir: Path, steps: int, init: str | Non
            "--max-steps", str(steps), "-q"]
     cmd += ["--init", init] if init else []
     cmd += ["--device", device] if device else []
-    return subprocess.Popen(["timeout", "-s", "TERM", f"{max(seconds, 1.0):.0f}", *cmd],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    with open(log, "w") as f:  # the child writes through its own copy of the descriptor
+        return subprocess.Popen(["timeout", "-s", "TERM", f"{max(seconds, 1.0):.0f}", *cmd],
+                                stdout=f, stderr=subprocess.STDOUT)
 
 
 def measured_speed(run_dir: Path) -> float:
@@ -92,8 +98,8 @@ def run_timed(configs: list[Path], data: Path, out: Path, seconds: float, init: 
     names = [c.stem for c in configs]
     if len(set(names)) != len(names):
         raise DataError("two recipes share a file name: their runs would share a folder")
+    rates = {read_recipe(c).model.sample_rate for c in configs}  # refused before any decoding
     out.mkdir(parents=True, exist_ok=True)
-    rates = {TrainConfig.from_yaml(c).model.sample_rate for c in configs}
     if len(rates) != 1:
         raise DataError("the recipes have different sample rates")
     cache = ensure_cache(data, out / "cache", rates.pop(), workers or os.cpu_count() or 2)
