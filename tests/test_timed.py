@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from codec import load
@@ -58,3 +59,30 @@ def test_refuses_recipes_without_a_cosine(tmp_path: Path, capsys: pytest.Capture
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "cosine" in err[-1]
+
+
+def test_one_at_a_time_chains_each_recipe_from_the_last_export(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    # b's rate is too small to move its weights: chained, its decoder is a's export.
+    configs = [cosine_recipe(tmp_path / "a.yaml", 1e-3), cosine_recipe(tmp_path / "b.yaml", 1e-12)]
+    out = tmp_path / "timed"
+    said: list[str] = []
+    plans = run_timed(configs, corpus, out, seconds=90, device="cpu", probe_steps=3, startup_seconds=12,
+                      margin=0.5, say=said.append, one_at_a_time=True, chain=True, export_seconds=5)
+    assert [p.name for p in plans] == ["a", "b"]
+    assert any(m.split("] ", 1)[-1].startswith("b: ") and m.endswith(f"from {out / 'a.safetensors'}") for m in said)
+    a = (out / "a" / "log.jsonl").stat().st_mtime
+    assert a <= (out / "probe-b" / "log.jsonl").stat().st_mtime  # in turn: b began after a ended
+    dec_a, dec_b = load(out / "a.safetensors").decoder.state_dict(), load(out / "b.safetensors").decoder.state_dict()
+    assert dec_a.keys() == dec_b.keys()
+    for k in dec_a:
+        assert torch.allclose(dec_a[k].float(), dec_b[k].float(), atol=1e-3), k
+
+
+def test_chain_needs_one_at_a_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = cosine_recipe(tmp_path / "a.yaml", 1e-3)
+    code = main(["--config", str(recipe), "--data", str(tmp_path / "none"), "--out", str(tmp_path / "t"),
+                 "--seconds", "60", "--device", "cpu", "--side-by-side", "--chain"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "--one-at-a-time" in err[-1]
