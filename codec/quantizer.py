@@ -155,23 +155,24 @@ class ResidualVectorQuantizer(nn.Module):
         if self.training and not bool(self.initialized):
             self._initialize(flat.detach())
         active = n_q.to(z.device).repeat_interleave(f)  # [B*F]
+        # Host-side from here: one device sync for the depth, none per level (a GPU step is
+        # launch-bound, and a sync per level would stall it 32 times).
+        deepest = min(int(n_q.max()), self.n_q) if n_q.numel() else 0
         residual, quantized = flat, torch.zeros_like(flat)
         counts = z.new_zeros(self.n_q, self.codebook_size)
         sums = z.new_zeros(self.n_q, self.codebook_size, d)
         inputs: list[Tensor] = []  # each level's residuals [B*F, D]: seeds for dead entries
-        codes, commit, metrics, levels_run = [], z.new_zeros(()), {}, 0
+        codes, commit = [], z.new_zeros(())
         for i in range(self.n_q):
             # Every frame goes through every level: ``residual`` is the full-depth residual,
             # and dropout only decides which levels' entries the decoder gets (``mask``). An
             # example active at level i was active at all levels before, so for it the two
             # residuals agree.
-            mask = active > i
+            mask = (active > i).to(flat.dtype)
             idx = self.nearest(i, residual.detach(), exact=not self.training)
             entries = self.codebooks[i][idx]
-            if bool(mask.any()):
-                commit = commit + ((residual[mask] - entries[mask]) ** 2).mean()
-                levels_run += 1
-                metrics.update(_usage_metrics(idx[mask], self.codebook_size, i))
+            if i < deepest:  # the mean over the active frames (masked, so no sync for their count)
+                commit = commit + (((residual - entries) ** 2).sum(-1) * mask).sum() / (mask.sum() * d)
             if self.training:
                 # Codebook statistics from all frames, not only the active ones: under uniform
                 # dropout over five bitrates the deepest levels would otherwise see a fifth of
@@ -185,10 +186,11 @@ class ResidualVectorQuantizer(nn.Module):
             codes.append(idx)
         if self.training:
             self._update(counts, sums, inputs)
+        metrics = _usage_metrics(torch.stack(codes), active, self.codebook_size, deepest)
         x = flat + (quantized - flat).detach()  # straight-through
         x = x.reshape(b, f, d).transpose(1, 2)
         codes_t = torch.stack(codes, dim=1).reshape(b, f, -1).transpose(1, 2)
-        return QuantizerOutput(x, codes_t, commit / max(levels_run, 1), metrics)
+        return QuantizerOutput(x, codes_t, commit / max(deepest, 1), metrics)
 
     @torch.no_grad()
     def _initialize(self, flat: Tensor) -> None:
@@ -318,6 +320,15 @@ def code_usage(counts: Tensor) -> tuple[Tensor, Tensor]:
     return (counts > 0).float().mean(-1), entropy.exp()
 
 
-def _usage_metrics(idx: Tensor, size: int, level: int) -> dict[str, Tensor]:
-    used, perplexity = code_usage(torch.bincount(idx, minlength=size))
-    return {f"usage/q{level}": used, f"perplexity/q{level}": perplexity}
+def _usage_metrics(codes: Tensor, active: Tensor, size: int, levels: int) -> dict[str, Tensor]:
+    """Usage and perplexity of levels ``0 .. levels - 1`` over their active frames, from the
+    codes ``[L, N]`` and each frame's active depth ``active`` ``[N]``: one histogram for all
+    levels (each level's codes offset into its own bins, inactive frames into a spare one)."""
+    if levels == 0:
+        return {}
+    codes = codes[:levels]
+    level = torch.arange(levels, device=codes.device)[:, None]
+    bins = torch.where(active[None, :] > level, codes + level * (size + 1), level * (size + 1) + size)
+    hist = torch.bincount(bins.reshape(-1), minlength=levels * (size + 1)).reshape(levels, size + 1)[:, :size]
+    used, perplexity = code_usage(hist)
+    return {k: v for i in range(levels) for k, v in ((f"usage/q{i}", used[i]), (f"perplexity/q{i}", perplexity[i]))}

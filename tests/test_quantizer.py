@@ -41,6 +41,34 @@ def test_training_forward_masks_inactive_levels():
     assert out.commitment_loss.item() > 0
 
 
+def test_usage_and_commitment_count_only_the_frames_a_level_reaches():
+    """Each level's usage, perplexity and commitment term are over the frames of the examples
+    whose depth reaches it, as a per-level computation over those frames alone gives them."""
+    torch.manual_seed(3)
+    rvq = ResidualVectorQuantizer(dim=8, n_q=4, size=16).train()
+    z = torch.randn(3, 8, 40)
+    rvq(z, torch.full((3,), 4))  # k-means initialisation
+    rvq.eval()
+    n_q = torch.tensor([4, 1, 2])
+    out = rvq(z, n_q)
+    flat = z.transpose(1, 2).reshape(-1, 8)
+    depth = n_q.repeat_interleave(40)
+    residual, commit = flat, 0.0
+    for i in range(4):
+        idx = out.codes[:, i].reshape(-1)
+        entries = rvq.codebooks[i][idx]
+        reached = depth > i
+        hist = torch.bincount(idx[reached], minlength=16).float()
+        p = hist / hist.sum()
+        assert out.metrics[f"usage/q{i}"].item() == pytest.approx((hist > 0).float().mean().item())
+        entropy = -(p[p > 0] * p[p > 0].log()).sum()
+        assert out.metrics[f"perplexity/q{i}"].item() == pytest.approx(entropy.exp().item(), rel=1e-5)
+        commit += ((residual[reached] - entries[reached]) ** 2).mean().item()
+        residual = residual - entries
+    assert out.commitment_loss.item() == pytest.approx(commit / 4, rel=1e-5)
+    assert set(rvq(z, torch.tensor([2, 1, 2])).metrics) == {"usage/q0", "perplexity/q0", "usage/q1", "perplexity/q1"}
+
+
 def test_cached_codes_give_the_training_forward_latent():
     """from_codes (training on a code cache): each example's latent is that of the forward
     pass with the same active levels, from the codes alone, and nothing learns."""

@@ -146,6 +146,23 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(cache, tmp_path):
             torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+def test_generator_ema_follows_each_step_and_copies_the_buffers(cache, tmp_path):
+    """After a step, each averaged weight is ema * its old value + (1 - ema) * the new weight;
+    buffers (codebooks, their statistics, flags) are the generator's own."""
+    trainer = Trainer(tiny_config(optim={"ema": 0.9}), cache, tmp_path)
+    trainer.train_step(trainer.data.batch(0))  # k-means initialisation
+    old = {k: v.clone() for k, v in trainer.ema.named_parameters()}
+    trainer.train_step(trainer.data.batch(1))
+    new = dict(trainer.gen.named_parameters())
+    moved = 0
+    for k, avg in trainer.ema.named_parameters():
+        torch.testing.assert_close(avg, 0.9 * old[k] + 0.1 * new[k], msg=k)
+        moved += int(not torch.equal(avg, old[k]))
+    assert moved > 0
+    for (k, avg), b in zip(trainer.ema.named_buffers(), trainer.gen.buffers()):
+        assert torch.equal(avg, b), k
+
+
 def test_resume_takes_the_learning_rates_of_the_new_config(cache, tmp_path):
     """A later phase may change the rates; nothing saved may keep the old ones."""
     cfg = tiny_config(loss={"adversarial_start_step": 1}, top={"checkpoint_every": 100}, optim={"warmup_steps": 8})
