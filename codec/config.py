@@ -37,6 +37,9 @@ class CodecConfig:
             (no weights: each frame's log-mel spectrum, ``latent_dim`` bands, codec/logmel.py;
             ``channels``, ``dilations``, kernels, ``lstm_layers`` and ``activation`` then only
             shape a SEANet decoder).
+        output_delay: samples (at ``sample_rate``) by which the decoded audio trails the
+            input, as measured on held-out audio; file and stream decoders drop that many
+            first samples, so that the output lines up with the input (0: none dropped).
     """
 
     sample_rate: int = 24000
@@ -57,6 +60,7 @@ class CodecConfig:
     decoder_dim: int = 256
     decoder_layers: int = 8
     encoder: str = "seanet"
+    output_delay: int = 0
 
     def __post_init__(self) -> None:
         if self.encoder not in ("seanet", "logmel"):
@@ -67,6 +71,8 @@ class CodecConfig:
             raise ValueError(f"activation must be 'elu' or 'snake', got {self.activation!r}")
         if not 0.0 <= self.postfilter <= 1.0:
             raise ValueError(f"postfilter must be in [0, 1], got {self.postfilter}")
+        if not 0 <= self.output_delay < self.hop_length:
+            raise ValueError(f"output_delay must be in [0, {self.hop_length}) samples, got {self.output_delay}")
         if self.codebook_size & (self.codebook_size - 1):
             raise ValueError("codebook_size must be a power of two")
         for kbps in self.bandwidths:
@@ -109,10 +115,11 @@ class CodecConfig:
 
     def same_architecture(self, other: "CodecConfig") -> bool:
         """Whether ``other``'s weights fit this model: everything but the name, the
-        postfilter strength (which has no weights) and the unused sizes agrees: between SEANet
+        postfilter strength and the output delay (which have no weights) and the unused sizes
+        agrees: between SEANet
         decoders the spectral decoder's, between log-mel encoders with spectral decoders the
         SEANet layers' (only the strides, that is the hop, still count)."""
-        neutral: dict[str, Any] = {"name": "", "postfilter": 0.0}
+        neutral: dict[str, Any] = {"name": "", "postfilter": 0.0, "output_delay": 0}
         if self.decoder == other.decoder == "seanet":
             neutral |= {"decoder_dim": 0, "decoder_layers": 0}
         if self.encoder == other.encoder == "logmel" and self.decoder == other.decoder == "spectral":

@@ -51,7 +51,7 @@ class Row:
     kbps: float
     actual_kbps: float  # coded file size over duration, all channels
     lag_samples: int  # the delay undone before scoring: the system's, not the clip's own
-    measured_lag_samples: int  # this clip's own estimate
+    measured_lag_samples: int | None  # this clip's own estimate
     lag_correlation: float  # waveform correlation at the clip's own estimate
     scores: dict[str, float | None]
 
@@ -67,7 +67,7 @@ class EvalResult:
     clips: tuple[Clip, ...]
     lag_ms: dict[str, dict[float, float | None]]  # system -> kbps -> delay; None: not measurable
     lag_search_ms: float  # delays were searched within +-this
-    min_lag_correlation: float  # clips correlating less say nothing about the delay
+    min_lag_correlation: float  # clips correlating less are aligned by their loudness contour
     rows: tuple[Row, ...]
     unavailable: dict[str, str] = field(default_factory=dict)  # metric -> why it is missing
 

@@ -171,6 +171,29 @@ def estimate_lag(ref: np.ndarray, est: np.ndarray, max_lag: int) -> int:
     return int(lags[np.argmax(corr)])
 
 
+def envelope_lag(ref: np.ndarray, est: np.ndarray, max_lag: int, sample_rate: int) -> tuple[int, float]:
+    """Delay of ``est``'s loudness contour behind ``ref``'s, in samples, within
+    ``[-max_lag, max_lag]``, and the contours' correlation there: the peak of the
+    cross-correlation of their log power envelopes (5-ms moving averages). For decoders
+    whose waveform does not follow the original (a phase made up from magnitudes), whose
+    waveform cross-correlation peaks anywhere."""
+    width = max(1, round(0.005 * sample_rate))
+
+    def contour(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        power = x * x
+        sums = np.concatenate([[0.0], np.cumsum(power)])
+        smooth = (sums[width:] - sums[:-width]) / width
+        log = np.log(smooth + 1e-6 * power.mean() + 1e-12)  # silence does not dominate
+        return log - log.mean()
+
+    if min(len(ref), len(est)) <= width:
+        return 0, 0.0
+    a, b = contour(ref), contour(est)
+    lag = estimate_lag(a, b, max_lag)
+    return lag, correlation(*align(a, b, lag))
+
+
 def correlation(ref: np.ndarray, est: np.ndarray) -> float:
     """Pearson correlation of two aligned signals (0 when either is constant)."""
     ref, est = _check(ref, est)

@@ -57,8 +57,14 @@ def test_same_encoder_ignores_only_the_decoder():
     assert not spectral.same_architecture(CodecConfig(decoder="spectral"))
 
 
-def test_same_architecture_ignores_only_the_name_and_the_postfilter():
+def test_same_architecture_ignores_only_the_name_the_postfilter_and_the_output_delay():
     cfg = CodecConfig()
-    assert cfg.same_architecture(CodecConfig(name="other", postfilter=0.75))
+    assert cfg.same_architecture(CodecConfig(name="other", postfilter=0.75, output_delay=96))
     assert not cfg.same_architecture(CodecConfig(channels=24))
     assert not cfg.same_architecture(CodecConfig(n_q=16, bandwidths=(1.5, 3.0, 6.0, 12.0)))
+
+
+@pytest.mark.parametrize("delay", [-1, 320])
+def test_output_delay_stays_within_a_frame(delay):
+    with pytest.raises(ValueError, match="output_delay"):
+        CodecConfig(output_delay=delay)  # hop 320

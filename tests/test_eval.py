@@ -125,13 +125,32 @@ def test_eval_without_visqol_says_so(clips: Path, model_file: Path, tmp_path: Pa
     assert not (out / "visqol.png").exists()
 
 
-def test_system_lag_is_the_median_over_correlated_clips():
+def test_system_lag_is_the_median_over_the_clips():
     clips = [Clip(Path("-"), "-", "music", rate, 1, rate) for rate in (24000, 24000, 48000, 24000)]
     coded = [evaluate.Coded(clip, "x", 6.0, 6.0, Path("-"), lag, corr)
-             for clip, (lag, corr) in zip(clips, [(24, 0.9), (48, 0.8), (96, 0.7), (-900, 0.01)])]
+             for clip, (lag, corr) in zip(clips, [(24, 0.9), (48, 0.8), (96, 0.7), (120, 0.01)])]
+    coded.append(evaluate.Coded(clips[0], "x", 6.0, 6.0, Path("-"), None, 0.01))  # follows nothing
     coded.append(evaluate.Coded(clips[0], "y", 6.0, 6.0, Path("-"), 300, 0.02))
-    # 1, 2 and 2 ms: the uncorrelated clip's -37.5 ms is not evidence of anything.
-    assert evaluate._system_lags(coded) == {"x": {6.0: 2.0}, "y": {6.0: None}}
+    coded.append(evaluate.Coded(clips[0], "z", 6.0, 6.0, Path("-"), None, 0.02))
+    # 1, 2, 2 and 5 ms (the fourth clip's from its loudness contour): the median, per system
+    assert evaluate._system_lags(coded) == {"x": {6.0: 2.0}, "y": {6.0: 12.5}, "z": {6.0: None}}
+
+
+def test_clip_lag_follows_the_loudness_contour_when_the_waveform_does_not():
+    """A decoder that makes up its own phase: the waveform's cross-correlation peaks anywhere,
+    the loudness contour's at the delay."""
+    rate, delay = 16000, 64  # 4 ms
+    rng = np.random.default_rng(0)
+    n = 3 * rate
+    envelope = np.repeat(rng.uniform(0.0, 1.0, n // 400) ** 3, 400)  # 25-ms syllables
+    ref = (rng.standard_normal(n) * envelope).astype(np.float32)
+    own_phase = rng.standard_normal(n) * np.concatenate([np.zeros(delay), envelope[:-delay]])
+    lag, corr = evaluate.clip_lag(ref, own_phase.astype(np.float32), rate)
+    assert corr < evaluate.MIN_LAG_CORRELATION and abs(lag - delay) <= 8, (lag, corr)
+    noise = rng.standard_normal(n).astype(np.float32)  # follows neither waveform nor contour
+    assert evaluate.clip_lag(ref, noise, rate)[0] is None
+    faithful = np.concatenate([np.zeros(delay, np.float32), ref[:-delay]])  # the waveform itself
+    assert evaluate.clip_lag(ref, faithful, rate) == (delay, pytest.approx(1.0, abs=1e-6))
 
 
 def test_folder_listing_takes_category_from_top_folder(tmp_path: Path):

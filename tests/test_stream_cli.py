@@ -5,6 +5,7 @@ Processes and sockets all run under deadlines: a hang fails the test instead of 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import select
@@ -23,7 +24,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from codec import compress_file, decompress_file, load, read_info, save_model
+from codec import Codec, compress_file, decompress_file, load, read_info, save_model
 from codec.bitstream import parse_header, read_header
 from codec.live import decode_live
 from conftest import TINY, make_model, tone
@@ -355,3 +356,21 @@ def test_bad_stdin_gives_one_line(tiny, command, data, contains):
     kbps = ["--kbps", "16"] if command.startswith("encode") else []
     command = command.removesuffix("-raw")
     assert_user_error(invoke("stream", command, "--model", model_file, *kbps, *raw, input=data), contains)
+
+
+def test_output_delay_is_dropped_by_file_and_stream_decoders(tmp_path, stereo_wav, small_model):
+    """A model whose output trails its input by D samples: decompress and stream decode both
+    drop the first D (at the file's rate: 44.1 kHz here, the model's 24 kHz), and keep the length."""
+    delay, skip = 37, round(37 * 44100 / 24000)
+    delayed = Codec(dataclasses.replace(small_model.cfg, output_delay=delay)).eval()
+    delayed.load_state_dict(small_model.state_dict())  # the same weights: it reads the same files
+    rvq = tmp_path / "c.rvq"
+    compress_file(stereo_wav, rvq, kbps=3, model=small_model)
+    decompress_file(rvq, tmp_path / "plain.wav", model=small_model)
+    decompress_file(rvq, tmp_path / "aligned.wav", model=delayed)
+    plain, aligned = pcm(tmp_path / "plain.wav"), pcm(tmp_path / "aligned.wav")
+    assert plain.shape == aligned.shape
+    assert np.array_equal(aligned[: len(plain) - skip], plain[skip:])
+    assert not np.array_equal(aligned, plain)
+    decode_live(str(rvq), str(tmp_path / "live.wav"), delayed)
+    assert np.array_equal(pcm(tmp_path / "live.wav"), aligned)
