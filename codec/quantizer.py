@@ -172,7 +172,7 @@ class ResidualVectorQuantizer(nn.Module):
             idx = self.nearest(i, residual.detach(), exact=not self.training)
             entries = self.codebooks[i][idx]
             if i < deepest:  # the mean over the active frames (masked, so no sync for their count)
-                commit = commit + (((residual - entries) ** 2).sum(-1) * mask).sum() / (mask.sum() * d)
+                commit = commit + (((residual - entries) ** 2).sum(-1) * mask).sum() / (mask.sum().clamp(min=1) * d)
             if self.training:
                 # Codebook statistics from all frames, not only the active ones: under uniform
                 # dropout over five bitrates the deepest levels would otherwise see a fifth of

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from codec import DEFAULT_MODEL, REGISTRY, CodecError, compress_file, decompress_file, load
+from codec import DEFAULT_MODEL, REGISTRY, Codec, CodecError, compress_file, decompress_file, load, metrics
 from codec.bitstream import parse_header
 from codec.weights import EARLIER_CODES, WEIGHTS_DIR, codes_fingerprint, fingerprint, save_model
 from conftest import SMALL, make_model
@@ -84,20 +84,55 @@ def test_files_of_earlier_releases_decode_with_the_built_in_v10(tmp_path, releas
     assert not (tmp_path / "x.wav").exists()
 
 
-def test_files_of_v11_decode_with_the_built_in_v11(tmp_path):
-    """v12 carried v11's run on: the same architecture, but its codebooks moved, so the same
-    codes mean other spectra. A v11 file decodes without --model with the built-in v11, and
-    the default (v12) refuses it, naming v11."""
-    v11, v12 = load("rvq24k-v11"), load()
-    assert v12.cfg.name != "rvq24k-v11" and v12.cfg.same_architecture(v11.cfg)
-    assert codes_fingerprint(v11) != codes_fingerprint(v12)
+def test_files_of_v12_decode_with_the_built_in_v12(tmp_path):
+    """v13 carried v12's weights on: the same architecture, but its codebooks moved, so the
+    same codes mean other spectra. A v12 file decodes without --model with the built-in v12,
+    and the default (v13) refuses it, naming v12."""
+    v12, v13 = load("rvq24k-v12"), load()
+    assert v13.cfg.name != "rvq24k-v12" and v13.cfg.same_architecture(v12.cfg)
+    assert codes_fingerprint(v12) != codes_fingerprint(v13)
     clip = SAMPLES / "speech_librispeech_60.flac"
-    compress_file(clip, tmp_path / "v11.rvq", kbps=6, model=v11)
-    assert parse_header((tmp_path / "v11.rvq").read_bytes())[0].model_id == "rvq24k-v11"
-    decompress_file(tmp_path / "v11.rvq", tmp_path / "auto.wav")
-    decompress_file(tmp_path / "v11.rvq", tmp_path / "named.wav", model=v11)
+    compress_file(clip, tmp_path / "v12.rvq", kbps=6, model=v12)
+    assert parse_header((tmp_path / "v12.rvq").read_bytes())[0].model_id == "rvq24k-v12"
+    decompress_file(tmp_path / "v12.rvq", tmp_path / "auto.wav")
+    decompress_file(tmp_path / "v12.rvq", tmp_path / "named.wav", model=v12)
     auto, named = sf.read(str(tmp_path / "auto.wav"))[0], sf.read(str(tmp_path / "named.wav"))[0]
     assert np.array_equal(auto, named)
-    with pytest.raises(CodecError, match="rvq24k-v11"):
-        decompress_file(tmp_path / "v11.rvq", tmp_path / "x.wav", model=v12)
+    with pytest.raises(CodecError, match="rvq24k-v12"):
+        decompress_file(tmp_path / "v12.rvq", tmp_path / "x.wav", model=v13)
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_a_file_of_a_model_no_longer_built_in_names_it_and_decodes_with_its_weights(tmp_path, small_model):
+    """rvq24k-v11 left the package (its weights are in git history): its files name it, and
+    decode with --model and its weights file."""
+    gone = Codec(dataclasses.replace(small_model.cfg, name="rvq24k-v11")).eval()
+    gone.load_state_dict(small_model.state_dict())
+    save_model(gone, tmp_path / "v11.safetensors")
+    assert "rvq24k-v11" not in REGISTRY
+    clip = SAMPLES / "speech_librispeech_60.flac"
+    compress_file(clip, tmp_path / "v11.rvq", kbps=6, model=tmp_path / "v11.safetensors")
+    with pytest.raises(CodecError, match="'rvq24k-v11', which is not built in; pass --model"):
+        decompress_file(tmp_path / "v11.rvq", tmp_path / "x.wav")
+    assert not (tmp_path / "x.wav").exists()
+    decompress_file(tmp_path / "v11.rvq", tmp_path / "y.wav", model=tmp_path / "v11.safetensors")
+    assert sf.info(str(tmp_path / "y.wav")).frames == sf.info(str(clip)).frames
+
+
+def test_default_model_output_lines_up_with_the_input(tmp_path):
+    """The decoder's own delay (output_delay) is dropped: the decoded loudness contour of
+    real speech lies within 2 ms of the original's (it trails by about 4 ms without)."""
+    model = load()
+    assert model.cfg.output_delay > 0
+    clip = SAMPLES / "speech_librispeech_60.flac"
+    ref, rate = sf.read(str(clip), dtype="float32")
+    compress_file(clip, tmp_path / "s.rvq", kbps=6)
+    decompress_file(tmp_path / "s.rvq", tmp_path / "s.wav")
+    out, _ = sf.read(str(tmp_path / "s.wav"), dtype="float32")
+    lag, corr = metrics.envelope_lag(ref, out, rate // 50, rate)
+    assert corr > 0.8 and abs(lag) <= 0.002 * rate, (lag, corr)
+    late = Codec(dataclasses.replace(model.cfg, output_delay=0)).eval()
+    late.load_state_dict(model.state_dict())
+    decompress_file(tmp_path / "s.rvq", tmp_path / "late.wav", model=late)
+    lag_late, _ = metrics.envelope_lag(ref, sf.read(str(tmp_path / "late.wav"), dtype="float32")[0], rate // 50, rate)
+    assert lag_late > 0.002 * rate, (lag, lag_late)  # the same decode without the delay dropped
