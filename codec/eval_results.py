@@ -144,7 +144,7 @@ def report_markdown(r: EvalResult, plots: list[str]) -> str:
         "- scores: means over clips, outputs sample-aligned with the delays below",
     ]
     lines += [f"- {m}: {why}" for m, why in r.unavailable.items()]
-    lines += ["", "## Delay (ms, measured by cross-correlation, removed before scoring)", "",
+    lines += ["", "## Delay (ms, measured by cross-correlation of the waveform, or of the loudness contour where the waveform does not follow; removed before scoring)", "",
               "| system | " + " | ".join(f"{k:g} kbps" for k in r.kbps) + " |",
               "|---|" + "---:|" * len(r.kbps)]
     lags = r.lag_ms
