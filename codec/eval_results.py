@@ -52,7 +52,7 @@ class Row:
     actual_kbps: float  # coded file size over duration, all channels
     lag_samples: int  # the delay undone before scoring: the system's, not the clip's own
     measured_lag_samples: int | None  # this clip's own estimate
-    lag_correlation: float  # waveform correlation at the clip's own estimate
+    lag_correlation: float  # waveform correlation at the waveform's own best lag (below the threshold, the lag is the contour's)
     scores: dict[str, float | None]
 
 
@@ -155,7 +155,8 @@ def report_markdown(r: EvalResult, plots: list[str]) -> str:
     if any(v is None for by_k in lags.values() for v in by_k.values()):
         lines += ["", f"Not measurable: on no clip does the decoded waveform correlate with the original "
                       f"(correlation < {r.min_lag_correlation:g} at the best lag within "
-                      f"±{r.lag_search_ms:g} ms), so that output is scored unshifted."]
+                      f"±{r.lag_search_ms:g} ms), nor its loudness contour with the original's, "
+                      f"so that output is scored unshifted."]
     for cat in categories(r):
         cols = metrics_for(cat)
         lines += ["", f"## {cat} ({counts[cat]} clip{'s' if counts[cat] != 1 else ''})", "",

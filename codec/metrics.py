@@ -190,7 +190,7 @@ def envelope_lag(ref: np.ndarray, est: np.ndarray, max_lag: int, sample_rate: in
     if min(len(ref), len(est)) <= width:
         return 0, 0.0
     a, b = contour(ref), contour(est)
-    lag = estimate_lag(a, b, max_lag)
+    lag = estimate_lag(a, b, min(max_lag, min(len(a), len(b)) // 2))  # at least half of each overlaps
     return lag, correlation(*align(a, b, lag))
 
 

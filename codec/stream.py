@@ -141,6 +141,9 @@ class StreamEncoder:
     def finish(self) -> bytes:
         """Flush the resampler and the last partial frame; the last packet and end record."""
         out = self._encode(self._resampler.resample_chunk(np.zeros((0, self.channels), np.float32), last=True))
+        # The decoder drops its first output_delay samples (codec/files.py, lead_samples):
+        # code that much silence past the end, so that the decoded audio still covers it.
+        out += self._encode(np.zeros((self.model.cfg.output_delay, self.channels), np.float32))
         out += self._add(self.model.flush(1, self.channels, n_q=self.n_q))
         if len(self._pending):
             out += self._emit(len(self._pending))

@@ -374,3 +374,21 @@ def test_output_delay_is_dropped_by_file_and_stream_decoders(tmp_path, stereo_wa
     assert not np.array_equal(aligned, plain)
     decode_live(str(rvq), str(tmp_path / "live.wav"), delayed)
     assert np.array_equal(pcm(tmp_path / "live.wav"), aligned)
+
+
+def test_a_delayed_decoder_still_decodes_the_last_samples(tmp_path, small_model):
+    """The encoder codes output_delay samples of silence past the end, so the samples the
+    decoder drops at the start do not leave zeros at the end, even for an input of whole
+    frames (where no padding of the last frame would cover them)."""
+    delay = 37
+    delayed = Codec(dataclasses.replace(small_model.cfg, output_delay=delay)).eval()
+    delayed.load_state_dict(small_model.state_dict())
+    wav = tmp_path / "frames.wav"
+    sf.write(str(wav), tone(50 * small_model.hop_length / 24000, 24000)[0], 24000, subtype="FLOAT")
+    for model, name in ((small_model, "plain"), (delayed, "aligned")):
+        compress_file(wav, tmp_path / f"{name}.rvq", kbps=3, model=model)
+        decompress_file(tmp_path / f"{name}.rvq", tmp_path / f"{name}.wav", model=model)
+    plain, aligned = pcm(tmp_path / "plain.wav"), pcm(tmp_path / "aligned.wav")
+    assert len(plain) == len(aligned) == 50 * small_model.hop_length
+    assert np.array_equal(aligned[: len(plain) - delay], plain[delay:])  # the same codes up to the end
+    assert np.abs(aligned[-delay:].astype(np.int32)).max() > 100  # audio, not padding

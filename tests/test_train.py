@@ -431,3 +431,30 @@ def test_quantizer_weights_steer_the_trainer_s_bitrates(cache, tmp_path):
     drawn_weighted = torch.cat([weighted.draw_n_q(s, 16) for s in range(20)])
     assert (drawn_uniform == smallest).any()
     assert (drawn_weighted == max(cfg.model.valid_n_q)).all()
+
+
+def test_resume_runs_the_optimizer_as_this_machine_chooses(cache, tmp_path):
+    """A checkpoint's saved update flags (a GPU's fused AdamW, an older run's None) do not
+    carry over: the resumed optimizer keeps the ones chosen for this device."""
+    cfg = tiny_config(top={"checkpoint_every": 100})
+    run(cfg, cache, tmp_path, max_steps=1, progress=False)
+    state = list_checkpoints(tmp_path)[-1] / "state.json"
+    meta = json.loads(state.read_text())
+    for group in meta["optim_generator"]["param_groups"]:
+        group.update(fused=True, foreach=None)
+    state.write_text(json.dumps(meta))
+    trainer = Trainer(cfg, cache, tmp_path)
+    assert trainer.resume()
+    assert [(g["fused"], g["foreach"]) for g in trainer.opt_g.param_groups] == [(None, True)] * len(trainer.opt_g.param_groups)
+    trainer.train_step(trainer.data.batch(1))  # a CPU step, which a fused AdamW could not take on every torch
+
+
+def test_the_output_delay_of_the_init_weights_reaches_checkpoints_and_exports(cache, tmp_path):
+    cfg = tiny_config(top={"checkpoint_every": 100})
+    release = Codec(dataclasses.replace(cfg.model, output_delay=3))
+    save_model(release, tmp_path / "release.safetensors")
+    run(cfg, cache, tmp_path / "run", max_steps=1, init=str(tmp_path / "release.safetensors"), progress=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["output_delay"] == 3
+    assert load(export_run(tmp_path / "run", tmp_path / "a.safetensors")).cfg.output_delay == 3
+    run(cfg, cache, tmp_path / "run", max_steps=2, resume=True, progress=False)  # the recipe says 0
+    assert load(export_run(tmp_path / "run", tmp_path / "b.safetensors")).cfg.output_delay == 3

@@ -39,7 +39,10 @@ def _unflatten_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict,
     for key, value in meta[prefix]["plain"].items():
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = value
+    chosen = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in opt.param_groups]
     opt.load_state_dict({"state": state, "param_groups": meta[prefix]["param_groups"]})
+    for group, flags in zip(opt.param_groups, chosen):
+        group.update(flags)  # how to run the update is this machine's choice, not the checkpoint's
 
 
 def save_checkpoint(

@@ -71,7 +71,7 @@ def run(
     if init and not resumed:
         trainer.init_from(init)
     if ctx.is_main:
-        (run_dir / "config.json").write_text(cfg.to_json())
+        (run_dir / "config.json").write_text(trainer.cfg.to_json())  # with what --init carried over
     last = max_steps if max_steps is not None else cfg.max_steps
     clips = validation_clips(cache, cfg.data, cfg.model.sample_rate, cfg.model.hop_length) if ctx.is_main else []
     monitor = Monitor(run_dir, trainer.step, last, enabled=ctx.is_main, progress=progress)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -289,6 +290,7 @@ class Trainer:
             first = str(exc).strip().splitlines()[0]
             raise CodecError(f"cannot resume from {ckpts[-1]}: it does not match the config ({first})") from None
         self.step = int(meta["step"])
+        self._keep_output_delay(int(meta["config"]["model"].get("output_delay", 0)))
         # Older checkpoints kept the count as their discriminator scheduler's last_epoch.
         old = meta.get("schedulers", {}).get("disc", {}).get("last_epoch", 0)
         self.disc_steps = int(meta.get("disc_steps", old))
@@ -311,6 +313,14 @@ class Trainer:
             raise CodecError(f"cannot start from {name_or_path}: its architecture differs from the config's model")
         if self.ema is not None:
             self.ema.load_state_dict(self.gen.state_dict())
+        self._keep_output_delay(release.cfg.output_delay)
+
+    def _keep_output_delay(self, delay: int) -> None:
+        """Carry the weights' measured output delay (a property of their decoder) into this
+        run's config, and so into its checkpoints and exports, unless the recipe sets one."""
+        if delay and not self.cfg.model.output_delay:
+            model = dataclasses.replace(self.cfg.model, output_delay=delay)
+            self.cfg = dataclasses.replace(self.cfg, model=model)
 
 
 def _check_architecture(name: str, state_json: Path, cfg: TrainConfig) -> None:
