@@ -148,21 +148,18 @@ def compress_file(
 class TrimmingWriter:
     """Writes float ``[T, C]`` blocks to ``out`` (anything with ``write([T, C])``) as 16-bit
     samples (:func:`~codec.pcm.to_pcm16`), keeping exactly ``length`` samples (padding with
-    zeros) after dropping the first ``skip`` (the decoder's output delay, :func:`lead_samples`).
+    zeros).
 
     While the length is unknown (a stream whose end record has not arrived) the last
     ``holdback`` samples are held back, so that the encoder's padding can still be cut once
     :meth:`finish` learns the length. Live outputs use no holdback: they must not wait.
     """
 
-    def __init__(self, out: sf.SoundFile, length: int | None, holdback: int = 0, skip: int = 0) -> None:
-        self.out, self.length, self.holdback, self.written, self.skip = out, length, holdback, 0, skip
+    def __init__(self, out: sf.SoundFile, length: int | None, holdback: int = 0) -> None:
+        self.out, self.length, self.holdback, self.written = out, length, holdback, 0
         self.held: np.ndarray | None = None
 
     def write(self, y: np.ndarray) -> None:
-        if self.skip and len(y):
-            dropped = min(self.skip, len(y))
-            y, self.skip = y[dropped:], self.skip - dropped
         if not len(y):
             return
         if self.length is None:
@@ -206,7 +203,7 @@ def decompress_file(
         with atomic_output(output, force, source=input) as tmp:
             with sf.SoundFile(str(tmp), "w", rate, channels, format=fmt, subtype="PCM_16") as dst, \
                     _progress(total, rate, quiet, "decompress") as bar:
-                writer = TrimmingWriter(dst, length, holdback_samples(header), lead_samples(decoder.model, header))
+                writer = TrimmingWriter(dst, length, holdback_samples(header))
                 while data := f.read(READ_BYTES):
                     writer.write(decoder.push(data))
                     bar.update(round(len(data) * 8 / 1000 / header.kbps, 1))
@@ -242,12 +239,6 @@ def holdback_samples(header: Header) -> int:
     resampling, plus a margin for rounding."""
     hop = round(header.sample_rate / header.frame_rate)
     return -(-hop * header.original_rate // header.sample_rate) + 8
-
-
-def lead_samples(model: Codec, header: Header) -> int:
-    """The model's output delay at the file's original rate: the decoded samples to drop so
-    that the output lines up with the input."""
-    return round(model.cfg.output_delay * header.original_rate / model.sample_rate)
 
 
 def _estimated_samples(header: Header, path: Path) -> int:

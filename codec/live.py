@@ -28,8 +28,7 @@ from .endpoints import (
     ByteReader, StopFlag, open_byte_sink, open_byte_source, parse_address, stdout_writer,
 )
 from .errors import CodecError
-from .files import (TrimmingWriter, atomic_output, audio_format, check_output, check_suffix, holdback_samples,
-                    lead_samples, open_audio)
+from .files import TrimmingWriter, atomic_output, audio_format, check_output, check_suffix, holdback_samples, open_audio
 from .model import Codec
 from .pcm import PcmFormat, read_wav_header
 from .stream import StreamDecoder, StreamEncoder, StreamStats, live_packet_frames, resolve_model
@@ -176,18 +175,17 @@ class RawPcmWriter:
 
 
 @contextlib.contextmanager
-def open_audio_sink(spec: str, header: Header, force: bool, skip: int = 0) -> Iterator[TrimmingWriter]:
-    """Raw PCM to stdout as it comes, or a WAV/FLAC file cut to the stream's exact length;
-    either without its first ``skip`` samples (the model's output delay)."""
+def open_audio_sink(spec: str, header: Header, force: bool) -> Iterator[TrimmingWriter]:
+    """Raw PCM to stdout as it comes, or a WAV/FLAC file cut to the stream's exact length."""
     length = None if header.num_samples == UNKNOWN_LENGTH else header.num_samples
     rate, channels = header.original_rate, header.channels
     if spec == "-":
         # No holdback: a live listener must not wait a frame for the sake of the last one.
-        yield TrimmingWriter(RawPcmWriter(stdout_writer()), length, skip=skip)
+        yield TrimmingWriter(RawPcmWriter(stdout_writer()), length)
         return
     with atomic_output(Path(spec), force) as tmp, \
             sf.SoundFile(str(tmp), "w", rate, channels, format=audio_format(Path(spec)), subtype="PCM_16") as f:
-        yield TrimmingWriter(f, length, holdback_samples(header), skip)
+        yield TrimmingWriter(f, length, holdback_samples(header))
 
 
 @dataclass(frozen=True)
@@ -226,7 +224,7 @@ def decode_live(
             if stop:
                 raise KeyboardInterrupt
             decoder.finish()  # raises: the stream ended before its header
-        with open_audio_sink(output, decoder.header, force, lead_samples(decoder.model, decoder.header)) as writer:
+        with open_audio_sink(output, decoder.header, force) as writer:
             writer.write(first)
             while data := reader.read():
                 writer.write(decoder.push(data))

@@ -331,4 +331,7 @@ def _usage_metrics(codes: Tensor, active: Tensor, size: int, levels: int) -> dic
     bins = torch.where(active[None, :] > level, codes + level * (size + 1), level * (size + 1) + size)
     hist = torch.bincount(bins.reshape(-1), minlength=levels * (size + 1)).reshape(levels, size + 1)[:, :size]
     used, perplexity = code_usage(hist)
-    return {k: v for i in range(levels) for k, v in ((f"usage/q{i}", used[i]), (f"perplexity/q{i}", perplexity[i]))}
+    metrics: dict[str, Tensor] = {}
+    for i in range(levels):
+        metrics[f"usage/q{i}"], metrics[f"perplexity/q{i}"] = used[i], perplexity[i]
+    return metrics

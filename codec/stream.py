@@ -54,6 +54,12 @@ def expected_frames(header: Header, num_samples: int) -> int:
     return -(-resampled // round(header.sample_rate / header.frame_rate))
 
 
+def lead_samples(model: Codec, header: Header) -> int:
+    """The model's output delay at the stream's original rate: the decoded samples to drop so
+    that the output lines up with the input."""
+    return round(model.cfg.output_delay * header.original_rate / model.sample_rate)
+
+
 class _SameRate:
     """A stream "resampled" to its own rate: soxr passes such chunks through unchanged, and
     skipping it saves a live frame a call."""
@@ -141,8 +147,8 @@ class StreamEncoder:
     def finish(self) -> bytes:
         """Flush the resampler and the last partial frame; the last packet and end record."""
         out = self._encode(self._resampler.resample_chunk(np.zeros((0, self.channels), np.float32), last=True))
-        # The decoder drops its first output_delay samples (codec/files.py, lead_samples):
-        # code that much silence past the end, so that the decoded audio still covers it.
+        # StreamDecoder drops the first output_delay samples it decodes (lead_samples): code
+        # that much silence past the end, so that the decoded audio still covers it.
         out += self._encode(np.zeros((self.model.cfg.output_delay, self.channels), np.float32))
         out += self._add(self.model.flush(1, self.channels, n_q=self.n_q))
         if len(self._pending):
@@ -226,6 +232,7 @@ class StreamDecoder:
         self._parser = PacketParser(header, self.strict)
         self._resampler = resampler(header.sample_rate, header.original_rate, header.channels)
         self._fade = max(1.0, FADE_SECONDS * header.frame_rate)
+        self._lead = lead_samples(self.model, header)  # still to drop from the output's start
         self._stack.enter_context(self.model.streaming())
 
     def push(self, data: bytes) -> np.ndarray:
@@ -238,7 +245,7 @@ class StreamDecoder:
                 return self._silence()
             self.start(parsed[0])
             data, self._buf = bytes(self._buf[parsed[1]:]), bytearray()
-        return self._records(self._parser.feed(data))
+        return self._drop_lead(self._records(self._parser.feed(data)))
 
     def finish(self) -> np.ndarray:
         """End of input: decode what is left; frames missing from a known length are concealed."""
@@ -257,7 +264,14 @@ class StreamDecoder:
                 self._queue.append(self._conceal(missing))
         out.append(self._decode(last=True))
         out.append(self._resampler.resample_chunk(self._silence(), last=True))
-        return np.concatenate(out)
+        return self._drop_lead(np.concatenate(out))
+
+    def _drop_lead(self, audio: np.ndarray) -> np.ndarray:
+        """``audio`` without what is left of the model's output delay at its start, so that the
+        output lines up with the input."""
+        cut = min(self._lead, len(audio))
+        self._lead -= cut
+        return audio[cut:]
 
     def _silence(self) -> np.ndarray:
         return np.zeros((0, self.header.channels if self.header else 0), np.float32)
