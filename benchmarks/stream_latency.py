@@ -31,7 +31,7 @@ import torch
 
 from codec import load, native
 from codec.endpoints import ByteReader, StopFlag
-from codec.stream import StreamDecoder, StreamEncoder, live_packet_frames
+from codec.stream import StreamDecoder, StreamEncoder, lead_samples, live_packet_frames
 from common import write_json
 
 CHUNK_SECONDS = 0.02
@@ -69,20 +69,22 @@ def stats_ms(times: list[float]) -> dict:
 
 def per_frame_compute(models, kbps: float, frames: int, packet_frames: int = 1) -> dict:
     """Encode one packet's audio -> one packet, decode that packet; seconds per frame (time per
-    packet / frames per packet), one thread."""
+    packet / frames per packet), one thread. Every packet decodes to its own audio, less the
+    model's output delay at the start (``lead_samples``, under one frame)."""
     hop, rate = models[0].hop_length, models[0].sample_rate
     step = hop * packet_frames
     audio = chirp((frames + 10 * packet_frames) * hop / rate + 1, rate)
     enc_t, dec_t = [], []
     with StreamEncoder(models[0], rate, 1, kbps, packet_frames) as enc, StreamDecoder(models[1]) as dec:
         dec.push(enc.header.encode())
+        lead = lead_samples(models[1], enc.header)
         for i in range(frames // packet_frames + 10):
             t0 = time.perf_counter()
             packet = enc.push(audio[i * step : (i + 1) * step])
             t1 = time.perf_counter()
             out = dec.push(packet)
             t2 = time.perf_counter()
-            assert len(out) == step
+            assert len(out) == step - (lead if i == 0 else 0)
             if i >= 10:  # warm-up
                 enc_t.append((t1 - t0) / packet_frames)
                 dec_t.append((t2 - t1) / packet_frames)
