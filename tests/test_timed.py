@@ -13,7 +13,7 @@ import yaml
 
 from codec import load
 from train.config import TrainConfig
-from train.timed import main, run_timed
+from train.timed import Pacing, main, run_timed
 from train_support import CONFIGS, write_corpus
 
 
@@ -32,8 +32,8 @@ def test_timed_runs_end_with_the_schedule(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "corpus")
     configs = [cosine_recipe(tmp_path / "a.yaml", 1e-3), cosine_recipe(tmp_path / "b.yaml", 2e-3)]
     out = tmp_path / "timed"
-    plans = run_timed(configs, corpus, out, seconds=80, device="cpu", probe_steps=4, startup_seconds=15,
-                      margin=0.5, say=lambda m: None)  # a loaded test machine: half the steps that fit
+    pacing = Pacing(probe_steps=4, startup_seconds=15, margin=0.5)  # a loaded test machine: half the steps that fit
+    plans = run_timed(configs, corpus, out, seconds=80, device="cpu", pacing=pacing, say=lambda m: None)
     assert [p.name for p in plans] == ["a", "b"]
     for plan, lr in zip(plans, (1e-3, 2e-3)):
         assert plan.steps >= 1 and plan.speed > 0
@@ -67,8 +67,9 @@ def test_one_at_a_time_chains_each_recipe_from_the_last_export(tmp_path: Path) -
     configs = [cosine_recipe(tmp_path / "a.yaml", 1e-3), cosine_recipe(tmp_path / "b.yaml", 1e-12)]
     out = tmp_path / "timed"
     said: list[str] = []
-    plans = run_timed(configs, corpus, out, seconds=90, device="cpu", probe_steps=3, startup_seconds=12,
-                      margin=0.5, say=said.append, one_at_a_time=True, chain=True, export_seconds=5)
+    plans = run_timed(configs, corpus, out, seconds=90, device="cpu",
+                      pacing=Pacing(probe_steps=3, startup_seconds=12, margin=0.5, export_seconds=5),
+                      say=said.append, one_at_a_time=True, chain=True)
     assert [p.name for p in plans] == ["a", "b"]
     assert any(m.split("] ", 1)[-1].startswith("b: ") and m.endswith(f"from {out / 'a.safetensors'}") for m in said)
     a = (out / "a" / "log.jsonl").stat().st_mtime

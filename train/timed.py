@@ -17,7 +17,7 @@ GPU time-slice it: on an H200, two recipes side by side did 2.9 and 2.7 steps/s,
 12.4); ``--chain`` starts each from the previous one's export. On a CPU they run side by
 side (probes too, so that each speed is measured under the same load) and share the time.
 
-Steps of a run = speed x (its time left - ``startup_seconds``) x ``margin``. A run that
+Steps of a run = speed x (its time left - ``startup_seconds``) x ``margin`` (:class:`Pacing`). A run that
 still reaches its time is stopped (SIGTERM: it checkpoints) and exported as it is.
 """
 
@@ -39,7 +39,16 @@ from codec.listing import DataError
 from train.config import TrainConfig
 from train.prepare import ensure_cache
 
-EXPORT_SECONDS = 30.0  # kept back at the end for exports
+@dataclass(frozen=True)
+class Pacing:
+    """How a run's time is spent: ``probe_steps`` to measure its speed, ``startup_seconds``
+    before a run's first step, ``margin`` of the steps that fit actually planned (runs slow
+    down when other work shares the machine), ``export_seconds`` kept back for the exports."""
+
+    probe_steps: int = 60
+    startup_seconds: float = 25.0
+    margin: float = 0.9
+    export_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -96,10 +105,8 @@ def measured_speed(run_dir: Path) -> float:
 
 
 def run_timed(configs: list[Path], data: Path, out: Path, seconds: float, init: str | None = None,
-              device: str | None = None, probe_steps: int = 60, startup_seconds: float = 25.0,
-              margin: float = 0.9, workers: int | None = None, say=print,
-              one_at_a_time: bool | None = None, chain: bool = False,
-              export_seconds: float = EXPORT_SECONDS) -> list[Plan]:
+              device: str | None = None, pacing: Pacing = Pacing(), workers: int | None = None, say=print,
+              one_at_a_time: bool | None = None, chain: bool = False) -> list[Plan]:
     """Probe, then train and export every recipe of ``configs`` within ``seconds`` of now.
 
     Side by side (the default on a CPU) all recipes share the whole time; ``one_at_a_time``
@@ -132,8 +139,7 @@ def run_timed(configs: list[Path], data: Path, out: Path, seconds: float, init: 
     for i, group in enumerate(groups):
         budget = (seconds - clock()) / (len(groups) - i)
         say(f"[{clock():.0f} s] {', '.join(c.stem for c in group)}: {budget:.0f} s, from {start or 'scratch'}")
-        done = _train_group(group, cache, out, clock() + budget, start, device, probe_steps, startup_seconds,
-                            margin, export_seconds, clock, say)
+        done = _train_group(group, cache, out, clock() + budget, start, device, pacing, clock, say)
         plans += done
         if chain:
             exported = out / f"{done[0].name}.safetensors"
@@ -152,24 +158,23 @@ def _on_gpu(device: str | None) -> bool:
 
 
 def _train_group(configs: list[Path], cache: Path, out: Path, deadline: float, init: str | None,
-                 device: str | None, probe_steps: int, startup_seconds: float, margin: float,
-                 export_seconds: float, clock, say) -> list[Plan]:
+                 device: str | None, pacing: Pacing, clock, say) -> list[Plan]:
     """Probe ``configs`` side by side, then train and export them, all by ``deadline`` (on ``clock``)."""
     names = [c.stem for c in configs]
-    log_every = max(1, probe_steps // 3)
+    probe_steps = pacing.probe_steps
     probes = {}
     for config, name in zip(configs, names):
-        recipe = derived_recipe(config, out / f"probe-{name}.yaml", probe_steps, log_every, 10**9)
+        recipe = derived_recipe(config, out / f"probe-{name}.yaml", probe_steps, max(1, probe_steps // 3), 10**9)
         probes[name] = launch(recipe, cache, out / f"probe-{name}", probe_steps, init, device,
                               deadline - clock(), out / f"probe-{name}.log")
     for proc in probes.values():
         proc.wait()
     speeds = {name: measured_speed(out / f"probe-{name}") for name in names}
 
-    left = deadline - clock() - export_seconds
+    left = deadline - clock() - pacing.export_seconds
     plans, procs = [], {}
     for config, name in zip(configs, names):
-        steps = int(speeds[name] * (left - startup_seconds) * margin)
+        steps = int(speeds[name] * (left - pacing.startup_seconds) * pacing.margin)
         if steps < 1:
             raise DataError(f"no time left to train {name} ({left:.0f} s after the probes)")
         recipe = derived_recipe(config, out / f"{name}.yaml", steps, max(1, min(100, steps // 10)), 10**9)
@@ -198,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, required=True, help="wall-clock budget, exports included")
     ap.add_argument("--init", default=None, help="release weights to start from (name or .safetensors; with --chain, the first recipe's)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    ap.add_argument("--probe-steps", type=int, default=60)
-    ap.add_argument("--startup-seconds", type=float, default=25.0, help="a run's start-up before its first step")
+    ap.add_argument("--probe-steps", type=int, default=Pacing.probe_steps)
+    ap.add_argument("--startup-seconds", type=float, default=Pacing.startup_seconds,
+                    help="a run's start-up before its first step")
     turns = ap.add_mutually_exclusive_group()
     turns.add_argument("--one-at-a-time", dest="one_at_a_time", action="store_true", default=None,
                        help="train the recipes in turn, each for an equal share of the time (default on a GPU)")
@@ -209,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --one-at-a-time: start each recipe from the previous one's export")
     a = ap.parse_args(argv)
     try:
-        run_timed(a.config, a.data, a.out, a.seconds, a.init, a.device, a.probe_steps, a.startup_seconds,
+        run_timed(a.config, a.data, a.out, a.seconds, a.init, a.device,
+                  Pacing(probe_steps=a.probe_steps, startup_seconds=a.startup_seconds),
                   say=lambda m: print(m, file=sys.stderr, flush=True), one_at_a_time=a.one_at_a_time, chain=a.chain)
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
