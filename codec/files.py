@@ -8,6 +8,7 @@ the same codes as offline encoding, so there is only one way a file can come out
 
 from __future__ import annotations
 
+import errno
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,17 +66,40 @@ class FileInfo:
         return self.bytes * 8 / self.seconds / 1000 if self.seconds else 0.0
 
 
+# Errors that a write raises without naming a file: the output could not be written.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+
+
 @contextmanager
 def atomic_output(path: Path, force: bool, source: Path | None = None) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it into place only on success."""
+    """Yield a temporary path next to ``path``; rename it into place only on success. An
+    error creating or writing it (a folder that cannot be written, a full disk) is a
+    :class:`CodecError` that names ``path``, not the temporary file."""
     path = check_output(path, force, source)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename not in (str(tmp), tmp) and not (exc.filename is None and exc.errno in _WRITE_ERRNOS):
+            raise
+        raise CodecError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextmanager
+def audio_output(tmp: Path, path: Path, rate: int, channels: int) -> Iterator[sf.SoundFile]:
+    """``tmp`` open for 16-bit audio in the format of ``path``'s suffix. libsndfile's errors
+    opening or writing it (it reports a full disk or a folder it cannot write as "System
+    error.") become a :class:`CodecError` that names ``path``."""
+    fmt = audio_format(path)
+    try:
+        with sf.SoundFile(str(tmp), "w", rate, channels, format=fmt, subtype="PCM_16") as f:
+            yield f
+    except sf.LibsndfileError as exc:
+        raise CodecError(f"cannot write {path}: {exc.error_string} (a full disk, or a folder that cannot be written?)") from None
 
 
 def check_output(path: Path, force: bool, source: Path | None = None) -> Path:
@@ -93,6 +117,8 @@ def check_output(path: Path, force: bool, source: Path | None = None) -> Path:
         raise CodecError(f"output is the input file: {path}")
     if not path.parent.exists():
         raise CodecError(f"output folder does not exist: {path.parent}")
+    if not path.parent.is_dir():
+        raise CodecError(f"output folder is not a folder: {path.parent}")
     return path
 
 
@@ -116,10 +142,27 @@ def open_audio(path: Path) -> sf.SoundFile:
     return f
 
 
-def _progress(total: int, rate: int, quiet: bool, what: str) -> tqdm:
-    show = not quiet and total / rate > PROGRESS_MIN_SECONDS
-    return tqdm(total=round(total / rate, 1), unit="s", desc=what, disable=not show, leave=False,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
+class Progress:
+    """A progress bar in seconds of audio, shown for inputs over ``PROGRESS_MIN_SECONDS``
+    unless ``quiet``. Advances stop at the total: tqdm drops a total that its count passes,
+    and its bar then fails to format."""
+
+    def __init__(self, total: int, rate: int, quiet: bool, what: str) -> None:
+        self.rate, self.total = rate, round(total / rate, 1)
+        show = not quiet and total / rate > PROGRESS_MIN_SECONDS
+        self.bar = tqdm(total=self.total, unit="s", desc=what, disable=not show, leave=False,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
+
+    def advance(self, samples: int) -> None:
+        step = min(samples / self.rate, self.total - self.bar.n)
+        if step > 0:
+            self.bar.update(step)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
 
 
 def compress_file(
@@ -132,12 +175,12 @@ def compress_file(
     with open_audio(Path(input)) as src, atomic_output(Path(output), force, source=Path(input)) as tmp:
         rate, channels, total = src.samplerate, src.channels, src.frames
         encoder = StreamEncoder(codec, rate, channels, kbps, packet_frames, num_samples=total)
-        with open(tmp, "wb") as out, encoder, _progress(total, rate, quiet, "compress") as bar:
+        with open(tmp, "wb") as out, encoder, Progress(total, rate, quiet, "compress") as progress:
             out.write(encoder.header.encode())
             try:
                 for x in src.blocks(blocksize=max(1, int(rate * BLOCK_SECONDS)), dtype="float32", always_2d=True):
                     out.write(encoder.push(x))
-                    bar.update(round(len(x) / rate, 1))
+                    progress.advance(len(x))
             except sf.LibsndfileError as exc:
                 raise AudioError(f"cannot decode {input}: {exc}") from None
             out.write(encoder.finish())
@@ -192,7 +235,7 @@ def decompress_file(
     length in their end record. The output is the same whatever the file's packet size.
     """
     input, output = Path(input), Path(output)
-    fmt = audio_format(output)
+    audio_format(output)  # an unsupported suffix is refused before any work
     check_input(input)
     with open(input, "rb") as f, StreamDecoder(model, strict=True, block_frames=DECODE_BLOCK_FRAMES) as decoder:
         header = read_header(f)
@@ -201,12 +244,12 @@ def decompress_file(
         length = None if header.num_samples == UNKNOWN_LENGTH else header.num_samples
         total = _estimated_samples(header, input) if length is None else length
         with atomic_output(output, force, source=input) as tmp:
-            with sf.SoundFile(str(tmp), "w", rate, channels, format=fmt, subtype="PCM_16") as dst, \
-                    _progress(total, rate, quiet, "decompress") as bar:
+            with audio_output(tmp, output, rate, channels) as dst, Progress(total, rate, quiet, "decompress") as progress:
                 writer = TrimmingWriter(dst, length, holdback_samples(header))
                 while data := f.read(READ_BYTES):
-                    writer.write(decoder.push(data))
-                    bar.update(round(len(data) * 8 / 1000 / header.kbps, 1))
+                    y = decoder.push(data)
+                    writer.write(y)
+                    progress.advance(len(y))
                 writer.write(decoder.finish())
                 writer.finish(channels, decoder.num_samples)
     return output

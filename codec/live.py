@@ -28,7 +28,7 @@ from .endpoints import (
     ByteReader, StopFlag, open_byte_sink, open_byte_source, parse_address, stdout_writer,
 )
 from .errors import CodecError
-from .files import TrimmingWriter, atomic_output, audio_format, check_output, check_suffix, holdback_samples, open_audio
+from .files import TrimmingWriter, atomic_output, audio_format, audio_output, check_output, check_suffix, holdback_samples, open_audio
 from .model import Codec
 from .pcm import PcmFormat, read_wav_header
 from .stream import StreamDecoder, StreamEncoder, StreamStats, live_packet_frames, resolve_model
@@ -183,8 +183,7 @@ def open_audio_sink(spec: str, header: Header, force: bool) -> Iterator[Trimming
         # No holdback: a live listener must not wait a frame for the sake of the last one.
         yield TrimmingWriter(RawPcmWriter(stdout_writer()), length)
         return
-    with atomic_output(Path(spec), force) as tmp, \
-            sf.SoundFile(str(tmp), "w", rate, channels, format=audio_format(Path(spec)), subtype="PCM_16") as f:
+    with atomic_output(Path(spec), force) as tmp, audio_output(tmp, Path(spec), rate, channels) as f:
         yield TrimmingWriter(f, length, holdback_samples(header))
 
 

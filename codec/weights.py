@@ -169,6 +169,9 @@ def load(name_or_path: str | Path | None = None) -> Codec:
         if not path.exists():
             names = ", ".join(sorted(REGISTRY))
             raise ModelError(f"unknown model {key!r}: not a file, and not one of the built-in models ({names})")
+        if path.is_dir():
+            raise ModelError(f"model {key!r} is a folder, not a .safetensors file (for a training run's folder, "
+                             "`rvqcodec export` writes one)")
     return _load_file(path)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import resource
+import signal
 import stat
 import subprocess
 import sys
@@ -14,6 +16,8 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from cli.main import app
+
+from conftest import tone
 
 runner = CliRunner()
 
@@ -180,3 +184,58 @@ def test_console_script_prints_one_line_not_a_traceback(tmp_path):
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"error: input file not found: {tmp_path / 'missing.wav'}"]
+
+
+def test_progress_stops_at_its_total():
+    """Decompress used to count file bytes at the nominal bitrate: with the header and packet
+    framing the count ran past the total, tqdm dropped the total and drawing the bar raised."""
+    from codec.files import Progress
+
+    rate = 1000
+    with Progress(12 * rate, rate, quiet=False, what="decompress") as progress:
+        for _ in range(13):
+            progress.advance(rate)
+        assert progress.bar.n == pytest.approx(12.0)
+        assert "12/12 s" in str(progress.bar)  # formats the bar
+
+
+def test_a_long_file_decompresses_with_its_progress_bar(tmp_path, small_model_file):
+    wav, rvq, out = tmp_path / "long.wav", tmp_path / "long.rvq", tmp_path / "long.wav.out.wav"
+    sf.write(str(wav), tone(12.5, 24000).T, 24000)
+    assert invoke("compress", wav, rvq, "--kbps", "1.5", "--model", small_model_file).exit_code == 0
+    r = invoke("decompress", rvq, out, "--model", small_model_file)
+    assert r.exit_code == 0, r.output
+    assert sf.info(str(out)).frames == sf.info(str(wav)).frames
+
+
+def _run_with_file_limit(limit: int, *args) -> subprocess.CompletedProcess:
+    """``python -m cli ARGS`` allowed to write files of at most ``limit`` bytes (a full disk)."""
+    def limit_writes():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, preexec_fn=limit_writes)
+
+
+def test_write_failures_name_the_output_in_one_line(tmp_path, stereo_wav, small_model_file):
+    rvq = tmp_path / "x.rvq"
+    assert invoke("compress", stereo_wav, rvq, "--model", small_model_file, "-q").exit_code == 0
+    for args, out in [(("compress", stereo_wav, tmp_path / "c.rvq"), tmp_path / "c.rvq"),
+                      (("decompress", rvq, tmp_path / "d.wav"), tmp_path / "d.wav"),
+                      (("decompress", rvq, tmp_path / "d.flac"), tmp_path / "d.flac"),
+                      (("stream", "decode", "-i", rvq, "-o", tmp_path / "s.wav"), tmp_path / "s.wav")]:
+        proc = _run_with_file_limit(2000, *args, "--model", small_model_file, "-q")
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr
+        assert proc.stderr.startswith(f"error: cannot write {out}: "), proc.stderr
+        assert not list(tmp_path.glob(f".{out.name}*")) and not out.exists()
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    for args in [("compress", stereo_wav, not_a_folder / "x.rvq"), ("decompress", rvq, not_a_folder / "x.wav")]:
+        r = invoke(*args, "--model", small_model_file)
+        assert_user_error(r)
+        assert "not a folder" in r.stderr
+    r = invoke("compress", stereo_wav, tmp_path / "y.rvq", "--model", tmp_path)
+    assert_user_error(r, tmp_path / "y.rvq")
+    assert "is a folder" in r.stderr
