@@ -10,13 +10,14 @@ import importlib
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 
 from codec import compress_file, decompress_file, read_info
 from codec.bitstream import UNKNOWN_LENGTH
 
 from .errors import user_errors
-from .options import ForceOpt, KbpsOpt, ModelOpt, QuietOpt
+from .options import FileThreadsOpt, ForceOpt, KbpsOpt, ModelOpt, QuietOpt
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -31,10 +32,12 @@ def compress(
     output: Annotated[Path, typer.Argument(help="The .rvq file to write.")],
     kbps: KbpsOpt = 6.0,
     model: ModelOpt = None,
+    threads: FileThreadsOpt = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Compress an audio file to a .rvq bitstream."""
+    _set_threads(threads)
     with user_errors():
         r = compress_file(input, output, kbps=kbps, model=model, force=force, quiet=quiet)
     if not quiet:
@@ -49,14 +52,21 @@ def decompress(
     input: Annotated[Path, typer.Argument(help="The .rvq file to read.")],
     output: Annotated[Path, typer.Argument(help="Audio file to write (.wav or .flac).")],
     model: ModelOpt = None,
+    threads: FileThreadsOpt = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Decompress a .rvq file to audio at its original rate, channels and length."""
+    _set_threads(threads)
     with user_errors():
         out = decompress_file(input, output, model=model, force=force, quiet=quiet)
     if not quiet:
         typer.echo(f"{out}: written")
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 @app.command()
@@ -73,7 +83,8 @@ def info(file: Annotated[Path, typer.Argument(help="The .rvq file to inspect.")]
         ("frame rate", f"{h.frame_rate:g} Hz"),
         ("codebooks", f"{h.n_q} x {h.codebook_size} entries ({h.bits_per_code} bits)"),
         ("samples", length),
-        ("bitrate", f"{i.actual_kbps:.3f} kbps actual, {h.kbps:g} kbps of codes"),
+        ("bitrate", ("unknown" if i.num_samples == UNKNOWN_LENGTH else f"{i.actual_kbps:.3f} kbps")
+         + f" actual, {h.kbps:g} kbps of codes"),
         ("size", f"{i.bytes} bytes"),
         ("packets", f"{i.packets} ({i.frames} frames, {h.packet_frames} per packet)"),
         ("crc", "ok" if not i.damaged_packets and not i.truncated else

@@ -10,3 +10,5 @@ ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Built-in model
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite the output file if it exists.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors and warnings.")]
 KbpsOpt = Annotated[float, typer.Option(help="Bitrate per channel (1.5, 3, 6, 12 or 24 for the default model).")]
+FileThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, help="CPU threads for the model (default: PyTorch's, one per core; 1 is faster on a busy machine).")]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -183,9 +183,14 @@ def compress_file(
                     progress.advance(len(x))
             except sf.LibsndfileError as exc:
                 raise AudioError(f"cannot decode {input}: {exc}") from None
+            if not encoder.samples:
+                raise AudioError(f"no audio could be read from {input}")
             out.write(encoder.finish())
+            if encoder.samples != total:  # a damaged file ends before (or after) the length it declares
+                out.seek(0)
+                out.write(replace(encoder.header, num_samples=encoder.samples).encode())  # the same size
         size = tmp.stat().st_size
-    return CompressResult(Path(output), total / rate, size, encoder.frames, channels, encoder.header.kbps)
+    return CompressResult(Path(output), encoder.samples / rate, size, encoder.frames, channels, encoder.header.kbps)
 
 
 class TrimmingWriter:

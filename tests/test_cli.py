@@ -239,3 +239,67 @@ def test_write_failures_name_the_output_in_one_line(tmp_path, stereo_wav, small_
     r = invoke("compress", stereo_wav, tmp_path / "y.rvq", "--model", tmp_path)
     assert_user_error(r, tmp_path / "y.rvq")
     assert "is a folder" in r.stderr
+
+
+class _Overstated:
+    """An audio file whose header promises ``extra`` samples more than it holds (a damaged
+    Ogg file can)."""
+
+    def __init__(self, f: sf.SoundFile, extra: int) -> None:
+        self.f, self.extra = f, extra
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    @property
+    def frames(self) -> int:
+        return self.f.frames + self.extra
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+@pytest.mark.parametrize("extra", [4000, -4000], ids=["ends-early", "runs-long"])
+def test_the_header_holds_the_samples_actually_read(tmp_path, stereo_wav, small_model_file, monkeypatch, extra):
+    """The decoded length is what could be read, not what the input's header declared: no
+    silence padded on, no audio cut off."""
+    import codec.files as files
+
+    opened = files.open_audio
+    monkeypatch.setattr(files, "open_audio", lambda path: _Overstated(opened(path), extra))
+    rvq, out = tmp_path / "x.rvq", tmp_path / "y.wav"
+    result = files.compress_file(stereo_wav, rvq, model=small_model_file)
+    real = sf.info(str(stereo_wav)).frames
+    assert result.seconds == pytest.approx(real / 44100)
+    files.decompress_file(rvq, out, model=small_model_file)
+    assert sf.info(str(out)).frames == real
+    assert invoke("info", rvq).exit_code == 0  # consistent: no frame missing, none too many
+
+
+def test_threads_option_reaches_the_model(tmp_path, stereo_wav, small_model_file, monkeypatch):
+    import cli.main
+
+    calls: list[int] = []
+    monkeypatch.setattr(cli.main.torch, "set_num_threads", calls.append)
+    rvq, out = tmp_path / "x.rvq", tmp_path / "y.wav"
+    assert invoke("compress", stereo_wav, rvq, "--model", small_model_file, "--threads", "1", "-q").exit_code == 0
+    assert invoke("decompress", rvq, out, "--model", small_model_file, "--threads", "1", "-q").exit_code == 0
+    assert invoke("decompress", rvq, out, "--model", small_model_file, "--force", "-q").exit_code == 0
+    assert calls == [1, 1]  # and PyTorch's own default without the option
+    assert invoke("compress", stereo_wav, rvq, "--model", small_model_file, "--threads", "0").exit_code == 2
+
+
+def test_info_of_a_cut_stream_of_unknown_length_shows_no_bitrate(tmp_path, small_model):
+    from codec.stream import StreamEncoder
+
+    cut = tmp_path / "cut.rvq"
+    with StreamEncoder(small_model, 24000, 1, 6.0, packet_frames=2) as enc:
+        data = enc.header.encode() + enc.push(tone(0.2, 24000).T)
+    assert len(data) > len(enc.header.encode())  # some packets, no end record
+    cut.write_bytes(data)
+    r = invoke("info", cut)
+    assert r.exit_code == 1  # cut short
+    assert "unknown actual" in r.stdout and "0.000 kbps" not in r.stdout
