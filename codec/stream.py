@@ -33,13 +33,27 @@ LIVE_PACKET_SECONDS = 0.02
 FADE_SECONDS = 0.04
 
 
+FILE_PACKET_SECONDS = 1.0
+FILE_PACKET_CODE_BYTES = 750  # a packet's 8 bytes of framing are then at most 1.07% of its codes
+
+
+def file_packet_frames(frame_rate: float, n_q: int, bits: int, channels: int) -> int:
+    """Frames per packet for files: one second's worth, or more at low bitrates, so that every
+    packet holds at least ``FILE_PACKET_CODE_BYTES`` of codes and its framing costs no larger
+    a share of the file than at 6 kbps (75 frames at 75 Hz and 6 kbps, 300 at 1.5 kbps mono:
+    a lost packet is then 4 s of audio, the price of the smaller file)."""
+    per_frame = n_q * bits * channels / 8
+    return min(2**16 - 1, max(math.ceil(FILE_PACKET_SECONDS * frame_rate - 1e-9),
+                              math.ceil(FILE_PACKET_CODE_BYTES / per_frame - 1e-9)))
+
+
 def live_packet_frames(frame_rate: float) -> int:
     """Frames per packet for live streams: the fewest lasting at least 20 ms (2 at 75 Hz).
 
     20 ms is the input chunk and the usual VoIP packet time: packetising adds at most one
     frame of latency, a lost packet (27 ms) is short enough to conceal, and the 8 bytes of
     framing per packet (2.4 kbps at 75 Hz) are small next to the 40-odd bytes of TCP/IP
-    header each packet carries on a network anyway. Files use 75 frames (under 2 % overhead).
+    header each packet carries on a network anyway. Files use longer packets (:func:`file_packet_frames`).
     """
     return max(1, math.ceil(LIVE_PACKET_SECONDS * frame_rate - 1e-9))
 

@@ -15,7 +15,7 @@ from codec import compress_file, decompress_file, read_info
 from codec.files import TrimmingWriter
 from codec.bitstream import BitstreamError, End, iter_packets, read_header
 from codec.pcm import PcmFormat, read_wav_header, to_pcm16
-from codec.stream import StreamDecoder, StreamEncoder, expected_frames, live_packet_frames
+from codec.stream import StreamDecoder, StreamEncoder, expected_frames, file_packet_frames, live_packet_frames
 from conftest import SMALL, TINY, make_model, tone
 
 
@@ -245,3 +245,30 @@ def test_16_bit_output_reads_back_as_the_samples_it_came_from(tmp_path):
     with sf.SoundFile(str(tmp_path / "y.wav"), "w", 8000, 2, subtype="PCM_16") as f:
         TrimmingWriter(f, len(y)).write(y)
     assert np.array_equal(read_pcm(tmp_path / "y.wav"), to_pcm16(y))
+
+
+@pytest.mark.parametrize("n_q", [2, 4, 8, 16, 32])
+@pytest.mark.parametrize("channels", [1, 2, 6])
+def test_file_packets_cost_no_more_framing_at_low_bitrates(n_q, channels):
+    """A packet is one second, or the fewest frames holding 750 bytes of codes: its 8 bytes of
+    framing are then never more than 1.07% of the codes (at 1.5 kbps mono one-second packets
+    of 188 bytes paid 4.3%)."""
+    frames = file_packet_frames(75.0, n_q, 10, channels)
+    code_bytes = lambda f: f * n_q * 10 * channels / 8  # noqa: E731
+    assert frames >= 75 and code_bytes(frames) >= 750
+    assert frames == 75 or code_bytes(frames - 1) < 750  # the fewest that do
+    assert 8 / code_bytes(frames) <= 0.0107
+
+
+def test_compressed_files_use_the_file_packet_size(tmp_path, small_model):
+    wav = tmp_path / "in.wav"
+    sf.write(str(wav), tone(9.0, 24000).T, 24000)
+    for kbps, frames in [(1.5, 300), (6.0, 75)]:
+        rvq = tmp_path / f"{kbps}.rvq"
+        compress_file(wav, rvq, kbps=kbps, model=small_model)
+        info = read_info(rvq)
+        assert info.header.packet_frames == frames and info.frames == expected_frames(info.header, info.num_samples)
+        assert info.packets == -(-info.frames // frames)
+        codes = info.frames * info.header.n_q * 10 / 8
+        framing = info.bytes - len(info.header.encode()) - codes
+        assert 8 * info.packets <= framing < 9 * info.packets  # 8 bytes a packet and its padding
