@@ -9,6 +9,7 @@ the same codes as offline encoding, so there is only one way a file can come out
 from __future__ import annotations
 
 import errno
+import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -59,11 +60,15 @@ class FileInfo:
 
     @property
     def seconds(self) -> float:
+        """Duration; NaN for a stream whose length never arrived (no end record)."""
+        if self.num_samples == UNKNOWN_LENGTH:
+            return math.nan
         return self.num_samples / self.header.original_rate
 
     @property
     def actual_kbps(self) -> float:
-        return self.bytes * 8 / self.seconds / 1000 if self.seconds else 0.0
+        """File size over duration; NaN while the duration is unknown."""
+        return self.bytes * 8 / self.seconds / 1000 if self.seconds else math.nan
 
 
 # Errors that a write raises without naming a file: the output could not be written.
@@ -95,11 +100,14 @@ def audio_output(tmp: Path, path: Path, rate: int, channels: int) -> Iterator[sf
     opening or writing it (it reports a full disk or a folder it cannot write as "System
     error.") become a :class:`CodecError` that names ``path``."""
     fmt = audio_format(path)
+    if fmt == "FLAC" and channels > 8:
+        raise CodecError(f"FLAC holds at most 8 channels, the file has {channels}: write a .wav file")
     try:
         with sf.SoundFile(str(tmp), "w", rate, channels, format=fmt, subtype="PCM_16") as f:
             yield f
     except sf.LibsndfileError as exc:
-        raise CodecError(f"cannot write {path}: {exc.error_string} (a full disk, or a folder that cannot be written?)") from None
+        hint = " (a full disk, or a folder that cannot be written?)" if exc.error_string == "System error." else ""
+        raise CodecError(f"cannot write {path}: {exc.error_string}{hint}") from None
 
 
 def check_output(path: Path, force: bool, source: Path | None = None) -> Path:
@@ -180,8 +188,11 @@ def compress_file(
         encoder = StreamEncoder(codec, rate, channels, kbps, packet_frames, num_samples=total)
         with open(tmp, "wb") as out, encoder, Progress(total, rate, quiet, "compress") as progress:
             out.write(encoder.header.encode())
+            block = max(1, int(rate * BLOCK_SECONDS))
             try:
-                for x in src.blocks(blocksize=max(1, int(rate * BLOCK_SECONDS)), dtype="float32", always_2d=True):
+                # read() until it returns nothing, not blocks(): blocks() counts down the length
+                # the file declares and pads a damaged file's missing end with stale samples.
+                while len(x := src.read(block, dtype="float32", always_2d=True)):
                     out.write(encoder.push(x))
                     progress.advance(len(x))
             except sf.LibsndfileError as exc:

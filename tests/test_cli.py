@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import signal
@@ -16,6 +17,7 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from cli.main import app
+from codec import read_info
 
 from conftest import tone
 
@@ -209,7 +211,8 @@ def test_a_long_file_decompresses_with_its_progress_bar(tmp_path, small_model_fi
 
 
 def _run_with_file_limit(limit: int, *args) -> subprocess.CompletedProcess:
-    """``python -m cli ARGS`` allowed to write files of at most ``limit`` bytes (a full disk)."""
+    """``python -m cli ARGS`` allowed to write files of at most ``limit`` bytes (a full disk);
+    every output of the test is well over 1,000 bytes."""
     def limit_writes():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
@@ -225,7 +228,7 @@ def test_write_failures_name_the_output_in_one_line(tmp_path, stereo_wav, small_
                       (("decompress", rvq, tmp_path / "d.wav"), tmp_path / "d.wav"),
                       (("decompress", rvq, tmp_path / "d.flac"), tmp_path / "d.flac"),
                       (("stream", "decode", "-i", rvq, "-o", tmp_path / "s.wav"), tmp_path / "s.wav")]:
-        proc = _run_with_file_limit(2000, *args, "--model", small_model_file, "-q")
+        proc = _run_with_file_limit(1000, *args, "--model", small_model_file, "-q")
         assert proc.returncode == 1, proc.stderr
         assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr
         assert proc.stderr.startswith(f"error: cannot write {out}: "), proc.stderr
@@ -242,8 +245,8 @@ def test_write_failures_name_the_output_in_one_line(tmp_path, stereo_wav, small_
 
 
 class _Overstated:
-    """An audio file whose header promises ``extra`` samples more than it holds (a damaged
-    Ogg file can)."""
+    """An audio file whose header declares ``extra`` samples more than it holds (fewer, if
+    negative): reading it still ends where its samples do."""
 
     def __init__(self, f: sf.SoundFile, extra: int) -> None:
         self.f, self.extra = f, extra
@@ -262,12 +265,27 @@ class _Overstated:
         self.f.close()
 
 
-@pytest.mark.parametrize("extra", [4000, -4000], ids=["ends-early", "runs-long"])
-def test_the_header_holds_the_samples_actually_read(tmp_path, stereo_wav, small_model_file, monkeypatch, extra):
-    """The decoded length is what could be read, not what the input's header declared: no
-    silence padded on, no audio cut off."""
+def test_a_truncated_mp3_is_coded_as_far_as_it_reads(tmp_path, small_model_file):
+    """A cut MP3 still declares its full length (libsndfile: 120,000 samples of which 55,343
+    read), and soundfile's blocks() would have padded the rest with stale samples."""
+    full, cut, rvq, out = tmp_path / "full.mp3", tmp_path / "cut.mp3", tmp_path / "cut.rvq", tmp_path / "cut.wav"
+    sf.write(str(full), tone(5.0, 24000)[0], 24000, format="MP3")
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with sf.SoundFile(str(cut)) as f:
+        declared, readable = f.frames, len(f.read(dtype="float32"))
+    assert readable < declared - 24000  # the damage this test is about
+    assert invoke("compress", cut, rvq, "--model", small_model_file, "-q").exit_code == 0
+    assert read_info(rvq).num_samples == readable
+    assert invoke("decompress", rvq, out, "--model", small_model_file, "-q").exit_code == 0
+    assert sf.info(str(out)).frames == readable
+
+
+def test_the_header_holds_the_samples_actually_read(tmp_path, stereo_wav, small_model_file, monkeypatch):
+    """The decoded length is what could be read, not what the input's header declared: here
+    it declares 4,000 samples fewer than it holds, and none is cut off."""
     import codec.files as files
 
+    extra = -4000
     opened = files.open_audio
     monkeypatch.setattr(files, "open_audio", lambda path: _Overstated(opened(path), extra))
     rvq, out = tmp_path / "x.rvq", tmp_path / "y.wav"
@@ -303,3 +321,15 @@ def test_info_of_a_cut_stream_of_unknown_length_shows_no_bitrate(tmp_path, small
     r = invoke("info", cut)
     assert r.exit_code == 1  # cut short
     assert "unknown actual" in r.stdout and "0.000 kbps" not in r.stdout
+    info = read_info(cut)
+    assert math.isnan(info.seconds) and math.isnan(info.actual_kbps)  # not 7.7e14 s and 0 kbps
+
+
+def test_flac_output_of_more_than_8_channels_is_refused_in_one_line(tmp_path, small_model_file):
+    wav, rvq, out = tmp_path / "nine.wav", tmp_path / "nine.rvq", tmp_path / "nine.flac"
+    sf.write(str(wav), tone(0.2, 24000, channels=9).T, 24000)
+    assert invoke("compress", wav, rvq, "--model", small_model_file, "-q").exit_code == 0
+    r = invoke("decompress", rvq, out, "--model", small_model_file)
+    assert_user_error(r, out)
+    assert "at most 8 channels" in r.stderr
+    assert invoke("decompress", rvq, tmp_path / "nine.wav.wav", "--model", small_model_file, "-q").exit_code == 0

@@ -39,6 +39,7 @@ from codec.listing import DataError
 from train.config import TrainConfig
 from train.prepare import ensure_cache
 
+
 @dataclass(frozen=True)
 class Pacing:
     """How a run's time is spent: ``probe_steps`` to measure its speed, ``startup_seconds``
