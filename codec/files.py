@@ -156,13 +156,13 @@ class Progress:
     and its bar then fails to format."""
 
     def __init__(self, total: int, rate: int, quiet: bool, what: str) -> None:
-        self.rate, self.total = rate, round(total / rate, 1)
+        self.rate = rate
         show = not quiet and total / rate > PROGRESS_MIN_SECONDS
-        self.bar = tqdm(total=self.total, unit="s", desc=what, disable=not show, leave=False,
+        self.bar = tqdm(total=round(total / rate, 1), unit="s", desc=what, disable=not show, leave=False,
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]")
 
     def advance(self, samples: int) -> None:
-        step = min(samples / self.rate, self.total - self.bar.n)
+        step = min(samples / self.rate, self.bar.total - self.bar.n)
         if step > 0:
             self.bar.update(step)
 

@@ -244,7 +244,7 @@ def test_write_failures_name_the_output_in_one_line(tmp_path, stereo_wav, small_
     assert "is a folder" in r.stderr
 
 
-class _Overstated:
+class _Misdeclared:
     """An audio file whose header declares ``extra`` samples more than it holds (fewer, if
     negative): reading it still ends where its samples do."""
 
@@ -285,9 +285,8 @@ def test_the_header_holds_the_samples_actually_read(tmp_path, stereo_wav, small_
     it declares 4,000 samples fewer than it holds, and none is cut off."""
     import codec.files as files
 
-    extra = -4000
     opened = files.open_audio
-    monkeypatch.setattr(files, "open_audio", lambda path: _Overstated(opened(path), extra))
+    monkeypatch.setattr(files, "open_audio", lambda path: _Misdeclared(opened(path), -4000))
     rvq, out = tmp_path / "x.rvq", tmp_path / "y.wav"
     result = files.compress_file(stereo_wav, rvq, model=small_model_file)
     real = sf.info(str(stereo_wav)).frames
