@@ -1,0 +1,144 @@
+"""Fit a model's residual VQ afresh: k-means of each level on frames of training crops.
+
+    python -m train.fit_codebooks --config configs/logmel24k-anneal.yaml --data CACHE --init rvq24k-v13 \\
+        --out W.safetensors [--crops 4000] [--iters 20] [--min-fraction 0.5] [--seed 0] [--name NAME]
+
+The crops are drawn as training draws them (the config's category weights, gain range and
+silence threshold, from the training split), encoded by the model's encoder; level 0 is the
+k-means of those frames, level ``i`` the k-means of what levels ``0 .. i-1`` leave over. An
+entry that fewer than ``min_fraction`` of the mean count of frames choose is moved to a random
+frame while the centres move (as the EMA quantizer re-seeds its dead entries in training). The
+encoder and decoder are copied from ``--init``; train the decoder on the new codes with
+``freeze_encoder: true`` (``configs/logmel24k-refit.yaml``), which keeps the codebooks as fitted.
+
+Why: the EMA codebooks of a long run drift to the batches they see. v13's first level, after
+26,000 steps of dead entries re-seeded from single frames of small batches, used 77.9% of its
+entries on the corpus's validation split (dev clips: 76.7%); the fit of this module (4,000
+crops, 20 iterations, floor 0.5) uses 86.1% there and every other level 97% or more. Without
+the floor, the middle levels spend entries on rare residuals: levels 7-12 then used 76-79% of
+their entries on the dev clips (docs/model_card.md, "Codebook usage").
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from codec.errors import CodecError
+from codec.model import Codec
+from codec.weights import load as load_release
+from codec.weights import save_model
+
+from .config import TrainConfig
+from .data import CropSampler
+
+CHUNK = 16384  # rows per distance matrix: 16,384 x 1,024 floats = 64 MB
+
+
+def nearest(x: Tensor, centres: Tensor) -> Tensor:
+    """Index of the nearest row of ``centres`` ``[K, D]`` for each row of ``x`` ``[N, D]`` -> ``[N]``."""
+    norms = (centres * centres).sum(-1)
+    return torch.cat([torch.addmm(norms[None, :], x[i : i + CHUNK], centres.T, alpha=-2).argmin(-1)
+                      for i in range(0, x.shape[0], CHUNK)])
+
+
+def kmeans(x: Tensor, k: int, iters: int, generator: torch.Generator, min_fraction: float = 0.0) -> Tensor:
+    """Lloyd's k-means of the rows of ``x`` ``[N, D]`` into ``k`` centres ``[k, D]``, started
+    from ``k`` distinct random rows. An entry left without rows, or (but in the last quarter of
+    the iterations, which let the centres settle) with fewer than ``min_fraction`` of the mean
+    count, is moved to a random row: entries that only outliers choose are rarely used on
+    other audio (as the EMA quantizer re-seeds its dead entries while training)."""
+    if x.shape[0] < k:
+        raise CodecError(f"k-means of {k} entries needs at least {k} frames, got {x.shape[0]}")
+    centres = x[torch.randperm(x.shape[0], generator=generator)[:k]].clone()
+    settle = iters - max(1, iters // 4)
+    for it in range(iters):
+        assign = nearest(x, centres)
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k)
+        centres = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None].to(x), centres)
+        floor = min_fraction * x.shape[0] / k if it < settle else 0.0
+        weak = ((counts == 0) | (counts < floor)).nonzero()[:, 0]
+        if weak.numel():
+            centres[weak] = x[torch.randint(x.shape[0], (weak.numel(),), generator=generator)]
+    return centres
+
+
+def fit_rvq(frames: Tensor, n_q: int, size: int, iters: int, generator: torch.Generator, min_fraction: float = 0.0,
+            log=print) -> Tensor:
+    """Codebooks ``[n_q, size, D]`` of a residual VQ of ``frames`` ``[N, D]``, level by level."""
+    residual = frames.clone()
+    books = []
+    for level in range(n_q):
+        t = time.monotonic()
+        centres = kmeans(residual, size, iters, generator, min_fraction)
+        residual -= centres[nearest(residual, centres)]
+        books.append(centres)
+        log(f"level {level}: residual power {residual.square().mean().item():.4f} ({time.monotonic() - t:.0f} s)")
+    return torch.stack(books)
+
+
+@torch.no_grad()
+def training_frames(model: Codec, sampler: CropSampler, crops: int) -> Tensor:
+    """The encoder's frames ``[N, D]`` of ``crops`` training crops, batch by batch (steps 0, 1, ...)."""
+    frames, step, done = [], 0, 0
+    while done < crops:
+        batch = sampler.batch(step)[: crops - done]
+        z = model.encoder(batch)  # [B, D, F]
+        frames.append(z.transpose(1, 2).reshape(-1, z.shape[1]).float())
+        done += batch.shape[0]
+        step += 1
+    return torch.cat(frames)
+
+
+def refit(model: Codec, frames: Tensor, iters: int, seed: int, min_fraction: float = 0.0, log=print) -> None:
+    """Replace ``model``'s codebooks by a k-means RVQ of ``frames`` (in place)."""
+    q = model.quantizer
+    books = fit_rvq(frames, q.n_q, q.codebook_size, iters, torch.Generator().manual_seed(seed), min_fraction, log)
+    with torch.no_grad():
+        q.codebooks.copy_(books)
+        q.reset_statistics()
+        q.initialized.fill_(True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", type=Path, required=True, help="training config: its data section draws the crops")
+    p.add_argument("--data", type=Path, required=True, help="corpus cache of train.prepare")
+    p.add_argument("--init", required=True, help="built-in model name or .safetensors: encoder and decoder")
+    p.add_argument("--out", type=Path, required=True, help="weights to write (.safetensors)")
+    p.add_argument("--crops", type=int, default=4000, help="training crops of the config's segment length")
+    p.add_argument("--iters", type=int, default=20, help="k-means iterations per level")
+    p.add_argument("--min-fraction", type=float, default=0.5,
+                   help="re-seed entries with fewer frames than this fraction of the mean (0: plain k-means)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default=None, help="model name stored in the weights (default: --init's)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    args = p.parse_args(argv)
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        cfg = TrainConfig.from_yaml(args.config)
+        model = load_release(args.init).float().eval()
+        segment = int(cfg.data.segment_seconds * model.sample_rate) // model.hop_length * model.hop_length
+        sampler = CropSampler(args.data, cfg.data, segment, seed=args.seed)
+        frames = training_frames(model, sampler, args.crops)
+        print(f"{frames.shape[0]} frames of {args.crops} crops; fitting {model.quantizer.n_q} levels "
+              f"of {model.quantizer.codebook_size} entries", flush=True)
+        refit(model, frames, args.iters, args.seed, args.min_fraction, log=lambda m: print(m, flush=True))
+        if args.name:
+            model.cfg = dataclasses.replace(model.cfg, name=args.name)
+        save_model(model, args.out)
+        print(f"wrote {args.out}")
+    except (CodecError, OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
