@@ -104,3 +104,11 @@ def test_command_error_is_one_line(tmp_path):
               "rvq24k", "--out", str(tmp_path / "x.safetensors")])
     assert str(exc.value).startswith("error:") and "\n" not in str(exc.value)
     assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--crops", "0"), ("--iters", "0"), ("--min-fraction", "1.5")])
+def test_bad_numbers_are_usage_errors(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as exc:
+        main(["--config", str(CONFIGS / "tiny.yaml"), "--data", str(tmp_path), "--init", "rvq24k",
+              "--out", str(tmp_path / "x.safetensors"), flag, value])
+    assert exc.value.code == 2 and "--min-fraction in [0, 1)" in capsys.readouterr().err

@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", default=None, help="model name stored in the weights (default: --init's)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     args = p.parse_args(argv)
+    if args.crops < 1 or args.iters < 1 or not 0.0 <= args.min_fraction < 1.0:
+        p.error("--crops and --iters must be at least 1, --min-fraction in [0, 1)")
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
