@@ -59,7 +59,7 @@ def test_default_model_codes_real_speech(tmp_path):
 
 @pytest.mark.parametrize("release, weights_hash", [("rvq24k-v8", "e9271f8063f42148"), ("rvq24k-v9", "07f2c20aee4c4948")])
 def test_files_of_earlier_releases_decode_with_the_built_in_v10(tmp_path, release, weights_hash):
-    """rvq24k-v9 and v10 kept v8's encoder and codebooks (v8 was v7's weights); v11 and v12 (the
+    """rvq24k-v9 and v10 kept v8's encoder and codebooks (v8 was v7's weights); v11 to v14 (the
     default) code the log-mel spectrum instead. A file whose header names v8 or v9 and its
     weights decodes without --model, to what the built-in v10 makes of the same codes; a
     model with another encoder refuses it in one line."""
@@ -84,22 +84,22 @@ def test_files_of_earlier_releases_decode_with_the_built_in_v10(tmp_path, releas
     assert not (tmp_path / "x.wav").exists()
 
 
-def test_files_of_v12_decode_with_the_built_in_v12(tmp_path):
-    """v13 carried v12's weights on: the same architecture, but its codebooks moved, so the
-    same codes mean other spectra. A v12 file decodes without --model with the built-in v12,
-    and the default (v13) refuses it, naming v12."""
-    v12, v13 = load("rvq24k-v12"), load()
-    assert v13.cfg.name != "rvq24k-v12" and v13.cfg.same_architecture(v12.cfg)
-    assert codes_fingerprint(v12) != codes_fingerprint(v13)
+def test_files_of_v13_decode_with_the_built_in_v13(tmp_path):
+    """v14 has v13's architecture, but codebooks fitted afresh, so the same codes mean other
+    spectra. A v13 file decodes without --model with the built-in v13, and the default (v14)
+    refuses it, naming v13."""
+    v13, v14 = load("rvq24k-v13"), load()
+    assert v14.cfg.name != "rvq24k-v13" and v14.cfg.same_architecture(v13.cfg)
+    assert codes_fingerprint(v13) != codes_fingerprint(v14)
     clip = SAMPLES / "speech_librispeech_60.flac"
-    compress_file(clip, tmp_path / "v12.rvq", kbps=6, model=v12)
-    assert parse_header((tmp_path / "v12.rvq").read_bytes())[0].model_id == "rvq24k-v12"
-    decompress_file(tmp_path / "v12.rvq", tmp_path / "auto.wav")
-    decompress_file(tmp_path / "v12.rvq", tmp_path / "named.wav", model=v12)
+    compress_file(clip, tmp_path / "v13.rvq", kbps=6, model=v13)
+    assert parse_header((tmp_path / "v13.rvq").read_bytes())[0].model_id == "rvq24k-v13"
+    decompress_file(tmp_path / "v13.rvq", tmp_path / "auto.wav")
+    decompress_file(tmp_path / "v13.rvq", tmp_path / "named.wav", model=v13)
     auto, named = sf.read(str(tmp_path / "auto.wav"))[0], sf.read(str(tmp_path / "named.wav"))[0]
     assert np.array_equal(auto, named)
-    with pytest.raises(CodecError, match="rvq24k-v12"):
-        decompress_file(tmp_path / "v12.rvq", tmp_path / "x.wav", model=v13)
+    with pytest.raises(CodecError, match="rvq24k-v13"):
+        decompress_file(tmp_path / "v13.rvq", tmp_path / "x.wav", model=v14)
     assert not (tmp_path / "x.wav").exists()
 
 
