@@ -70,7 +70,7 @@ EARLIER_CODES = {
 # EMA statistics of the codebooks: needed to continue training, not to run the model.
 TRAINING_ONLY = {f"quantizer.{name}" for name in ResidualVectorQuantizer.TRAINING_BUFFERS}
 DEFAULT_MODEL = "rvq24k-v14"
-ALIASES = {"rvq24k": "rvq24k-v14", "default": DEFAULT_MODEL}
+ALIASES = {"rvq24k": DEFAULT_MODEL, "default": DEFAULT_MODEL}
 
 
 class ModelError(CodecError):

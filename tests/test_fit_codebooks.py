@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -83,10 +85,16 @@ def test_command_refits_the_codebooks_and_keeps_the_rest(tmp_path, capsys):
     src, out = tmp_path / "tiny.safetensors", tmp_path / "refit.safetensors"
     save_model(before, src)
     main(["--config", str(CONFIGS / "tiny.yaml"), "--data", str(cache), "--init", str(src), "--out", str(out),
-          "--crops", "6", "--iters", "5", "--name", "tiny-refit", "--threads", "1"])
+          "--crops", "6", "--iters", "5", "--name", "tiny-mine", "--threads", "1"])
     assert "wrote" in capsys.readouterr().out
     before, after = load(src), load(out)
-    assert after.cfg.name == "tiny-refit"
+    assert after.cfg.name == "tiny-mine"
+    assert dataclasses.replace(after.cfg, name=before.cfg.name) == before.cfg  # the rest of the config kept
+    assert bool(after.quantizer.initialized)
+    # without --name, not --init's name: the codes are new
+    main(["--config", str(CONFIGS / "tiny.yaml"), "--data", str(cache), "--init", str(src), "--out", str(out),
+          "--crops", "6", "--iters", "5", "--threads", "1"])
+    assert load(out).cfg.name == f"{before.cfg.name}-refit"
     for key, value in before.state_dict().items():
         if key.startswith(("encoder.", "decoder.")):
             assert torch.equal(value, after.state_dict()[key]), key
@@ -103,12 +111,27 @@ def test_command_error_is_one_line(tmp_path):
         main(["--config", str(CONFIGS / "tiny.yaml"), "--data", str(tmp_path / "missing"), "--init",
               "rvq24k", "--out", str(tmp_path / "x.safetensors")])
     assert str(exc.value).startswith("error:") and "\n" not in str(exc.value)
+    assert "missing is not a corpus cache" in str(exc.value)
     assert not (tmp_path / "x.safetensors").exists()
 
 
-@pytest.mark.parametrize("flag, value", [("--crops", "0"), ("--iters", "0"), ("--min-fraction", "1.5")])
-def test_bad_numbers_are_usage_errors(tmp_path, capsys, flag, value):
+def test_a_cache_at_another_rate_is_refused(tmp_path):
+    cache = tmp_path / "cache"
+    build_cache(write_corpus(tmp_path / "data", speech=1, music=1), cache, 8000, workers=1)
+    with pytest.raises(SystemExit) as exc:  # the default model runs at 24 kHz
+        main(["--config", str(CONFIGS / "tiny.yaml"), "--data", str(cache), "--init", "rvq24k",
+              "--out", str(tmp_path / "x.safetensors")])
+    assert str(exc.value) == f"error: cache {cache} holds audio at 8000 Hz, the model runs at 24000 Hz"
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--crops", "0", "--min-fraction in [0, 1)"), ("--iters", "0", "--min-fraction in [0, 1)"),
+    ("--min-fraction", "1.5", "--min-fraction in [0, 1)"), ("--threads", "-1", "--threads at least 0"),
+    ("--name", " ", "--name must not be empty"), ("--out", "no/such/folder/x.safetensors", "does not exist")])
+def test_bad_arguments_are_usage_errors(tmp_path, capsys, monkeypatch, flag, value, message):
+    monkeypatch.chdir(tmp_path)
+    args = {"--config": str(CONFIGS / "tiny.yaml"), "--data": str(tmp_path), "--init": "rvq24k",
+            "--out": str(tmp_path / "x.safetensors"), flag: value}
     with pytest.raises(SystemExit) as exc:
-        main(["--config", str(CONFIGS / "tiny.yaml"), "--data", str(tmp_path), "--init", "rvq24k",
-              "--out", str(tmp_path / "x.safetensors"), flag, value])
-    assert exc.value.code == 2 and "--min-fraction in [0, 1)" in capsys.readouterr().err
+        main([item for pair in args.items() for item in pair])
+    assert exc.value.code == 2 and message in capsys.readouterr().err

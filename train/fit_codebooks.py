@@ -15,7 +15,7 @@ Why: the EMA codebooks of a long run drift to the batches they see. v13's first 
 26,000 steps of dead entries re-seeded from single frames of small batches, used 77.9% of its
 entries on the corpus's validation split (dev clips: 76.7%); the fit of this module (4,000
 crops, 20 iterations, floor 0.5) uses 86.1% there and every other level 97% or more. Without
-the floor, the middle levels spend entries on rare residuals: levels 7-12 then used 76-79% of
+the floor, the middle levels spend entries on rare residuals: levels 7-14 then used 76-79% of
 their entries on the dev clips (docs/model_card.md, "Codebook usage").
 """
 
@@ -37,6 +37,7 @@ from codec.weights import save_model
 
 from .config import TrainConfig
 from .data import CropSampler
+from .prepare import _check_rate, is_cache
 
 CHUNK = 16384  # rows per distance matrix: 16,384 x 1,024 floats = 64 MB
 
@@ -118,24 +119,31 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--min-fraction", type=float, default=0.5,
                    help="re-seed entries with fewer frames than this fraction of the mean (0: plain k-means)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", default=None, help="model name stored in the weights (default: --init's)")
+    p.add_argument("--name", default=None,
+                   help="model name stored in the weights (default: --init's with -refit: new codes, so not its name)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     args = p.parse_args(argv)
-    if args.crops < 1 or args.iters < 1 or not 0.0 <= args.min_fraction < 1.0:
-        p.error("--crops and --iters must be at least 1, --min-fraction in [0, 1)")
+    if args.crops < 1 or args.iters < 1 or not 0.0 <= args.min_fraction < 1.0 or args.threads < 0:
+        p.error("--crops and --iters must be at least 1, --min-fraction in [0, 1), --threads at least 0")
+    if args.name is not None and not args.name.strip():
+        p.error("--name must not be empty")
+    if not args.out.parent.is_dir():
+        p.error(f"--out: folder {args.out.parent} does not exist")
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
         cfg = TrainConfig.from_yaml(args.config)
+        if not is_cache(args.data):
+            raise CodecError(f"{args.data} is not a corpus cache (python -m train.prepare MANIFEST CACHE makes one)")
         model = load_release(args.init).float().eval()
+        _check_rate(args.data, model.sample_rate)
         segment = int(cfg.data.segment_seconds * model.sample_rate) // model.hop_length * model.hop_length
         sampler = CropSampler(args.data, cfg.data, segment, seed=args.seed)
         frames = training_frames(model, sampler, args.crops)
         print(f"{frames.shape[0]} frames of {args.crops} crops; fitting {model.quantizer.n_q} levels "
               f"of {model.quantizer.codebook_size} entries", flush=True)
         refit(model, frames, args.iters, args.seed, args.min_fraction, log=lambda m: print(m, flush=True))
-        if args.name:
-            model.cfg = dataclasses.replace(model.cfg, name=args.name)
+        model.cfg = dataclasses.replace(model.cfg, name=args.name if args.name is not None else f"{model.cfg.name}-refit")
         save_model(model, args.out)
         print(f"wrote {args.out}")
     except (CodecError, OSError, ValueError) as e:
