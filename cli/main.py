@@ -7,6 +7,7 @@ lives here, so the Python API and the CLI cannot disagree.
 from __future__ import annotations
 
 import importlib
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,6 @@ import torch
 import typer
 
 from codec import compress_file, decompress_file, read_info
-from codec.bitstream import UNKNOWN_LENGTH
 
 from .errors import user_errors
 from .options import FileThreadsOpt, ForceOpt, KbpsOpt, ModelOpt, QuietOpt
@@ -75,7 +75,7 @@ def info(file: Annotated[Path, typer.Argument(help="The .rvq file to inspect.")]
     with user_errors():
         i = read_info(file)
     h = i.header
-    length = "unknown" if i.num_samples == UNKNOWN_LENGTH else f"{i.num_samples} ({i.seconds:.3f} s)"
+    length = "unknown" if math.isnan(i.seconds) else f"{i.num_samples} ({i.seconds:.3f} s)"
     rows = [
         ("model", f"{h.model_id} (weights {h.weights_hash.hex()})"),
         ("sample rate", f"{h.original_rate} Hz (model {h.sample_rate} Hz)"),
@@ -83,7 +83,7 @@ def info(file: Annotated[Path, typer.Argument(help="The .rvq file to inspect.")]
         ("frame rate", f"{h.frame_rate:g} Hz"),
         ("codebooks", f"{h.n_q} x {h.codebook_size} entries ({h.bits_per_code} bits)"),
         ("samples", length),
-        ("bitrate", ("unknown" if i.num_samples == UNKNOWN_LENGTH else f"{i.actual_kbps:.3f} kbps")
+        ("bitrate", ("unknown" if math.isnan(i.actual_kbps) else f"{i.actual_kbps:.3f} kbps")
          + f" actual, {h.kbps:g} kbps of codes"),
         ("size", f"{i.bytes} bytes"),
         ("packets", f"{i.packets} ({i.frames} frames, {h.packet_frames} per packet)"),

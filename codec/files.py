@@ -25,7 +25,7 @@ from .bitstream import UNKNOWN_LENGTH, End, Header, iter_packets, read_header
 from .errors import CodecError
 from .model import Codec
 from .pcm import to_pcm16
-from .stream import StreamDecoder, StreamEncoder, expected_frames, file_packet_frames, resolve_model
+from .stream import StreamDecoder, StreamEncoder, expected_frames, resolve_model
 
 BLOCK_SECONDS = 1.0
 READ_BYTES = 1 << 13
@@ -183,8 +183,6 @@ def compress_file(
     codec = resolve_model(model)
     with open_audio(Path(input)) as src, atomic_output(Path(output), force, source=Path(input)) as tmp:
         rate, channels, total = src.samplerate, src.channels, src.frames
-        if packet_frames is None:
-            packet_frames = file_packet_frames(codec.frame_rate, codec.n_q_for(kbps), codec.cfg.bits_per_code, channels)
         encoder = StreamEncoder(codec, rate, channels, kbps, packet_frames, num_samples=total)
         with open(tmp, "wb") as out, encoder, Progress(total, rate, quiet, "compress") as progress:
             out.write(encoder.header.encode())

@@ -122,14 +122,17 @@ class StreamEncoder:
     """
 
     def __init__(self, model: Codec, rate: int, channels: int, kbps: float = 6.0,
-                 packet_frames: int = 75, num_samples: int | None = None) -> None:
+                 packet_frames: int | None = None, num_samples: int | None = None) -> None:
+        """``packet_frames``: frames per packet; default a file's (:func:`file_packet_frames`)."""
         if not 1 <= channels <= 255:
             raise CodecError(f"channels must be 1..255, got {channels}")
         if rate <= 0 or rate >= 2**32:
             raise CodecError(f"invalid sample rate {rate}")
+        self.model, self.n_q, self.channels = model, model.n_q_for(kbps), channels
+        if packet_frames is None:
+            packet_frames = file_packet_frames(model.frame_rate, self.n_q, model.cfg.bits_per_code, channels)
         if not 1 <= packet_frames < 2**16:
             raise CodecError(f"frames per packet must be 1..65535, got {packet_frames}")
-        self.model, self.n_q, self.channels = model, model.n_q_for(kbps), channels
         length = UNKNOWN_LENGTH if num_samples is None else num_samples
         self.header = Header(model.cfg.name, fingerprint(model)[:8], model.sample_rate, rate, channels,
                              model.frame_rate, model.cfg.codebook_size, self.n_q, length, packet_frames)
