@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from train.losses import MultiResolutionSTFTLoss, PhaseLoss
@@ -63,3 +64,31 @@ def test_a_silent_example_is_left_out_and_the_gradient_stays_finite():
     value.backward()
     assert abs(value.item() - alone) < 1e-6  # the mean of the one example with a phase to follow
     assert torch.isfinite(y.grad).all() and y.grad[0].abs().sum() > 0
+
+
+def test_shares_weigh_the_three_terms():
+    x = voiced(seconds=0.6)
+    delayed = torch.nn.functional.pad(x, (40, 0))[..., : x.shape[-1]][..., 640:]
+    x = x[..., 640:]
+    inst, delay, freq = PhaseLoss().terms(delayed, x)
+    assert abs(PhaseLoss()(delayed, x).item() - (inst + delay + freq).item() / 3) < 1e-5
+    assert abs(PhaseLoss(shares=(0.0, 0.0, 1.0))(delayed, x).item() - freq.item()) < 1e-6
+    assert abs(PhaseLoss(shares=(0.0, 1.0, 3.0))(delayed, x).item() - (delay + 3 * freq).item() / 4) < 1e-5
+    # without the absolute phase, which a delay moves, a delayed copy costs far less
+    assert PhaseLoss(shares=(0.0, 1.0, 1.0))(delayed, x).item() < 0.3 * PhaseLoss()(delayed, x).item()
+
+
+def test_without_the_absolute_share_a_constant_phase_offset_costs_nothing():
+    """With the absolute-phase share 0, a constant phase offset (which changes only that term)
+    costs nothing."""
+    x = voiced()
+    spec = torch.stft(x.reshape(-1, x.shape[-1]), 640, 160, window=torch.hann_window(640), return_complex=True)
+    turned = with_phases_of(x, spec.angle() + 1.0)
+    assert PhaseLoss(shares=(0.0, 1.0, 1.0))(turned, x).item() < 0.05
+    assert PhaseLoss()(turned, x).item() > 0.1
+
+
+def test_bad_shares_are_refused():
+    for shares in ((0.0, 0.0, 0.0), (1.0, -1.0, 1.0), (1.0, 1.0)):
+        with pytest.raises(ValueError, match="shares"):
+            PhaseLoss(shares=shares)

@@ -123,6 +123,14 @@ def test_codebook_decay_sets_how_fast_the_codebooks_follow(cache, tmp_path):
         tiny_config(top={"codebook_decay": 1.0})
 
 
+def test_phase_terms_reach_the_phase_loss_and_bad_ones_are_refused(cache, tmp_path):
+    trainer = Trainer(tiny_config(loss={"phase": 1.0, "phase_terms": (0.0, 1.0, 2.0)}), cache, tmp_path)
+    assert trainer.phase is not None and trainer.phase.shares == (0.0, 1.0, 2.0)
+    for terms in ((0.0, 0.0, 0.0), (1.0, -1.0, 1.0), (1.0, 1.0)):
+        with pytest.raises(ValueError, match="phase_terms"):
+            tiny_config(loss={"phase_terms": terms})
+
+
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(cache, tmp_path):
     # Every kind of state: discriminators starting mid-way, balancer averages, EMA weights; a
     # warm-up long enough that a learning rate one step off would change the losses.
@@ -379,6 +387,11 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     assert gpu_mel.model == gan_mel.model == logmel.model and gpu_mel.loss == logmel.loss
     assert gpu_mel.data.batch_size == 4 * logmel.data.batch_size and gpu_mel.optim.schedule == "cosine"
     assert gan_mel.loss.uses_discriminators and gan_mel.loss.disc_warmup_steps > 0 and gan_mel.optim == gpu_mel.optim
+    # v14's decoder taught the phase advance: the codebooks kept (v14's files decode), no absolute phase
+    refit, phase_mel = configs["logmel24k-refit"], configs["logmel24k-phase"]
+    assert phase_mel.model == refit.model and phase_mel.freeze_encoder and phase_mel.loss.phase > 0
+    assert phase_mel.loss.phase_terms[0] == 0 and min(phase_mel.loss.phase_terms[1:]) > 0
+    assert dataclasses.replace(phase_mel.loss, phase=0.0, phase_terms=(1.0, 1.0, 1.0)) == refit.loss
 
 
 def test_a_recipe_changes_only_what_it_names_of_its_base(tmp_path):

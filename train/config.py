@@ -68,6 +68,8 @@ class LossConfig:
     waveform: float = 0.0
     envelope: float = 0.0  # band-envelope correlation (STOI's measure), for intelligibility
     phase: float = 0.0  # STFT phase, its frequency and time differences (train.losses.PhaseLoss)
+    # shares of PhaseLoss's instantaneous-phase, group-delay and instantaneous-frequency terms
+    phase_terms: tuple[float, float, float] = (1.0, 1.0, 1.0)
     commitment: float = 0.02
     adversarial: float = 0.0
     feature_matching: float = 0.0
@@ -152,6 +154,9 @@ class TrainConfig:
             raise ValueError("data.batch_size and data.segment_seconds must be positive")
         if not 0.0 < self.codebook_decay < 1.0:
             raise ValueError("codebook_decay must be in (0, 1)")
+        terms = self.loss.phase_terms
+        if len(terms) != 3 or min(terms) < 0 or sum(terms) <= 0:
+            raise ValueError(f"loss.phase_terms must be three shares >= 0, not all 0, got {list(terms)}")
         if not 0.0 <= self.data.val_fraction < 1.0:
             raise ValueError("data.val_fraction must be in [0, 1)")
         if self.data.code_crops and (not self.freeze_encoder or self.quantize_prob < 1.0):

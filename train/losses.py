@@ -108,12 +108,17 @@ class PhaseLoss(nn.Module):
     ignores the phase of noise and silence, which carries nothing audible. The weights come
     from the original only: the output cannot lower the loss by going quiet.
     ``forward(y, x)`` with output ``y`` and original ``x`` ``[B, 1, T]`` returns a scalar in
-    [0, 2] (0 when the phases agree wherever the original has energy).
+    [0, 2] (0 when the phases agree wherever the original has energy): the mean of the three
+    terms weighted by ``shares`` (instantaneous phase, group delay, instantaneous frequency).
+    A decoder that sees only a magnitude spectrum cannot know the original's absolute phase;
+    share 0 for it leaves the differences, which it can learn.
     """
 
-    def __init__(self, n_fft: int = 640, hop: int = 160) -> None:
+    def __init__(self, n_fft: int = 640, hop: int = 160, shares: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> None:
         super().__init__()
-        self.n_fft, self.hop = n_fft, hop
+        if len(shares) != 3 or min(shares) < 0 or sum(shares) <= 0:
+            raise ValueError(f"phase term shares must be three numbers >= 0, not all 0: {shares}")
+        self.n_fft, self.hop, self.shares = n_fft, hop, tuple(float(s) for s in shares)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
     def spectrum(self, x: Tensor) -> Tensor:
@@ -150,7 +155,7 @@ class PhaseLoss(nn.Module):
         return inst, delay, freq
 
     def forward(self, y: Tensor, x: Tensor) -> Tensor:
-        return sum(self.terms(y, x)) / 3
+        return sum(w * t for w, t in zip(self.shares, self.terms(y, x)) if w > 0) / sum(self.shares)
 
 
 # Adversarial losses. Each discriminator returns (logits, features); the losses average over

@@ -94,7 +94,7 @@ class Trainer:
         # the optional terms exist only when weighted (the STFT one is the costliest)
         self.stft = MultiResolutionSTFTLoss().to(dev) if self.weights["rec/stft"] > 0 else None
         self.envelope = EnvelopeCorrelationLoss(cfg.model.sample_rate).to(dev) if self.weights["rec/envelope"] > 0 else None
-        self.phase = PhaseLoss().to(dev) if self.weights["rec/phase"] > 0 else None
+        self.phase = PhaseLoss(shares=cfg.loss.phase_terms).to(dev) if self.weights["rec/phase"] > 0 else None
         o = cfg.optim
         trained = [p for p in self.gen.parameters() if p.requires_grad]
         # Multi-tensor updates (fused kernels on a GPU): a step of the log-mel codec is some
