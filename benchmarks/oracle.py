@@ -11,6 +11,11 @@ Parts (a 512-point STFT, hop 128, of the decoded audio and of the original):
     envelope       the original's spectral envelope (cepstrum, first 30 quefrencies: about
                    800 Hz of smoothing) times the decoded fine structure
     fine structure the decoded envelope times the original's fine structure
+    magnitude, phase retrieved   the original's magnitude, its phase found by Griffin-Lim
+                   from random phases (100 iterations): what a decoder that got every
+                   magnitude right but made up its own consistent phase would score
+    decoded, phase retrieved     the same from the decoded magnitude: whether a phase
+                   consistent with the decoded magnitudes would score higher than the decoder's
 A part whose replacement lifts a score a lot is where the model loses it. It also prints
 the decoded audio's band power against the original's (over frames within 30 dB of the
 clip's loudest), and with ``--boost LO-HI:DB`` (repeatable) scores the decoded audio with
@@ -39,7 +44,9 @@ from train.config import DataConfig  # noqa: E402
 from train.data import validation_clips  # noqa: E402
 
 N_FFT, HOP, QUEFRENCIES = 512, 128, 30
-PARTS = ("decoded", "phase", "magnitude", "mag <1 kHz", "mag 1-4 kHz", "mag >4 kHz", "envelope", "fine structure")
+PARTS = ("decoded", "phase", "magnitude", "mag <1 kHz", "mag 1-4 kHz", "mag >4 kHz", "envelope", "fine structure",
+         "magnitude, phase retrieved", "decoded, phase retrieved")
+GRIFFIN_LIM_ITERATIONS = 100
 BAND_PARTS = {"mag <1 kHz": (0, 1000), "mag 1-4 kHz": (1000, 4000), "mag >4 kHz": (4000, 10**6)}
 BANDS = ((0, 500), (500, 1000), (1000, 2000), (2000, 4000), (4000, 8000), (8000, 12000))
 METRIC_NAMES = ("pesq_wb", "stoi", "visqol", "mel_distance")
@@ -61,10 +68,24 @@ def _envelope(mag: Tensor) -> Tensor:
     return torch.exp(torch.fft.rfft(cep, n=mag.shape[0] * 2 - 2, dim=0).real)
 
 
+def griffin_lim(mag: Tensor, length: int, iterations: int = GRIFFIN_LIM_ITERATIONS, seed: int = 0) -> np.ndarray:
+    """Audio ``[length]`` whose STFT magnitude is near ``mag [F, T]``: Griffin-Lim's
+    alternating projections from random phases (seeded: the same audio every run)."""
+    g = torch.Generator().manual_seed(seed)
+    spec = torch.polar(mag, 2 * np.pi * torch.rand(mag.shape, generator=g))
+    for _ in range(iterations):
+        spec = torch.polar(mag, _stft(_istft(spec, length)).angle())
+    return _istft(spec, length)
+
+
 def with_original_part(x: np.ndarray, y: np.ndarray, part: str, sample_rate: int) -> np.ndarray:
     """``y [T]`` (decoded) with ``part`` (one of PARTS) of its spectrum taken from ``x [T]``."""
     if part == "decoded":
         return y
+    if part == "magnitude, phase retrieved":
+        return griffin_lim(_stft(x).abs(), len(y))
+    if part == "decoded, phase retrieved":
+        return griffin_lim(_stft(y).abs(), len(y))
     X, Y = _stft(x), _stft(y)
     xm, ym, yphase = X.abs(), Y.abs(), torch.exp(1j * Y.angle())
     freqs = torch.arange(xm.shape[0])[:, None] * sample_rate / N_FFT
