@@ -58,7 +58,7 @@ REGISTRY: dict[str, RegisteredModel] = {
 }
 # Earlier releases whose files later models still decode: the weights hash their .rvq headers
 # carry -> the codes_fingerprint() of their encoder and codebooks. rvq24k-v7 and v8 (the same
-# weights) and v9 -> v8's encoder and codebooks, which v9 and v10 kept (v11 to v14 code the
+# weights) and v9 -> v8's encoder and codebooks, which v9 and v10 kept (v11 to v15 code the
 # log-mel spectrum instead: new codes, so those files decode with v10, which stays built in).
 # v11 to v14's codebooks each moved on from the last one's (v14's were fitted afresh), so their
 # files need their own weights: v13 stays built in for its files; v11's and v12's are in git

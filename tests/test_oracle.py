@@ -78,3 +78,4 @@ def test_phase_retrieval_keeps_the_magnitude_it_is_given_and_makes_its_own_phase
     assert _magnitude_error(from_original, x) < 0.2 and _magnitude_error(from_decoded, y) < 0.2
     assert _magnitude_error(from_decoded, x) > 0.7  # the decoded level is kept, not the original's
     assert _error(from_original, x) > 0.5  # its phase is its own: the waveform differs
+    assert _error(from_decoded, y) > 0.5 and _error(from_original, with_original_part(x, y, "magnitude", RATE)) > 0.5

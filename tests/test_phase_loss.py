@@ -89,6 +89,6 @@ def test_without_the_absolute_share_a_constant_phase_offset_costs_nothing():
 
 
 def test_bad_shares_are_refused():
-    for shares in ((0.0, 0.0, 0.0), (1.0, -1.0, 1.0), (1.0, 1.0)):
+    for shares in ((0.0, 0.0, 0.0), (1.0, -1.0, 1.0), (1.0, 1.0), (math.nan, 1.0, 1.0), (0.0, 0.0, math.inf)):
         with pytest.raises(ValueError, match="shares"):
             PhaseLoss(shares=shares)

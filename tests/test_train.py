@@ -126,7 +126,7 @@ def test_codebook_decay_sets_how_fast_the_codebooks_follow(cache, tmp_path):
 def test_phase_terms_reach_the_phase_loss_and_bad_ones_are_refused(cache, tmp_path):
     trainer = Trainer(tiny_config(loss={"phase": 1.0, "phase_terms": (0.0, 1.0, 2.0)}), cache, tmp_path)
     assert trainer.phase is not None and trainer.phase.shares == (0.0, 1.0, 2.0)
-    for terms in ((0.0, 0.0, 0.0), (1.0, -1.0, 1.0), (1.0, 1.0)):
+    for terms in ((0.0, 0.0, 0.0), (1.0, -1.0, 1.0), (1.0, 1.0), (math.nan, 1.0, 1.0), (0.0, 0.0, math.inf)):
         with pytest.raises(ValueError, match="phase_terms"):
             tiny_config(loss={"phase_terms": terms})
 
@@ -390,6 +390,7 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     # v14's decoder taught the phase advance: the codebooks kept (v14's files decode), no absolute phase
     refit, phase_mel = configs["logmel24k-refit"], configs["logmel24k-phase"]
     assert phase_mel.model == refit.model and phase_mel.freeze_encoder and phase_mel.loss.phase > 0
+    assert isinstance(phase_mel.loss.phase_terms, tuple)  # (a YAML list, made a tuple)
     assert phase_mel.loss.phase_terms[0] == 0 and min(phase_mel.loss.phase_terms[1:]) > 0
     assert dataclasses.replace(phase_mel.loss, phase=0.0, phase_terms=(1.0, 1.0, 1.0)) == refit.loss
 

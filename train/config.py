@@ -7,6 +7,7 @@ Every field has a default, so a YAML file names only what differs; unknown keys 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -155,8 +156,8 @@ class TrainConfig:
         if not 0.0 < self.codebook_decay < 1.0:
             raise ValueError("codebook_decay must be in (0, 1)")
         terms = self.loss.phase_terms
-        if len(terms) != 3 or min(terms) < 0 or sum(terms) <= 0:
-            raise ValueError(f"loss.phase_terms must be three shares >= 0, not all 0, got {list(terms)}")
+        if len(terms) != 3 or not all(math.isfinite(t) and t >= 0 for t in terms) or sum(terms) <= 0:
+            raise ValueError(f"loss.phase_terms must be three finite shares >= 0, not all 0, got {list(terms)}")
         if not 0.0 <= self.data.val_fraction < 1.0:
             raise ValueError("data.val_fraction must be in [0, 1)")
         if self.data.code_crops and (not self.freeze_encoder or self.quantize_prob < 1.0):

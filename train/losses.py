@@ -3,6 +3,8 @@ STFT phase (reconstruction), hinge and feature matching (adversarial)."""
 
 from __future__ import annotations
 
+import math
+
 import auraloss
 import torch
 from torch import Tensor, nn
@@ -116,8 +118,8 @@ class PhaseLoss(nn.Module):
 
     def __init__(self, n_fft: int = 640, hop: int = 160, shares: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> None:
         super().__init__()
-        if len(shares) != 3 or min(shares) < 0 or sum(shares) <= 0:
-            raise ValueError(f"phase term shares must be three numbers >= 0, not all 0: {shares}")
+        if len(shares) != 3 or not all(math.isfinite(s) and s >= 0 for s in shares) or sum(shares) <= 0:
+            raise ValueError(f"phase term shares must be three finite numbers >= 0, not all 0: {shares}")
         self.n_fft, self.hop, self.shares = n_fft, hop, tuple(float(s) for s in shares)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
