@@ -87,6 +87,11 @@ class LossConfig:
         return self.adversarial > 0 or self.feature_matching > 0
 
 
+def phase_shares_valid(shares: tuple[float, ...]) -> bool:
+    """Three finite shares, none negative, not all 0 (:class:`train.losses.PhaseLoss`'s terms)."""
+    return len(shares) == 3 and all(math.isfinite(s) and s >= 0 for s in shares) and sum(shares) > 0
+
+
 @dataclass(frozen=True)
 class DiscConfig:
     """Discriminators: EnCodec's multi-scale STFT and HiFi-GAN's multi-period ones.
@@ -155,9 +160,9 @@ class TrainConfig:
             raise ValueError("data.batch_size and data.segment_seconds must be positive")
         if not 0.0 < self.codebook_decay < 1.0:
             raise ValueError("codebook_decay must be in (0, 1)")
-        terms = self.loss.phase_terms
-        if len(terms) != 3 or not all(math.isfinite(t) and t >= 0 for t in terms) or sum(terms) <= 0:
-            raise ValueError(f"loss.phase_terms must be three finite shares >= 0, not all 0, got {list(terms)}")
+        if not phase_shares_valid(self.loss.phase_terms):
+            raise ValueError(f"loss.phase_terms must be three finite shares >= 0, not all 0, "
+                             f"got {list(self.loss.phase_terms)}")
         if not 0.0 <= self.data.val_fraction < 1.0:
             raise ValueError("data.val_fraction must be in [0, 1)")
         if self.data.code_crops and (not self.freeze_encoder or self.quantize_prob < 1.0):

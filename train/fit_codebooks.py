@@ -37,7 +37,7 @@ from codec.weights import save_model
 
 from .config import TrainConfig
 from .data import CropSampler
-from .prepare import _check_rate, is_cache
+from .prepare import check_rate, is_cache
 
 CHUNK = 16384  # rows per distance matrix: 16,384 x 1,024 floats = 64 MB
 
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         if not is_cache(args.data):
             raise CodecError(f"{args.data} is not a corpus cache (python -m train.prepare MANIFEST CACHE makes one)")
         model = load_release(args.init).float().eval()
-        _check_rate(args.data, model.sample_rate)
+        check_rate(args.data, model.sample_rate)
         segment = int(cfg.data.segment_seconds * model.sample_rate) // model.hop_length * model.hop_length
         sampler = CropSampler(args.data, cfg.data, segment, seed=args.seed)
         frames = training_frames(model, sampler, args.crops)

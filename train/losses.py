@@ -3,8 +3,6 @@ STFT phase (reconstruction), hinge and feature matching (adversarial)."""
 
 from __future__ import annotations
 
-import math
-
 import auraloss
 import torch
 from torch import Tensor, nn
@@ -12,6 +10,7 @@ from torch.nn import functional as F
 
 from codec.mel import MultiScaleMelLoss  # noqa: F401  (re-exported: the training loss)
 
+from .config import phase_shares_valid
 from .discriminators import Judgement
 
 
@@ -118,7 +117,7 @@ class PhaseLoss(nn.Module):
 
     def __init__(self, n_fft: int = 640, hop: int = 160, shares: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> None:
         super().__init__()
-        if len(shares) != 3 or not all(math.isfinite(s) and s >= 0 for s in shares) or sum(shares) <= 0:
+        if not phase_shares_valid(shares):
             raise ValueError(f"phase term shares must be three finite numbers >= 0, not all 0: {shares}")
         self.n_fft, self.hop, self.shares = n_fft, hop, tuple(float(s) for s in shares)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
@@ -147,17 +146,19 @@ class PhaseLoss(nn.Module):
         n = s.shape[dim]
         return s.narrow(dim, 1, n - 1) * s.narrow(dim, 0, n - 1).conj()
 
-    def terms(self, y: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def terms(self, y: Tensor, x: Tensor, wanted: tuple[bool, bool, bool] = (True, True, True)) -> tuple[Tensor | None, ...]:
         """The instantaneous-phase, group-delay (``dim`` 1: bins) and instantaneous-frequency
-        (``dim`` 2: frames) terms."""
+        (``dim`` 2: frames) terms; None for a term not ``wanted`` (not computed)."""
         sx, sy = self.spectrum(x), self.spectrum(y)
         mag = sx.abs()
-        inst = self._distance(sy, sx, mag)
-        delay, freq = (self._distance(self._step(sy, d), self._step(sx, d), self._step(mag, d).sqrt()) for d in (1, 2))
+        inst = self._distance(sy, sx, mag) if wanted[0] else None
+        delay, freq = (self._distance(self._step(sy, d), self._step(sx, d), self._step(mag, d).sqrt()) if want else None
+                       for d, want in zip((1, 2), wanted[1:]))
         return inst, delay, freq
 
     def forward(self, y: Tensor, x: Tensor) -> Tensor:
-        return sum(w * t for w, t in zip(self.shares, self.terms(y, x)) if w > 0) / sum(self.shares)
+        terms = self.terms(y, x, tuple(w > 0 for w in self.shares))
+        return sum(w * t for w, t in zip(self.shares, terms) if t is not None) / sum(self.shares)
 
 
 # Adversarial losses. Each discriminator returns (logits, features); the losses average over

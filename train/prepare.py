@@ -115,7 +115,7 @@ def ensure_cache(data: Path, cache: Path, sample_rate: int, workers: int = 2, bu
     """
     data, cache = Path(data), Path(cache)
     if is_cache(data):
-        _check_rate(data, sample_rate)
+        check_rate(data, sample_rate)
         return data
     if is_cache(cache):
         _check_source(cache, data, sample_rate)
@@ -146,14 +146,14 @@ def _source(cache: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}  # older caches: unknown
 
 
-def _check_rate(cache: Path, sample_rate: int) -> None:
+def check_rate(cache: Path, sample_rate: int) -> None:
     rate = _source(cache).get("sample_rate", sample_rate)
     if rate != sample_rate:
         raise DataError(f"cache {cache} holds audio at {rate} Hz, the model runs at {sample_rate} Hz")
 
 
 def _check_source(cache: Path, data: Path, sample_rate: int) -> None:
-    _check_rate(cache, sample_rate)
+    check_rate(cache, sample_rate)
     built_from = _source(cache).get("data")
     if built_from and built_from != str(data.resolve()):
         raise DataError(f"cache {cache} was built from {built_from}, not {data}: choose another cache folder")
