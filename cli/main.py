@@ -11,13 +11,12 @@ import math
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
 from codec import compress_file, decompress_file, read_info
 
 from .errors import user_errors
-from .options import FileThreadsOpt, ForceOpt, KbpsOpt, ModelOpt, QuietOpt
+from .options import FileThreadsOpt, ForceOpt, KbpsOpt, ModelOpt, QuietOpt, set_threads
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -37,7 +36,7 @@ def compress(
     quiet: QuietOpt = False,
 ) -> None:
     """Compress an audio file to a .rvq bitstream."""
-    _set_threads(threads)
+    set_threads(threads)
     with user_errors():
         r = compress_file(input, output, kbps=kbps, model=model, force=force, quiet=quiet)
     if not quiet:
@@ -57,16 +56,13 @@ def decompress(
     quiet: QuietOpt = False,
 ) -> None:
     """Decompress a .rvq file to audio at its original rate, channels and length."""
-    _set_threads(threads)
+    set_threads(threads)
     with user_errors():
         out = decompress_file(input, output, model=model, force=force, quiet=quiet)
     if not quiet:
         typer.echo(f"{out}: written")
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads is not None:
-        torch.set_num_threads(threads)
 
 
 @app.command()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 from typing import Annotated, Optional
 
-import torch
 import typer
 
 from codec.endpoints import StopFlag, stop_on_signals
@@ -17,7 +16,7 @@ from codec.live import decode_live, encode_live
 from codec.pcm import PcmFormat
 
 from .errors import user_errors
-from .options import ForceOpt, KbpsOpt, ModelOpt, QuietOpt
+from .options import ForceOpt, KbpsOpt, ModelOpt, QuietOpt, StreamThreadsOpt, set_threads
 
 stream_app = typer.Typer(
     no_args_is_help=True,
@@ -26,9 +25,6 @@ stream_app = typer.Typer(
     "  rvqcodec stream decode --input tcp://127.0.0.1:5000 --output - | aplay -f S16_LE -r 24000\n\n"
     "  rvqcodec stream encode --input speech.wav --output tcp://127.0.0.1:5000 --realtime",
 )
-
-ThreadsOpt = Annotated[int, typer.Option(
-    "--threads", min=1, help="CPU threads for the model (one frame at a time gains little from more).")]
 
 EncodeInput = Annotated[str, typer.Option(
     "--input", "-i", help="Audio file (any format), or - for WAV or --raw PCM on stdin.")]
@@ -73,7 +69,7 @@ def encode(
     channels: ChannelsOpt = None,
     chunk_ms: ChunkOpt = 20.0,
     packet_frames: PacketOpt = None,
-    threads: ThreadsOpt = 1,
+    threads: StreamThreadsOpt = 1,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -84,7 +80,7 @@ def encode(
     """
     with user_errors():
         fmt = _raw_format(raw, rate, channels)
-        torch.set_num_threads(threads)
+        set_threads(threads)
         with stop_on_signals(StopFlag()) as stop:
             r = encode_live(input, output, model, kbps, fmt, chunk_ms / 1000, packet_frames, realtime, force, stop)
     if not quiet:
@@ -111,7 +107,7 @@ def decode(
     output: DecodeOutput = "-",
     model: ModelOpt = None,
     timeout: TimeoutOpt = None,
-    threads: ThreadsOpt = 1,
+    threads: StreamThreadsOpt = 1,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -122,7 +118,7 @@ def decode(
     padding when the stream's length was unknown up front; file outputs are cut exactly.
     """
     with user_errors():
-        torch.set_num_threads(threads)
+        set_threads(threads)
         with stop_on_signals(StopFlag()) as stop:
             r = decode_live(input, output, model, force, timeout, stop,
                             on_listening=None if quiet else (lambda address: _say(f"listening on {address}")))

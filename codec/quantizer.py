@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .cache import TensorCache
+from .kmeans import kmeans, nearest
 from .native import compact, rvq_decode, rvq_search
 
 
@@ -121,10 +122,9 @@ class ResidualVectorQuantizer(nn.Module):
         A float32 search that re-checks near-ties in float64 was measured too: the tie test
         cost more than it saved."""
         if not exact:
-            c = self.codebooks[level]
-            return ((c * c).sum(-1)[None, :] - 2 * r @ c.T).argmin(dim=-1)
+            return nearest(r, self.codebooks[level])
         c, norms = self._exact_tables()
-        return _nearest_exact(c[level], norms[level], r.double())
+        return nearest(r.double(), c[level], norms[level])
 
     def _compact_codebooks(self) -> Tensor:
         """The codebooks as the native search and decode read them (float16 where exact)."""
@@ -197,7 +197,7 @@ class ResidualVectorQuantizer(nn.Module):
         """K-means of each level on the first batch's residuals ``[N, D]`` (rank 0 under DDP)."""
         residual = flat.clone()
         for i in range(self.n_q):
-            centres = _kmeans(residual, self.codebook_size)
+            centres = kmeans(residual, self.codebook_size, iters=10)
             self.codebooks[i] = centres
             self.cluster_size[i] = 1.0
             self.embed_sum[i] = centres
@@ -256,7 +256,7 @@ class ResidualVectorQuantizer(nn.Module):
         residual = rows.double()
         codes = []
         for i in range(n_q):
-            idx = _nearest_exact(tables[i], norms[i], residual)
+            idx = nearest(residual, tables[i], norms[i])
             residual = residual - tables[i].index_select(0, idx)
             codes.append(idx)
         return torch.stack(codes, dim=1).reshape(b, f, n_q).transpose(1, 2)
@@ -290,25 +290,6 @@ class ResidualVectorQuantizer(nn.Module):
         if low < 0 or high >= self.codebook_size:
             raise ValueError(f"codes must be in 0..{self.codebook_size - 1}, got {int(low)}..{int(high)}")
         return self._entries(codes).sum(1).transpose(1, 2)
-
-
-def _nearest_exact(c: Tensor, norms: Tensor, r: Tensor) -> Tensor:
-    """Nearest row of ``c`` ``[K, D]`` (squared norms ``norms`` ``[K]``) for each row of ``r``
-    ``[N, D]``, all float64 -> ``[N]``."""
-    # |r|^2 is the same for every entry, so |c|^2 - 2 r.c ranks them
-    return torch.addmm(norms[None, :], r, c.T, alpha=-2).argmin(dim=-1)
-
-
-def _kmeans(z: Tensor, k: int, iters: int = 10) -> Tensor:
-    """Euclidean k-means of rows of ``z`` ``[N, d]`` into ``k`` centres (sampled with replacement)."""
-    centres = z[torch.randint(z.shape[0], (k,), device=z.device)].clone()
-    centres += 1e-3 * z.std() * torch.randn_like(centres)
-    for _ in range(iters):
-        assign = torch.cdist(z, centres).argmin(-1)
-        sums = torch.zeros_like(centres).index_add_(0, assign, z)
-        counts = torch.bincount(assign, minlength=k).unsqueeze(-1)
-        centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
-    return centres
 
 
 def code_usage(counts: Tensor) -> tuple[Tensor, Tensor]:

@@ -297,10 +297,10 @@ def test_the_header_holds_the_samples_actually_read(tmp_path, stereo_wav, small_
 
 
 def test_threads_option_reaches_the_model(tmp_path, stereo_wav, small_model_file, monkeypatch):
-    import cli.main
+    import cli.options
 
     calls: list[int] = []
-    monkeypatch.setattr(cli.main.torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(cli.options.torch, "set_num_threads", calls.append)
     rvq, out = tmp_path / "x.rvq", tmp_path / "y.wav"
     assert invoke("compress", stereo_wav, rvq, "--model", small_model_file, "--threads", "1", "-q").exit_code == 0
     assert invoke("decompress", rvq, out, "--model", small_model_file, "--threads", "1", "-q").exit_code == 0

@@ -9,58 +9,16 @@ import torch
 
 from codec.weights import load, save_model
 from conftest import TINY, make_model
-from train.fit_codebooks import fit_rvq, kmeans, main, nearest
+from codec.kmeans import nearest
+from train.fit_codebooks import fit_rvq, main
 from train.prepare import build_cache
 from train_support import CONFIGS, write_corpus
-
-
-def test_kmeans_finds_separated_clusters():
-    g = torch.Generator().manual_seed(0)
-    means = torch.tensor([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0], [0.0, 0.0, 10.0]])
-    x = (means[:, None, :] + 0.1 * torch.randn(4, 100, 3, generator=g)).reshape(-1, 3)
-    found = None
-    for seed in range(5):  # a start with two seeds in one blob may end in a local optimum
-        centres = kmeans(x, 4, iters=10, generator=torch.Generator().manual_seed(seed))
-        if torch.cdist(means, centres).min(1).values.max() < 0.1:
-            found = centres
-            break
-    assert found is not None
-    # every blob has its own centre, at its mean
-    assert sorted(nearest(means, found).tolist()) == [0, 1, 2, 3]
-
-
-def _heavy_tailed(n: int, g: torch.Generator) -> torch.Tensor:
-    """Student-t frames of 2 degrees of freedom in 16 dimensions ``[n, 16]``: a dense core and
-    far, sparse tails, as the residuals of the middle RVQ levels have."""
-    chi2 = torch.randn(n, 2, generator=g).square().sum(1, keepdim=True)
-    return torch.randn(n, 16, generator=g) / (chi2 / 2).sqrt()
-
-
-def test_min_fraction_raises_usage_on_held_out_frames():
-    for seed in range(3):
-        g = torch.Generator().manual_seed(seed)
-        fit, held_out = _heavy_tailed(6000, g), _heavy_tailed(1500, g)
-        used = []
-        for min_fraction in (0.0, 0.5):
-            c = kmeans(fit, 64, 12, torch.Generator().manual_seed(seed), min_fraction=min_fraction)
-            used.append((torch.bincount(nearest(held_out, c), minlength=64) > 0).float().mean().item())
-        # plain k-means spends entries on tail frames that other frames rarely reach (67-86% of
-        # the entries used, seeds 0-5); with the floor, 86-95%, each seed 8-22 points more
-        assert used[1] > used[0] + 0.05, used
-
-
-def test_nearest_agrees_with_cdist_across_chunks(monkeypatch):
-    import train.fit_codebooks as fc
-    monkeypatch.setattr(fc, "CHUNK", 7)  # several chunks, the last one short
-    g = torch.Generator().manual_seed(1)
-    x, c = torch.randn(50, 5, generator=g), torch.randn(9, 5, generator=g)
-    assert torch.equal(nearest(x, c), torch.cdist(x, c).argmin(1))
 
 
 def test_each_level_codes_what_the_previous_left():
     g = torch.Generator().manual_seed(2)
     frames = torch.randn(2000, 6, generator=g) * torch.tensor([4.0, 3.0, 2.0, 1.0, 1.0, 0.5])
-    books = fit_rvq(frames, n_q=3, size=16, iters=8, generator=torch.Generator().manual_seed(0), log=lambda m: None)
+    books = fit_rvq(frames.clone(), n_q=3, size=16, iters=8, generator=torch.Generator().manual_seed(0), log=lambda m: None)
     assert books.shape == (3, 16, 6)
     residual, powers = frames.clone(), [frames.square().mean().item()]
     for level in range(3):
@@ -75,7 +33,7 @@ def test_each_level_codes_what_the_previous_left():
 def test_too_few_frames_is_an_error():
     from codec.errors import CodecError
     with pytest.raises(CodecError, match="at least 16 frames"):
-        kmeans(torch.randn(10, 3), 16, 2, torch.Generator().manual_seed(0))
+        fit_rvq(torch.randn(10, 3), 2, 16, 2, torch.Generator().manual_seed(0), log=lambda m: None)
 
 
 def test_command_refits_the_codebooks_and_keeps_the_rest(tmp_path, capsys):

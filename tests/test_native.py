@@ -10,7 +10,7 @@ import torch
 from codec import native
 from codec.frame import FramePlan
 from codec.native import NativePlan, compact, round_plan_weights, rvq_decode, rvq_search
-from codec.quantizer import _nearest_exact
+from codec.kmeans import nearest
 from codec.seanet import ELU, ResidualUnit
 from codec.spectral import ChannelNorm, ConvNeXtBlock, FFTHead
 from codec.streaming import CausalConv1d, CausalConvTranspose1d, streaming
@@ -47,7 +47,7 @@ def float64_search(books, z, levels):
     norms = (tables * tables).sum(-1)
     codes, residual = [], z.double()
     for level in range(levels):
-        idx = _nearest_exact(tables[level], norms[level], residual)
+        idx = nearest(residual, tables[level], norms[level])
         residual = residual - tables[level][idx]
         codes.append(idx)
     return norms, torch.stack(codes, dim=1)
@@ -235,7 +235,7 @@ def test_native_search_settles_near_ties_in_float64():
     z = (books[0, 10] + books[0, 12]) / 2 + s * step  # either side of the bisector
     tables = books.double()
     norms = (tables * tables).sum(-1)
-    expected = _nearest_exact(tables[0], norms[0], z.double())
+    expected = nearest(z.double(), tables[0], norms[0])
     assert set(expected.tolist()) == {10, 12}
     in_float32 = ((books[0] * books[0]).sum(-1) - 2 * z @ books[0].T).argmin(-1)
     assert (in_float32 != expected).any()  # the case float32 alone gets wrong

@@ -32,7 +32,8 @@ def test_timed_runs_end_with_the_schedule(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "corpus")
     configs = [cosine_recipe(tmp_path / "a.yaml", 1e-3), cosine_recipe(tmp_path / "b.yaml", 2e-3)]
     out = tmp_path / "timed"
-    pacing = Pacing(probe_steps=4, startup_seconds=15, margin=0.5)  # a loaded test machine: half the steps that fit
+    # a loaded test machine: half the steps that fit; a checkpoint every 2 steps
+    pacing = Pacing(probe_steps=4, startup_seconds=15, margin=0.5, checkpoint_every=2)
     plans = run_timed(configs, corpus, out, seconds=80, device="cpu", pacing=pacing, say=lambda m: None)
     assert [p.name for p in plans] == ["a", "b"]
     for plan, lr in zip(plans, (1e-3, 2e-3)):
@@ -43,6 +44,9 @@ def test_timed_runs_end_with_the_schedule(tmp_path: Path) -> None:
         rows = [json.loads(line) for line in (out / plan.name / "log.jsonl").read_text().splitlines()]
         rows = [r for r in rows if "lr/gen" in r]
         assert (out / plan.name / f"step_{plan.steps:08d}").is_dir()  # finished inside the time
+        assert cfg.checkpoint_every == 2
+        if plan.steps >= 3:  # and one part way, at the last even step before the end
+            assert (out / plan.name / f"step_{2 * ((plan.steps - 1) // 2):08d}").is_dir()
         # Rates on a cosine over exactly these steps, from the base rate down to 5% of it: a
         # logged step s ran at the rate of step s - 1 of n (warm-up: 1 step).
         n, s = plan.steps, rows[-1]["step"]

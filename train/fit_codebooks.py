@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from codec.errors import CodecError
+from codec.kmeans import kmeans, nearest
 from codec.model import Codec
 from codec.weights import load as load_release
 from codec.weights import save_model
@@ -39,42 +40,14 @@ from .config import TrainConfig
 from .data import CropSampler
 from .prepare import check_rate, is_cache
 
-CHUNK = 16384  # rows per distance matrix: 16,384 x 1,024 floats = 64 MB
-
-
-def nearest(x: Tensor, centres: Tensor) -> Tensor:
-    """Index of the nearest row of ``centres`` ``[K, D]`` for each row of ``x`` ``[N, D]`` -> ``[N]``."""
-    norms = (centres * centres).sum(-1)
-    return torch.cat([torch.addmm(norms[None, :], x[i : i + CHUNK], centres.T, alpha=-2).argmin(-1)
-                      for i in range(0, x.shape[0], CHUNK)])
-
-
-def kmeans(x: Tensor, k: int, iters: int, generator: torch.Generator, min_fraction: float = 0.0) -> Tensor:
-    """Lloyd's k-means of the rows of ``x`` ``[N, D]`` into ``k`` centres ``[k, D]``, started
-    from ``k`` distinct random rows. An entry left without rows, or (but in the last quarter of
-    the iterations, which let the centres settle) with fewer than ``min_fraction`` of the mean
-    count, is moved to a random row: entries that only outliers choose are rarely used on
-    other audio (as the EMA quantizer re-seeds its dead entries while training)."""
-    if x.shape[0] < k:
-        raise CodecError(f"k-means of {k} entries needs at least {k} frames, got {x.shape[0]}")
-    centres = x[torch.randperm(x.shape[0], generator=generator)[:k]].clone()
-    settle = iters - max(1, iters // 4)
-    for it in range(iters):
-        assign = nearest(x, centres)
-        sums = torch.zeros_like(centres).index_add_(0, assign, x)
-        counts = torch.bincount(assign, minlength=k)
-        centres = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None].to(x), centres)
-        floor = min_fraction * x.shape[0] / k if it < settle else 0.0
-        weak = ((counts == 0) | (counts < floor)).nonzero()[:, 0]
-        if weak.numel():
-            centres[weak] = x[torch.randint(x.shape[0], (weak.numel(),), generator=generator)]
-    return centres
-
 
 def fit_rvq(frames: Tensor, n_q: int, size: int, iters: int, generator: torch.Generator, min_fraction: float = 0.0,
             log=print) -> Tensor:
-    """Codebooks ``[n_q, size, D]`` of a residual VQ of ``frames`` ``[N, D]``, level by level."""
-    residual = frames.clone()
+    """Codebooks ``[n_q, size, D]`` of a residual VQ of ``frames`` ``[N, D]``, level by level.
+    ``frames`` is overwritten by what the levels leave over."""
+    if frames.shape[0] < size:
+        raise CodecError(f"k-means of {size} entries needs at least {size} frames, got {frames.shape[0]}")
+    residual = frames
     books = []
     for level in range(n_q):
         t = time.monotonic()
@@ -99,7 +72,8 @@ def training_frames(model: Codec, sampler: CropSampler, crops: int) -> Tensor:
 
 
 def refit(model: Codec, frames: Tensor, iters: int, seed: int, min_fraction: float = 0.0, log=print) -> None:
-    """Replace ``model``'s codebooks by a k-means RVQ of ``frames`` (in place)."""
+    """Replace ``model``'s codebooks by a k-means RVQ of ``frames`` (in place; ``frames`` is
+    overwritten by the residual of the last level)."""
     q = model.quantizer
     books = fit_rvq(frames, q.n_q, q.codebook_size, iters, torch.Generator().manual_seed(seed), min_fraction, log)
     with torch.no_grad():

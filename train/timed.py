@@ -44,12 +44,15 @@ from train.prepare import ensure_cache
 class Pacing:
     """How a run's time is spent: ``probe_steps`` to measure its speed, ``startup_seconds``
     before a run's first step, ``margin`` of the steps that fit actually planned (runs slow
-    down when other work shares the machine), ``export_seconds`` kept back for the exports."""
+    down when other work shares the machine), ``export_seconds`` kept back for the exports,
+    ``checkpoint_every`` steps between a run's checkpoints (a checkpoint takes seconds; the
+    default keeps only the last, the recipe's ``keep_checkpoints`` says how many stay)."""
 
     probe_steps: int = 60
     startup_seconds: float = 25.0
     margin: float = 0.9
     export_seconds: float = 30.0
+    checkpoint_every: int = 10**9
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,8 @@ def _train_group(configs: list[Path], cache: Path, out: Path, deadline: float, i
         steps = int(speeds[name] * (left - pacing.startup_seconds) * pacing.margin)
         if steps < 1:
             raise DataError(f"no time left to train {name} ({left:.0f} s after the probes)")
-        recipe = derived_recipe(config, out / f"{name}.yaml", steps, max(1, min(100, steps // 10)), 10**9)
+        recipe = derived_recipe(config, out / f"{name}.yaml", steps, max(1, min(100, steps // 10)),
+                                pacing.checkpoint_every)
         plans.append(Plan(name, recipe, steps, speeds[name]))
         procs[name] = launch(recipe, cache, out / name, steps, init, device, left, out / f"{name}.log")
         say(f"[{clock():.0f} s] {name}: {speeds[name]:.2f} steps/s, {steps} steps")
@@ -207,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probe-steps", type=int, default=Pacing.probe_steps)
     ap.add_argument("--startup-seconds", type=float, default=Pacing.startup_seconds,
                     help="a run's start-up before its first step")
+    ap.add_argument("--checkpoint-every", type=int, default=Pacing.checkpoint_every,
+                    help="steps between checkpoints, to score a long run part way (default: the last only)")
     turns = ap.add_mutually_exclusive_group()
     turns.add_argument("--one-at-a-time", dest="one_at_a_time", action="store_true", default=None,
                        help="train the recipes in turn, each for an equal share of the time (default on a GPU)")
@@ -217,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         run_timed(a.config, a.data, a.out, a.seconds, a.init, a.device,
-                  Pacing(probe_steps=a.probe_steps, startup_seconds=a.startup_seconds),
+                  Pacing(probe_steps=a.probe_steps, startup_seconds=a.startup_seconds,
+                         checkpoint_every=a.checkpoint_every),
                   say=lambda m: print(m, file=sys.stderr, flush=True), one_at_a_time=a.one_at_a_time, chain=a.chain)
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
