@@ -24,7 +24,6 @@ app = typer.Typer(
 )
 
 
-
 @app.command()
 def compress(
     input: Annotated[Path, typer.Argument(help="Audio file (WAV, FLAC, OGG, MP3...), any rate and channels.")],
@@ -61,8 +60,6 @@ def decompress(
         out = decompress_file(input, output, model=model, force=force, quiet=quiet)
     if not quiet:
         typer.echo(f"{out}: written")
-
-
 
 
 @app.command()

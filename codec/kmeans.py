@@ -13,18 +13,21 @@ def nearest(x: Tensor, centres: Tensor, norms: Tensor | None = None) -> Tensor:
     """Index of the nearest row of ``centres`` ``[K, D]`` for each row of ``x`` ``[N, D]`` -> ``[N]``.
 
     ``norms``: the centres' squared norms ``[K]`` when the caller keeps them. Rows are searched
-    ``CHUNK`` at a time; each row's choice does not depend on the others (so a stream, which
-    searches a frame at a time, chooses as the whole file does)."""
+    ``CHUNK`` at a time (a distance matrix of an hour's frames would take gigabytes); in float64
+    each row's choice does not depend on the others, so an offline search of a whole file
+    chooses as a stream of single frames does."""
     if norms is None:
         norms = (centres * centres).sum(-1)
     # |x|^2 is the same for every entry, so |c|^2 - 2 x.c ranks them
-    return torch.cat([torch.addmm(norms[None, :], x[i : i + CHUNK], centres.T, alpha=-2).argmin(-1)
-                      for i in range(0, x.shape[0], CHUNK)])
+    if x.shape[0] <= CHUNK:  # (also no rows: an empty result)
+        return torch.addmm(norms[None, :], x, centres.T, alpha=-2).argmin(-1)
+    return torch.cat([torch.addmm(norms[None, :], rows, centres.T, alpha=-2).argmin(-1) for rows in x.split(CHUNK)])
 
 
 def kmeans(x: Tensor, k: int, iters: int, generator: torch.Generator | None = None,
            min_fraction: float = 0.0) -> Tensor:
-    """Lloyd's k-means of the rows of ``x`` ``[N, D]`` into ``k`` centres ``[k, D]``.
+    """Lloyd's k-means of the rows of ``x`` ``[N, D]`` (float32 or float64) into ``k`` centres
+    ``[k, D]``; ``generator`` (None: the global one) must be on ``x``'s device.
 
     The start is ``k`` distinct random rows (with fewer rows than ``k``: every row, then random
     rows again, moved apart by a little noise). An entry left without rows, or (but in the last

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
+from codec.kmeans import nearest
 from codec.weights import load, save_model
 from conftest import TINY, make_model
-from codec.kmeans import nearest
 from train.fit_codebooks import fit_rvq, main
 from train.prepare import build_cache
 from train_support import CONFIGS, write_corpus

@@ -59,3 +59,8 @@ def test_fewer_rows_than_entries_gives_every_row_an_entry():
         centres = kmeans(x, 8, iters=1, generator=torch.Generator().manual_seed(seed))
         assert centres.shape == (8, 3) and torch.isfinite(centres).all()
         assert torch.cdist(x, centres).min(1).values.max() < 1e-5, seed  # each row has an entry on it
+
+
+def test_nearest_of_no_rows_is_empty():
+    # (an encode of zero frames searches no rows)
+    assert nearest(torch.zeros(0, 4), torch.randn(8, 4)).shape == (0,)

@@ -9,8 +9,8 @@ import torch
 
 from codec import native
 from codec.frame import FramePlan
-from codec.native import NativePlan, compact, round_plan_weights, rvq_decode, rvq_search
 from codec.kmeans import nearest
+from codec.native import NativePlan, compact, round_plan_weights, rvq_decode, rvq_search
 from codec.seanet import ELU, ResidualUnit
 from codec.spectral import ChannelNorm, ConvNeXtBlock, FFTHead
 from codec.streaming import CausalConv1d, CausalConvTranspose1d, streaming

@@ -91,3 +91,19 @@ def test_chain_needs_one_at_a_time(tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "--one-at-a-time" in err[-1]
+
+
+def test_checkpoint_every_reaches_the_pacing_and_must_be_positive(tmp_path: Path, monkeypatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import train.timed
+
+    seen: list[Pacing] = []
+    monkeypatch.setattr(train.timed, "run_timed", lambda *a, **k: seen.append(a[6]) or [])
+    args = ["--config", str(CONFIGS / "tiny.yaml"), "--data", str(tmp_path), "--out", str(tmp_path / "t"),
+            "--seconds", "60", "--device", "cpu"]
+    assert main(args + ["--checkpoint-every", "250"]) == 0 and seen[-1].checkpoint_every == 250
+    assert main(args) == 0 and seen[-1].checkpoint_every == Pacing.checkpoint_every
+    for bad in ("0", "-5", "x"):
+        with pytest.raises(SystemExit) as stop:
+            main(args + ["--checkpoint-every", bad])
+        assert stop.value.code == 2 and "at least 1" in capsys.readouterr().err

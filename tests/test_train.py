@@ -393,6 +393,12 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     assert isinstance(phase_mel.loss.phase_terms, tuple)  # (a YAML list, made a tuple)
     assert phase_mel.loss.phase_terms[0] == 0 and min(phase_mel.loss.phase_terms[1:]) > 0
     assert dataclasses.replace(phase_mel.loss, phase=0.0, phase_terms=(1.0, 1.0, 1.0)) == refit.loss
+    # v15's decoder taught further: the same recipe, a heavier phase loss, a fixed cosine run
+    phase6 = configs["logmel24k-phase6"]
+    assert phase6.model == phase_mel.model and phase6.freeze_encoder and phase6.optim.lr == phase_mel.optim.lr
+    assert phase6.loss.phase > phase_mel.loss.phase and dataclasses.replace(phase6.loss, phase=phase_mel.loss.phase) == phase_mel.loss
+    assert phase6.optim.schedule == "cosine" and phase6.optim.decay_steps == phase6.max_steps
+    assert phase6.keep_checkpoints * phase6.checkpoint_every >= phase6.max_steps  # every checkpoint kept
 
 
 def test_a_recipe_changes_only_what_it_names_of_its_base(tmp_path):

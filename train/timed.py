@@ -45,8 +45,10 @@ class Pacing:
     """How a run's time is spent: ``probe_steps`` to measure its speed, ``startup_seconds``
     before a run's first step, ``margin`` of the steps that fit actually planned (runs slow
     down when other work shares the machine), ``export_seconds`` kept back for the exports,
-    ``checkpoint_every`` steps between a run's checkpoints (a checkpoint takes seconds; the
-    default keeps only the last, the recipe's ``keep_checkpoints`` says how many stay)."""
+    ``checkpoint_every`` steps between a run's checkpoints (the default writes only the last;
+    the recipe's ``keep_checkpoints`` says how many stay). The probes write none, so the time
+    that checkpoints take is not planned for: each takes seconds, a short interval costs a run
+    its last steps."""
 
     probe_steps: int = 60
     startup_seconds: float = 25.0
@@ -200,6 +202,12 @@ def _train_group(configs: list[Path], cache: Path, out: Path, deadline: float, i
     return plans
 
 
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of steps, at least 1 (got {text!r})")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, action="append", required=True, help="recipe (repeat to run several at once)")
@@ -211,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probe-steps", type=int, default=Pacing.probe_steps)
     ap.add_argument("--startup-seconds", type=float, default=Pacing.startup_seconds,
                     help="a run's start-up before its first step")
-    ap.add_argument("--checkpoint-every", type=int, default=Pacing.checkpoint_every,
+    ap.add_argument("--checkpoint-every", type=_positive, default=Pacing.checkpoint_every,
                     help="steps between checkpoints, to score a long run part way (default: the last only)")
     turns = ap.add_mutually_exclusive_group()
     turns.add_argument("--one-at-a-time", dest="one_at_a_time", action="store_true", default=None,
