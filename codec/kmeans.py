@@ -19,8 +19,7 @@ def nearest(x: Tensor, centres: Tensor, norms: Tensor | None = None) -> Tensor:
     if norms is None:
         norms = (centres * centres).sum(-1)
     # |x|^2 is the same for every entry, so |c|^2 - 2 x.c ranks them
-    if x.shape[0] <= CHUNK:  # (also no rows: an empty result)
-        return torch.addmm(norms[None, :], x, centres.T, alpha=-2).argmin(-1)
+    # (no rows split into one empty chunk: an empty result)
     return torch.cat([torch.addmm(norms[None, :], rows, centres.T, alpha=-2).argmin(-1) for rows in x.split(CHUNK)])
 
 

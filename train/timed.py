@@ -40,6 +40,9 @@ from train.config import TrainConfig
 from train.prepare import ensure_cache
 
 
+LAST_ONLY = 10**9  # a checkpoint interval no run reaches: only the run's last step is saved
+
+
 @dataclass(frozen=True)
 class Pacing:
     """How a run's time is spent: ``probe_steps`` to measure its speed, ``startup_seconds``
@@ -54,7 +57,7 @@ class Pacing:
     startup_seconds: float = 25.0
     margin: float = 0.9
     export_seconds: float = 30.0
-    checkpoint_every: int = 10**9
+    checkpoint_every: int = LAST_ONLY
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,7 @@ def _train_group(configs: list[Path], cache: Path, out: Path, deadline: float, i
     probe_steps = pacing.probe_steps
     probes = {}
     for config, name in zip(configs, names):
-        recipe = derived_recipe(config, out / f"probe-{name}.yaml", probe_steps, max(1, probe_steps // 3), 10**9)
+        recipe = derived_recipe(config, out / f"probe-{name}.yaml", probe_steps, max(1, probe_steps // 3), LAST_ONLY)
         probes[name] = launch(recipe, cache, out / f"probe-{name}", probe_steps, init, device,
                               deadline - clock(), out / f"probe-{name}.log")
     for proc in probes.values():
