@@ -39,11 +39,13 @@ from common import print_table, write_json
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from codec import load  # noqa: E402
 from codec.errors import CodecError  # noqa: E402
+from codec.kmeans import nearest  # noqa: E402
 from codec.logmel import LogMelEncoder  # noqa: E402
 from codec.metrics import score_clip  # noqa: E402
 from codec.spectral import SpectralDecoder  # noqa: E402
 from train.config import DataConfig  # noqa: E402
 from train.data import validation_clips  # noqa: E402
+from train.fit_codebooks import fit_rvq  # noqa: E402
 from train.losses import EnvelopeCorrelationLoss, MultiResolutionSTFTLoss, MultiScaleMelLoss  # noqa: E402
 
 N_MELS, BATCH, FRAMES = 80, 16, 72
@@ -126,28 +128,6 @@ def train(args: argparse.Namespace, kind: str) -> None:
             part.replace(args.out / f"{kind}.safetensors")
 
 
-def nearest(x: Tensor, book: Tensor) -> Tensor:
-    """Index of the entry of ``book [K, D]`` nearest each row of ``x [N, D]``: ``[N]``."""
-    return torch.cat([torch.cdist(part, book).argmin(1) for part in x.split(65536)])
-
-
-@torch.no_grad()
-def fit_rvq(frames: Tensor, levels: int, size: int = 1024, iters: int = 8) -> list[Tensor]:
-    """Residual k-means codebooks for ``frames [N, D]``: ``levels`` books ``[size, D]``."""
-    g = torch.Generator().manual_seed(0)
-    books, residual = [], frames.clone()
-    for _ in range(levels):
-        book = residual[torch.randperm(len(residual), generator=g)[:size]].clone()
-        for _ in range(iters):
-            idx = nearest(residual, book)
-            sums = torch.zeros_like(book).index_add_(0, idx, residual)
-            counts = torch.bincount(idx, minlength=size).float()[:, None]
-            book = torch.where(counts > 0, sums / counts.clamp(min=1), book)
-        residual -= book[nearest(residual, book)]
-        books.append(book)
-    return books
-
-
 def training_books(args: argparse.Namespace, features: LogMelEncoder, levels: int) -> list[Tensor]:
     """The log-mel RVQ's codebooks: fitted on 400 training crops once, then read from
     ``args.out / "rvq.safetensors"``, so that training and scoring use the same."""
@@ -159,7 +139,7 @@ def training_books(args: argparse.Namespace, features: LogMelEncoder, levels: in
     crops = torch.from_numpy(np.asarray(audio[:: max(1, audio.shape[0] // 400)], dtype=np.float32) / 32767)[:, None]
     with torch.no_grad():
         frames = torch.cat([features(part) for part in crops.split(50)]).transpose(1, 2).reshape(-1, N_MELS)
-    books = fit_rvq(frames, levels)
+    books = list(fit_rvq(frames, levels, 1024, 8, torch.Generator().manual_seed(0), log=lambda _: None))
     args.out.mkdir(parents=True, exist_ok=True)
     save_file({f"level{i}": b.contiguous() for i, b in enumerate(books)}, path)
     return books

@@ -114,7 +114,7 @@ class ResidualVectorQuantizer(nn.Module):
     def dim(self) -> int:
         return self.codebooks.shape[2]
 
-    def nearest(self, level: int, r: Tensor, exact: bool = True) -> Tensor:
+    def assign(self, level: int, r: Tensor, exact: bool = True) -> Tensor:
         """Index of the nearest entry of ``level`` for each row of ``r`` ``[N, D]`` -> ``[N]``.
 
         ``exact`` computes in float64, so that the choice does not depend on how many frames
@@ -169,7 +169,7 @@ class ResidualVectorQuantizer(nn.Module):
             # example active at level i was active at all levels before, so for it the two
             # residuals agree.
             mask = (active > i).to(flat.dtype)
-            idx = self.nearest(i, residual.detach(), exact=not self.training)
+            idx = self.assign(i, residual.detach(), exact=not self.training)
             entries = self.codebooks[i][idx]
             if i < deepest:  # the mean over the active frames (masked, so no sync for their count)
                 commit = commit + (((residual - entries) ** 2).sum(-1) * mask).sum() / (mask.sum().clamp(min=1) * d)
@@ -201,7 +201,7 @@ class ResidualVectorQuantizer(nn.Module):
             self.codebooks[i] = centres
             self.cluster_size[i] = 1.0
             self.embed_sum[i] = centres
-            residual -= centres[self.nearest(i, residual, exact=False)]
+            residual -= centres[self.assign(i, residual, exact=False)]
         self.initialized.fill_(True)
         if _distributed():
             for t in (self.codebooks, self.cluster_size, self.embed_sum):

@@ -165,9 +165,9 @@ def test_inactive_levels_still_learn_from_every_frame():
     z = torch.randn(2, 4, 64)
     rvq(z, torch.tensor([3, 3]))  # k-means initialisation
     flat = z.transpose(1, 2).reshape(-1, 4)
-    residual = flat - rvq.codebooks[0][rvq.nearest(0, flat, exact=False)]
-    residual = residual - rvq.codebooks[1][rvq.nearest(1, residual, exact=False)]
-    idx = rvq.nearest(2, residual, exact=False)
+    residual = flat - rvq.codebooks[0][rvq.assign(0, flat, exact=False)]
+    residual = residual - rvq.codebooks[1][rvq.assign(1, residual, exact=False)]
+    idx = rvq.assign(2, residual, exact=False)
     counts = torch.bincount(idx, minlength=8).float()
     before = rvq.cluster_size[2].clone()
     out = rvq(z, torch.tensor([1, 1]))  # only level 0 reaches the decoder
