@@ -3,14 +3,15 @@ speakers and tracks a run never trains on, so that trials can be compared (and a
 checkpoints followed) without touching the development set.
 
     python benchmarks/heldout.py ~/.cache/rvqcodec/corpus24k rvq24k runs/mine runs/mine/step_2000 \\
-        [--kbps 6] [--clips 24] [--per-group 1] [--seconds 6] [--postfilter S] [--json PATH]
+        [--kbps 6] [--clips 24] [--per-group 1] [--seconds 6] [--category speech] [--postfilter S] [--json PATH]
 
 A model is a built-in name, a ``.safetensors`` file, a run folder (its newest checkpoint)
 or one ``step_N`` checkpoint; checkpoints are scored as ``rvqcodec export`` would write them
 (EMA copy, int8 rows). Excerpts are the validation split's (``train.data.validation_clips``,
 round-robin over the categories, the middle of each file). Per category it prints the mean
 mel distance and SI-SDR, on speech wideband PESQ, STOI and ViSQOL (speech mode), and on
-music ViSQOL (audio mode) where ``visqol-python`` is installed. ``--postfilter`` scores
+music ViSQOL (audio mode) where ``visqol-python`` is installed; ``--category`` scores only
+that category's excerpts (the same ones it would score without it). ``--postfilter`` scores
 every model with that pitch-postfilter strength instead of its own. Writes JSON (default
 ``reports/heldout.json``, git-ignored).
 """
@@ -51,6 +52,11 @@ def load_any(spec: str, postfilter: float | None = None) -> Codec:
     return model.eval()
 
 
+def of_category(clips: list[ValidationClip], category: str | None) -> list[ValidationClip]:
+    """The excerpts of ``category`` (None: all), in their order."""
+    return [c for c in clips if category in (None, c.category)]
+
+
 def opus_round_trip(clip: ValidationClip, kbps: float, rate: int) -> np.ndarray:
     """``clip`` through Opus at ``kbps`` (codec/opus.py, as ``rvqcodec eval`` codes it)."""
     with tempfile.TemporaryDirectory() as work:
@@ -87,6 +93,8 @@ def main() -> None:
     p.add_argument("--clips", type=int, default=24, help="excerpts, round-robin over the categories")
     p.add_argument("--per-group", type=int, default=1, help="files per speaker / track (the split has few speakers)")
     p.add_argument("--seconds", type=float, default=6.0, help="length of each excerpt")
+    p.add_argument("--category", choices=("speech", "music", "general"), default=None,
+                   help="score only this category's excerpts (chosen as without it)")
     p.add_argument("--postfilter", type=float, default=None, help="pitch-postfilter strength for every model")
     p.add_argument("--json", type=Path, default=Path("reports/heldout.json"))
     args = p.parse_args()
@@ -96,7 +104,8 @@ def main() -> None:
     first_spec = next((m for m in args.models if m != "opus"), "rvq24k")  # also sets the rate for Opus
     first = load_any(first_spec, args.postfilter)
     data = dataclasses.replace(DataConfig(), val_clips=args.clips, val_seconds=args.seconds)
-    clips = validation_clips(args.cache.expanduser(), data, first.sample_rate, first.hop_length, args.per_group)
+    clips = of_category(validation_clips(args.cache.expanduser(), data, first.sample_rate, first.hop_length,
+                                         args.per_group), args.category)
     counts = {c: sum(k.category == c for k in clips) for c in sorted({k.category for k in clips})}
     print(f"{len(clips)} held-out excerpts of {args.seconds:g} s ({counts}), {args.kbps:g} kbps")
     results, rows = {}, []

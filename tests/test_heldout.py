@@ -1,5 +1,5 @@
-"""benchmarks/heldout.py's Opus row: a clip through Opus comes back aligned, at its length.
-Needs opus-tools, as tests/test_eval.py does."""
+"""benchmarks/heldout.py: its Opus row (a clip through Opus comes back aligned, at its length;
+needs opus-tools, as tests/test_eval.py does) and its choice of one category's excerpts."""
 
 import sys
 from pathlib import Path
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from heldout import opus_round_trip  # noqa: E402
+from heldout import of_category, opus_round_trip  # noqa: E402
 
 from train.data import ValidationClip  # noqa: E402
 
@@ -23,3 +23,12 @@ def test_a_clip_through_opus_comes_back_aligned_and_at_its_length():
     assert np.corrcoef(y[core], tone[core])[0, 1] > 0.95  # not shifted: a lag of 1/880 s would give -1
     shifted = np.roll(tone, 27)[core]
     assert np.corrcoef(y[core], shifted)[0, 1] < np.corrcoef(y[core], tone[core])[0, 1]
+
+
+def test_one_category_keeps_its_excerpts_in_their_order_and_none_keeps_all():
+    silence = np.zeros(10, np.float32)
+    clips = [ValidationClip(name, cat, silence) for name, cat in
+             [("a", "speech"), ("b", "music"), ("c", "speech"), ("d", "general"), ("e", "speech")]]
+    assert [c.name for c in of_category(clips, "speech")] == ["a", "c", "e"]
+    assert [c.name for c in of_category(clips, "music")] == ["b"]
+    assert of_category(clips, None) == clips
