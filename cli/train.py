@@ -29,7 +29,7 @@ def train(
     data: Annotated[Path, typer.Option("--data", help="Folder of audio (searched recursively), a manifest.tsv, or a prepared cache.")],
     out: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<config name>).")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop at this step (default: the config's max_steps).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's newest checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's newest checkpoint (a run folder that has checkpoints needs it).")] = False,
     init: Annotated[Optional[str], typer.Option("--init", help="Start from release weights: a built-in model name or a .safetensors file.")] = None,
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Folder for the decoded corpus (default <run folder>/cache); reused when present.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda when available).")] = None,

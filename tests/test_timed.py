@@ -107,3 +107,19 @@ def test_checkpoint_every_reaches_the_pacing_and_must_be_positive(tmp_path: Path
         with pytest.raises(SystemExit) as stop:
             main(args + ["--checkpoint-every", bad])
         assert stop.value.code == 2 and "at least 1" in capsys.readouterr().err
+
+
+def test_launch_starts_each_run_in_an_empty_folder(tmp_path: Path, monkeypatch) -> None:
+    """A run folder left by an earlier call with the same --out (checkpoints of other steps)
+    would be refused by ``python -m train`` without --resume: launch clears it first."""
+    import train.timed
+
+    run_dir = tmp_path / "a"
+    (run_dir / "step_00000500").mkdir(parents=True)
+    (run_dir / "step_00000500" / "state.json").write_text("{}")
+    seen: list[tuple[list[str], bool]] = []
+    monkeypatch.setattr(train.timed.subprocess, "Popen",
+                        lambda cmd, **kw: seen.append((cmd, any(run_dir.glob("step_*")))))
+    train.timed.launch(tmp_path / "a.yaml", tmp_path / "cache", run_dir, 10, None, "cpu", 60, tmp_path / "a.log")
+    [(cmd, had_checkpoints)] = seen
+    assert not had_checkpoints and str(run_dir) in cmd and "--resume" not in cmd

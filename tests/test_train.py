@@ -185,6 +185,30 @@ def test_resume_takes_the_learning_rates_of_the_new_config(cache, tmp_path):
         assert float(log["lr/disc"]) == pytest.approx(3 * cfg.optim.disc_lr * lr_factor(step - 1, cfg.optim))
 
 
+def test_resume_takes_the_betas_and_weight_decay_of_the_new_config_and_the_saved_moments(cache, tmp_path):
+    cfg = tiny_config(top={"checkpoint_every": 100})
+    first = run(cfg, cache, tmp_path, max_steps=2, progress=False)
+    saved = load_file(str(first.checkpoint / "tensors.safetensors"))
+    other = tiny_config(top={"checkpoint_every": 100}, optim={"betas": [0.5, 0.9], "weight_decay": 0.1})
+    trainer = Trainer(other, cache, tmp_path)
+    assert trainer.resume()
+    for group in trainer.opt_g.param_groups:
+        assert tuple(group["betas"]) == (0.5, 0.9) and group["weight_decay"] == 0.1
+    moments = [(k, v) for k, v in saved.items() if k.startswith("optim_generator.state.") and k.endswith(".exp_avg")]
+    assert moments
+    params = [p for group in trainer.opt_g.param_groups for p in group["params"]]
+    for key, value in moments:
+        torch.testing.assert_close(trainer.opt_g.state[params[int(key.split(".")[2])]]["exp_avg"], value, msg=key)
+
+
+def test_a_new_run_into_a_folder_with_checkpoints_is_refused(cache, tmp_path):
+    cfg = tiny_config(top={"checkpoint_every": 100})
+    run(cfg, cache, tmp_path, max_steps=2, progress=False)
+    with pytest.raises(CodecError, match="--resume"):
+        run(cfg, cache, tmp_path, max_steps=1, progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000002"]
+
+
 def test_resume_reads_the_discriminator_steps_of_older_checkpoints(cache, tmp_path):
     """Checkpoints written before the count was saved kept it in a scheduler's state."""
     cfg = tiny_config(loss={"adversarial_start_step": 1}, top={"checkpoint_every": 100}, optim={"warmup_steps": 8})

@@ -84,6 +84,22 @@ def test_train_warns_about_a_corrupt_file_then_export_and_compress(tmp_path):
     assert rvq.stat().st_size > 0
 
 
+def test_a_new_run_into_a_folder_with_checkpoints_is_one_line_and_leaves_them(tmp_path):
+    """Without --resume, a run there would start at step 0 and its checkpoints would be
+    pruned in favour of the older run's higher-numbered ones."""
+    data = write_corpus(tmp_path / "data", speech=2, music=1)
+    run_dir = tmp_path / "run"
+    args = ("train", "--config", TINY, "--data", data, "--out", run_dir, "--cache", tmp_path / "cache", "--quiet")
+    assert invoke(*args, "--max-steps", 2).exit_code == 0
+    written = (run_dir / "step_00000002" / "state.json").read_bytes()
+    assert_one_line_error(invoke(*args, "--max-steps", 1), "--resume", "step_00000002")
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step_00000002"]
+    assert (run_dir / "step_00000002" / "state.json").read_bytes() == written
+    r = invoke(*args, "--max-steps", 3, "--resume")
+    assert r.exit_code == 0, r.output
+    assert list_checkpoints(run_dir)[-1].name == "step_00000003"
+
+
 def test_two_gloo_processes_train_together(tmp_path):
     cache = tmp_path / "cache"  # prepared here: the test is about the processes, not decoding
     build_cache(write_corpus(tmp_path / "data", speech=3, music=2), cache, 8000, workers=1)

@@ -39,10 +39,12 @@ def _unflatten_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict,
     for key, value in meta[prefix]["plain"].items():
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = value
-    chosen = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in opt.param_groups]
-    opt.load_state_dict({"state": state, "param_groups": meta[prefix]["param_groups"]})
-    for group, flags in zip(opt.param_groups, chosen):
-        group.update(flags)  # how to run the update is this machine's choice, not the checkpoint's
+    # The settings are this run's: betas and weight decay from its config (a later phase may
+    # change them), fused or foreach as this machine chose. They go in before loading, since
+    # torch places the step counts by the groups it loads (on the GPU for a fused update).
+    groups = [{**saved, **{k: v for k, v in now.items() if k not in ("params", "param_names")}}
+              for saved, now in zip(meta[prefix]["param_groups"], opt.param_groups, strict=True)]
+    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 def save_checkpoint(

@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from codec.errors import CodecError
+
 from . import distributed
+from .checkpoint import list_checkpoints
 from .codes import ensure_code_cache, wait_for_code_cache
 from .config import TrainConfig
 from .data import validation_clips
@@ -62,9 +65,16 @@ def run(
     cfg: TrainConfig, cache: Path, run_dir: Path, max_steps: int | None = None, resume: bool = False, *,
     init: str | None = None, ctx: distributed.Context | None = None, progress: bool = True,
 ) -> RunResult:
-    """Train until step ``max_steps`` (default ``cfg.max_steps``), counted from the run's start."""
+    """Train until step ``max_steps`` (default ``cfg.max_steps``), counted from the run's start.
+
+    A run folder that holds checkpoints is continued only with ``resume``: a new run there
+    would lose its own checkpoints to the older, higher-numbered ones (only the newest are
+    kept), and exports and resumes would take the old run's."""
     ctx = ctx or distributed.Context()
     run_dir = Path(run_dir)
+    if not resume and (earlier := list_checkpoints(run_dir)):
+        raise CodecError(f"{run_dir} holds an earlier run (up to {earlier[-1].name}): "
+                         "continue it with --resume, or train into another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, cache, run_dir, ctx)
     resumed = resume and trainer.resume()

@@ -10,7 +10,8 @@ first runs ``probe_steps`` steps to measure its speed; then it trains again from
 for as many steps as its speed fits into its time, with ``decay_steps`` = that count, and
 is exported to ``out/<recipe>.safetensors``. The exact recipe of each run is written beside
 it (``out/<recipe>.yaml``: the input's recipe as ``base``, the measured step count on top),
-so the run can be repeated.
+so the run can be repeated. Run folders that an earlier call with the same ``--out`` left
+are replaced.
 
 On a GPU the recipes take turns, each for an equal share of the time (two processes on one
 GPU time-slice it: on an H200, two recipes side by side did 2.9 and 2.7 steps/s, one alone
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -49,9 +51,9 @@ class Pacing:
     before a run's first step, ``margin`` of the steps that fit actually planned (runs slow
     down when other work shares the machine), ``export_seconds`` kept back for the exports,
     ``checkpoint_every`` steps between a run's checkpoints (the default writes only the last;
-    the recipe's ``keep_checkpoints`` says how many stay). The probes write none, so the time
-    that checkpoints take is not planned for: each takes seconds, a short interval costs a run
-    its last steps."""
+    the recipe's ``keep_checkpoints`` says how many stay). A probe's speed leaves out checkpoints
+    (it writes only its last, after its steps), so the time that checkpoints take is not
+    planned for: each takes seconds, a short interval costs a run its last steps."""
 
     probe_steps: int = 60
     startup_seconds: float = 25.0
@@ -93,7 +95,10 @@ def derived_recipe(source: Path, dest: Path, steps: int, log_every: int, checkpo
 
 def launch(recipe: Path, cache: Path, run_dir: Path, steps: int, init: str | None, device: str | None,
            seconds: float, log: Path) -> subprocess.Popen:
-    """``python -m train`` in a child process, stopped by SIGTERM after ``seconds``."""
+    """``python -m train`` in a child process, stopped by SIGTERM after ``seconds``. ``run_dir``
+    is emptied first: a timed run starts afresh from ``init``, and a folder that an earlier
+    call with the same ``--out`` left would be refused."""
+    shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "train", "--config", str(recipe), "--data", str(cache), "--out", str(run_dir),
            "--max-steps", str(steps), "-q"]
     cmd += ["--init", init] if init else []
