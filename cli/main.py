@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -38,6 +39,8 @@ def compress(
     set_threads(threads)
     with user_errors():
         r = compress_file(input, output, kbps=kbps, model=model, force=force, quiet=quiet)
+    if r.damage:
+        print(f"warning: {r.damage}", file=sys.stderr)
     if not quiet:
         typer.echo(
             f"{r.output}: {r.seconds:.2f} s, {r.channels} ch, {r.bytes} bytes, "

@@ -38,7 +38,9 @@ RateOpt = Annotated[Optional[int], typer.Option(help="Sample rate of --raw input
 ChannelsOpt = Annotated[Optional[int], typer.Option(help="Channels of --raw input (interleaved).")]
 ChunkOpt = Annotated[float, typer.Option("--chunk-ms", help="Input read size in milliseconds.")]
 PacketOpt = Annotated[Optional[int], typer.Option(
-    "--packet-frames", help="Frames per packet (default: 20 ms worth, 2 frames at 75 Hz; 1 for the lowest latency).")]
+    "--packet-frames", help=(
+        "Frames per packet (default: 20 ms worth, 2 frames at 75 Hz, to - or tcp://; 1 for the lowest latency. "
+        "To a file: compress's packets, which keep it near its bitrate)."))]
 
 DecodeInput = Annotated[str, typer.Option("--input", "-i", help=(
     ".rvq file, - for stdin, or tcp://HOST:PORT to listen on for one encoder (port 0: any free port, printed)."))]
@@ -83,6 +85,8 @@ def encode(
         set_threads(threads)
         with stop_on_signals(StopFlag()) as stop:
             r = encode_live(input, output, model, kbps, fmt, chunk_ms / 1000, packet_frames, realtime, force, stop)
+    if r.damage:
+        _say(f"warning: {r.damage}; coded as far as it could be read")
     if not quiet:
         _say(f"encoded {r.seconds:.2f} s: {r.frames} frames in {r.packets} packets, {r.bytes} bytes, "
              f"{r.kbps:.2f} kbps sent")

@@ -41,6 +41,7 @@ class CompressResult:
     frames: int
     channels: int
     nominal_kbps: float  # codes only, all channels
+    damage: str | None = None  # why the input was coded only in part (None: it was read whole)
 
     @property
     def actual_kbps(self) -> float:
@@ -178,7 +179,11 @@ def compress_file(
     force: bool = False, quiet: bool = True, packet_frames: int | None = None,
 ) -> CompressResult:
     """Encode an audio file (any rate, any channel count) into a ``.rvq`` file, in packets of
-    ``packet_frames`` frames (default :func:`~codec.stream.file_packet_frames`)."""
+    ``packet_frames`` frames (default :func:`~codec.stream.file_packet_frames`).
+
+    A damaged input (one that ends before the length it declares, or that stops decoding part
+    way) is coded as far as it can be read, and the result's ``damage`` says so; one of which
+    nothing can be read is an :class:`AudioError`."""
     check_suffix(Path(output))
     codec = resolve_model(model)
     with open_audio(Path(input)) as src, atomic_output(Path(output), force, source=Path(input)) as tmp:
@@ -186,23 +191,28 @@ def compress_file(
         encoder = StreamEncoder(codec, rate, channels, kbps, packet_frames, num_samples=total)
         with open(tmp, "wb") as out, encoder, Progress(total, rate, quiet, "compress") as progress:
             out.write(encoder.header.encode())
-            block = max(1, int(rate * BLOCK_SECONDS))
+            block, damage = max(1, int(rate * BLOCK_SECONDS)), None
             try:
                 # read() until it returns nothing, not blocks(): blocks() counts down the length
                 # the file declares and pads a damaged file's missing end with stale samples.
                 while len(x := src.read(block, dtype="float32", always_2d=True)):
                     out.write(encoder.push(x))
                     progress.advance(len(x))
-            except sf.LibsndfileError as exc:
-                raise AudioError(f"cannot decode {input}: {exc}") from None
+            except sf.LibsndfileError as exc:  # a cut FLAC, say: "decoder lost sync"
+                if not encoder.samples:
+                    raise AudioError(f"cannot decode {input}: {exc}") from None
+                damage = f"cannot decode past {encoder.samples / rate:.2f} s ({exc})"
             if not encoder.samples:
                 raise AudioError(f"no audio could be read from {input}")
             out.write(encoder.finish())
             if encoder.samples != total:  # a damaged file ends before (or after) the length it declares
                 out.seek(0)
                 out.write(replace(encoder.header, num_samples=encoder.samples).encode())  # the same size
+            if encoder.samples < total and damage is None:
+                damage = f"ends at {encoder.samples / rate:.2f} s of the {total / rate:.2f} s it declares"
         size = tmp.stat().st_size
-    return CompressResult(Path(output), encoder.samples / rate, size, encoder.frames, channels, encoder.header.kbps)
+    return CompressResult(Path(output), encoder.samples / rate, size, encoder.frames, channels, encoder.header.kbps,
+                          None if damage is None else f"{input} is damaged: {damage}; coded as far as it could be read")
 
 
 class TrimmingWriter:

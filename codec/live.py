@@ -41,18 +41,32 @@ class AudioSource(Protocol):
     rate: int
     channels: int
 
+    damage: str | None  # set when the input stopped decoding part way (read() then ends it)
+
     def read(self) -> np.ndarray | None:
         """The next chunk ``[T, C]`` float32 (T may be 0 while waiting); None at the end."""
 
 
 class FileAudio:
-    """An audio file in any format soundfile reads, chunk by chunk."""
+    """An audio file in any format soundfile reads, chunk by chunk. A file that stops
+    decoding part way (a cut FLAC) ends there, with ``damage`` saying so; one that decodes
+    nothing is an :class:`AudioError`."""
 
     def __init__(self, f: sf.SoundFile, chunk: int) -> None:
         self.f, self.chunk, self.rate, self.channels = f, chunk, f.samplerate, f.channels
+        self.samples, self.damage = 0, None
 
     def read(self) -> np.ndarray | None:
-        x = self.f.read(self.chunk, dtype="float32", always_2d=True)
+        if self.damage:
+            return None
+        try:
+            x = self.f.read(self.chunk, dtype="float32", always_2d=True)
+        except sf.LibsndfileError as exc:
+            if not self.samples:
+                raise AudioError(f"cannot decode {self.f.name}: {exc}") from None
+            self.damage = f"{self.f.name} is damaged: cannot decode past {self.samples / self.rate:.2f} s ({exc})"
+            return None
+        self.samples += len(x)
         return x if len(x) else None
 
 
@@ -63,6 +77,7 @@ class PcmStream:
     def __init__(self, reader: ByteReader, fmt: PcmFormat, data_bytes: int | None, chunk: int) -> None:
         self.reader, self.fmt, self.left, self.chunk = reader, fmt, data_bytes, chunk
         self.rate, self.channels = fmt.rate, fmt.channels
+        self.damage = None  # a stream that stops early just ends
         self._rest = b""  # a sample frame cut between two reads
 
     def read(self) -> np.ndarray | None:
@@ -116,6 +131,7 @@ class EncodeReport:
     packets: int
     bytes: int  # header, packets and end record
     interrupted: bool
+    damage: str | None = None  # why the input ended early (a file that stopped decoding)
 
     @property
     def kbps(self) -> float:
@@ -129,7 +145,12 @@ def encode_live(
     realtime: bool = False, force: bool = False, stop: StopFlag | None = None,
 ) -> EncodeReport:
     """Encode ``input`` (file or ``-``) to ``output`` (file, ``-`` or ``tcp://HOST:PORT``) as it
-    is read. ``realtime`` paces the input at real time; ``stop`` ends the stream cleanly."""
+    is read. ``realtime`` paces the input at real time; ``stop`` ends the stream cleanly.
+
+    Packets hold ``packet_frames`` frames; by default 20 ms worth to stdout or TCP
+    (:func:`~codec.stream.live_packet_frames`), and to a file, which appears only once
+    complete, those of ``compress`` (:func:`~codec.stream.file_packet_frames`), whose framing
+    keeps the file near its bitrate."""
     stop = stop if stop is not None else StopFlag()
     codec = resolve_model(model)
     codec.n_q_for(kbps)  # refuse a bad bitrate before waiting for any input
@@ -137,12 +158,13 @@ def encode_live(
         raise CodecError(f"the read size (--chunk-ms) must be over 0 and at most {MAX_CHUNK_SECONDS * 1000:g} ms, got {chunk_seconds * 1000:g} ms")
     if packet_frames is not None and not 1 <= packet_frames < 2**16:
         raise CodecError(f"frames per packet must be 1..65535, got {packet_frames}")
-    if output != "-" and parse_address(output) is None:
+    to_file = output != "-" and parse_address(output) is None
+    if to_file:
         check_suffix(Path(output))
         check_output(Path(output), force, source=None if input == "-" else Path(input))
     sent = 0
     with open_audio_source(input, raw, chunk_seconds, stop) as source:
-        frames = live_packet_frames(codec.frame_rate) if packet_frames is None else packet_frames
+        frames = packet_frames if packet_frames is not None or to_file else live_packet_frames(codec.frame_rate)
         encoder = StreamEncoder(codec, source.rate, source.channels, kbps, frames)
         with open_byte_sink(output, force) as write, encoder:
             def send(data: bytes) -> None:
@@ -160,7 +182,7 @@ def encode_live(
             if not encoder.samples and not stop:
                 raise AudioError("no audio samples arrived on the input")
             send(encoder.finish())
-    return EncodeReport(encoder.samples / source.rate, encoder.frames, encoder.packets, sent, bool(stop))
+    return EncodeReport(encoder.samples / source.rate, encoder.frames, encoder.packets, sent, bool(stop), source.damage)
 
 
 class RawPcmWriter:

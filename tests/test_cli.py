@@ -274,10 +274,38 @@ def test_a_truncated_mp3_is_coded_as_far_as_it_reads(tmp_path, small_model_file)
     with sf.SoundFile(str(cut)) as f:
         declared, readable = f.frames, len(f.read(dtype="float32"))
     assert readable < declared - 24000  # the damage this test is about
-    assert invoke("compress", cut, rvq, "--model", small_model_file, "-q").exit_code == 0
+    r = invoke("compress", cut, rvq, "--model", small_model_file, "-q")
+    assert r.exit_code == 0 and "warning: " in r.stderr and "damaged" in r.stderr
     assert read_info(rvq).num_samples == readable
     assert invoke("decompress", rvq, out, "--model", small_model_file, "-q").exit_code == 0
     assert sf.info(str(out)).frames == readable
+
+
+def test_a_flac_that_stops_decoding_is_coded_up_to_there_with_a_warning(tmp_path, small_model_file):
+    """libsndfile raises part way through a cut FLAC ("decoder lost sync"), where a cut MP3
+    just ends: what was read before is coded, and the warning says the input is damaged."""
+    full, cut, rvq, out = tmp_path / "full.flac", tmp_path / "cut.flac", tmp_path / "cut.rvq", tmp_path / "cut.wav"
+    sf.write(str(full), tone(6.0, 24000)[0], 24000, format="FLAC")
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with sf.SoundFile(str(cut)) as f, pytest.raises(sf.LibsndfileError):
+        f.read(dtype="float32")  # the damage this test is about
+    r = invoke("compress", cut, rvq, "--model", small_model_file, "-q")
+    assert r.exit_code == 0, r.output
+    [line] = [line for line in r.stderr.splitlines() if line.strip()]
+    assert line.startswith("warning: ") and "damaged" in line and str(cut) in line
+    coded = read_info(rvq).num_samples
+    assert 0 < coded < 6 * 24000
+    assert invoke("decompress", rvq, out, "--model", small_model_file, "-q").exit_code == 0
+    assert sf.info(str(out)).frames == coded
+
+
+def test_a_flac_cut_before_any_audio_is_a_one_line_error(tmp_path, small_model_file):
+    full, cut = tmp_path / "full.flac", tmp_path / "cut.flac"
+    sf.write(str(full), tone(6.0, 24000)[0], 24000, format="FLAC")
+    cut.write_bytes(full.read_bytes()[:200])
+    r = invoke("compress", cut, tmp_path / "cut.rvq", "--model", small_model_file, "-q")
+    assert_user_error(r, tmp_path / "cut.rvq")
+    assert str(cut) in r.stderr
 
 
 def test_the_header_holds_the_samples_actually_read(tmp_path, stereo_wav, small_model_file, monkeypatch):
@@ -290,7 +318,7 @@ def test_the_header_holds_the_samples_actually_read(tmp_path, stereo_wav, small_
     rvq, out = tmp_path / "x.rvq", tmp_path / "y.wav"
     result = files.compress_file(stereo_wav, rvq, model=small_model_file)
     real = sf.info(str(stereo_wav)).frames
-    assert result.seconds == pytest.approx(real / 44100)
+    assert result.seconds == pytest.approx(real / 44100) and result.damage is None
     files.decompress_file(rvq, out, model=small_model_file)
     assert sf.info(str(out)).frames == real
     assert invoke("info", rvq).exit_code == 0  # consistent: no frame missing, none too many

@@ -123,6 +123,38 @@ def test_stream_file_decompresses_exactly_like_compress(tmp_path, stereo_wav, sm
         assert np.array_equal(pcm(tmp_path / "s.wav"), ref)
 
 
+def test_a_stream_to_a_file_gets_the_packets_of_compress_unless_told(tmp_path, stereo_wav, small_model_file):
+    """A file appears only once complete, so 20-ms packets would buy no latency, only framing
+    (8 bytes each, 2.4 kbps at 75 Hz); stdout keeps the live packets."""
+    def packet_frames(data: bytes) -> int:
+        return parse_header(data)[0].packet_frames
+
+    args = ("-i", stereo_wav, "--kbps", "1.5", "--model", small_model_file, "-q", "--force")
+    assert invoke("compress", stereo_wav, tmp_path / "c.rvq", "--kbps", "1.5", "--model", small_model_file, "-q").exit_code == 0
+    assert invoke("stream", "encode", *args, "-o", tmp_path / "s.rvq").exit_code == 0
+    filed = packet_frames((tmp_path / "c.rvq").read_bytes())
+    assert packet_frames((tmp_path / "s.rvq").read_bytes()) == filed > 2
+    r = invoke("stream", "encode", *args, "-o", "-")
+    assert r.exit_code == 0 and packet_frames(r.stdout_bytes) == 2  # 20 ms at the tiny model's 75 Hz
+    assert invoke("stream", "encode", *args, "-o", tmp_path / "p.rvq", "--packet-frames", 2).exit_code == 0
+    assert packet_frames((tmp_path / "p.rvq").read_bytes()) == 2
+    assert (tmp_path / "s.rvq").stat().st_size < (tmp_path / "p.rvq").stat().st_size
+
+
+def test_stream_encode_of_a_flac_that_stops_decoding_warns_and_codes_up_to_there(tmp_path, small_model_file):
+    full, cut = tmp_path / "full.flac", tmp_path / "cut.flac"
+    sf.write(str(full), tone(6.0, 24000).T, 24000, format="FLAC")
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    r = invoke("stream", "encode", "-i", cut, "-o", tmp_path / "s.rvq", "--model", small_model_file, "-q")
+    assert r.exit_code == 0, r.output
+    [line] = [line for line in r.stderr.splitlines() if line.strip()]
+    assert line.startswith("warning: ") and "damaged" in line and str(cut) in line
+    assert 0 < read_info(tmp_path / "s.rvq").num_samples < 6 * 24000
+    cut.write_bytes(full.read_bytes()[:200])  # nothing decodes: an error, no output
+    r = invoke("stream", "encode", "-i", cut, "-o", tmp_path / "t.rvq", "--model", small_model_file, "-q")
+    assert_user_error(r, str(cut), tmp_path / "t.rvq")
+
+
 def test_stream_decode_of_a_file_gives_its_samples_raw_or_as_wav_without_warnings(tmp_path, stereo_wav, small_model_file):
     """A file of known length has no end record, and that is no reason to warn; raw output
     holds the very samples the WAV output does (both are rounded by codec.pcm.to_pcm16)."""
