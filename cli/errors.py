@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
+import threading
 from typing import Iterator
 
 import typer
@@ -11,19 +13,50 @@ import typer
 from codec.errors import CodecError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C so that ``finally`` blocks (a temporary output's
+    removal) still run."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Exit 1 with ``error: ...`` for bad input, 130 on Ctrl-C."""
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`Terminated` while inside, where they would kill the
+    process (left ignored, as ``nohup`` leaves SIGHUP, they stay ignored)."""
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(s) == signal.SIG_DFL:
+                old[s] = signal.signal(s, _raise_terminated)
     try:
         yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Exit 1 with ``error: ...`` for bad input; 130 on Ctrl-C, 128 + the signal on SIGTERM
+    or SIGHUP (a temporary output is removed either way)."""
+    try:
+        with _terminate_as_interrupt():
+            yield
     except CodecError as exc:
         _fail(str(exc), 1)
     except (PermissionError, IsADirectoryError, FileNotFoundError) as exc:
         _fail(f"{exc.strerror}: {exc.filename}", 1)
     except OSError as exc:
         _fail(f"I/O error: {exc}", 1)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
+    except KeyboardInterrupt as exc:
+        _fail("interrupted", 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT))
 
 
 def _fail(message: str, code: int) -> None:

@@ -130,7 +130,7 @@ def decode(
     if s.lost_frames or s.damaged_packets:
         damaged = f" ({s.damaged_packets} damaged packets)" if s.damaged_packets else ""
         _say(f"warning: {s.lost_frames} frames ({r.lost_seconds * 1000:.0f} ms) were lost and concealed{damaged}")
-    if s.truncated:
+    if s.truncated and not (r.interrupted or r.timed_out):
         _say("warning: the stream stopped in the middle of a packet")
     elif r.unfinished and not r.interrupted:
         _say("warning: the stream ended without its end record (the encoder did not finish)")

@@ -242,13 +242,14 @@ class TrimmingWriter:
             self.out.write(to_pcm16(keep))
             self.written += len(keep)
 
-    def finish(self, channels: int, length: int | None = None) -> None:
-        """Write what is held back, cut or padded to ``length`` (if the length is now known)."""
+    def finish(self, channels: int, length: int | None = None, pad: bool = True) -> None:
+        """Write what is held back, cut to ``length`` (if the length is now known) and, with
+        ``pad``, padded to it (without: a stream stopped early ends where its audio does)."""
         if self.length is None:
             held, self.held, self.length, self.holdback = self.held, None, length, 0
             if held is not None:
                 self.write(held)
-        if self.length is not None and self.written < self.length:
+        if pad and self.length is not None and self.written < self.length:
             self.out.write(np.zeros((self.length - self.written, channels), np.int16))
             self.written = self.length
 

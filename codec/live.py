@@ -249,8 +249,12 @@ def decode_live(
             writer.write(first)
             while data := reader.read():
                 writer.write(decoder.push(data))
-            writer.write(decoder.finish())
-            writer.finish(decoder.header.channels, decoder.num_samples)
+            # Stopped on purpose (a signal) or stalled (--timeout): the audio ends where the
+            # frames do. Only a stream that ended by itself short of its length is concealed.
+            cut_short = bool(stop) or reader.timed_out
+            for block in decoder.finish_blocks(conceal=not cut_short):
+                writer.write(block)
+            writer.finish(decoder.header.channels, decoder.num_samples, pad=not cut_short)
     seconds = writer.written / decoder.header.original_rate
     unfinished = decoder.header.num_samples == UNKNOWN_LENGTH and not decoder.stats.ended
     return DecodeReport(seconds, decoder.stats, bool(stop), reader.timed_out, decoder.header.frame_rate, unfinished)

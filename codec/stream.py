@@ -16,6 +16,7 @@ import math
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import soxr
@@ -31,6 +32,7 @@ from .weights import builtin_for, fingerprint, load, reads
 
 LIVE_PACKET_SECONDS = 0.02
 FADE_SECONDS = 0.04
+CONCEAL_BLOCK_FRAMES = 75  # frames concealed (decoded) at a time at the end of a cut stream
 
 
 FILE_PACKET_SECONDS = 1.0
@@ -264,11 +266,18 @@ class StreamDecoder:
             data, self._buf = bytes(self._buf[parsed[1]:]), bytearray()
         return self._drop_lead(self._records(self._parser.feed(data)))
 
-    def finish(self) -> np.ndarray:
-        """End of input: decode what is left; frames missing from a known length are concealed."""
+    def finish(self, conceal: bool = True) -> np.ndarray:
+        """End of input: decode what is left -> audio ``[T, C]`` (all of :meth:`finish_blocks`)."""
+        return np.concatenate(list(self.finish_blocks(conceal)))
+
+    def finish_blocks(self, conceal: bool = True) -> Iterator[np.ndarray]:
+        """End of input: decode what is left, block by block. With ``conceal``, frames missing
+        from a known length (a cut file) are concealed, ``CONCEAL_BLOCK_FRAMES`` at a time so
+        that memory does not grow with what is missing; without it (the stream was stopped on
+        purpose) the audio ends where the frames do."""
         if self.header is None:
             raise BitstreamError("the stream ended before its .rvq header was complete")
-        out = [self._records(self._parser.close())]
+        yield self._drop_lead(self._records(self._parser.close()))
         self.stats.truncated = self._parser.truncated
         if self.strict and self.num_samples is None:
             raise BitstreamError("truncated .rvq stream: it has no end record")
@@ -276,12 +285,14 @@ class StreamDecoder:
             missing = expected_frames(self.header, self.num_samples) - self.stats.frames - self.stats.lost_frames
             if missing > 0 and self.strict:
                 raise BitstreamError(f"truncated .rvq file: {missing} frames are missing")
-            if missing > 0:
-                self.stats.lost_frames += missing
-                self._queue.append(self._conceal(missing))
-        out.append(self._decode(last=True))
-        out.append(self._resampler.resample_chunk(self._silence(), last=True))
-        return self._drop_lead(np.concatenate(out))
+            while conceal and missing > 0:
+                n = min(missing, CONCEAL_BLOCK_FRAMES)
+                self.stats.lost_frames += n
+                missing -= n
+                self._queue.append(self._conceal(n))
+                yield self._drop_lead(self._decode(last=False))
+        yield self._drop_lead(self._decode(last=True))
+        yield self._drop_lead(self._resampler.resample_chunk(self._silence(), last=True))
 
     def _drop_lead(self, audio: np.ndarray) -> np.ndarray:
         """``audio`` without what is left of the model's output delay at its start, so that the

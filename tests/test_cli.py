@@ -360,3 +360,45 @@ def test_flac_output_of_more_than_8_channels_is_refused_in_one_line(tmp_path, sm
     assert_user_error(r, out)
     assert "at most 8 channels" in r.stderr
     assert invoke("decompress", rvq, tmp_path / "nine.wav.wav", "--model", small_model_file, "-q").exit_code == 0
+
+
+SIGNAL_MID_WRITE = """
+import os, sys
+from pathlib import Path
+import typer
+from cli.errors import user_errors
+from codec.files import atomic_output
+signum, out = int(sys.argv[1]), Path(sys.argv[2])
+try:
+    with user_errors(), atomic_output(out, force=False) as tmp:
+        tmp.write_bytes(b"half a file")
+        os.kill(os.getpid(), signum)
+        sys.exit("the signal did not interrupt")
+except typer.Exit as stop:  # as the typer app turns it into the exit status
+    sys.exit(stop.exit_code)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_mid_write_removes_the_temporary_output(tmp_path, signum):
+    """Their default action kills the process before any ``finally``, which left a
+    ``.NAME.PID.part`` file behind; inside user_errors they end it as Ctrl-C does. (In a child
+    process: without the handler the signal would kill the test run.)"""
+    out = tmp_path / "x.rvq"
+    r = subprocess.run([sys.executable, "-c", SIGNAL_MID_WRITE, str(int(signum)), str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 128 + signum, (r.returncode, r.stderr)
+    assert r.stderr.strip() == "error: interrupted"
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_sighup_that_nohup_ignores_stays_ignored(tmp_path):
+    from cli.errors import user_errors
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with user_errors():
+            os.kill(os.getpid(), signal.SIGHUP)  # ignored: nothing happens
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)

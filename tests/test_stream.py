@@ -15,7 +15,9 @@ from codec import compress_file, decompress_file, read_info
 from codec.files import TrimmingWriter
 from codec.bitstream import BitstreamError, End, iter_packets, read_header
 from codec.pcm import PcmFormat, read_wav_header, to_pcm16
-from codec.stream import StreamDecoder, StreamEncoder, expected_frames, file_packet_frames, live_packet_frames
+from codec.stream import (
+    CONCEAL_BLOCK_FRAMES, StreamDecoder, StreamEncoder, expected_frames, file_packet_frames, live_packet_frames,
+)
 from conftest import SMALL, TINY, make_model, tone
 
 
@@ -197,6 +199,30 @@ def test_decoder_survives_any_damage(tiny_stream):
         assert np.isfinite(out).all() and np.abs(out).max() < 10
         if dec.stats.ended:  # frames missing from the known length are concealed too
             assert len(out) >= expected_frames(header, dec.num_samples) * 4
+
+
+def test_a_cut_file_of_known_length_is_concealed_block_by_block_or_not_at_all(tmp_path):
+    """A cut compress output (its header holds the length) is concealed up to that length in
+    blocks of CONCEAL_BLOCK_FRAMES, so that memory does not grow with what is missing; a
+    stream stopped on purpose is not concealed at all and ends where its frames do."""
+    model = make_model(TINY, 1)
+    wav, rvq = tmp_path / "in.wav", tmp_path / "x.rvq"
+    sf.write(str(wav), tone(0.5, 8000).T, 8000)  # 1,000 frames at hop 4
+    compress_file(wav, rvq, kbps=16, model=model, packet_frames=PF)
+    data = rvq.read_bytes()
+    header = read_header(io.BytesIO(data))
+    kept = data[: packet_offset(header, 15)]  # 15 packets of PF = 2 frames
+    for conceal in (True, False):
+        with StreamDecoder(model) as dec:
+            head = dec.push(kept)
+            blocks = list(dec.finish_blocks(conceal))
+        total = len(head) + sum(len(b) for b in blocks)
+        if conceal:
+            assert total == header.num_samples and dec.stats.lost_frames == expected_frames(header, 4000) - 30
+            assert max(len(b) for b in blocks) <= CONCEAL_BLOCK_FRAMES * 4 + 4  # hop 4, same rate
+            assert len(blocks) > (1000 - 30) // CONCEAL_BLOCK_FRAMES
+        else:
+            assert total <= 30 * 4 and dec.stats.lost_frames == 0
 
 
 def test_strict_decoding_refuses_a_stream_without_end_record(tmp_path, tiny_stream):

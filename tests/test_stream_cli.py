@@ -305,24 +305,43 @@ def test_connection_closed_mid_packet_ends_the_output_cleanly(tmp_path, tiny):
     assert sf.info(str(out)).frames == samples
 
 
-def test_ctrl_c_finalises_the_decoder_output(tmp_path, tiny, procs):
-    model, model_file, _ = tiny
-    data, samples = partial_stream(model, tmp_path)
-    out = tmp_path / "out.wav"
-    dec = spawn(procs, "decode", "-i", "tcp://127.0.0.1:0", "-o", out, "--model", model_file, stderr=subprocess.PIPE)
+def interrupt_decoder_after(procs, tmp_path: Path, model_file: Path, data: bytes, samples: int) -> str:
+    """``stream decode`` from TCP to ``out.wav``, sent ``data`` over a connection that stays
+    open; once ``samples`` (less the last frames) are in its temporary output, Ctrl-C. It must
+    exit 130; -> its stderr."""
+    dec = spawn(procs, "decode", "-i", "tcp://127.0.0.1:0", "-o", tmp_path / "out.wav", "--model", model_file,
+                stderr=subprocess.PIPE)
     deadline = time.monotonic() + LIMIT
     address = read_until(dec.stderr.fileno(), lambda d: b"\n" in d, deadline).decode().split()[2]
     host, port = address[len("tcp://"):].rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=LIMIT) as sock:
         sock.sendall(data)  # and the connection stays open: the decoder waits for more
-        # Wait until the decoder has written the 7 packets to its (temporary) output file.
         while sum(p.stat().st_size for p in tmp_path.glob(".out.wav.*")) < 44 + 2 * (samples - 16):
             assert time.monotonic() < deadline and dec.poll() is None
             time.sleep(0.02)
         dec.send_signal(signal.SIGINT)
         assert dec.wait(LIMIT) == 130
-    assert "interrupted: output finalised" in dec.stderr.read().decode()
-    assert sf.info(str(out)).frames == samples
+    return dec.stderr.read().decode()
+
+
+def test_ctrl_c_finalises_the_decoder_output(tmp_path, tiny, procs):
+    model, model_file, _ = tiny
+    data, samples = partial_stream(model, tmp_path)  # 7 packets and a part
+    assert "interrupted: output finalised" in interrupt_decoder_after(procs, tmp_path, model_file, data, samples)
+    assert sf.info(str(tmp_path / "out.wav")).frames == samples
+
+
+def test_ctrl_c_on_a_file_of_known_length_ends_the_output_where_its_audio_does(tmp_path, tiny, procs):
+    """A compress output holds its length; stopped part way, the decoder must not conceal (and
+    decode) all the rest of that length, nor report it as lost."""
+    model, model_file, wav = tiny  # 0.5 s: 1,000 frames at hop 4
+    rvq = tmp_path / "known.rvq"
+    compress_file(wav, rvq, kbps=16, model=model, packet_frames=10)
+    data = rvq.read_bytes()
+    header, packet = layout(data, 10)
+    stderr = interrupt_decoder_after(procs, tmp_path, model_file, data[: header + 7 * packet], 7 * 10 * 4)
+    assert "interrupted: output finalised" in stderr and "warning" not in stderr, stderr
+    assert sf.info(str(tmp_path / "out.wav")).frames == 7 * 10 * 4
 
 
 def test_damaged_stream_is_concealed_and_reported(tmp_path, tiny):
