@@ -423,6 +423,11 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     assert phase6.loss.phase > phase_mel.loss.phase and dataclasses.replace(phase6.loss, phase=phase_mel.loss.phase) == phase_mel.loss
     assert phase6.optim.schedule == "cosine" and phase6.optim.decay_steps == phase6.max_steps
     assert phase6.keep_checkpoints * phase6.checkpoint_every >= phase6.max_steps  # every checkpoint kept
+    # and v16's further still: the same losses and codebooks, a new cosine from a lower peak
+    cont = configs["logmel24k-phase6-cont"]
+    assert cont.model == phase6.model and cont.freeze_encoder and cont.loss == phase6.loss
+    assert cont.optim.lr < phase6.optim.lr and cont.optim.decay_steps == cont.max_steps
+    assert cont.keep_checkpoints * cont.checkpoint_every >= cont.max_steps
 
 
 def test_a_recipe_changes_only_what_it_names_of_its_base(tmp_path):
