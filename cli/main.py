@@ -40,7 +40,7 @@ def compress(
     with user_errors():
         r = compress_file(input, output, kbps=kbps, model=model, force=force, quiet=quiet)
     if r.damage:
-        print(f"warning: {r.damage}", file=sys.stderr)
+        print(f"warning: {r.damage}; coded as far as it could be read", file=sys.stderr)
     if not quiet:
         typer.echo(
             f"{r.output}: {r.seconds:.2f} s, {r.channels} ch, {r.bytes} bytes, "

@@ -208,11 +208,12 @@ def compress_file(
             if encoder.samples != total:  # a damaged file ends before (or after) the length it declares
                 out.seek(0)
                 out.write(replace(encoder.header, num_samples=encoder.samples).encode())  # the same size
-            if encoder.samples < total and damage is None:
+            # (a length some formats only estimate, MP3 without a Xing header, may be a little off)
+            if encoder.samples < total - max(rate // 10, total // 100) and damage is None:
                 damage = f"ends at {encoder.samples / rate:.2f} s of the {total / rate:.2f} s it declares"
         size = tmp.stat().st_size
     return CompressResult(Path(output), encoder.samples / rate, size, encoder.frames, channels, encoder.header.kbps,
-                          None if damage is None else f"{input} is damaged: {damage}; coded as far as it could be read")
+                          None if damage is None else f"{input} is damaged: {damage}")
 
 
 class TrimmingWriter:

@@ -274,7 +274,7 @@ class StreamDecoder:
         """End of input: decode what is left, block by block. With ``conceal``, frames missing
         from a known length (a cut file) are concealed, ``CONCEAL_BLOCK_FRAMES`` at a time so
         that memory does not grow with what is missing; without it (the stream was stopped on
-        purpose) the audio ends where the frames do."""
+        purpose) the audio ends where the frames do. Iterate it once, to its end."""
         if self.header is None:
             raise BitstreamError("the stream ended before its .rvq header was complete")
         yield self._drop_lead(self._records(self._parser.close()))

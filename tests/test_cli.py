@@ -400,5 +400,7 @@ def test_a_sighup_that_nohup_ignores_stays_ignored(tmp_path):
         with user_errors():
             os.kill(os.getpid(), signal.SIGHUP)  # ignored: nothing happens
             assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN  # and restored as it was
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     finally:
         signal.signal(signal.SIGHUP, before)

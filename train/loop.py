@@ -26,6 +26,13 @@ from .validate import validate
 PROGRESS_KEYS = ("total", "rec/mel", "speed/steps_per_s")
 
 
+def refuse_earlier_run(run_dir: Path, resume: bool) -> None:
+    """A run folder that holds checkpoints is continued only with ``resume`` (see :func:`run`)."""
+    if not resume and (earlier := list_checkpoints(run_dir)):
+        raise CodecError(f"{run_dir} holds an earlier run (up to {earlier[-1].name}): "
+                         "continue it with --resume, or train into another --out")
+
+
 @dataclass(frozen=True)
 class RunResult:
     run_dir: Path
@@ -47,6 +54,7 @@ def train(
     config = Path(config)
     cfg = TrainConfig.from_yaml(config)
     run_dir = Path(out) if out is not None else Path("runs") / config.stem
+    refuse_earlier_run(run_dir, resume)  # before the corpus is decoded, not after
     ctx = distributed.setup(device)
     finished = False
     try:
@@ -72,9 +80,7 @@ def run(
     kept), and exports and resumes would take the old run's."""
     ctx = ctx or distributed.Context()
     run_dir = Path(run_dir)
-    if not resume and (earlier := list_checkpoints(run_dir)):
-        raise CodecError(f"{run_dir} holds an earlier run (up to {earlier[-1].name}): "
-                         "continue it with --resume, or train into another --out")
+    refuse_earlier_run(run_dir, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, cache, run_dir, ctx)
     resumed = resume and trainer.resume()
