@@ -31,15 +31,15 @@ class RegisteredModel:
 
 
 REGISTRY: dict[str, RegisteredModel] = {
-    "rvq24k-v16": RegisteredModel(
-        "rvq24k-v16.safetensors",
-        "66c48ed5f496622fe1bf513f88f71f53ea1518a4c8ebd7d7b45343d611e56afc",
+    "rvq24k-v17": RegisteredModel(
+        "rvq24k-v17.safetensors",
+        "432940042ec9f5aef9e4215c36fd00253edf9294790d73f5952859d1d3587eba",
         "24 kHz mono, 1.5-24 kbps (interim): the log-mel codec, each frame's 80-band log-mel "
         "spectrum coded by a 32-level RVQ whose codebooks were fitted by k-means (v14's, so v14's "
-        "and v15's files decode with it); v14's spectral decoder trained 6,575 steps (v15), then "
-        "5,912 more, on two CPU threads with a phase loss on the group delay and the phase advance "
-        "from frame to frame; pitch postfilter 0.75; output lined up with the input (4 ms of "
-        "decoder delay dropped)",
+        "to v16's files decode with it); v14's spectral decoder trained 6,575 steps (v15), 5,912 "
+        "more (v16), then 4,000 more, on two CPU threads with a phase loss on the group delay and "
+        "the phase advance from frame to frame; pitch postfilter 0.75; output lined up with the "
+        "input (4 ms of decoder delay dropped)",
     ),
     "rvq24k-v13": RegisteredModel(
         "rvq24k-v13.safetensors",
@@ -59,21 +59,22 @@ REGISTRY: dict[str, RegisteredModel] = {
 }
 # Earlier releases whose files later models still decode: the weights hash their .rvq headers
 # carry -> the codes_fingerprint() of their encoder and codebooks. rvq24k-v7 and v8 (the same
-# weights) and v9 -> v8's encoder and codebooks, which v9 and v10 kept (v11 to v16 code the
+# weights) and v9 -> v8's encoder and codebooks, which v9 and v10 kept (v11 to v17 code the
 # log-mel spectrum instead: new codes, so those files decode with v10, which stays built in).
 # v11 to v14's codebooks each moved on from the last one's (v14's were fitted afresh), so their
 # files need their own weights: v13 stays built in for its files; v11's and v12's are in git
-# history (docs/model_card.md). v15 and v16 kept v14's codebooks: v14's and v15's files decode
-# with v16.
+# history (docs/model_card.md). v15 to v17 kept v14's codebooks: v14's to v16's files decode
+# with v17.
 EARLIER_CODES = {
     "e9271f8063f42148": "4b8cbd2b84f5762b84d89b51e0e8084cdf043d4517e64268ceb0c239ac68708b",  # v7, v8
     "07f2c20aee4c4948": "4b8cbd2b84f5762b84d89b51e0e8084cdf043d4517e64268ceb0c239ac68708b",  # v9
     "c60942651884af94": "b61d7523a9c96b4b35170f1019bdb9a3628fec95580aac8b021f3f624f5efcd3",  # v14
     "ffc9ae14d9a6bed2": "b61d7523a9c96b4b35170f1019bdb9a3628fec95580aac8b021f3f624f5efcd3",  # v15
+    "7f84d3d8f2c7d43a": "b61d7523a9c96b4b35170f1019bdb9a3628fec95580aac8b021f3f624f5efcd3",  # v16
 }
 # EMA statistics of the codebooks: needed to continue training, not to run the model.
 TRAINING_ONLY = {f"quantizer.{name}" for name in ResidualVectorQuantizer.TRAINING_BUFFERS}
-DEFAULT_MODEL = "rvq24k-v16"
+DEFAULT_MODEL = "rvq24k-v17"
 ALIASES = {"rvq24k": DEFAULT_MODEL, "default": DEFAULT_MODEL}
 
 

@@ -59,7 +59,7 @@ def test_default_model_codes_real_speech(tmp_path):
 
 @pytest.mark.parametrize("release, weights_hash", [("rvq24k-v8", "e9271f8063f42148"), ("rvq24k-v9", "07f2c20aee4c4948")])
 def test_files_of_earlier_releases_decode_with_the_built_in_v10(tmp_path, release, weights_hash):
-    """rvq24k-v9 and v10 kept v8's encoder and codebooks (v8 was v7's weights); v11 to v16 (the
+    """rvq24k-v9 and v10 kept v8's encoder and codebooks (v8 was v7's weights); v11 to v17 (the
     default) code the log-mel spectrum instead. A file whose header names v8 or v9 and its
     weights decodes without --model, to what the built-in v10 makes of the same codes; a
     model with another encoder refuses it in one line."""
@@ -84,20 +84,22 @@ def test_files_of_earlier_releases_decode_with_the_built_in_v10(tmp_path, releas
     assert not (tmp_path / "x.wav").exists()
 
 
-@pytest.mark.parametrize("release, weights_hash", [("rvq24k-v14", "c60942651884af94"), ("rvq24k-v15", "ffc9ae14d9a6bed2")])
-def test_files_of_v14_and_v15_decode_with_the_default_v16(tmp_path, release, weights_hash):
-    """v15 and v16 are v14's codebooks with a decoder trained further, and v14 and v15 left the
+@pytest.mark.parametrize("release, weights_hash", [
+    ("rvq24k-v14", "c60942651884af94"), ("rvq24k-v15", "ffc9ae14d9a6bed2"), ("rvq24k-v16", "7f84d3d8f2c7d43a"),
+])
+def test_files_of_v14_to_v16_decode_with_the_default_v17(tmp_path, release, weights_hash):
+    """v15 to v17 are v14's codebooks with a decoder trained further, and v14 to v16 left the
     package: a file whose header names one of them and its weights (the first 8 bytes of its
-    fingerprint) decodes without --model, to what v16 makes of the same codes; v13, whose
+    fingerprint) decodes without --model, to what v17 makes of the same codes; v13, whose
     codebooks differ, refuses it in one line."""
-    v16 = load()
-    assert release not in REGISTRY and v16.cfg.name == "rvq24k-v16"
-    assert EARLIER_CODES[weights_hash] == codes_fingerprint(v16).hex() != codes_fingerprint(load("rvq24k-v13")).hex()
-    assert fingerprint(v16)[:8].hex() != weights_hash
+    v17 = load()
+    assert release not in REGISTRY and v17.cfg.name == "rvq24k-v17"
+    assert EARLIER_CODES[weights_hash] == codes_fingerprint(v17).hex() != codes_fingerprint(load("rvq24k-v13")).hex()
+    assert fingerprint(v17)[:8].hex() != weights_hash
     compress_file(SAMPLES / "speech_librispeech_60.flac", tmp_path / "new.rvq", kbps=6)
     data = (tmp_path / "new.rvq").read_bytes()
     header, size = parse_header(data)
-    assert header.model_id == "rvq24k-v16"
+    assert header.model_id == "rvq24k-v17"
     old = dataclasses.replace(header, model_id=release, weights_hash=bytes.fromhex(weights_hash)).encode()
     (tmp_path / "old.rvq").write_bytes(old + data[size:])
     decompress_file(tmp_path / "new.rvq", tmp_path / "new.wav")
@@ -109,9 +111,9 @@ def test_files_of_v14_and_v15_decode_with_the_default_v16(tmp_path, release, wei
 
 
 def test_files_of_v13_decode_with_the_built_in_v13(tmp_path):
-    """v14 to v16 have v13's architecture, but codebooks fitted afresh, so the same codes mean
+    """v14 to v17 have v13's architecture, but codebooks fitted afresh, so the same codes mean
     other spectra. A v13 file decodes without --model with the built-in v13, and the default
-    (v16) refuses it, naming v13."""
+    (v17) refuses it, naming v13."""
     v13, default = load("rvq24k-v13"), load()
     assert default.cfg.name != "rvq24k-v13" and default.cfg.same_architecture(v13.cfg)
     assert codes_fingerprint(v13) != codes_fingerprint(default)
