@@ -123,3 +123,15 @@ def test_launch_starts_each_run_in_an_empty_folder(tmp_path: Path, monkeypatch) 
     train.timed.launch(tmp_path / "a.yaml", tmp_path / "cache", run_dir, 10, None, "cpu", 60, tmp_path / "a.log")
     [(cmd, had_checkpoints)] = seen
     assert not had_checkpoints and str(run_dir) in cmd and "--resume" not in cmd
+
+
+@pytest.mark.parametrize("stem", ["cache", "probe-a"])
+def test_a_recipe_named_as_a_folder_timed_keeps_is_refused(tmp_path: Path, stem: str) -> None:
+    """``out/cache`` holds the prepared corpus and ``out/probe-*`` the probes: a run folder of
+    that name would be emptied by launch (or empty theirs)."""
+    from codec.listing import DataError
+
+    recipe = cosine_recipe(tmp_path / f"{stem}.yaml", 1e-3)
+    with pytest.raises(DataError, match=f"{stem}.yaml"):
+        run_timed([recipe], tmp_path / "corpus", tmp_path / "t", seconds=60, device="cpu", say=lambda m: None)
+    assert not (tmp_path / "t").exists()  # refused before anything was made

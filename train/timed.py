@@ -133,6 +133,8 @@ def run_timed(configs: list[Path], data: Path, out: Path, seconds: float, init: 
     names = [c.stem for c in configs]
     if len(set(names)) != len(names):
         raise DataError("two recipes share a file name: their runs would share a folder")
+    if clash := [n for n in names if n == "cache" or n.startswith("probe-")]:
+        raise DataError(f"a recipe named {clash[0]}.yaml would train in a folder train.timed keeps for itself: rename it")
     if one_at_a_time is None:
         one_at_a_time = _on_gpu(device)
     if chain and not one_at_a_time:
