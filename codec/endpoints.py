@@ -50,9 +50,16 @@ class StopFlag:
             time.sleep(min(left, POLL_SECONDS))
 
 
+def ending_signals() -> tuple[int, ...]:
+    """The signals that ask a run to end: SIGINT, SIGTERM and SIGHUP (a closed terminal), but
+    not SIGHUP where it is ignored (``nohup``)."""
+    hangup = () if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else (signal.SIGHUP,)
+    return (signal.SIGINT, signal.SIGTERM, *hangup)
+
+
 @contextlib.contextmanager
 def stop_on_signals(stop: StopFlag) -> Iterator[StopFlag]:
-    """The first SIGINT or SIGTERM sets ``stop`` (finish cleanly); a second one interrupts."""
+    """The first of :func:`ending_signals` sets ``stop`` (finish cleanly); a second one interrupts."""
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
@@ -62,7 +69,7 @@ def stop_on_signals(stop: StopFlag) -> Iterator[StopFlag]:
             raise KeyboardInterrupt
         stop.set(signum)
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, handler) for s in ending_signals()}
     try:
         yield stop
     finally:

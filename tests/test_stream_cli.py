@@ -443,3 +443,24 @@ def test_a_delayed_decoder_still_decodes_the_last_samples(tmp_path, small_model)
     assert len(plain) == len(aligned) == 50 * small_model.hop_length
     assert np.array_equal(aligned[: len(plain) - delay], plain[delay:])  # the same codes up to the end
     assert np.abs(aligned[-delay:].astype(np.int32)).max() > 100  # audio, not padding
+
+
+HANGUP = """
+import os, signal, sys
+from codec.endpoints import StopFlag, ending_signals, stop_on_signals
+from train.loop import stop_signals
+with stop_on_signals(StopFlag()) as flag:
+    os.kill(os.getpid(), signal.SIGHUP)
+with stop_signals() as event:
+    os.kill(os.getpid(), signal.SIGHUP)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+sys.exit(0 if flag.signal == signal.SIGHUP and event.is_set() and signal.SIGHUP not in ending_signals() else 3)
+"""
+
+
+def test_a_hangup_ends_a_stream_or_a_training_run_as_sigterm_does():
+    """A closed terminal (SIGHUP) finalises the stream / checkpoints the run instead of killing
+    the process; under nohup it stays ignored. (In a child: an unhandled SIGHUP would end the
+    test run.)"""
+    r = subprocess.run([sys.executable, "-c", HANGUP], capture_output=True, text=True, timeout=LIMIT, env=ENV)
+    assert r.returncode == 0, (r.returncode, r.stderr)

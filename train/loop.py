@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from codec.endpoints import ending_signals
 from codec.errors import CodecError
 
 from . import distributed
@@ -131,13 +132,14 @@ def run(
 
 @contextlib.contextmanager
 def stop_signals() -> Iterator[threading.Event]:
-    """SIGINT / SIGTERM set the yielded event (the loop then checkpoints and stops); a
-    second signal acts as usual, so an impatient Ctrl-C still ends the process."""
+    """SIGINT, SIGTERM or SIGHUP (:func:`~codec.endpoints.ending_signals`) set the yielded
+    event (the loop then checkpoints and stops); a second signal acts as usual, so an
+    impatient Ctrl-C still ends the process."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop  # signals can only be caught in the main thread
         return
-    sigs = (signal.SIGINT, signal.SIGTERM)
+    sigs = ending_signals()
     previous = {s: signal.getsignal(s) for s in sigs}
 
     def handler(signum: int, frame: object) -> None:
