@@ -10,6 +10,7 @@ from typing import Iterator
 
 import typer
 
+from codec.endpoints import ending_signals
 from codec.errors import CodecError
 
 
@@ -28,12 +29,13 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise :class:`Terminated` while inside, where they would kill the
-    process (left ignored, as ``nohup`` leaves SIGHUP, they stay ignored)."""
+    """SIGTERM and SIGHUP (:func:`~codec.endpoints.ending_signals` but Ctrl-C, which raises
+    already) raise :class:`Terminated` while inside, where they would kill the process; one
+    left ignored (``nohup``) or handled stays so."""
     old = {}
     if threading.current_thread() is threading.main_thread():
-        for s in (signal.SIGTERM, signal.SIGHUP):
-            if signal.getsignal(s) == signal.SIG_DFL:
+        for s in ending_signals():
+            if s != signal.SIGINT and signal.getsignal(s) == signal.SIG_DFL:
                 old[s] = signal.signal(s, _raise_terminated)
     try:
         yield

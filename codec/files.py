@@ -174,6 +174,29 @@ class Progress:
         self.bar.close()
 
 
+class FileAudio:
+    """An audio file in any format soundfile reads, chunk by chunk. A file that stops
+    decoding part way (a cut FLAC) ends there, with ``damage`` saying so; one that decodes
+    nothing is an :class:`AudioError`."""
+
+    def __init__(self, f: sf.SoundFile, chunk: int) -> None:
+        self.f, self.chunk, self.rate, self.channels = f, chunk, f.samplerate, f.channels
+        self.samples, self.damage = 0, None
+
+    def read(self) -> np.ndarray | None:
+        if self.damage:
+            return None
+        try:
+            x = self.f.read(self.chunk, dtype="float32", always_2d=True)
+        except sf.LibsndfileError as exc:
+            if not self.samples:
+                raise AudioError(f"cannot decode {self.f.name}: {exc}") from None
+            self.damage = f"{self.f.name} is damaged: cannot decode past {self.samples / self.rate:.2f} s ({exc})"
+            return None
+        self.samples += len(x)
+        return x if len(x) else None
+
+
 def compress_file(
     input: Path, output: Path, kbps: float = 6.0, model: Codec | str | Path | None = None,
     force: bool = False, quiet: bool = True, packet_frames: int | None = None,
@@ -191,17 +214,13 @@ def compress_file(
         encoder = StreamEncoder(codec, rate, channels, kbps, packet_frames, num_samples=total)
         with open(tmp, "wb") as out, encoder, Progress(total, rate, quiet, "compress") as progress:
             out.write(encoder.header.encode())
-            block, damage = max(1, int(rate * BLOCK_SECONDS)), None
-            try:
-                # read() until it returns nothing, not blocks(): blocks() counts down the length
-                # the file declares and pads a damaged file's missing end with stale samples.
-                while len(x := src.read(block, dtype="float32", always_2d=True)):
-                    out.write(encoder.push(x))
-                    progress.advance(len(x))
-            except sf.LibsndfileError as exc:  # a cut FLAC, say: "decoder lost sync"
-                if not encoder.samples:
-                    raise AudioError(f"cannot decode {input}: {exc}") from None
-                damage = f"cannot decode past {encoder.samples / rate:.2f} s ({exc})"
+            # read() until it returns nothing, not blocks(): blocks() counts down the length the
+            # file declares and pads a damaged file's missing end with stale samples.
+            audio = FileAudio(src, max(1, int(rate * BLOCK_SECONDS)))
+            while (x := audio.read()) is not None:
+                out.write(encoder.push(x))
+                progress.advance(len(x))
+            damage = audio.damage
             if not encoder.samples:
                 raise AudioError(f"no audio could be read from {input}")
             out.write(encoder.finish())
@@ -210,10 +229,11 @@ def compress_file(
                 out.write(replace(encoder.header, num_samples=encoder.samples).encode())  # the same size
             # (a length some formats only estimate, MP3 without a Xing header, may be a little off)
             if encoder.samples < total - max(rate // 10, total // 100) and damage is None:
-                damage = f"ends at {encoder.samples / rate:.2f} s of the {total / rate:.2f} s it declares"
+                damage = (f"{input} is damaged: it ends at {encoder.samples / rate:.2f} s of the "
+                          f"{total / rate:.2f} s it declares")
         size = tmp.stat().st_size
     return CompressResult(Path(output), encoder.samples / rate, size, encoder.frames, channels, encoder.header.kbps,
-                          None if damage is None else f"{input} is damaged: {damage}")
+                          damage)
 
 
 class TrimmingWriter:

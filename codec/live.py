@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 import numpy as np
-import soundfile as sf
 
 from .audio_io import AudioError
 from .bitstream import UNKNOWN_LENGTH, Header
@@ -28,7 +27,7 @@ from .endpoints import (
     ByteReader, StopFlag, open_byte_sink, open_byte_source, parse_address, stdout_writer,
 )
 from .errors import CodecError
-from .files import TrimmingWriter, atomic_output, audio_format, audio_output, check_output, check_suffix, holdback_samples, open_audio
+from .files import FileAudio, TrimmingWriter, atomic_output, audio_format, audio_output, check_output, check_suffix, holdback_samples, open_audio
 from .model import Codec
 from .pcm import PcmFormat, read_wav_header
 from .stream import StreamDecoder, StreamEncoder, StreamStats, live_packet_frames, resolve_model
@@ -45,29 +44,6 @@ class AudioSource(Protocol):
 
     def read(self) -> np.ndarray | None:
         """The next chunk ``[T, C]`` float32 (T may be 0 while waiting); None at the end."""
-
-
-class FileAudio:
-    """An audio file in any format soundfile reads, chunk by chunk. A file that stops
-    decoding part way (a cut FLAC) ends there, with ``damage`` saying so; one that decodes
-    nothing is an :class:`AudioError`."""
-
-    def __init__(self, f: sf.SoundFile, chunk: int) -> None:
-        self.f, self.chunk, self.rate, self.channels = f, chunk, f.samplerate, f.channels
-        self.samples, self.damage = 0, None
-
-    def read(self) -> np.ndarray | None:
-        if self.damage:
-            return None
-        try:
-            x = self.f.read(self.chunk, dtype="float32", always_2d=True)
-        except sf.LibsndfileError as exc:
-            if not self.samples:
-                raise AudioError(f"cannot decode {self.f.name}: {exc}") from None
-            self.damage = f"{self.f.name} is damaged: cannot decode past {self.samples / self.rate:.2f} s ({exc})"
-            return None
-        self.samples += len(x)
-        return x if len(x) else None
 
 
 class PcmStream:
@@ -164,8 +140,9 @@ def encode_live(
         check_output(Path(output), force, source=None if input == "-" else Path(input))
     sent = 0
     with open_audio_source(input, raw, chunk_seconds, stop) as source:
-        frames = packet_frames if packet_frames is not None or to_file else live_packet_frames(codec.frame_rate)
-        encoder = StreamEncoder(codec, source.rate, source.channels, kbps, frames)
+        if packet_frames is None and not to_file:  # (None: a file's packets, as compress writes)
+            packet_frames = live_packet_frames(codec.frame_rate)
+        encoder = StreamEncoder(codec, source.rate, source.channels, kbps, packet_frames)
         with open_byte_sink(output, force) as write, encoder:
             def send(data: bytes) -> None:
                 nonlocal sent
