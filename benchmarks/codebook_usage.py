@@ -35,7 +35,7 @@ def usage(model, paths: list[Path]) -> tuple[np.ndarray, int]:
     for path in paths:
         audio, rate = read_audio(path)  # [C, T]
         x = torch.from_numpy(np.ascontiguousarray(to_rate(audio, rate, model.sample_rate)))[None]
-        codes = model.encode(x, n_q=k)[0]  # [C, K, F]
+        codes = model.encode(x, n_q=k, levels_only=True)[0]  # [C, K, F]: every level (not the low band's words)
         for level in range(k):
             hist[level] += np.bincount(codes[:, level].reshape(-1).numpy(), minlength=size)
         frames += codes.shape[0] * codes.shape[-1]

@@ -180,7 +180,7 @@ def evaluate(args: argparse.Namespace) -> None:
             elif kind in ("logmel-rvq", "trained-rvq"):
                 cond = quantized(features(x), books)
             else:
-                c = model.encode(x, kbps=args.kbps)[:, 0]  # [1, n_q, F]
+                c = model.encode(x, kbps=args.kbps, levels_only=True)[:, 0]  # [1, n_q, F]
                 cond = model.quantizer.decode(c)
             y = dec(cond)[0, 0, :x.shape[-1]].numpy()
             names = ("pesq_wb", "stoi", "visqol", "mel_distance") if clip.category == "speech" else ("visqol", "mel_distance")

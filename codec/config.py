@@ -40,6 +40,10 @@ class CodecConfig:
         output_delay: samples (at ``sample_rate``) by which the decoded audio trails the
             input, as measured on held-out audio; file and stream decoders drop that many
             first samples, so that the output lines up with the input (0: none dropped).
+        lowband_levels: 0, or the log-mel levels a frame keeps when it has more codes than
+            that: the rest carry the low band's waveform (codec/lowband.py), in windows that
+            overlap by ``output_delay`` samples. Only for a log-mel encoder with a spectral
+            decoder; no weights.
     """
 
     sample_rate: int = 24000
@@ -61,6 +65,7 @@ class CodecConfig:
     decoder_layers: int = 8
     encoder: str = "seanet"
     output_delay: int = 0
+    lowband_levels: int = 0
 
     def __post_init__(self) -> None:
         if self.encoder not in ("seanet", "logmel"):
@@ -73,6 +78,13 @@ class CodecConfig:
             raise ValueError(f"postfilter must be in [0, 1], got {self.postfilter}")
         if not 0 <= self.output_delay < self.hop_length:
             raise ValueError(f"output_delay must be in [0, {self.hop_length}) samples, got {self.output_delay}")
+        if self.lowband_levels:
+            if (self.encoder, self.decoder) != ("logmel", "spectral"):
+                raise ValueError("lowband_levels needs the log-mel encoder and the spectral decoder")
+            if not 0 < self.lowband_levels < self.n_q:
+                raise ValueError(f"lowband_levels must be in [0, n_q), got {self.lowband_levels}")
+            if not self.output_delay or (self.hop_length - self.output_delay) % 2:
+                raise ValueError("lowband_levels needs an output_delay > 0 with hop_length - output_delay even")
         if self.codebook_size & (self.codebook_size - 1):
             raise ValueError("codebook_size must be a power of two")
         for kbps in self.bandwidths:
@@ -115,11 +127,11 @@ class CodecConfig:
 
     def same_architecture(self, other: "CodecConfig") -> bool:
         """Whether ``other``'s weights fit this model: everything but the name, the
-        postfilter strength and the output delay (which have no weights) and the unused sizes
+        postfilter strength, the output delay and the low band (which have no weights) and the unused sizes
         agrees: between SEANet
         decoders the spectral decoder's, between log-mel encoders with spectral decoders the
         SEANet layers' (only the strides, that is the hop, still count)."""
-        neutral: dict[str, Any] = {"name": "", "postfilter": 0.0, "output_delay": 0}
+        neutral: dict[str, Any] = {"name": "", "postfilter": 0.0, "output_delay": 0, "lowband_levels": 0}
         if self.decoder == other.decoder == "seanet":
             neutral |= {"decoder_dim": 0, "decoder_layers": 0}
         if self.encoder == other.encoder == "logmel" and self.decoder == other.decoder == "spectral":

@@ -14,6 +14,7 @@ from .cache import TensorCache
 from .config import CodecConfig
 from .frame import FramePlan
 from .logmel import LogMelEncoder
+from .lowband import LowbandDecoder, LowbandEncoder
 from .native import NativePlan
 from .postfilter import PitchPostfilter
 from .quantizer import QuantizerOutput, ResidualVectorQuantizer
@@ -46,6 +47,10 @@ class Codec(nn.Module):
         self.decoder = Decoder(cfg) if cfg.decoder == "seanet" else SpectralDecoder(
             cfg.latent_dim, cfg.hop_length, cfg.decoder_dim, 4 * cfg.decoder_dim, cfg.decoder_layers)
         self.postfilter = PitchPostfilter(cfg.sample_rate, cfg.hop_length, cfg.postfilter)
+        self.lowband_encoder = self.lowband_decoder = None  # codec/lowband.py: no weights
+        if cfg.lowband_levels:
+            geometry = (cfg.sample_rate, cfg.hop_length, cfg.output_delay, cfg.latent_dim, cfg.bits_per_code)
+            self.lowband_encoder, self.lowband_decoder = LowbandEncoder(*geometry), LowbandDecoder(*geometry)
         self._held: Tensor | None = None  # while streaming: input of the incomplete frame [B*C, 1, <hop]
         self._plans: dict[str, FramePlan | NativePlan] = {}  # while streaming: one-frame plans, built on first use
         self.fingerprint_cache: TensorCache[bytes] = TensorCache()  # for codec.weights.fingerprint
@@ -76,6 +81,12 @@ class Codec(nn.Module):
             return n_q
         return self.cfg.n_q_for_kbps(max(self.cfg.bandwidths) if kbps is None else kbps)
 
+    def layout(self, n_q: int) -> tuple[int, int]:
+        """What ``n_q`` codes a frame hold: (log-mel or latent levels, low-band words). The
+        low band takes the codes beyond ``cfg.lowband_levels`` (codec/lowband.py)."""
+        levels = self.cfg.lowband_levels
+        return (levels, n_q - levels) if levels and n_q > levels else (n_q, 0)
+
     # Training -----------------------------------------------------------------------
     def forward(self, x: Tensor, n_q: Tensor, bypass: Tensor | None = None, codes: Tensor | None = None) -> CodecOutput:
         """Training pass. ``x``: ``[B, 1, T]`` with T a multiple of hop; ``n_q``: active
@@ -99,11 +110,13 @@ class Codec(nn.Module):
 
     # Inference ----------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, wav: Tensor, kbps: float | None = None, n_q: int | None = None) -> Tensor:
+    def encode(self, wav: Tensor, kbps: float | None = None, n_q: int | None = None, levels_only: bool = False) -> Tensor:
         """``[B, C, T]`` -> codes ``[B, C, K, F]`` (int64).
 
         Offline, T is padded with zeros to whole frames. While streaming, only the frames
         completed so far are returned; the rest waits for the next chunk or :meth:`flush`.
+        ``levels_only``: all K codes from the quantizer's levels, whatever the low band
+        (:meth:`layout`): what codebook statistics and training on codes need.
         """
         k = self.n_q_for(kbps, n_q)
         if wav.dim() != 3:
@@ -111,14 +124,19 @@ class Codec(nn.Module):
         b, c, t = wav.shape
         x = wav.reshape(b * c, 1, t).float()
         if self._held is None:
-            z = self.encoder(F.pad(x, (0, -t % self.hop_length)))
+            x = F.pad(x, (0, -t % self.hop_length))
+            z = self.encoder(x)
         else:
             if self._held.shape[-1]:
                 x = torch.cat([self._held, x], dim=-1)
             whole = x.shape[-1] - x.shape[-1] % self.hop_length
             x, self._held = x[..., :whole], x[..., whole:].clone()  # the caller may reuse its buffer
             z = self._run_streaming("encoder", x, self.hop_length)
-        codes = self.quantizer.encode(z, k)
+        levels, words = (k, 0) if levels_only else self.layout(k)
+        codes = self.quantizer.encode(z, levels)
+        if self.lowband_encoder is not None and (words or self._held is not None):  # (streaming: keep its state)
+            lowband = self.lowband_encoder(x, self.quantizer.decode(codes) if words else None, words)
+            codes = torch.cat([codes, lowband], dim=1)
         return codes.reshape(b, c, k, -1)
 
     @torch.no_grad()
@@ -136,9 +154,21 @@ class Codec(nn.Module):
         if codes.dim() != 4:
             raise ValueError(f"expected codes [B, C, K, F], got shape {tuple(codes.shape)}")
         b, c, k, f = codes.shape
-        z = self.quantizer.decode(codes.reshape(b * c, k, f).long())
-        audio = self.decoder(z) if self._held is None else self._run_streaming("decoder", z, 1)
-        audio = self.postfilter(audio).reshape(b, c, -1)
+        codes = codes.reshape(b * c, k, f).long()
+        levels, words = self.layout(k)
+        z = self.quantizer.decode(codes[:, :levels])
+        synthesis = self.decoder[-1].synthesis if self.lowband_decoder is not None else None
+        if synthesis is not None and words:
+            synthesis.low_cut = self.lowband_decoder.bins(words)  # the low band replaces these bins
+        try:
+            audio = self.decoder(z) if self._held is None else self._run_streaming("decoder", z, 1)
+        finally:
+            if synthesis is not None:
+                synthesis.low_cut = 0
+        audio = self.postfilter(audio)
+        if words:
+            audio = audio + self.lowband_decoder(codes[:, levels:], z)
+        audio = audio.reshape(b, c, -1)
         return audio if length is None else audio[..., :length]
 
     PLAN_MAX_FRAMES = 4  # chunks of up to this many frames (batch 1) go frame by frame
@@ -173,7 +203,8 @@ class Codec(nn.Module):
         self._held = torch.zeros(1, 1, 0)
         self.postfilter.streaming_on = True
         try:
-            with streaming(self.encoder), streaming(self.decoder):
+            with streaming(self.encoder), streaming(self.decoder), streaming(self.lowband_encoder or nn.Module()), \
+                    streaming(self.lowband_decoder or nn.Module()):
                 yield self
         finally:
             self._held, self._plans = None, {}

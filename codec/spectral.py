@@ -61,6 +61,8 @@ class FFTSynthesis(StreamingModule):
 
     ``[B, n_fft + 2, F]`` (log magnitudes of the ``n_fft // 2 + 1`` bins, then phases) ->
     ``[B, 1, F * hop]``. While streaming, the fade-out still owed to the next block is carried.
+    ``low_cut``: bins from 0 Hz made silent (where codec/lowband.py codes the waveform); 0
+    unless the codec sets it for a call.
     """
 
     def __init__(self, n_fft: int, hop: int, fade: int) -> None:
@@ -68,6 +70,7 @@ class FFTSynthesis(StreamingModule):
         if not 0 < fade <= hop or hop + fade > n_fft:
             raise ValueError("need 0 < fade <= hop and hop + fade <= n_fft")
         self.n_fft, self.hop, self.fade = n_fft, hop, fade
+        self.low_cut = 0
         self.register_buffer("window", crossfade_window(hop, fade), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -76,6 +79,9 @@ class FFTSynthesis(StreamingModule):
             return x.new_zeros(b, 1, 0)
         log_mag, phase = x.float().transpose(1, 2).chunk(2, dim=-1)  # [B, F, bins] each
         spec = torch.polar(torch.exp(log_mag.clamp(max=10.0)), phase)
+        if self.low_cut:
+            spec = spec.clone()
+            spec[..., : self.low_cut] = 0
         span = self.hop + self.fade
         frames = torch.fft.irfft(spec, n=self.n_fft)[..., :span] * self.window  # [B, F, span]
         head, tail = frames[..., : self.hop], frames[..., self.hop :]  # tail: next block's first `fade`

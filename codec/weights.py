@@ -20,17 +20,32 @@ from .model import Codec
 from .quantizer import ResidualVectorQuantizer
 
 FORMAT = "rvqcodec-weights-1"
+LOWBAND_FORMAT = "lowband-1"  # hashed with a model's lowband_levels (codec/lowband.py's layout)
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 @dataclass(frozen=True)
 class RegisteredModel:
+    """A built-in model: its weights file, that file's sha256, and what the registry changes in
+    the file's config (``config``: pairs of field and value; a release that only changes what
+    has no weights, such as the low band, shares its predecessor's file)."""
+
     file: str
     sha256: str
     description: str
+    config: tuple[tuple[str, object], ...] = ()
 
 
 REGISTRY: dict[str, RegisteredModel] = {
+    "rvq24k-v18": RegisteredModel(
+        "rvq24k-v17.safetensors",
+        "432940042ec9f5aef9e4215c36fd00253edf9294790d73f5952859d1d3587eba",
+        "24 kHz mono, 1.5-24 kbps (interim): rvq24k-v17's weights (the log-mel codec, its spectral "
+        "decoder, pitch postfilter 0.75), and at 12 and 24 kbps the low band's waveform: 8 log-mel "
+        "levels, the other codes an MDCT of the audio below 675 Hz (12 kbps) or 2.2 kHz (24 kbps) "
+        "that replaces the decoder's own there (codec/lowband.py); 1.5-6 kbps as v17",
+        config=(("name", "rvq24k-v18"), ("lowband_levels", 8)),
+    ),
     "rvq24k-v17": RegisteredModel(
         "rvq24k-v17.safetensors",
         "432940042ec9f5aef9e4215c36fd00253edf9294790d73f5952859d1d3587eba",
@@ -64,7 +79,9 @@ REGISTRY: dict[str, RegisteredModel] = {
 # v11 to v14's codebooks each moved on from the last one's (v14's were fitted afresh), so their
 # files need their own weights: v13 stays built in for its files; v11's and v12's are in git
 # history (docs/model_card.md). v15 to v17 kept v14's codebooks: v14's to v16's files decode
-# with v17.
+# with v17. v18 is v17's weights with the low band (codec/lowband.py), whose codes beyond 8
+# levels mean something else (its fingerprints hash lowband_levels): v14's to v17's files
+# decode with v17, which stays built in.
 EARLIER_CODES = {
     "e9271f8063f42148": "4b8cbd2b84f5762b84d89b51e0e8084cdf043d4517e64268ceb0c239ac68708b",  # v7, v8
     "07f2c20aee4c4948": "4b8cbd2b84f5762b84d89b51e0e8084cdf043d4517e64268ceb0c239ac68708b",  # v9
@@ -74,7 +91,7 @@ EARLIER_CODES = {
 }
 # EMA statistics of the codebooks: needed to continue training, not to run the model.
 TRAINING_ONLY = {f"quantizer.{name}" for name in ResidualVectorQuantizer.TRAINING_BUFFERS}
-DEFAULT_MODEL = "rvq24k-v17"
+DEFAULT_MODEL = "rvq24k-v18"
 ALIASES = {"rvq24k": DEFAULT_MODEL, "default": DEFAULT_MODEL}
 
 
@@ -86,11 +103,15 @@ def _weights_of(model: Codec, prefixes: tuple[str, ...] = ("",)) -> dict:
     return {k: v for k, v in sorted(model.state_dict(keep_vars=True).items()) if k.startswith(prefixes) and k not in TRAINING_ONLY}
 
 
-def _digest(state: dict, signed_zeros: bool = False) -> bytes:
+def _digest(state: dict, signed_zeros: bool = False, lowband_levels: int = 0) -> bytes:
     """sha256 over names and float32 values, -0.0 counted as 0.0 (the same weights: rounding
     them again, as an export does, may flip the sign of a zero). ``signed_zeros``: as files
-    written before session 15 hashed them (see :func:`reads`)."""
+    written before session 15 hashed them (see :func:`reads`). ``lowband_levels``: the
+    config's, which changes what the codes beyond it mean (codec/lowband.py); 0 adds nothing,
+    so hashes from before the low band stand."""
     h = hashlib.sha256()
+    if lowband_levels:
+        h.update(f"{LOWBAND_FORMAT}:{lowband_levels}".encode())
     for name, value in state.items():
         values = value.detach().float()
         if not signed_zeros:
@@ -109,7 +130,7 @@ def fingerprint(model: Codec) -> bytes:
     since (a training step, ``load_state_dict``) are hashed again.
     """
     state = _weights_of(model)
-    return model.fingerprint_cache.get(state.values(), lambda: _digest(state))
+    return model.fingerprint_cache.get(state.values(), lambda: _digest(state, lowband_levels=model.cfg.lowband_levels))
 
 
 def codes_fingerprint(model: Codec) -> bytes:
@@ -117,7 +138,7 @@ def codes_fingerprint(model: Codec) -> bytes:
     share it read each other's codes, whatever their decoders. Cached on the model as
     :func:`fingerprint` is (decoding an earlier release's file asks for it more than once)."""
     state = _weights_of(model, ("encoder.", "quantizer."))
-    return model.codes_fingerprint_cache.get(state.values(), lambda: _digest(state))
+    return model.codes_fingerprint_cache.get(state.values(), lambda: _digest(state, lowband_levels=model.cfg.lowband_levels))
 
 
 def reads(model: Codec, weights_hash: bytes) -> bool:
@@ -180,10 +201,10 @@ def load(name_or_path: str | Path | None = None) -> Codec:
         if path.is_dir():
             raise ModelError(f"model {key!r} is a folder, not a .safetensors file (for a training run's folder, "
                              "`rvqcodec export` writes one)")
-    return _load_file(path)
+    return _load_file(path, dict(REGISTRY[key].config) if key in REGISTRY else {})
 
 
-def _load_file(path: Path) -> Codec:
+def _load_file(path: Path, overrides: dict | None = None) -> Codec:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -193,7 +214,7 @@ def _load_file(path: Path) -> Codec:
     if meta.get("format") != FORMAT or "config" not in meta:
         raise ModelError(f"{path} is not an rvqcodec model file")
     try:
-        cfg = CodecConfig.from_dict(json.loads(meta["config"]))
+        cfg = CodecConfig.from_dict({**json.loads(meta["config"]), **(overrides or {})})
     except (ValueError, TypeError) as exc:  # e.g. written by another version of rvqcodec
         raise ModelError(f"{path} holds a model config this version cannot use: {str(exc).splitlines()[0]}") from None
     model = Codec(cfg)

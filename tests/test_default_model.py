@@ -48,13 +48,56 @@ def test_default_model_codes_real_speech(tmp_path):
     d_noise = log_mel_distance(ref, np.random.default_rng(0).standard_normal(len(ref)).astype(np.float32) * 0.05)
     d_silence = log_mel_distance(ref, np.zeros_like(ref))
     assert d_codec < 0.5 * min(d_noise, d_silence), (d_codec, d_noise, d_silence)
-    # More bits, a closer latent: each bitrate step must remove part of the quantization error.
+    # More bits, a closer latent: each bitrate step must remove part of the quantization error
+    # (up to 6 kbps: beyond it, the codes past the log-mel levels carry the low band, below).
     model = load()
     x = torch.from_numpy(ref[: len(ref) // model.hop_length * model.hop_length])[None, None]
     with torch.no_grad():
         z = model.encoder(x)
-    errors = [float(((model.quantizer.decode(model.encode(x, kbps=k)[0]) - z) ** 2).mean()) for k in (1.5, 6, 24)]
+    errors = [float(((model.quantizer.decode(model.encode(x, kbps=k)[0]) - z) ** 2).mean()) for k in (1.5, 3, 6)]
     assert errors[0] > errors[1] > errors[2], errors
+
+
+def _below(a: np.ndarray, rate: int, hz: float) -> np.ndarray:
+    s = np.fft.rfft(a)
+    s[np.fft.rfftfreq(len(a), 1 / rate) > hz] = 0
+    return np.fft.irfft(s, len(a))
+
+
+def test_default_model_codes_the_low_band_waveform_at_12_and_24_kbps(tmp_path):
+    """From 12 kbps the default codes the waveform below 675 Hz (2.2 kHz at 24 kbps) in the
+    codes beyond 8 log-mel levels: the decoded speech follows the original's waveform there
+    (v17, which spends them on the log-mel spectrum, makes up its own: about -2.5 dB)."""
+    clip = SAMPLES / "speech_librispeech_60.flac"
+    ref, rate = sf.read(str(clip), dtype="float32")
+    snr = {}
+    for kbps in (6, 12, 24):
+        compress_file(clip, tmp_path / f"{kbps}.rvq", kbps=kbps)
+        decompress_file(tmp_path / f"{kbps}.rvq", tmp_path / f"{kbps}.wav")
+        out = sf.read(str(tmp_path / f"{kbps}.wav"), dtype="float32")[0]
+        for hz in (500, 2000):
+            low = _below(ref, rate, hz)
+            snr[kbps, hz] = float(10 * np.log10((low ** 2).sum() / ((low - _below(out, rate, hz)) ** 2).sum()))
+    assert snr[6, 500] < 3 and snr[12, 500] > 15 and snr[24, 500] > 15 and snr[24, 2000] > 15, snr
+    assert snr[12, 2000] < snr[24, 2000] - 10, snr  # (12 kbps: up to 675 Hz only)
+
+
+def test_files_of_v17_decode_with_the_built_in_v17(tmp_path):
+    """v18 is v17's weights file with the low band: its 12 and 24 kbps codes mean something
+    else, so its weights hash differs although the weights do not. A v17 file decodes without
+    --model with the built-in v17; v18 refuses it, naming v17."""
+    v17, v18 = load("rvq24k-v17"), load()
+    assert v18.cfg.name == "rvq24k-v18" and REGISTRY["rvq24k-v18"].file == REGISTRY["rvq24k-v17"].file
+    assert fingerprint(v17) != fingerprint(v18) and codes_fingerprint(v17) != codes_fingerprint(v18)
+    clip = SAMPLES / "speech_librispeech_60.flac"
+    compress_file(clip, tmp_path / "v17.rvq", kbps=12, model=v17)
+    assert parse_header((tmp_path / "v17.rvq").read_bytes())[0].model_id == "rvq24k-v17"
+    decompress_file(tmp_path / "v17.rvq", tmp_path / "auto.wav")
+    decompress_file(tmp_path / "v17.rvq", tmp_path / "named.wav", model=v17)
+    assert np.array_equal(sf.read(str(tmp_path / "auto.wav"))[0], sf.read(str(tmp_path / "named.wav"))[0])
+    with pytest.raises(CodecError, match="rvq24k-v17"):
+        decompress_file(tmp_path / "v17.rvq", tmp_path / "x.wav", model=v18)
+    assert not (tmp_path / "x.wav").exists()
 
 
 @pytest.mark.parametrize("release, weights_hash", [("rvq24k-v8", "e9271f8063f42148"), ("rvq24k-v9", "07f2c20aee4c4948")])
@@ -87,16 +130,18 @@ def test_files_of_earlier_releases_decode_with_the_built_in_v10(tmp_path, releas
 @pytest.mark.parametrize("release, weights_hash", [
     ("rvq24k-v14", "c60942651884af94"), ("rvq24k-v15", "ffc9ae14d9a6bed2"), ("rvq24k-v16", "7f84d3d8f2c7d43a"),
 ])
-def test_files_of_v14_to_v16_decode_with_the_default_v17(tmp_path, release, weights_hash):
+def test_files_of_v14_to_v16_decode_with_the_built_in_v17(tmp_path, release, weights_hash):
     """v15 to v17 are v14's codebooks with a decoder trained further, and v14 to v16 left the
     package: a file whose header names one of them and its weights (the first 8 bytes of its
-    fingerprint) decodes without --model, to what v17 makes of the same codes; v13, whose
-    codebooks differ, refuses it in one line."""
-    v17 = load()
+    fingerprint) decodes without --model, to what v17 makes of the same codes (not the
+    default v18, whose codes beyond 6 kbps differ); v13, whose codebooks differ, refuses it in
+    one line."""
+    v17 = load("rvq24k-v17")
     assert release not in REGISTRY and v17.cfg.name == "rvq24k-v17"
+    assert EARLIER_CODES[weights_hash] != codes_fingerprint(load()).hex()
     assert EARLIER_CODES[weights_hash] == codes_fingerprint(v17).hex() != codes_fingerprint(load("rvq24k-v13")).hex()
     assert fingerprint(v17)[:8].hex() != weights_hash
-    compress_file(SAMPLES / "speech_librispeech_60.flac", tmp_path / "new.rvq", kbps=6)
+    compress_file(SAMPLES / "speech_librispeech_60.flac", tmp_path / "new.rvq", kbps=12, model=v17)
     data = (tmp_path / "new.rvq").read_bytes()
     header, size = parse_header(data)
     assert header.model_id == "rvq24k-v17"
@@ -111,9 +156,9 @@ def test_files_of_v14_to_v16_decode_with_the_default_v17(tmp_path, release, weig
 
 
 def test_files_of_v13_decode_with_the_built_in_v13(tmp_path):
-    """v14 to v17 have v13's architecture, but codebooks fitted afresh, so the same codes mean
+    """v14 to v18 have v13's architecture, but codebooks fitted afresh, so the same codes mean
     other spectra. A v13 file decodes without --model with the built-in v13, and the default
-    (v17) refuses it, naming v13."""
+    (v18) refuses it, naming v13."""
     v13, default = load("rvq24k-v13"), load()
     assert default.cfg.name != "rvq24k-v13" and default.cfg.same_architecture(v13.cfg)
     assert codes_fingerprint(v13) != codes_fingerprint(default)
@@ -157,8 +202,10 @@ def test_default_model_output_lines_up_with_the_input(tmp_path):
     out, _ = sf.read(str(tmp_path / "s.wav"), dtype="float32")
     lag, corr = metrics.envelope_lag(ref, out, rate // 50, rate)
     assert corr > 0.8 and abs(lag) <= 0.002 * rate, (lag, corr)
-    late = Codec(dataclasses.replace(model.cfg, output_delay=0)).eval()
+    # (the low band needs the delay: the same weights without it, as v17, whose files this reads)
+    late = Codec(dataclasses.replace(model.cfg, output_delay=0, lowband_levels=0, name="rvq24k-v17")).eval()
     late.load_state_dict(model.state_dict())
-    decompress_file(tmp_path / "s.rvq", tmp_path / "late.wav", model=late)
+    compress_file(clip, tmp_path / "v17.rvq", kbps=6, model=load("rvq24k-v17"))
+    decompress_file(tmp_path / "v17.rvq", tmp_path / "late.wav", model=late)
     lag_late, _ = metrics.envelope_lag(ref, sf.read(str(tmp_path / "late.wav"), dtype="float32")[0], rate // 50, rate)
     assert lag_late > 0.002 * rate, (lag, lag_late)  # the same decode without the delay dropped

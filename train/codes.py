@@ -82,7 +82,7 @@ def ensure_code_cache(model: Codec, cfg: TrainConfig, corpus: Path, folder: Path
             pcm = np.round(x[:, 0].numpy() * 32767).astype(np.int16)
             x = torch.from_numpy(pcm.astype(np.float32) / 32767)[:, None]  # the codes of exactly what is stored
             audio[start : start + len(x)] = pcm
-            codes[start : start + len(x)] = model.encode(x.to(next(model.parameters()).device), n_q=model.cfg.n_q)[:, 0].cpu().numpy()
+            codes[start : start + len(x)] = model.encode(x.to(next(model.parameters()).device), n_q=model.cfg.n_q, levels_only=True)[:, 0].cpu().numpy()
     finally:
         model.train(was_training)
     audio.flush()

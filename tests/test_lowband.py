@@ -1,0 +1,118 @@
+"""The low band's waveform (codec/lowband.py): the transform, the bit layout, and a log-mel
+model that codes it at its higher bitrates, offline and streamed."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from codec import Codec
+from codec.lowband import COEF_BITS, GAIN_BITS, LowbandDecoder, LowbandEncoder, _pack, _unpack, bins_for
+from conftest import SMALL, make_model, tone
+
+HOP, OVERLAP = 320, 96
+LOWBAND = dataclasses.replace(SMALL, encoder="logmel", latent_dim=40, decoder="spectral", decoder_dim=16, decoder_layers=2,
+                              output_delay=OVERLAP, lowband_levels=8, name="test-lowband")
+
+
+def test_every_coefficient_gives_back_the_input_overlap_samples_later():
+    """With all ``hop`` coefficients unquantized, the low-overlap MDCT's aliasing cancels:
+    block ``t`` is the input's ``[t * hop - overlap, (t + 1) * hop - overlap)``."""
+    enc, dec = LowbandEncoder(24000, HOP, OVERLAP, 80, 10), LowbandDecoder(24000, HOP, OVERLAP, 80, 10)
+    x = torch.randn(2, 12 * HOP, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    coefs = enc.analyse(torch.cat([torch.zeros(2, OVERLAP, dtype=torch.float64), x], dim=-1), HOP)
+    y = dec.synthesise(coefs)[:, 0]
+    assert y.shape == x.shape
+    assert torch.allclose(y[:, OVERLAP:].double(), x[:, :-OVERLAP], atol=1e-5)
+    assert y[:, :OVERLAP].abs().max() < 1e-5
+
+
+def test_the_words_carry_the_gain_and_coefficient_codes_unchanged():
+    words, bits = 8, 10
+    bins = bins_for(words, bits)
+    assert GAIN_BITS + bins * COEF_BITS <= words * bits < GAIN_BITS + (bins + 1) * COEF_BITS
+    g = torch.Generator().manual_seed(1)
+    gain = torch.randint(0, 2 ** GAIN_BITS, (3, 5, 1), generator=g)
+    q = torch.randint(0, 2 ** COEF_BITS - 1, (3, 5, bins), generator=g)
+    packed = _pack(gain, q, words, bits)
+    assert packed.shape == (3, words, 5) and 0 <= packed.min() and packed.max() < 2 ** bits
+    gain2, q2 = _unpack(packed, bins, bits)
+    assert torch.equal(gain2, gain) and torch.equal(q2, q)
+
+
+def _low(a: np.ndarray, rate: int, hz: float) -> np.ndarray:
+    s = np.fft.rfft(a)
+    s[np.fft.rfftfreq(len(a), 1 / rate) > hz] = 0
+    return np.fft.irfft(s, len(a))
+
+
+def _snr(ref: np.ndarray, out: np.ndarray) -> float:
+    return float(10 * np.log10((ref ** 2).sum() / ((ref - out) ** 2).sum()))
+
+
+def test_codes_beyond_the_log_mel_levels_carry_the_low_band_waveform():
+    """An untrained decoder makes up its waveform; with the low band (12 kbps: 8 levels and 8
+    words) the output below 500 Hz follows the input's, at 6 kbps it does not."""
+    model = make_model(LOWBAND)
+    assert model.layout(8) == (8, 0) and model.layout(16) == (8, 8) and model.layout(32) == (8, 24)
+    x = torch.from_numpy(tone(1.0, 24000))[None]  # [1, 1, T]
+    snr = {}
+    for kbps in (6, 12, 24):
+        codes = model.encode(x, kbps=kbps)
+        assert codes.shape[2] == model.n_q_for(kbps) and codes.max() < 1024
+        y = model.decode(codes)[0, 0, OVERLAP : x.shape[-1]].numpy()
+        ref = x[0, 0, : x.shape[-1] - OVERLAP].numpy().astype(np.float64)
+        snr[kbps] = _snr(_low(ref, 24000, 500), _low(y, 24000, 500))
+    assert snr[6] < 3 and snr[12] > 15 and snr[24] > 15, snr
+    assert model.decoder[-1].synthesis.low_cut == 0  # only set for the call
+
+
+def test_streamed_codes_and_audio_are_the_offline_ones_with_the_low_band():
+    model = make_model(LOWBAND)
+    x = torch.from_numpy(tone(0.8, 24000, channels=2))[None]  # [1, 2, T]
+    for kbps in (12, 24):
+        offline = model.encode(x, kbps=kbps)
+        rng = np.random.default_rng(kbps)
+        with model.streaming():
+            parts, start = [], 0
+            while start < x.shape[-1]:
+                size = int(rng.integers(1, 900))
+                parts.append(model.encode(x[..., start : start + size], kbps=kbps))
+                start += size
+            parts.append(model.flush(1, 2, kbps=kbps))
+        streamed = torch.cat(parts, dim=-1)
+        assert torch.equal(streamed, offline)
+        audio = model.decode(offline)
+        with model.streaming():
+            pieces, start = [], 0
+            while start < offline.shape[-1]:
+                size = int(rng.integers(1, 6))
+                pieces.append(model.decode(offline[..., start : start + size]))
+                start += size
+        assert torch.allclose(torch.cat(pieces, dim=-1), audio, atol=1e-5)
+
+
+def test_the_low_band_needs_a_log_mel_model_with_an_output_delay():
+    with pytest.raises(ValueError, match="log-mel"):
+        dataclasses.replace(SMALL, lowband_levels=8)
+    with pytest.raises(ValueError, match="output_delay"):
+        dataclasses.replace(LOWBAND, output_delay=0)
+    with pytest.raises(ValueError, match="lowband_levels"):
+        dataclasses.replace(LOWBAND, lowband_levels=32)
+    assert Codec(dataclasses.replace(LOWBAND, lowband_levels=0)).lowband_encoder is None
+
+
+def test_levels_only_gives_every_level_of_the_quantizer():
+    """Codebook statistics and training on codes (train/codes.py) need the quantizer's codes at
+    every level, not the low band's words beyond ``lowband_levels``."""
+    model = make_model(LOWBAND)
+    x = torch.from_numpy(tone(0.48, 24000))[None]  # (whole frames)
+    levels = model.encode(x, n_q=32, levels_only=True)
+    with torch.no_grad():
+        z = model.encoder(x)
+    assert torch.equal(levels[0], model.quantizer.encode(z, 32))
+    hybrid = model.encode(x, n_q=32)
+    assert torch.equal(hybrid[:, :, :8], levels[:, :, :8]) and not torch.equal(hybrid[:, :, 8:], levels[:, :, 8:])
