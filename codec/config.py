@@ -40,10 +40,11 @@ class CodecConfig:
         output_delay: samples (at ``sample_rate``) by which the decoded audio trails the
             input, as measured on held-out audio; file and stream decoders drop that many
             first samples, so that the output lines up with the input (0: none dropped).
-        lowband_levels: 0, or the log-mel levels a frame keeps when it has more codes than
-            that: the rest carry the low band's waveform (codec/lowband.py), in windows that
-            overlap by ``output_delay`` samples. Only for a log-mel encoder with a spectral
-            decoder; no weights.
+        lowband_levels: empty (no low band), or one value per bandwidth (in the order of
+            ``bandwidths``): 0, or the log-mel levels a frame of that bitrate keeps, its other
+            codes carrying the low band's waveform (codec/lowband.py) in windows that overlap
+            by ``output_delay`` samples. Only for a log-mel encoder with a spectral decoder;
+            no weights.
     """
 
     sample_rate: int = 24000
@@ -65,7 +66,7 @@ class CodecConfig:
     decoder_layers: int = 8
     encoder: str = "seanet"
     output_delay: int = 0
-    lowband_levels: int = 0
+    lowband_levels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.encoder not in ("seanet", "logmel"):
@@ -78,11 +79,11 @@ class CodecConfig:
             raise ValueError(f"postfilter must be in [0, 1], got {self.postfilter}")
         if not 0 <= self.output_delay < self.hop_length:
             raise ValueError(f"output_delay must be in [0, {self.hop_length}) samples, got {self.output_delay}")
-        if self.lowband_levels:
+        if any(self.lowband_levels):
             if (self.encoder, self.decoder) != ("logmel", "spectral"):
                 raise ValueError("lowband_levels needs the log-mel encoder and the spectral decoder")
-            if not 0 < self.lowband_levels < self.n_q:
-                raise ValueError(f"lowband_levels must be in [0, n_q), got {self.lowband_levels}")
+            if len(self.lowband_levels) != len(self.bandwidths):
+                raise ValueError("lowband_levels needs one value per bandwidth")
             if not self.output_delay or (self.hop_length - self.output_delay) % 2:
                 raise ValueError("lowband_levels needs an output_delay > 0 with hop_length - output_delay even")
         if self.codebook_size & (self.codebook_size - 1):
@@ -91,6 +92,9 @@ class CodecConfig:
             n = kbps * 1000 / (self.frame_rate * self.bits_per_code)
             if abs(n - round(n)) > 1e-6 or not 1 <= round(n) <= self.n_q:
                 raise ValueError(f"bandwidth {kbps} kbps is not a whole number of codebooks")
+        for kbps, levels in zip(self.bandwidths, self.lowband_levels):
+            if levels and not 0 < levels < self.n_q_for_kbps(kbps):
+                raise ValueError(f"lowband_levels at {kbps:g} kbps must be 0 or fewer than its codebooks, got {levels}")
 
     @property
     def hop_length(self) -> int:
@@ -131,7 +135,7 @@ class CodecConfig:
         agrees: between SEANet
         decoders the spectral decoder's, between log-mel encoders with spectral decoders the
         SEANet layers' (only the strides, that is the hop, still count)."""
-        neutral: dict[str, Any] = {"name": "", "postfilter": 0.0, "output_delay": 0, "lowband_levels": 0}
+        neutral: dict[str, Any] = {"name": "", "postfilter": 0.0, "output_delay": 0, "lowband_levels": ()}
         if self.decoder == other.decoder == "seanet":
             neutral |= {"decoder_dim": 0, "decoder_layers": 0}
         if self.encoder == other.encoder == "logmel" and self.decoder == other.decoder == "spectral":

@@ -48,7 +48,7 @@ class Codec(nn.Module):
             cfg.latent_dim, cfg.hop_length, cfg.decoder_dim, 4 * cfg.decoder_dim, cfg.decoder_layers)
         self.postfilter = PitchPostfilter(cfg.sample_rate, cfg.hop_length, cfg.postfilter)
         self.lowband_encoder = self.lowband_decoder = None  # codec/lowband.py: no weights
-        if cfg.lowband_levels:
+        if any(cfg.lowband_levels):
             geometry = (cfg.sample_rate, cfg.hop_length, cfg.output_delay, cfg.latent_dim, cfg.bits_per_code)
             self.lowband_encoder, self.lowband_decoder = LowbandEncoder(*geometry), LowbandDecoder(*geometry)
         self._held: Tensor | None = None  # while streaming: input of the incomplete frame [B*C, 1, <hop]
@@ -82,10 +82,12 @@ class Codec(nn.Module):
         return self.cfg.n_q_for_kbps(max(self.cfg.bandwidths) if kbps is None else kbps)
 
     def layout(self, n_q: int) -> tuple[int, int]:
-        """What ``n_q`` codes a frame hold: (log-mel or latent levels, low-band words). The
-        low band takes the codes beyond ``cfg.lowband_levels`` (codec/lowband.py)."""
-        levels = self.cfg.lowband_levels
-        return (levels, n_q - levels) if levels and n_q > levels else (n_q, 0)
+        """What ``n_q`` codes a frame hold: (log-mel or latent levels, low-band words), as
+        ``cfg.lowband_levels`` says for the largest served bitrate of at most ``n_q`` codes
+        (codec/lowband.py)."""
+        served = sorted((self.cfg.n_q_for_kbps(b), levels) for b, levels in zip(self.cfg.bandwidths, self.cfg.lowband_levels))
+        levels = next((levels for codes, levels in reversed(served) if codes <= n_q), 0)
+        return (levels, n_q - levels) if levels else (n_q, 0)
 
     # Training -----------------------------------------------------------------------
     def forward(self, x: Tensor, n_q: Tensor, bypass: Tensor | None = None, codes: Tensor | None = None) -> CodecOutput:

@@ -41,10 +41,10 @@ REGISTRY: dict[str, RegisteredModel] = {
         "rvq24k-v17.safetensors",
         "432940042ec9f5aef9e4215c36fd00253edf9294790d73f5952859d1d3587eba",
         "24 kHz mono, 1.5-24 kbps (interim): rvq24k-v17's weights (the log-mel codec, its spectral "
-        "decoder, pitch postfilter 0.75), and at 12 and 24 kbps the low band's waveform: 8 log-mel "
-        "levels, the other codes an MDCT of the audio below 675 Hz (12 kbps) or 2.2 kHz (24 kbps) "
-        "that replaces the decoder's own there (codec/lowband.py); 1.5-6 kbps as v17",
-        config=(("name", "rvq24k-v18"), ("lowband_levels", 8)),
+        "decoder, pitch postfilter 0.75), and at 12 and 24 kbps the low band's waveform: 6 and 8 "
+        "log-mel levels, the other codes an MDCT of the audio below 860 Hz (12 kbps) or 2.2 kHz "
+        "(24 kbps) that replaces the decoder's own there (codec/lowband.py); 1.5-6 kbps as v17",
+        config=(("name", "rvq24k-v18"), ("lowband_levels", (0, 0, 0, 6, 8))),
     ),
     "rvq24k-v17": RegisteredModel(
         "rvq24k-v17.safetensors",
@@ -79,8 +79,8 @@ REGISTRY: dict[str, RegisteredModel] = {
 # v11 to v14's codebooks each moved on from the last one's (v14's were fitted afresh), so their
 # files need their own weights: v13 stays built in for its files; v11's and v12's are in git
 # history (docs/model_card.md). v15 to v17 kept v14's codebooks: v14's to v16's files decode
-# with v17. v18 is v17's weights with the low band (codec/lowband.py), whose codes beyond 8
-# levels mean something else (its fingerprints hash lowband_levels): v14's to v17's files
+# with v17. v18 is v17's weights with the low band (codec/lowband.py): its 12 and 24 kbps
+# codes mean something else (its fingerprints hash lowband_levels), so v14's to v17's files
 # decode with v17, which stays built in.
 EARLIER_CODES = {
     "e9271f8063f42148": "4b8cbd2b84f5762b84d89b51e0e8084cdf043d4517e64268ceb0c239ac68708b",  # v7, v8
@@ -103,15 +103,15 @@ def _weights_of(model: Codec, prefixes: tuple[str, ...] = ("",)) -> dict:
     return {k: v for k, v in sorted(model.state_dict(keep_vars=True).items()) if k.startswith(prefixes) and k not in TRAINING_ONLY}
 
 
-def _digest(state: dict, signed_zeros: bool = False, lowband_levels: int = 0) -> bytes:
+def _digest(state: dict, signed_zeros: bool = False, lowband_levels: tuple[int, ...] = ()) -> bytes:
     """sha256 over names and float32 values, -0.0 counted as 0.0 (the same weights: rounding
     them again, as an export does, may flip the sign of a zero). ``signed_zeros``: as files
     written before session 15 hashed them (see :func:`reads`). ``lowband_levels``: the
-    config's, which changes what the codes beyond it mean (codec/lowband.py); 0 adds nothing,
-    so hashes from before the low band stand."""
+    config's, which change what codes mean (codec/lowband.py); without a low band nothing is
+    added, so hashes from before it stand."""
     h = hashlib.sha256()
-    if lowband_levels:
-        h.update(f"{LOWBAND_FORMAT}:{lowband_levels}".encode())
+    if any(lowband_levels):
+        h.update(f"{LOWBAND_FORMAT}:{','.join(map(str, lowband_levels))}".encode())
     for name, value in state.items():
         values = value.detach().float()
         if not signed_zeros:

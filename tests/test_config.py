@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from codec import CodecConfig, CodecError
@@ -57,9 +59,11 @@ def test_same_encoder_ignores_only_the_decoder():
     assert not spectral.same_architecture(CodecConfig(decoder="spectral"))
 
 
-def test_same_architecture_ignores_only_the_name_the_postfilter_and_the_output_delay():
+def test_same_architecture_ignores_only_the_name_the_postfilter_the_output_delay_and_the_low_band():
     cfg = CodecConfig()
     assert cfg.same_architecture(CodecConfig(name="other", postfilter=0.75, output_delay=96))
+    logmel = CodecConfig(encoder="logmel", decoder="spectral", latent_dim=80, output_delay=96)
+    assert logmel.same_architecture(dataclasses.replace(logmel, lowband_levels=(0, 0, 0, 6, 8)))
     assert not cfg.same_architecture(CodecConfig(channels=24))
     assert not cfg.same_architecture(CodecConfig(n_q=16, bandwidths=(1.5, 3.0, 6.0, 12.0)))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from heldout import of_category, opus_round_trip  # noqa: E402
+from heldout import _levels, load_any, of_category, opus_round_trip  # noqa: E402
 
 from train.data import ValidationClip  # noqa: E402
 
@@ -32,3 +32,11 @@ def test_one_category_keeps_its_excerpts_in_their_order_and_none_keeps_all():
     assert [c.name for c in of_category(clips, "speech")] == ["a", "c", "e"]
     assert [c.name for c in of_category(clips, "music")] == ["b"]
     assert of_category(clips, None) == clips
+
+
+def test_lowband_rebuilds_a_model_with_those_levels():
+    """``--lowband``: the same weights, laid out as asked (v17 has no low band; 'none' drops v18's)."""
+    v17 = load_any("rvq24k-v17", lowband=_levels("0,0,0,6,8"))
+    assert v17.layout(16) == (6, 10) and v17.layout(32) == (8, 24)
+    assert load_any("rvq24k-v18", lowband=_levels("none")).layout(16) == (16, 0)
+    assert load_any("rvq24k-v18").layout(16) == (6, 10)

@@ -15,7 +15,7 @@ from conftest import SMALL, make_model, tone
 
 HOP, OVERLAP = 320, 96
 LOWBAND = dataclasses.replace(SMALL, encoder="logmel", latent_dim=40, decoder="spectral", decoder_dim=16, decoder_layers=2,
-                              output_delay=OVERLAP, lowband_levels=8, name="test-lowband")
+                              output_delay=OVERLAP, lowband_levels=(0, 0, 0, 8, 8), name="test-lowband")
 
 
 def test_every_coefficient_gives_back_the_input_overlap_samples_later():
@@ -95,14 +95,23 @@ def test_streamed_codes_and_audio_are_the_offline_ones_with_the_low_band():
         assert torch.allclose(torch.cat(pieces, dim=-1), audio, atol=1e-5)
 
 
+def test_each_bitrate_keeps_its_own_log_mel_levels():
+    """``lowband_levels`` has one value per bandwidth; a codebook count between two served
+    bitrates is laid out as the lower one."""
+    model = make_model(dataclasses.replace(LOWBAND, lowband_levels=(0, 0, 0, 6, 8)))
+    assert [model.layout(n) for n in (2, 8, 15, 16, 20, 32)] == [(2, 0), (8, 0), (15, 0), (6, 10), (6, 14), (8, 24)]
+
+
 def test_the_low_band_needs_a_log_mel_model_with_an_output_delay():
     with pytest.raises(ValueError, match="log-mel"):
-        dataclasses.replace(SMALL, lowband_levels=8)
+        dataclasses.replace(SMALL, lowband_levels=(0, 0, 0, 8, 8))
     with pytest.raises(ValueError, match="output_delay"):
         dataclasses.replace(LOWBAND, output_delay=0)
-    with pytest.raises(ValueError, match="lowband_levels"):
-        dataclasses.replace(LOWBAND, lowband_levels=32)
-    assert Codec(dataclasses.replace(LOWBAND, lowband_levels=0)).lowband_encoder is None
+    with pytest.raises(ValueError, match="one value per bandwidth"):
+        dataclasses.replace(LOWBAND, lowband_levels=(8, 8))
+    with pytest.raises(ValueError, match="fewer than its codebooks"):
+        dataclasses.replace(LOWBAND, lowband_levels=(0, 0, 0, 16, 8))
+    assert Codec(dataclasses.replace(LOWBAND, lowband_levels=())).lowband_encoder is None
 
 
 def test_levels_only_gives_every_level_of_the_quantizer():
@@ -116,3 +125,26 @@ def test_levels_only_gives_every_level_of_the_quantizer():
     assert torch.equal(levels[0], model.quantizer.encode(z, 32))
     hybrid = model.encode(x, n_q=32)
     assert torch.equal(hybrid[:, :, :8], levels[:, :, :8]) and not torch.equal(hybrid[:, :, 8:], levels[:, :, 8:])
+
+
+def test_a_run_from_weights_with_a_low_band_exports_it(tmp_path):
+    """The low band has no weights: a run started from a release that codes it (as the shipped
+    model does) carries its lowband_levels, with its output delay, into the run's exports."""
+    from train.export import export_run
+    from train.loop import run
+    from train.prepare import build_cache
+    from train_support import tiny_config, write_corpus
+
+    from codec import load, save_model
+
+    root = tmp_path / "corpus"
+    build_cache(write_corpus(root / "data", speech=2, music=1), root / "cache", 8000, workers=1)
+    model = {"encoder": "logmel", "ratios": (4, 8), "latent_dim": 16, "decoder": "spectral", "decoder_dim": 8,
+             "decoder_layers": 1, "bandwidths": (1.0, 2.0, 4.0)}
+    cfg = tiny_config(model=model, loss={"adversarial": 0.0, "feature_matching": 0.0})
+    release = Codec(dataclasses.replace(cfg.model, output_delay=8, lowband_levels=(0, 0, 2))).eval()
+    save_model(release, tmp_path / "release.safetensors")
+    run(cfg, root / "cache", tmp_path / "run", max_steps=1, init=str(tmp_path / "release.safetensors"), progress=False)
+    exported = load(export_run(tmp_path / "run", tmp_path / "out.safetensors"))
+    assert exported.cfg.lowband_levels == (0, 0, 2) and exported.cfg.output_delay == 8
+    assert exported.layout(4) == (2, 2)

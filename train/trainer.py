@@ -290,7 +290,8 @@ class Trainer:
             first = str(exc).strip().splitlines()[0]
             raise CodecError(f"cannot resume from {ckpts[-1]}: it does not match the config ({first})") from None
         self.step = int(meta["step"])
-        self._keep_output_delay(int(meta["config"]["model"].get("output_delay", 0)))
+        saved = meta["config"]["model"]
+        self._keep_release_settings(int(saved.get("output_delay", 0)), tuple(saved.get("lowband_levels", ())))
         # Older checkpoints kept the count as their discriminator scheduler's last_epoch.
         old = meta.get("schedulers", {}).get("disc", {}).get("last_epoch", 0)
         self.disc_steps = int(meta.get("disc_steps", old))
@@ -313,13 +314,22 @@ class Trainer:
             raise CodecError(f"cannot start from {name_or_path}: its architecture differs from the config's model")
         if self.ema is not None:
             self.ema.load_state_dict(self.gen.state_dict())
-        self._keep_output_delay(release.cfg.output_delay)
+        self._keep_release_settings(release.cfg.output_delay, release.cfg.lowband_levels)
 
-    def _keep_output_delay(self, delay: int) -> None:
-        """Carry the weights' measured output delay (a property of their decoder) into this
-        run's config, and so into its checkpoints and exports, unless the recipe sets one."""
-        if delay and not self.cfg.model.output_delay:
-            model = dataclasses.replace(self.cfg.model, output_delay=delay)
+    def _keep_release_settings(self, delay: int, lowband: tuple[int, ...]) -> None:
+        """Carry the weights' measured output delay (a property of their decoder) and their
+        low band (codec/lowband.py: which bitrates code it) into this run's config, and so
+        into its checkpoints and exports, unless the recipe sets them: a run from the shipped
+        model exports a model that codes as it does."""
+        model = self.cfg.model
+        if delay and not model.output_delay:
+            model = dataclasses.replace(model, output_delay=delay)
+        if any(lowband) and not any(model.lowband_levels):
+            try:
+                model = dataclasses.replace(model, lowband_levels=lowband)
+            except ValueError as exc:
+                raise CodecError(f"the weights' low band does not fit the config's model: {exc}") from None
+        if model != self.cfg.model:
             self.cfg = dataclasses.replace(self.cfg, model=model)
 
 
