@@ -50,7 +50,10 @@ def load_any(spec: str, postfilter: float | None = None, lowband: tuple[int, ...
     model = run_model(path)[0] if path.is_dir() else load(spec)
     changes = {k: v for k, v in (("postfilter", postfilter), ("lowband_levels", lowband)) if v is not None}
     if changes:
-        rebuilt = Codec(dataclasses.replace(model.cfg, **changes))
+        try:
+            rebuilt = Codec(dataclasses.replace(model.cfg, **changes))
+        except ValueError as exc:  # e.g. a low band that this model cannot take
+            raise CodecError(f"{spec}: {exc}") from None
         rebuilt.load_state_dict(model.state_dict())
         model = rebuilt
     return model.eval()
@@ -139,5 +142,5 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (CodecError, ValueError) as e:  # a model or cache that is not there, a low band it cannot take: one line
+    except CodecError as e:  # a model or cache that is not there, a low band it cannot take: one line
         sys.exit(f"heldout: {e}")

@@ -1,10 +1,11 @@
 """The low band's waveform, coded where a bitrate has more codes than the log-mel levels use.
 
-Why (docs/model_card.md, "What limits 12 kbps"): the log-mel codec's decoder makes up its own
-phase, and PESQ hears that most below 1 kHz, while log-mel levels beyond the eighth add little.
-On the dev set's speech, v17's 12 kbps (16 log-mel levels) scored PESQ 2.20 and mel distance
-1.48; v18's (8 levels and the waveform below 675 Hz) 3.00 and 1.23, and at 24 kbps (below
-2.2 kHz) 3.75 and 0.88 against 2.22 and 1.47. The cost: speech ViSQOL at 12 kbps, 3.51 -> 3.06.
+Why (docs/model_card.md, "The low band"): the log-mel codec's decoder makes up its own phase,
+and PESQ hears that most below 1 kHz, while log-mel levels beyond the eighth add little. On
+the dev set's speech, v17's 12 kbps (16 log-mel levels) scored PESQ 2.20 and mel distance
+1.48; v18's (6 levels and the waveform below 862 Hz) 3.20 and 1.15, and at 24 kbps (8 levels,
+below 2.2 kHz) 3.75 and 0.88 against 2.22 and 1.47. The cost: speech ViSQOL at 12 kbps, 3.51
+-> 3.35.
 
 How: a modified discrete cosine transform (MDCT) of ``hop`` coefficients per frame with a
 low-overlap window: a sine ramp over ``overlap`` samples, flat over the rest of the frame's
@@ -13,7 +14,7 @@ inverse completes input ``[t * hop - overlap, (t + 1) * hop - overlap)`` when fr
 arrives; with ``overlap`` equal to the model's ``output_delay`` that is exactly the block the
 spectral decoder makes from frame ``t`` (which trails the input by ``output_delay``), so the low
 band adds no latency. The decoder's own spectrum is cut below the coded band
-(:attr:`codec.spectral.FFTSynthesis.low_cut`) and the coded band is added to its output.
+(:func:`codec.spectral.low_cut`) and the coded band is added to its output.
 
 Each frame's first ``bins`` coefficients (``bins`` as many as the frame's bits allow,
 :func:`bins_for`) are divided by ``envelope ** 0.5`` (the envelope: the per-coefficient
@@ -121,9 +122,9 @@ class LowbandEncoder(LowbandCoder):
         inp = torch.cat([prev, x.double()], dim=-1)[:, 0]  # [B, overlap + F * hop]
         if self.streaming_on:
             self.state = ConvState(inp[:, None, inp.shape[-1] - self.overlap :].clone())
-        if words == 0 or f == 0:
-            return torch.zeros(b, words, f, dtype=torch.long)
         bins = self.bins(words)
+        if bins == 0 or f == 0:  # (too few bits for a coefficient: the words stay zero)
+            return torch.zeros(b, words, f, dtype=torch.long, device=x.device)
         ratio = self.analyse(inp, bins) / self.steps(latent, bins)
         peak = ratio.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
         gain_code = (torch.ceil(torch.log2(peak) * GAIN_STEPS_PER_OCTAVE - 1e-9) + GAIN_OFFSET).clamp(0, 2 ** GAIN_BITS - 1)
@@ -170,11 +171,10 @@ def _pack(gain_code: Tensor, q: Tensor, words: int, word_bits: int) -> Tensor:
     """Gain ``[B, F, 1]`` and coefficients ``[B, F, bins]`` -> words ``[B, words, F]``: the
     bits most significant first, zero-padded to ``words * word_bits``."""
     b, f, bins = q.shape
-    bits = torch.zeros(b, f, words * word_bits, dtype=torch.long)
+    bits = torch.zeros(b, f, words * word_bits, dtype=torch.long, device=q.device)
     bits[..., :GAIN_BITS] = _bits(gain_code, GAIN_BITS).reshape(b, f, GAIN_BITS)
     bits[..., GAIN_BITS : GAIN_BITS + bins * COEF_BITS] = _bits(q, COEF_BITS).reshape(b, f, bins * COEF_BITS)
-    weights = 2 ** torch.arange(word_bits - 1, -1, -1)
-    return (bits.reshape(b, f, words, word_bits) * weights).sum(-1).transpose(1, 2)
+    return _value(bits.reshape(b, f, words, word_bits), word_bits).transpose(1, 2)
 
 
 def _unpack(words: Tensor, bins: int, word_bits: int) -> tuple[Tensor, Tensor]:
@@ -188,9 +188,9 @@ def _unpack(words: Tensor, bins: int, word_bits: int) -> tuple[Tensor, Tensor]:
 
 def _bits(values: Tensor, width: int) -> Tensor:
     """``[...]`` -> ``[..., width]``, most significant bit first."""
-    return (values[..., None] >> torch.arange(width - 1, -1, -1)) & 1
+    return (values[..., None] >> torch.arange(width - 1, -1, -1, device=values.device)) & 1
 
 
 def _value(bits: Tensor, width: int) -> Tensor:
     """``[..., width]`` bits, most significant first -> ``[...]``."""
-    return (bits * 2 ** torch.arange(width - 1, -1, -1)).sum(-1)
+    return (bits * 2 ** torch.arange(width - 1, -1, -1, device=bits.device)).sum(-1)

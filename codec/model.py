@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
@@ -19,7 +19,7 @@ from .native import NativePlan
 from .postfilter import PitchPostfilter
 from .quantizer import QuantizerOutput, ResidualVectorQuantizer
 from .seanet import Decoder, Encoder
-from .spectral import SpectralDecoder
+from .spectral import SpectralDecoder, low_cut
 from .streaming import streaming
 
 
@@ -47,14 +47,30 @@ class Codec(nn.Module):
         self.decoder = Decoder(cfg) if cfg.decoder == "seanet" else SpectralDecoder(
             cfg.latent_dim, cfg.hop_length, cfg.decoder_dim, 4 * cfg.decoder_dim, cfg.decoder_layers)
         self.postfilter = PitchPostfilter(cfg.sample_rate, cfg.hop_length, cfg.postfilter)
-        self.lowband_encoder = self.lowband_decoder = None  # codec/lowband.py: no weights
-        if any(cfg.lowband_levels):
-            geometry = (cfg.sample_rate, cfg.hop_length, cfg.output_delay, cfg.latent_dim, cfg.bits_per_code)
-            self.lowband_encoder, self.lowband_decoder = LowbandEncoder(*geometry), LowbandDecoder(*geometry)
+        self.lowband_encoder: LowbandEncoder | None = None  # codec/lowband.py: no weights
+        self.lowband_decoder: LowbandDecoder | None = None
+        self._build_lowband()
         self._held: Tensor | None = None  # while streaming: input of the incomplete frame [B*C, 1, <hop]
         self._plans: dict[str, FramePlan | NativePlan] = {}  # while streaming: one-frame plans, built on first use
         self.fingerprint_cache: TensorCache[bytes] = TensorCache()  # for codec.weights.fingerprint
         self.codes_fingerprint_cache: TensorCache[bytes] = TensorCache()  # and codes_fingerprint
+
+    def _build_lowband(self) -> None:
+        cfg = self.cfg
+        self.lowband_encoder = self.lowband_decoder = None
+        if any(cfg.lowband_levels):
+            geometry = (cfg.sample_rate, cfg.hop_length, cfg.output_delay, cfg.latent_dim, cfg.bits_per_code)
+            device = next(iter(self.quantizer.buffers())).device
+            self.lowband_encoder = LowbandEncoder(*geometry).to(device)
+            self.lowband_decoder = LowbandDecoder(*geometry).to(device)
+
+    def set_lowband(self, levels: tuple[int, ...], output_delay: int | None = None) -> None:
+        """Code the low band at these ``lowband_levels`` (and output delay) from now on: they
+        have no weights, so the model changes in place (a training run from weights that code
+        it, train/trainer.py)."""
+        delay = self.cfg.output_delay if output_delay is None else output_delay
+        self.cfg = replace(self.cfg, lowband_levels=tuple(levels), output_delay=delay)
+        self._build_lowband()
 
     # Derived properties -------------------------------------------------------------
     @property
@@ -159,14 +175,9 @@ class Codec(nn.Module):
         codes = codes.reshape(b * c, k, f).long()
         levels, words = self.layout(k)
         z = self.quantizer.decode(codes[:, :levels])
-        synthesis = self.decoder[-1].synthesis if self.lowband_decoder is not None else None
-        if synthesis is not None and words:
-            synthesis.low_cut = self.lowband_decoder.bins(words)  # the low band replaces these bins
-        try:
+        cut = self.lowband_decoder.bins(words) if words else 0  # the low band replaces these bins
+        with low_cut(cut):
             audio = self.decoder(z) if self._held is None else self._run_streaming("decoder", z, 1)
-        finally:
-            if synthesis is not None:
-                synthesis.low_cut = 0
         audio = self.postfilter(audio)
         if words:
             audio = audio + self.lowband_decoder(codes[:, levels:], z)

@@ -16,7 +16,10 @@ frame. Shapes: ``[B, latent_dim, F] -> [B, 1, F * hop]``.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -56,13 +59,28 @@ def crossfade_window(hop: int, fade: int) -> Tensor:
     return torch.cat([ramp, torch.ones(hop - fade, dtype=torch.float64), 1 - ramp]).float()
 
 
+_LOW_CUT = threading.local()  # bins silenced by FFTSynthesis on this thread (see low_cut)
+
+
+@contextlib.contextmanager
+def low_cut(bins: int) -> Iterator[None]:
+    """Within the block, on the calling thread only, :class:`FFTSynthesis` silences its first
+    ``bins`` bins (where codec/lowband.py codes the waveform). Per thread, not per module, so
+    that one model decodes on several threads at once at different bitrates."""
+    before = getattr(_LOW_CUT, "bins", 0)
+    _LOW_CUT.bins = bins
+    try:
+        yield
+    finally:
+        _LOW_CUT.bins = before
+
+
 class FFTSynthesis(StreamingModule):
     """Per-frame log-magnitude and phase -> samples by inverse FFT and cross-faded overlap-add.
 
     ``[B, n_fft + 2, F]`` (log magnitudes of the ``n_fft // 2 + 1`` bins, then phases) ->
     ``[B, 1, F * hop]``. While streaming, the fade-out still owed to the next block is carried.
-    ``low_cut``: bins from 0 Hz made silent (where codec/lowband.py codes the waveform); 0
-    unless the codec sets it for a call.
+    Inside :func:`low_cut`, the first bins are made silent.
     """
 
     def __init__(self, n_fft: int, hop: int, fade: int) -> None:
@@ -70,7 +88,6 @@ class FFTSynthesis(StreamingModule):
         if not 0 < fade <= hop or hop + fade > n_fft:
             raise ValueError("need 0 < fade <= hop and hop + fade <= n_fft")
         self.n_fft, self.hop, self.fade = n_fft, hop, fade
-        self.low_cut = 0
         self.register_buffer("window", crossfade_window(hop, fade), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -79,9 +96,10 @@ class FFTSynthesis(StreamingModule):
             return x.new_zeros(b, 1, 0)
         log_mag, phase = x.float().transpose(1, 2).chunk(2, dim=-1)  # [B, F, bins] each
         spec = torch.polar(torch.exp(log_mag.clamp(max=10.0)), phase)
-        if self.low_cut:
+        cut = getattr(_LOW_CUT, "bins", 0)
+        if cut:
             spec = spec.clone()
-            spec[..., : self.low_cut] = 0
+            spec[..., :cut] = 0
         span = self.hop + self.fade
         frames = torch.fft.irfft(spec, n=self.n_fft)[..., :span] * self.window  # [B, F, span]
         head, tail = frames[..., : self.hop], frames[..., self.hop :]  # tail: next block's first `fade`

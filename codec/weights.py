@@ -151,7 +151,7 @@ def reads(model: Codec, weights_hash: bytes) -> bool:
     if codes is not None:
         return codes_fingerprint(model).hex() == codes
     # A file its own model wrote before the fingerprint counted -0.0 as 0.0 (session 15).
-    return _digest(_weights_of(model), signed_zeros=True)[:8] == weights_hash
+    return _digest(_weights_of(model), signed_zeros=True, lowband_levels=model.cfg.lowband_levels)[:8] == weights_hash
 
 
 def builtin_for(model_id: str, weights_hash: bytes) -> Codec | None:

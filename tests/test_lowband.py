@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from codec import Codec
+from codec.weights import fingerprint, reads
 from codec.lowband import COEF_BITS, GAIN_BITS, LowbandDecoder, LowbandEncoder, _pack, _unpack, bins_for
 from conftest import SMALL, make_model, tone
 
@@ -67,12 +68,40 @@ def test_codes_beyond_the_log_mel_levels_carry_the_low_band_waveform():
         ref = x[0, 0, : x.shape[-1] - OVERLAP].numpy().astype(np.float64)
         snr[kbps] = _snr(_low(ref, 24000, 500), _low(y, 24000, 500))
     assert snr[6] < 3 and snr[12] > 15 and snr[24] > 15, snr
-    assert model.decoder[-1].synthesis.low_cut == 0  # only set for the call
 
 
-def test_streamed_codes_and_audio_are_the_offline_ones_with_the_low_band():
+def test_the_decoders_own_band_is_silenced_where_the_low_band_is_coded():
+    """A decoder made loud everywhere: at 12 kbps its bins below the coded band are silent
+    (else the low band would drown), at 6 kbps they are not."""
     model = make_model(LOWBAND)
-    x = torch.from_numpy(tone(0.8, 24000, channels=2))[None]  # [1, 2, T]
+    with torch.no_grad():
+        model.decoder[-1].proj.bias[: HOP + 1] += 4.0  # every log magnitude e^4 times louder
+    x = torch.from_numpy(tone(1.0, 24000))[None]
+    snr = {}
+    for kbps in (6, 12):
+        y = model.decode(model.encode(x, kbps=kbps))[0, 0, OVERLAP : x.shape[-1]].numpy()
+        ref = x[0, 0, : x.shape[-1] - OVERLAP].numpy().astype(np.float64)
+        snr[kbps] = _snr(_low(ref, 24000, 300), _low(y, 24000, 300))
+    assert snr[6] < 0 and snr[12] > 15, snr
+
+
+def test_one_model_decodes_on_several_threads_at_different_bitrates():
+    """The cut of the decoder's band holds for the calling thread only."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = make_model(LOWBAND)
+    x = torch.from_numpy(tone(0.5, 24000))[None]
+    codes = {kbps: model.encode(x, kbps=kbps) for kbps in (6, 12)}
+    alone = {kbps: model.decode(c) for kbps, c in codes.items()}
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda k: (k, model.decode(codes[k])), [6, 12] * 20))
+    assert all(torch.equal(y, alone[k]) for k, y in results)
+
+
+@pytest.mark.parametrize("channels, most_frames", [(2, 6), (1, 3)])  # mono, 1-2 frames: the live plan
+def test_streamed_codes_and_audio_are_the_offline_ones_with_the_low_band(channels, most_frames):
+    model = make_model(LOWBAND)
+    x = torch.from_numpy(tone(0.8, 24000, channels=channels))[None]  # [1, C, T]
     for kbps in (12, 24):
         offline = model.encode(x, kbps=kbps)
         rng = np.random.default_rng(kbps)
@@ -82,14 +111,14 @@ def test_streamed_codes_and_audio_are_the_offline_ones_with_the_low_band():
                 size = int(rng.integers(1, 900))
                 parts.append(model.encode(x[..., start : start + size], kbps=kbps))
                 start += size
-            parts.append(model.flush(1, 2, kbps=kbps))
+            parts.append(model.flush(1, channels, kbps=kbps))
         streamed = torch.cat(parts, dim=-1)
         assert torch.equal(streamed, offline)
         audio = model.decode(offline)
         with model.streaming():
             pieces, start = [], 0
             while start < offline.shape[-1]:
-                size = int(rng.integers(1, 6))
+                size = int(rng.integers(1, most_frames))
                 pieces.append(model.decode(offline[..., start : start + size]))
                 start += size
         assert torch.allclose(torch.cat(pieces, dim=-1), audio, atol=1e-5)
@@ -129,9 +158,11 @@ def test_levels_only_gives_every_level_of_the_quantizer():
 
 def test_a_run_from_weights_with_a_low_band_exports_it(tmp_path):
     """The low band has no weights: a run started from a release that codes it (as the shipped
-    model does) carries its lowband_levels, with its output delay, into the run's exports."""
+    model does) carries its lowband_levels, with its output delay, into the model it validates
+    and its exports; a recipe that sets its own (zeros: none) keeps it."""
     from train.export import export_run
     from train.loop import run
+    from train.trainer import Trainer
     from train.prepare import build_cache
     from train_support import tiny_config, write_corpus
 
@@ -141,10 +172,27 @@ def test_a_run_from_weights_with_a_low_band_exports_it(tmp_path):
     build_cache(write_corpus(root / "data", speech=2, music=1), root / "cache", 8000, workers=1)
     model = {"encoder": "logmel", "ratios": (4, 8), "latent_dim": 16, "decoder": "spectral", "decoder_dim": 8,
              "decoder_layers": 1, "bandwidths": (1.0, 2.0, 4.0)}
-    cfg = tiny_config(model=model, loss={"adversarial": 0.0, "feature_matching": 0.0})
-    release = Codec(dataclasses.replace(cfg.model, output_delay=8, lowband_levels=(0, 0, 2))).eval()
+    cfg = tiny_config(model=model, loss={"adversarial": 0.0, "feature_matching": 0.0}, optim={"ema": 0.9})
+    release = Codec(dataclasses.replace(cfg.model, output_delay=8, lowband_levels=(0, 0, 1))).eval()  # 3 words: 1 coefficient
     save_model(release, tmp_path / "release.safetensors")
+    trainer = Trainer(cfg, root / "cache", tmp_path / "t")
+    trainer.init_from(str(tmp_path / "release.safetensors"))
+    assert trainer.gen.layout(4) == (1, 3) and trainer.ema.layout(4) == (1, 3)  # what it validates
+    x = trainer.data.batch(0)
+    assert torch.equal(trainer.release_model.encode(x, n_q=4), load(tmp_path / "release.safetensors").encode(x, n_q=4))
     run(cfg, root / "cache", tmp_path / "run", max_steps=1, init=str(tmp_path / "release.safetensors"), progress=False)
     exported = load(export_run(tmp_path / "run", tmp_path / "out.safetensors"))
-    assert exported.cfg.lowband_levels == (0, 0, 2) and exported.cfg.output_delay == 8
-    assert exported.layout(4) == (2, 2)
+    assert exported.cfg.lowband_levels == (0, 0, 1) and exported.cfg.output_delay == 8
+    assert exported.layout(4) == (1, 3)
+    none = tiny_config(model={**model, "lowband_levels": (0, 0, 0)}, loss={"adversarial": 0.0, "feature_matching": 0.0})
+    plain = Trainer(none, root / "cache", tmp_path / "p")
+    plain.init_from(str(tmp_path / "release.safetensors"))
+    assert plain.gen.layout(4) == (4, 0) and plain.cfg.model.lowband_levels == (0, 0, 0)
+
+
+def test_the_same_weights_with_and_without_a_low_band_refuse_each_others_files():
+    """What the codes mean differs, so the weights hash does, whichever way it is checked."""
+    plain, coded = make_model(dataclasses.replace(LOWBAND, lowband_levels=())), make_model(LOWBAND)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), coded.state_dict().values()))
+    assert reads(coded, fingerprint(coded)[:8]) and reads(plain, fingerprint(plain)[:8])
+    assert not reads(coded, fingerprint(plain)[:8]) and not reads(plain, fingerprint(coded)[:8])

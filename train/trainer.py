@@ -319,18 +319,23 @@ class Trainer:
     def _keep_release_settings(self, delay: int, lowband: tuple[int, ...]) -> None:
         """Carry the weights' measured output delay (a property of their decoder) and their
         low band (codec/lowband.py: which bitrates code it) into this run's config, and so
-        into its checkpoints and exports, unless the recipe sets them: a run from the shipped
-        model exports a model that codes as it does."""
+        into its checkpoints and exports, unless the recipe sets them (``lowband_levels: [0,
+        0, 0, 0, 0]`` for none): a run from the shipped model validates and exports a model
+        that codes as it does."""
         model = self.cfg.model
         if delay and not model.output_delay:
             model = dataclasses.replace(model, output_delay=delay)
-        if any(lowband) and not any(model.lowband_levels):
+        if any(lowband) and model.lowband_levels == ():
             try:
                 model = dataclasses.replace(model, lowband_levels=lowband)
             except ValueError as exc:
                 raise CodecError(f"the weights' low band does not fit the config's model: {exc}") from None
-        if model != self.cfg.model:
-            self.cfg = dataclasses.replace(self.cfg, model=model)
+        if model == self.cfg.model:
+            return
+        self.cfg = dataclasses.replace(self.cfg, model=model)
+        for codec in (self.gen, self.ema):  # (the low band has no weights: the same networks)
+            if codec is not None:
+                codec.set_lowband(model.lowband_levels, model.output_delay)
 
 
 def _check_architecture(name: str, state_json: Path, cfg: TrainConfig) -> None:
