@@ -48,14 +48,15 @@ def load_any(spec: str, postfilter: float | None = None, lowband: tuple[int, ...
     ``lowband_levels``."""
     path = Path(spec).expanduser()
     model = run_model(path)[0] if path.is_dir() else load(spec)
-    changes = {k: v for k, v in (("postfilter", postfilter), ("lowband_levels", lowband)) if v is not None}
-    if changes:
-        try:
-            rebuilt = Codec(dataclasses.replace(model.cfg, **changes))
-        except ValueError as exc:  # e.g. a low band that this model cannot take
-            raise CodecError(f"{spec}: {exc}") from None
+    if postfilter is not None:
+        rebuilt = Codec(dataclasses.replace(model.cfg, postfilter=postfilter))
         rebuilt.load_state_dict(model.state_dict())
         model = rebuilt
+    if lowband is not None:
+        try:
+            model.set_lowband(lowband)
+        except ValueError as exc:  # a low band that this model cannot take
+            raise CodecError(f"{spec}: {exc}") from None
     return model.eval()
 
 

@@ -140,8 +140,7 @@ class LowbandDecoder(LowbandCoder):
     next block (their other half comes with the next frame)."""
 
     def forward(self, words: Tensor, latent: Tensor) -> Tensor:
-        b, n_words, f = words.shape
-        bins = self.bins(n_words)
+        bins = self.bins(words.shape[1])
         gain_code, q = _unpack(words, bins, self.word_bits)
         coefs = (q.double() - LEVELS) * (_gain(gain_code.double()) / LEVELS) * self.steps(latent, bins)
         return self.synthesise(coefs)

@@ -59,6 +59,10 @@ class Codec(nn.Module):
         cfg = self.cfg
         self.lowband_encoder = self.lowband_decoder = None
         if any(cfg.lowband_levels):
+            # (the decoder's cut counts its FFT bins as the low band counts MDCT coefficients:
+            # the same spacing, sample_rate / (2 hop), as the spectral decoder's default n_fft)
+            if self.decoder[-1].synthesis.n_fft != 2 * cfg.hop_length:
+                raise ValueError("the low band needs the spectral decoder's n_fft at twice the hop")
             geometry = (cfg.sample_rate, cfg.hop_length, cfg.output_delay, cfg.latent_dim, cfg.bits_per_code)
             device = next(iter(self.quantizer.buffers())).device
             self.lowband_encoder = LowbandEncoder(*geometry).to(device)
@@ -71,6 +75,7 @@ class Codec(nn.Module):
         delay = self.cfg.output_delay if output_delay is None else output_delay
         self.cfg = replace(self.cfg, lowband_levels=tuple(levels), output_delay=delay)
         self._build_lowband()
+        self.fingerprint_cache, self.codes_fingerprint_cache = TensorCache(), TensorCache()  # (they hash the low band)
 
     # Derived properties -------------------------------------------------------------
     @property
@@ -98,7 +103,7 @@ class Codec(nn.Module):
         return self.cfg.n_q_for_kbps(max(self.cfg.bandwidths) if kbps is None else kbps)
 
     def layout(self, n_q: int) -> tuple[int, int]:
-        """What ``n_q`` codes a frame hold: (log-mel or latent levels, low-band words), as
+        """What ``n_q`` codes a frame holds: (log-mel or latent levels, low-band words), as
         ``cfg.lowband_levels`` says for the largest served bitrate of at most ``n_q`` codes
         (codec/lowband.py)."""
         served = sorted((self.cfg.n_q_for_kbps(b), levels) for b, levels in zip(self.cfg.bandwidths, self.cfg.lowband_levels))
@@ -181,6 +186,8 @@ class Codec(nn.Module):
         audio = self.postfilter(audio)
         if words:
             audio = audio + self.lowband_decoder(codes[:, levels:], z)
+        elif self.lowband_decoder is not None:
+            self.lowband_decoder.state = None  # (streaming: a frame without the band leaves no tail)
         audio = audio.reshape(b, c, -1)
         return audio if length is None else audio[..., :length]
 
@@ -216,8 +223,10 @@ class Codec(nn.Module):
         self._held = torch.zeros(1, 1, 0)
         self.postfilter.streaming_on = True
         try:
-            with streaming(self.encoder), streaming(self.decoder), streaming(self.lowband_encoder or nn.Module()), \
-                    streaming(self.lowband_decoder or nn.Module()):
+            with contextlib.ExitStack() as stack:
+                for part in (self.encoder, self.decoder, self.lowband_encoder, self.lowband_decoder):
+                    if part is not None:
+                        stack.enter_context(streaming(part))
                 yield self
         finally:
             self._held, self._plans = None, {}

@@ -42,7 +42,7 @@ REGISTRY: dict[str, RegisteredModel] = {
         "432940042ec9f5aef9e4215c36fd00253edf9294790d73f5952859d1d3587eba",
         "24 kHz mono, 1.5-24 kbps (interim): rvq24k-v17's weights (the log-mel codec, its spectral "
         "decoder, pitch postfilter 0.75), and at 12 and 24 kbps the low band's waveform: 6 and 8 "
-        "log-mel levels, the other codes an MDCT of the audio below 860 Hz (12 kbps) or 2.2 kHz "
+        "log-mel levels, the other codes an MDCT of the audio below 862 Hz (12 kbps) or 2.2 kHz "
         "(24 kbps) that replaces the decoder's own there (codec/lowband.py); 1.5-6 kbps as v17",
         config=(("name", "rvq24k-v18"), ("lowband_levels", (0, 0, 0, 6, 8))),
     ),
@@ -103,15 +103,17 @@ def _weights_of(model: Codec, prefixes: tuple[str, ...] = ("",)) -> dict:
     return {k: v for k, v in sorted(model.state_dict(keep_vars=True).items()) if k.startswith(prefixes) and k not in TRAINING_ONLY}
 
 
-def _digest(state: dict, signed_zeros: bool = False, lowband_levels: tuple[int, ...] = ()) -> bytes:
+def _digest(state: dict, signed_zeros: bool = False, lowband: tuple[tuple[int, ...], int] = ((), 0)) -> bytes:
     """sha256 over names and float32 values, -0.0 counted as 0.0 (the same weights: rounding
     them again, as an export does, may flip the sign of a zero). ``signed_zeros``: as files
-    written before session 15 hashed them (see :func:`reads`). ``lowband_levels``: the
-    config's, which change what codes mean (codec/lowband.py); without a low band nothing is
-    added, so hashes from before it stand."""
+    written before session 15 hashed them (see :func:`reads`). ``lowband``: the config's
+    ``lowband_levels`` and ``output_delay`` (the low band's window overlap), which change what
+    codes mean (codec/lowband.py); without a low band nothing is added, so hashes from before
+    it stand."""
     h = hashlib.sha256()
-    if any(lowband_levels):
-        h.update(f"{LOWBAND_FORMAT}:{','.join(map(str, lowband_levels))}".encode())
+    levels, overlap = lowband
+    if any(levels):
+        h.update(f"{LOWBAND_FORMAT}:{','.join(map(str, levels))}:{overlap}".encode())
     for name, value in state.items():
         values = value.detach().float()
         if not signed_zeros:
@@ -119,6 +121,10 @@ def _digest(state: dict, signed_zeros: bool = False, lowband_levels: tuple[int, 
         h.update(name.encode())
         h.update(values.contiguous().numpy().tobytes())
     return h.digest()
+
+
+def _lowband(model: Codec) -> tuple[tuple[int, ...], int]:
+    return model.cfg.lowband_levels, model.cfg.output_delay
 
 
 def fingerprint(model: Codec) -> bytes:
@@ -130,7 +136,7 @@ def fingerprint(model: Codec) -> bytes:
     since (a training step, ``load_state_dict``) are hashed again.
     """
     state = _weights_of(model)
-    return model.fingerprint_cache.get(state.values(), lambda: _digest(state, lowband_levels=model.cfg.lowband_levels))
+    return model.fingerprint_cache.get(state.values(), lambda: _digest(state, lowband=_lowband(model)))
 
 
 def codes_fingerprint(model: Codec) -> bytes:
@@ -138,7 +144,7 @@ def codes_fingerprint(model: Codec) -> bytes:
     share it read each other's codes, whatever their decoders. Cached on the model as
     :func:`fingerprint` is (decoding an earlier release's file asks for it more than once)."""
     state = _weights_of(model, ("encoder.", "quantizer."))
-    return model.codes_fingerprint_cache.get(state.values(), lambda: _digest(state, lowband_levels=model.cfg.lowband_levels))
+    return model.codes_fingerprint_cache.get(state.values(), lambda: _digest(state, lowband=_lowband(model)))
 
 
 def reads(model: Codec, weights_hash: bytes) -> bool:
@@ -151,7 +157,7 @@ def reads(model: Codec, weights_hash: bytes) -> bool:
     if codes is not None:
         return codes_fingerprint(model).hex() == codes
     # A file its own model wrote before the fingerprint counted -0.0 as 0.0 (session 15).
-    return _digest(_weights_of(model), signed_zeros=True, lowband_levels=model.cfg.lowband_levels)[:8] == weights_hash
+    return _digest(_weights_of(model), signed_zeros=True, lowband=_lowband(model))[:8] == weights_hash
 
 
 def builtin_for(model_id: str, weights_hash: bytes) -> Codec | None:

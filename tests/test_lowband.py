@@ -191,8 +191,25 @@ def test_a_run_from_weights_with_a_low_band_exports_it(tmp_path):
 
 
 def test_the_same_weights_with_and_without_a_low_band_refuse_each_others_files():
-    """What the codes mean differs, so the weights hash does, whichever way it is checked."""
+    """What the codes mean differs, so the weights hash does, whichever way it is checked;
+    also with another overlap (the output delay), and after set_lowband, which changes a
+    model in place."""
     plain, coded = make_model(dataclasses.replace(LOWBAND, lowband_levels=())), make_model(LOWBAND)
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), coded.state_dict().values()))
     assert reads(coded, fingerprint(coded)[:8]) and reads(plain, fingerprint(plain)[:8])
     assert not reads(coded, fingerprint(plain)[:8]) and not reads(plain, fingerprint(coded)[:8])
+    assert fingerprint(make_model(dataclasses.replace(LOWBAND, output_delay=64))) != fingerprint(coded)
+    plain.set_lowband(LOWBAND.lowband_levels)
+    assert fingerprint(plain) == fingerprint(coded) and plain.layout(16) == coded.layout(16)
+
+
+def test_a_frame_without_the_band_leaves_no_tail_while_streaming():
+    """Within one streaming session (the API allows a bitrate per call), a 6 kbps call after a
+    12 kbps one ends the band: the next 12 kbps call starts it afresh."""
+    model = make_model(LOWBAND)
+    x = torch.from_numpy(tone(0.2, 24000))[None]
+    with model.streaming():
+        model.decode(model.encode(x, kbps=12))
+        assert model.lowband_decoder.state is not None
+        model.decode(model.encode(x, kbps=6))
+        assert model.lowband_decoder.state is None
