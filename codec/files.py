@@ -174,10 +174,14 @@ class Progress:
         self.bar.close()
 
 
+DAMAGE_PIECE_SECONDS = 0.02  # how finely a chunk that fails to decode is read again
+
+
 class FileAudio:
     """An audio file in any format soundfile reads, chunk by chunk. A file that stops
     decoding part way (a cut FLAC) ends there, with ``damage`` saying so; one that decodes
-    nothing is an :class:`AudioError`."""
+    nothing is an :class:`AudioError`. The chunk that fails is read again in pieces of
+    :data:`DAMAGE_PIECE_SECONDS`, so that what decodes before the damage is kept."""
 
     def __init__(self, f: sf.SoundFile, chunk: int) -> None:
         self.f, self.chunk, self.rate, self.channels = f, chunk, f.samplerate, f.channels
@@ -189,12 +193,31 @@ class FileAudio:
         try:
             x = self.f.read(self.chunk, dtype="float32", always_2d=True)
         except sf.LibsndfileError as exc:
-            if not self.samples:
+            x = self._up_to_damage()
+            if not self.samples and not len(x):
                 raise AudioError(f"cannot decode {self.f.name}: {exc}") from None
-            self.damage = f"{self.f.name} is damaged: cannot decode past {self.samples / self.rate:.2f} s ({exc})"
-            return None
+            end = (self.samples + len(x)) / self.rate
+            self.damage = f"{self.f.name} is damaged: cannot decode past {end:.2f} s ({exc})"
+            if not len(x):
+                return None
         self.samples += len(x)
         return x if len(x) else None
+
+    def _up_to_damage(self) -> np.ndarray:
+        """The failed chunk again from its start, in small pieces, up to the first that fails:
+        ``[T, C]`` (T below the chunk)."""
+        piece = max(1, int(self.rate * DAMAGE_PIECE_SECONDS))
+        pieces = [np.zeros((0, self.channels), np.float32)]
+        try:
+            self.f.seek(self.samples)
+            for _ in range(-(-self.chunk // piece)):
+                y = self.f.read(min(piece, self.chunk - sum(map(len, pieces))), dtype="float32", always_2d=True)
+                if not len(y):
+                    break
+                pieces.append(y)
+        except (sf.LibsndfileError, RuntimeError):  # (the damage again, or a file that cannot seek)
+            pass
+        return np.concatenate(pieces)
 
 
 def compress_file(

@@ -8,8 +8,8 @@ leaves the harmonics (multiples of 1/T) at their level and attenuates what lies 
 them, so the noise takes the harmonic structure of the frame's pitch. The period is found in
 the decoded audio itself, whose low harmonics are clean: nothing is transmitted. (From 12
 kbps the decoder's band below the coded low band, codec/lowband.py, is silent when this
-runs, so the period comes from the harmonics above it, and the coded band is added after:
-finding the period on the sum is untried.)
+runs, so the period comes from the harmonics above it, and the coded band is added after;
+the other orders tried were not better on every measure: docs/model_card.md, "The low band".)
 
 Frame by frame, causal, no added latency: frame t's period and gain come from a 40-ms window
 ending with frame t's last decoded sample, and the frame is filtered with a cross-fade from
