@@ -45,6 +45,10 @@ class CodecConfig:
             codes carrying the low band's waveform (codec/lowband.py) in windows that overlap
             by ``output_delay`` samples. Only for a log-mel encoder with a spectral decoder;
             no weights.
+        decoder_lowband_bins: 0, or how many of the low band's coefficients the spectral
+            decoder reads beside the latent (over their quantizer steps; zeros where a frame
+            has fewer or none: all of them without ``lowband_levels``), so that its band above
+            can follow the coded one. Changes the decoder's first layer (its weights).
     """
 
     sample_rate: int = 24000
@@ -67,6 +71,7 @@ class CodecConfig:
     encoder: str = "seanet"
     output_delay: int = 0
     lowband_levels: tuple[int, ...] = ()
+    decoder_lowband_bins: int = 0
 
     def __post_init__(self) -> None:
         if self.encoder not in ("seanet", "logmel"):
@@ -86,6 +91,8 @@ class CodecConfig:
                 raise ValueError("lowband_levels needs one value per bandwidth")
             if not self.output_delay or (self.hop_length - self.output_delay) % 2:
                 raise ValueError("lowband_levels needs an output_delay > 0 with hop_length - output_delay even")
+        if self.decoder_lowband_bins and self.decoder != "spectral":
+            raise ValueError("decoder_lowband_bins needs the spectral decoder")
         if self.codebook_size & (self.codebook_size - 1):
             raise ValueError("codebook_size must be a power of two")
         for kbps in self.bandwidths:

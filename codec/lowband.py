@@ -140,10 +140,16 @@ class LowbandDecoder(LowbandCoder):
     next block (their other half comes with the next frame)."""
 
     def forward(self, words: Tensor, latent: Tensor) -> Tensor:
+        return self.synthesise(self.coefficients(words, latent)[1])
+
+    def coefficients(self, words: Tensor, latent: Tensor) -> tuple[Tensor, Tensor]:
+        """Words ``[B, words, F]`` and latent ``[B, n_mels, F]`` -> the coefficients over their
+        steps (what the quantizer rounded, about -1..1 of the gain) and the coefficients, both
+        ``[B, F, bins]`` float64."""
         bins = self.bins(words.shape[1])
         gain_code, q = _unpack(words, bins, self.word_bits)
-        coefs = (q.double() - LEVELS) * (_gain(gain_code.double()) / LEVELS) * self.steps(latent, bins)
-        return self.synthesise(coefs)
+        ratio = (q.double() - LEVELS) * (_gain(gain_code.double()) / LEVELS)
+        return ratio, ratio * self.steps(latent, bins)
 
     def synthesise(self, coefs: Tensor) -> Tensor:
         """MDCT coefficients ``[B, F, bins]`` (the rest zero) -> the blocks they complete,

@@ -45,7 +45,7 @@ class Codec(nn.Module):
         self.encoder = Encoder(cfg) if cfg.encoder == "seanet" else LogMelEncoder(cfg.sample_rate, cfg.hop_length, cfg.latent_dim)
         self.quantizer = ResidualVectorQuantizer(cfg.latent_dim, cfg.n_q, cfg.codebook_size)
         self.decoder = Decoder(cfg) if cfg.decoder == "seanet" else SpectralDecoder(
-            cfg.latent_dim, cfg.hop_length, cfg.decoder_dim, 4 * cfg.decoder_dim, cfg.decoder_layers)
+            cfg.latent_dim + cfg.decoder_lowband_bins, cfg.hop_length, cfg.decoder_dim, 4 * cfg.decoder_dim, cfg.decoder_layers)
         self.postfilter = PitchPostfilter(cfg.sample_rate, cfg.hop_length, cfg.postfilter)
         self.lowband_encoder: LowbandEncoder | None = None  # codec/lowband.py: no weights
         self.lowband_decoder: LowbandDecoder | None = None
@@ -123,13 +123,55 @@ class Codec(nn.Module):
         decoder got no information to learn from. Decoding some examples from the
         continuous latent keeps the encoder informative while the codebooks catch up.
         """
+        layouts = [self.layout(int(n)) for n in n_q]
+        if self.lowband_decoder is not None:  # examples with the low band keep fewer levels
+            n_q = torch.tensor([levels for levels, _ in layouts], device=n_q.device)
         if codes is not None:
             q = self.quantizer.from_codes(codes, n_q)
-            return CodecOutput(self.decoder(q.x), q)
-        z = self.encoder(x)
-        q = self.quantizer(z, n_q)
-        latent = q.x if bypass is None else torch.where(bypass.to(z.device)[:, None, None], z, q.x.to(z.dtype))
-        return CodecOutput(self.decoder(latent), q)
+            latent = q.x
+        else:
+            z = self.encoder(x)
+            q = self.quantizer(z, n_q)
+            latent = q.x if bypass is None else torch.where(bypass.to(z.device)[:, None, None], z, q.x.to(z.dtype))
+        if self.lowband_decoder is None:
+            return CodecOutput(self.decoder(latent), q)
+        return CodecOutput(self._with_lowband(x, latent, q.x, [words for _, words in layouts]), q)
+
+    def _with_lowband(self, x: Tensor, latent: Tensor, quantized: Tensor, words: list[int]) -> Tensor:
+        """Training: the decoder's output with each example's low band as its bitrate codes it
+        (``words[b]`` words; the envelope from its quantized latent), as :meth:`decode` makes it
+        but without the postfilter. ``[B, 1, T]``."""
+        assert self.lowband_encoder is not None and self.lowband_decoder is not None
+        b, f = latent.shape[0], latent.shape[-1]
+        ratios = latent.new_zeros(b, f, self.cfg.decoder_lowband_bins, dtype=torch.float64)
+        bands = x.new_zeros(b, 1, f * self.hop_length)
+        cuts = torch.zeros(b, dtype=torch.long)
+        with torch.no_grad():
+            for i, n in enumerate(words):
+                if n:
+                    env = quantized[i : i + 1].detach().float()
+                    coded = self.lowband_encoder(x[i : i + 1], env, n)
+                    ratio, coefs = self.lowband_decoder.coefficients(coded, env)
+                    width = min(ratio.shape[-1], ratios.shape[-1])
+                    ratios[i, :, :width] = ratio[0, :, :width]
+                    bands[i] = self.lowband_decoder.synthesise(coefs)[0].to(bands.dtype)
+                    cuts[i] = ratio.shape[-1]
+        with low_cut(cuts):
+            audio = self.decoder(self._decoder_input(latent, ratios))
+        return audio + bands
+
+    def _decoder_input(self, latent: Tensor, ratios: Tensor | None) -> Tensor:
+        """The latent ``[B, D, F]``, and when the decoder reads them the low band's coefficients
+        over their steps ``[B, F, bins]`` (None: no low band), padded or cut to
+        ``cfg.decoder_lowband_bins``: ``[B, D + bins, F]``."""
+        width = self.cfg.decoder_lowband_bins
+        if not width:
+            return latent
+        extra = latent.new_zeros(latent.shape[0], width, latent.shape[-1])
+        if ratios is not None:
+            n = min(width, ratios.shape[-1])
+            extra[:, :n] = ratios[..., :n].transpose(1, 2).to(latent.dtype)
+        return torch.cat([latent, extra], dim=1)
 
     # Inference ----------------------------------------------------------------------
     @torch.no_grad()
@@ -180,12 +222,15 @@ class Codec(nn.Module):
         codes = codes.reshape(b * c, k, f).long()
         levels, words = self.layout(k)
         z = self.quantizer.decode(codes[:, :levels])
-        cut = self.lowband_decoder.bins(words) if words else 0  # the low band replaces these bins
-        with low_cut(cut):
-            audio = self.decoder(z) if self._held is None else self._run_streaming("decoder", z, 1)
+        ratio = coefs = None
+        if words:
+            ratio, coefs = self.lowband_decoder.coefficients(codes[:, levels:], z)
+        latent = self._decoder_input(z, ratio)
+        with low_cut(ratio.shape[-1] if words else 0):  # the low band replaces these bins
+            audio = self.decoder(latent) if self._held is None else self._run_streaming("decoder", latent, 1)
         audio = self.postfilter(audio)
         if words:
-            audio = audio + self.lowband_decoder(codes[:, levels:], z)
+            audio = audio + self.lowband_decoder.synthesise(coefs)
         elif self.lowband_decoder is not None:
             self.lowband_decoder.state = None  # (streaming: a frame without the band leaves no tail)
         audio = audio.reshape(b, c, -1)

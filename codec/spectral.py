@@ -63,10 +63,11 @@ _LOW_CUT = threading.local()  # bins silenced by FFTSynthesis on this thread (se
 
 
 @contextlib.contextmanager
-def low_cut(bins: int) -> Iterator[None]:
+def low_cut(bins: int | Tensor) -> Iterator[None]:
     """Within the block, on the calling thread only, :class:`FFTSynthesis` silences its first
-    ``bins`` bins (where codec/lowband.py codes the waveform). Per thread, not per module, so
-    that one model decodes on several threads at once at different bitrates."""
+    ``bins`` bins (where codec/lowband.py codes the waveform); a tensor ``[B]`` gives each
+    batch row its own (training). Per thread, not per module, so that one model decodes on
+    several threads at once at different bitrates."""
     before = getattr(_LOW_CUT, "bins", 0)
     _LOW_CUT.bins = bins
     try:
@@ -97,7 +98,10 @@ class FFTSynthesis(StreamingModule):
         log_mag, phase = x.float().transpose(1, 2).chunk(2, dim=-1)  # [B, F, bins] each
         spec = torch.polar(torch.exp(log_mag.clamp(max=10.0)), phase)
         cut = getattr(_LOW_CUT, "bins", 0)
-        if cut:
+        if isinstance(cut, Tensor):  # [B]: row b keeps bins from cut[b] up
+            keep = torch.arange(spec.shape[-1], device=spec.device)[None, :] >= cut.to(spec.device)[:, None]
+            spec = spec * keep[:, None, :]
+        elif cut:
             spec = spec.clone()
             spec[..., :cut] = 0
         span = self.hop + self.fade
@@ -136,7 +140,7 @@ class SpectralDecoder(nn.Sequential):
         n_fft = n_fft or 2 * hop
         fade = fade or hop // 2
         super().__init__(
-            CausalConv1d(latent_dim, dim, kernel),
+            CausalConv1d(latent_dim, dim, kernel),  # (latent_dim: every input channel)
             ChannelNorm(dim),
             *[ConvNeXtBlock(dim, hidden, kernel, 1.0 / layers) for _ in range(layers)],
             ChannelNorm(dim),

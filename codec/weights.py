@@ -37,6 +37,14 @@ class RegisteredModel:
 
 
 REGISTRY: dict[str, RegisteredModel] = {
+    "rvq24k-v19": RegisteredModel(
+        "rvq24k-v19.safetensors",
+        "c0e8954f6c822382d3296c30f588e026a3bbb890b6a9fb3835984cb10e425a4b",
+        "24 kHz mono, 1.5-24 kbps (interim): rvq24k-v18's codes (the log-mel codec and, at 12 and "
+        "24 kbps, the low band's waveform below 862 Hz and 2.2 kHz) with a decoder that also reads "
+        "the coded low band (decoder_lowband_bins 58): v17's decoder trained 3,000 more steps of "
+        "configs/logmel24k-lowband.yaml on two CPU threads; pitch postfilter 0.75",
+    ),
     "rvq24k-v18": RegisteredModel(
         "rvq24k-v17.safetensors",
         "432940042ec9f5aef9e4215c36fd00253edf9294790d73f5952859d1d3587eba",
@@ -81,7 +89,8 @@ REGISTRY: dict[str, RegisteredModel] = {
 # history (docs/model_card.md). v15 to v17 kept v14's codebooks: v14's to v16's files decode
 # with v17. v18 is v17's weights with the low band (codec/lowband.py): its 12 and 24 kbps
 # codes mean something else (its fingerprints hash lowband_levels), so v14's to v17's files
-# decode with v17, which stays built in.
+# decode with v17, which stays built in. v19 reads v18's codes with another decoder (one whose
+# first layer also reads the low band): v18 stays built in for its files (it shares v17's).
 EARLIER_CODES = {
     "e9271f8063f42148": "4b8cbd2b84f5762b84d89b51e0e8084cdf043d4517e64268ceb0c239ac68708b",  # v7, v8
     "07f2c20aee4c4948": "4b8cbd2b84f5762b84d89b51e0e8084cdf043d4517e64268ceb0c239ac68708b",  # v9
@@ -91,7 +100,7 @@ EARLIER_CODES = {
 }
 # EMA statistics of the codebooks: needed to continue training, not to run the model.
 TRAINING_ONLY = {f"quantizer.{name}" for name in ResidualVectorQuantizer.TRAINING_BUFFERS}
-DEFAULT_MODEL = "rvq24k-v18"
+DEFAULT_MODEL = "rvq24k-v19"
 ALIASES = {"rvq24k": DEFAULT_MODEL, "default": DEFAULT_MODEL}
 
 

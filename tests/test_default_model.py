@@ -86,18 +86,23 @@ def test_files_of_v17_decode_with_the_built_in_v17(tmp_path):
     """v18 is v17's weights file with the low band: its 12 and 24 kbps codes mean something
     else, so its weights hash differs although the weights do not. A v17 file decodes without
     --model with the built-in v17; v18 refuses it, naming v17."""
-    v17, v18 = load("rvq24k-v17"), load()
+    v17, v18 = load("rvq24k-v17"), load("rvq24k-v18")
     assert v18.cfg.name == "rvq24k-v18" and REGISTRY["rvq24k-v18"].file == REGISTRY["rvq24k-v17"].file
     assert fingerprint(v17) != fingerprint(v18) and codes_fingerprint(v17) != codes_fingerprint(v18)
     clip = SAMPLES / "speech_librispeech_60.flac"
     compress_file(clip, tmp_path / "v17.rvq", kbps=12, model=v17)
     assert parse_header((tmp_path / "v17.rvq").read_bytes())[0].model_id == "rvq24k-v17"
-    decompress_file(tmp_path / "v17.rvq", tmp_path / "auto.wav")
-    decompress_file(tmp_path / "v17.rvq", tmp_path / "named.wav", model=v17)
-    assert np.array_equal(sf.read(str(tmp_path / "auto.wav"))[0], sf.read(str(tmp_path / "named.wav"))[0])
-    with pytest.raises(CodecError, match="rvq24k-v17"):
-        decompress_file(tmp_path / "v17.rvq", tmp_path / "x.wav", model=v18)
-    assert not (tmp_path / "x.wav").exists()
+    _decodes_with_its_own_and_not_with(tmp_path / "v17.rvq", v17, v18)
+
+
+def _decodes_with_its_own_and_not_with(file: Path, own: Codec, other: Codec) -> None:
+    """``file`` decodes without --model as with ``own``; ``other`` refuses it, naming ``own``."""
+    decompress_file(file, file.with_name("auto.wav"))
+    decompress_file(file, file.with_name("named.wav"), model=own)
+    assert np.array_equal(sf.read(str(file.with_name("auto.wav")))[0], sf.read(str(file.with_name("named.wav")))[0])
+    with pytest.raises(CodecError, match=own.cfg.name):
+        decompress_file(file, file.with_name("x.wav"), model=other)
+    assert not file.with_name("x.wav").exists()
 
 
 @pytest.mark.parametrize("release, weights_hash", [("rvq24k-v8", "e9271f8063f42148"), ("rvq24k-v9", "07f2c20aee4c4948")])
@@ -156,11 +161,11 @@ def test_files_of_v14_to_v16_decode_with_the_built_in_v17(tmp_path, release, wei
 
 
 def test_files_of_v13_decode_with_the_built_in_v13(tmp_path):
-    """v14 to v18 have v13's architecture, but codebooks fitted afresh, so the same codes mean
-    other spectra. A v13 file decodes without --model with the built-in v13, and the default
-    (v18) refuses it, naming v13."""
+    """v14 to v18 have v13's architecture (v19 a wider first decoder layer), but codebooks
+    fitted afresh, so the same codes mean other spectra. A v13 file decodes without --model
+    with the built-in v13, and the default (v19) refuses it, naming v13."""
     v13, default = load("rvq24k-v13"), load()
-    assert default.cfg.name != "rvq24k-v13" and default.cfg.same_architecture(v13.cfg)
+    assert default.cfg.name != "rvq24k-v13" and load("rvq24k-v18").cfg.same_architecture(v13.cfg)
     assert codes_fingerprint(v13) != codes_fingerprint(default)
     clip = SAMPLES / "speech_librispeech_60.flac"
     compress_file(clip, tmp_path / "v13.rvq", kbps=6, model=v13)
@@ -202,10 +207,25 @@ def test_default_model_output_lines_up_with_the_input(tmp_path):
     out, _ = sf.read(str(tmp_path / "s.wav"), dtype="float32")
     lag, corr = metrics.envelope_lag(ref, out, rate // 50, rate)
     assert corr > 0.8 and abs(lag) <= 0.002 * rate, (lag, corr)
-    # (the low band needs the delay: the same weights without it, as v17, whose files this reads)
-    late = Codec(dataclasses.replace(model.cfg, output_delay=0, lowband_levels=(), name="rvq24k-v17")).eval()
-    late.load_state_dict(model.state_dict())
+    # (the low band needs the delay: v17's decoder without it, v17's files at 6 kbps)
+    v17 = load("rvq24k-v17")
+    late = Codec(dataclasses.replace(v17.cfg, output_delay=0)).eval()
+    late.load_state_dict(v17.state_dict())
     compress_file(clip, tmp_path / "v17.rvq", kbps=6, model=load("rvq24k-v17"))
     decompress_file(tmp_path / "v17.rvq", tmp_path / "late.wav", model=late)
     lag_late, _ = metrics.envelope_lag(ref, sf.read(str(tmp_path / "late.wav"), dtype="float32")[0], rate // 50, rate)
     assert lag_late > 0.002 * rate, (lag, lag_late)  # the same decode without the delay dropped
+
+
+def test_files_of_v18_decode_with_the_built_in_v18(tmp_path):
+    """v19 reads v18's codes with a decoder that also reads the low band (new weights): a v18
+    file decodes without --model with the built-in v18, and v19 refuses it, naming v18."""
+    v18, v19 = load("rvq24k-v18"), load()
+    assert v19.cfg.name == "rvq24k-v19" and v19.cfg.decoder_lowband_bins and not v18.cfg.decoder_lowband_bins
+    assert v19.cfg.lowband_levels == v18.cfg.lowband_levels
+    clip = SAMPLES / "speech_librispeech_60.flac"
+    compress_file(clip, tmp_path / "v18.rvq", kbps=12, model=v18)
+    compress_file(clip, tmp_path / "v19.rvq", kbps=12)
+    codes = [(tmp_path / f"v{n}.rvq").read_bytes() for n in (18, 19)]
+    assert codes[0][parse_header(codes[0])[1]:] == codes[1][parse_header(codes[1])[1]:]  # the same codes
+    _decodes_with_its_own_and_not_with(tmp_path / "v18.rvq", v18, v19)

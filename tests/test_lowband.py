@@ -213,3 +213,61 @@ def test_a_frame_without_the_band_leaves_no_tail_while_streaming():
         assert model.lowband_decoder.state is not None
         model.decode(model.encode(x, kbps=6))
         assert model.lowband_decoder.state is None
+
+
+READER = dataclasses.replace(LOWBAND, decoder_lowband_bins=40, name="test-lowband-reader")
+
+
+def test_a_decoder_that_reads_the_low_band_hears_it_and_streams_as_offline():
+    """decoder_lowband_bins: the coded band's coefficients go into the decoder beside the
+    latent. Other words, the same levels: the decoder's own band changes too. Streamed (mono,
+    1-2 frames a call: the live plan) as offline."""
+    model = make_model(READER)
+    x = torch.from_numpy(tone(0.4, 24000))[None]
+    codes = model.encode(x, kbps=12)
+    other = codes.clone()
+    other[:, :, 8:] = torch.flip(codes[:, :, 8:], dims=[-1])  # another band, the same levels
+    levels, _ = model.layout(16)
+    z = model.quantizer.decode(codes[:, 0, :levels])
+    own = lambda c: model.decode(c)[0] - model.lowband_decoder(c[:, 0, levels:], z)  # noqa: E731  (the decoder's band)
+    assert not torch.allclose(own(codes), own(other), atol=1e-6)
+    audio = model.decode(codes)
+    rng = np.random.default_rng(0)
+    with model.streaming():
+        pieces, start = [], 0
+        while start < codes.shape[-1]:
+            size = int(rng.integers(1, 3))
+            pieces.append(model.decode(codes[..., start : start + size]))
+            start += size
+    assert torch.allclose(torch.cat(pieces, dim=-1), audio, atol=1e-5)
+
+
+def test_a_run_teaches_a_decoder_from_one_that_did_not_read_the_band(tmp_path):
+    """--init from weights whose decoder does not read the band: the new inputs start at zero
+    weights (the run decodes as the release), and a training step moves them."""
+    from train.prepare import build_cache
+    from train.trainer import FIRST_DECODER_WEIGHT, Trainer
+    from train_support import tiny_config, write_corpus
+
+    from codec import load, save_model
+
+    root = tmp_path / "corpus"
+    build_cache(write_corpus(root / "data", speech=2, music=1), root / "cache", 8000, workers=1)
+    model = {"encoder": "logmel", "ratios": (4, 8), "latent_dim": 16, "decoder": "spectral", "decoder_dim": 8,
+             "decoder_layers": 1, "bandwidths": (1.0, 2.0, 4.0), "output_delay": 8, "lowband_levels": (0, 0, 1)}
+    release = Codec(tiny_config(model=model).model).eval()
+    save_model(release, tmp_path / "release.safetensors")
+    release = load(tmp_path / "release.safetensors")
+    cfg = tiny_config(model={**model, "decoder_lowband_bins": 2}, loss={"adversarial": 0.0, "feature_matching": 0.0})
+    trainer = Trainer(cfg, root / "cache", tmp_path / "run")
+    trainer.init_from(str(tmp_path / "release.safetensors"))
+    weight = trainer.gen.state_dict()[FIRST_DECODER_WEIGHT]
+    assert weight.shape[1] == 16 + 2 and not weight[:, 16:].any()
+    x = trainer.data.batch(0)
+    gen = trainer.gen.eval()
+    assert torch.allclose(gen.decode(gen.encode(x, n_q=4)), release.decode(release.encode(x, n_q=4)), atol=1e-5)
+    gen.train()
+    n_q = torch.full((x.shape[0],), 4)
+    out = trainer.gen(x, n_q, codes=None)
+    out.audio.pow(2).mean().backward()
+    assert trainer.gen.decoder[0].conv.weight.grad[:, 16:].abs().sum() > 0

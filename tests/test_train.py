@@ -399,7 +399,10 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     assert gpu.disc.stft_channels > general.disc.stft_channels
     # the shipped default's recipe: the log-mel front end, no encoder to freeze
     logmel = configs["logmel24k"]
-    assert logmel.model.encoder == "logmel" and logmel.model.same_architecture(load().cfg)
+    assert logmel.model.encoder == "logmel" and logmel.model.same_architecture(load("rvq24k-v18").cfg)
+    # the default's: a decoder that also reads the low band, started from v18 or continuing v19
+    lowband = configs["logmel24k-lowband"]
+    assert lowband.model.decoder_lowband_bins and lowband.model.same_architecture(load().cfg)
     assert not logmel.freeze_encoder and not logmel.data.code_crops
     # its last stretch (resumed in place): a cosine ending at the run's end, louder crops
     anneal = configs["logmel24k-anneal"]

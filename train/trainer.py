@@ -304,8 +304,17 @@ class Trainer:
         """Start from release weights (a built-in model name or a ``.safetensors`` file): all
         of them, or with ``freeze_encoder`` and another decoder, the encoder and codebooks."""
         release = load_release(name_or_path)
+        reads_band = self.cfg.model.decoder_lowband_bins
         if release.cfg.same_architecture(self.cfg.model):
             self.gen.load_state_dict(release.state_dict())
+        elif reads_band and not release.cfg.decoder_lowband_bins and release.cfg.same_architecture(
+                dataclasses.replace(self.cfg.model, decoder_lowband_bins=0)):
+            # a decoder that will read the low band, from one that did not: its first layer
+            # gets zero weights for the new inputs, so it starts as the release decodes
+            state = release.state_dict()
+            first = state[FIRST_DECODER_WEIGHT]
+            state[FIRST_DECODER_WEIGHT] = torch.cat([first, first.new_zeros(first.shape[0], reads_band, first.shape[2])], dim=1)
+            self.gen.load_state_dict(state)
         elif self.cfg.freeze_encoder and release.cfg.same_encoder(self.cfg.model):
             # a new decoder learns from the release's frozen encoder and codebooks
             self.gen.encoder.load_state_dict(release.encoder.state_dict())
@@ -336,6 +345,9 @@ class Trainer:
         for codec in (self.gen, self.ema):  # (the low band has no weights: the same networks)
             if codec is not None:
                 codec.set_lowband(model.lowband_levels, model.output_delay)
+
+
+FIRST_DECODER_WEIGHT = "decoder.0.conv.weight"  # the spectral decoder's input layer [dim, inputs, kernel]
 
 
 def _check_architecture(name: str, state_json: Path, cfg: TrainConfig) -> None:
