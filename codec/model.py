@@ -134,7 +134,7 @@ class Codec(nn.Module):
             q = self.quantizer(z, n_q)
             latent = q.x if bypass is None else torch.where(bypass.to(z.device)[:, None, None], z, q.x.to(z.dtype))
         if self.lowband_decoder is None:
-            return CodecOutput(self.decoder(latent), q)
+            return CodecOutput(self.decoder(self._decoder_input(latent, None)), q)
         return CodecOutput(self._with_lowband(x, latent, q.x, [words for _, words in layouts]), q)
 
     def _with_lowband(self, x: Tensor, latent: Tensor, quantized: Tensor, words: list[int]) -> Tensor:

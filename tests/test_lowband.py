@@ -271,3 +271,15 @@ def test_a_run_teaches_a_decoder_from_one_that_did_not_read_the_band(tmp_path):
     out = trainer.gen(x, n_q, codes=None)
     out.audio.pow(2).mean().backward()
     assert trainer.gen.decoder[0].conv.weight.grad[:, 16:].abs().sum() > 0
+
+
+def test_a_decoder_that_reads_the_band_trains_and_decodes_without_one():
+    """decoder_lowband_bins with no low band coded (a recipe that turns it off): its extra
+    inputs are zeros, in training as in decoding; and its encoder and codebooks still count
+    as v19-like weights' (same_encoder)."""
+    model = make_model(dataclasses.replace(READER, lowband_levels=()))
+    x = torch.from_numpy(tone(0.2, 24000))[None]
+    out = model(x[:, :1, : 15 * 320], torch.tensor([16]))
+    assert out.audio.shape == (1, 1, 15 * 320)
+    assert model.decode(model.encode(x, kbps=12)).shape[-1] >= x.shape[-1]
+    assert READER.same_encoder(dataclasses.replace(LOWBAND, lowband_levels=(), output_delay=0))
