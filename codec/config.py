@@ -153,8 +153,8 @@ class CodecConfig:
     def same_encoder(self, other: "CodecConfig") -> bool:
         """Whether ``other``'s encoder and codebooks fit this model: everything but the
         decoder (and what :meth:`same_architecture` ignores) agrees."""
-        decoder = {"decoder": "seanet", "decoder_dim": 0, "decoder_layers": 0, "decoder_lowband_bins": 0,
-                   "lowband_levels": (), "output_delay": 0}
+        # (the low band too: a SEANet decoder cannot take it; same_architecture ignores it anyway)
+        decoder = {"decoder": "seanet", "decoder_dim": 0, "decoder_layers": 0, "decoder_lowband_bins": 0, "lowband_levels": ()}
         return replace(self, **decoder).same_architecture(replace(other, **decoder))
 
     def to_dict(self) -> dict[str, Any]:

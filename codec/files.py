@@ -207,14 +207,15 @@ class FileAudio:
         """The failed chunk again from its start, in small pieces, up to the first that fails:
         ``[T, C]`` (T below the chunk)."""
         piece = max(1, int(self.rate * DAMAGE_PIECE_SECONDS))
-        pieces = [np.zeros((0, self.channels), np.float32)]
+        pieces, got = [np.zeros((0, self.channels), np.float32)], 0
         try:
             self.f.seek(self.samples)
-            for _ in range(-(-self.chunk // piece)):
-                y = self.f.read(min(piece, self.chunk - sum(map(len, pieces))), dtype="float32", always_2d=True)
+            while got < self.chunk:
+                y = self.f.read(min(piece, self.chunk - got), dtype="float32", always_2d=True)
                 if not len(y):
                     break
                 pieces.append(y)
+                got += len(y)
         except (sf.LibsndfileError, RuntimeError):  # (the damage again, or a file that cannot seek)
             pass
         return np.concatenate(pieces)

@@ -147,15 +147,14 @@ class Codec(nn.Module):
         bands = x.new_zeros(b, 1, f * self.hop_length)
         cuts = torch.zeros(b, dtype=torch.long)
         with torch.no_grad():
-            for i, n in enumerate(words):
-                if n:
-                    env = quantized[i : i + 1].detach().float()
-                    coded = self.lowband_encoder(x[i : i + 1], env, n)
-                    ratio, coefs = self.lowband_decoder.coefficients(coded, env)
-                    width = min(ratio.shape[-1], ratios.shape[-1])
-                    ratios[i, :, :width] = ratio[0, :, :width]
-                    bands[i] = self.lowband_decoder.synthesise(coefs)[0].to(bands.dtype)
-                    cuts[i] = ratio.shape[-1]
+            for n in set(words) - {0}:  # the examples of one bitrate at once
+                rows = torch.tensor([i for i, w in enumerate(words) if w == n], device=latent.device)
+                env = quantized[rows].detach().float()
+                ratio, coefs = self.lowband_decoder.coefficients(self.lowband_encoder(x[rows], env, n), env)
+                width = min(ratio.shape[-1], ratios.shape[-1])
+                ratios[rows, :, :width] = ratio[..., :width]
+                bands[rows] = self.lowband_decoder.synthesise(coefs).to(bands.dtype)
+                cuts[rows.cpu()] = ratio.shape[-1]
         with low_cut(cuts):
             audio = self.decoder(self._decoder_input(latent, ratios))
         return audio + bands
