@@ -15,6 +15,9 @@ from typing import Annotated
 import typer
 
 from codec import compress_file, decompress_file, read_info
+from codec.bitstream import Header
+from codec.lowband import describe
+from codec.weights import registered_config
 
 from .errors import user_errors
 from .options import FileThreadsOpt, ForceOpt, KbpsOpt, ModelOpt, QuietOpt, set_threads
@@ -65,6 +68,16 @@ def decompress(
         typer.echo(f"{out}: written")
 
 
+def layout_row(h: Header) -> list[tuple[str, str]]:
+    """What the codes of a frame hold, as the built-in model of the header's name lays them
+    out (its config only: no weights read); nothing for a model that is not built in."""
+    with user_errors():
+        cfg = registered_config(h.model_id)
+    if cfg is None or (cfg.codebook_size, cfg.sample_rate) != (h.codebook_size, h.sample_rate) or h.n_q > cfg.n_q:
+        return []
+    return [("codes", describe(cfg, h.n_q))]
+
+
 @app.command()
 def info(file: Annotated[Path, typer.Argument(help="The .rvq file to inspect.")]) -> None:
     """Show a .rvq file's header, duration, bitrate, packets and CRC check."""
@@ -78,6 +91,7 @@ def info(file: Annotated[Path, typer.Argument(help="The .rvq file to inspect.")]
         ("channels", h.channels),
         ("frame rate", f"{h.frame_rate:g} Hz"),
         ("codebooks", f"{h.n_q} x {h.codebook_size} entries ({h.bits_per_code} bits)"),
+        *layout_row(h),
         ("samples", length),
         ("bitrate", ("unknown" if math.isnan(i.actual_kbps) else f"{i.actual_kbps:.3f} kbps")
          + f" actual, {h.kbps:g} kbps of codes"),

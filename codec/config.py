@@ -136,6 +136,14 @@ class CodecConfig:
         valid = ", ".join(f"{b:g}" for b in sorted(self.bandwidths))
         raise CodecError(f"unsupported bitrate {kbps:g} kbps; valid values: {valid}")
 
+    def layout(self, n_q: int) -> tuple[int, int]:
+        """What ``n_q`` codes a frame holds: (log-mel or latent levels, low-band words), as
+        ``lowband_levels`` says for the largest served bitrate of at most ``n_q`` codes
+        (codec/lowband.py)."""
+        served = sorted((self.n_q_for_kbps(b), levels) for b, levels in zip(self.bandwidths, self.lowband_levels))
+        levels = next((levels for codes, levels in reversed(served) if codes <= n_q), 0)
+        return (levels, n_q - levels) if levels else (n_q, 0)
+
     def same_architecture(self, other: "CodecConfig") -> bool:
         """Whether ``other``'s weights fit this model: everything but the name, the
         postfilter strength, the output delay and the low band (which have no weights) and the unused sizes

@@ -19,7 +19,8 @@ band adds no latency. The decoder's own spectrum is cut below the coded band
 Each frame's first ``bins`` coefficients (``bins`` as many as the frame's bits allow,
 :func:`bins_for`) are divided by ``envelope ** 0.5`` (the envelope: the per-coefficient
 amplitude that the frame's decoded log-mel spectrum implies, so that both ends have it) and by
-a gain, the frame's largest such ratio rounded up to 1.5 dB; then rounded to 15 levels. Bits,
+a gain in 1.5-dB steps (the encoder's choice, :func:`quantize`: at or a little below the
+frame's largest such ratio); then rounded to 15 levels. Bits,
 most significant first: the gain's 6, then 4 per coefficient, cut into the words of the
 codes (``word_bits`` each). Float64 throughout, so that streamed and offline frames agree.
 """
@@ -27,6 +28,7 @@ codes (``word_bits`` each). Float64 throughout, so that streamed and offline fra
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,18 +37,35 @@ from torch import Tensor
 from .logmel import mel_filterbank
 from .streaming import ConvState, ConvTransposeState, StreamingModule
 
+if TYPE_CHECKING:
+    from .config import CodecConfig
+
 COEF_BITS = 4
 LEVELS = 2 ** (COEF_BITS - 1) - 1  # a coefficient is rounded to -LEVELS..LEVELS steps (15 values)
 GAIN_BITS = 6
 GAIN_STEPS_PER_OCTAVE = 4  # 1.5 dB
 GAIN_OFFSET = 2 ** (GAIN_BITS - 1)  # gain code of a ratio of 1
 SHAPING = 0.5  # the quantizer's step follows envelope ** SHAPING
+GAIN_SEARCH = 2  # gain codes tried below the one that covers a frame's largest ratio (quantize)
 
 
 def bins_for(words: int, word_bits: int) -> int:
     """Coefficients a frame of ``words`` codes of ``word_bits`` carries (what is left over
     after the gain; the spare bits are zero)."""
     return max(0, (words * word_bits - GAIN_BITS) // COEF_BITS)
+
+
+def describe(cfg: "CodecConfig", n_q: int) -> str:
+    """What a frame of ``n_q`` codes holds, in words: its levels and low-band words
+    (:meth:`CodecConfig.layout`), e.g. ``6 log-mel levels + 10 low-band words (23 MDCT
+    coefficients: the waveform below 862 Hz)``."""
+    levels, words = cfg.layout(n_q)
+    text = f"{levels} {'log-mel' if cfg.encoder == 'logmel' else 'latent'} levels"
+    if words:
+        bins = min(bins_for(words, cfg.bits_per_code), cfg.hop_length)
+        hz = bins * cfg.sample_rate / (2 * cfg.hop_length)
+        text += f" + {words} low-band words ({bins} MDCT coefficients: the waveform below {hz:.0f} Hz)"
+    return text
 
 
 def low_overlap_window(hop: int, overlap: int) -> Tensor:
@@ -85,6 +104,15 @@ class LowbandCoder(StreamingModule):
         per_bin = 1.0 / mel_filterbank(sample_rate, 2 * hop, n_mels).sum(axis=1)  # [n_mels]
         weights = at_centres * per_bin[:, None] / np.maximum(at_centres.sum(axis=0), 1e-12)
         self.register_buffer("mel_weights", torch.from_numpy(weights), persistent=False)  # [n_mels, hop]
+        self._exact = {name: buffer.clone() for name, buffer in self.named_buffers()}
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        """The buffers go where the module goes but stay float64 and exact: ``model.half()``
+        would round the MDCT basis and the envelope's weights, and the codes with them."""
+        super()._apply(fn, recurse)
+        for name, exact in self._exact.items():
+            self._buffers[name] = exact.to(self._buffers[name].device)
+        return self
 
     def bins(self, words: int) -> int:
         return min(bins_for(words, self.word_bits), self.hop)
@@ -125,12 +153,8 @@ class LowbandEncoder(LowbandCoder):
         bins = self.bins(words)
         if bins == 0 or f == 0:  # (too few bits for a coefficient: the words stay zero)
             return torch.zeros(b, words, f, dtype=torch.long, device=x.device)
-        ratio = self.analyse(inp, bins) / self.steps(latent, bins)
-        peak = ratio.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
-        gain_code = (torch.ceil(torch.log2(peak) * GAIN_STEPS_PER_OCTAVE - 1e-9) + GAIN_OFFSET).clamp(0, 2 ** GAIN_BITS - 1)
-        step = _gain(gain_code) / LEVELS
-        q = torch.round(ratio / step).clamp(-LEVELS, LEVELS) + LEVELS  # [B, F, bins], 0..2 LEVELS
-        return _pack(gain_code.long(), q.long(), words, self.word_bits)
+        gain_code, q = quantize(self.analyse(inp, bins) / self.steps(latent, bins))
+        return _pack(gain_code, q + LEVELS, words, self.word_bits)
 
 
 class LowbandDecoder(LowbandCoder):
@@ -166,6 +190,28 @@ class LowbandDecoder(LowbandCoder):
         if self.streaming_on and f:
             self.state = ConvTransposeState(tail[:, -1])
         return y.reshape(b, 1, f * self.hop).float()
+
+
+def quantize(ratio: Tensor) -> tuple[Tensor, Tensor]:
+    """Coefficients over their steps ``[B, F, bins]`` -> each frame's gain code ``[B, F, 1]``
+    and the coefficients in steps of ``gain / LEVELS``, ``[B, F, bins]`` in -LEVELS..LEVELS
+    (both int64).
+
+    The gain is, of the codes from the one that just covers the frame's largest ratio down
+    to ``GAIN_SEARCH`` steps (1.5 dB each) below it, the one whose rounded coefficients come
+    closest to the ratios (squared error; a tie keeps the larger gain). Below the largest,
+    the few largest coefficients are clipped to LEVELS steps and all the others get finer
+    steps. The decoder only reads the code, so this is the encoder's choice alone (session
+    26, on 20 held-out speech excerpts: PESQ 3.292 -> 3.317 at 12 kbps, 3.786 -> 3.860 at
+    24 kbps against the largest ratio's gain)."""
+    peak = ratio.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
+    top = torch.ceil(torch.log2(peak) * GAIN_STEPS_PER_OCTAVE - 1e-9) + GAIN_OFFSET  # [B, F, 1]
+    codes = (top - torch.arange(GAIN_SEARCH + 1, dtype=top.dtype, device=top.device)).clamp(0, 2 ** GAIN_BITS - 1)
+    step = (_gain(codes) / LEVELS)[..., None]  # [B, F, candidates, 1]
+    q = torch.round(ratio[..., None, :] / step).clamp(-LEVELS, LEVELS)  # [B, F, candidates, bins]
+    best = ((q * step - ratio[..., None, :]) ** 2).sum(-1).argmin(-1, keepdim=True)  # [B, F, 1] (first of ties)
+    picked = q.gather(-2, best[..., None].expand(*best.shape, q.shape[-1]))[..., 0, :]
+    return codes.gather(-1, best).long(), picked.long()
 
 
 def _gain(code: Tensor) -> Tensor:

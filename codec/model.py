@@ -17,7 +17,7 @@ from .logmel import LogMelEncoder
 from .lowband import LowbandDecoder, LowbandEncoder
 from .native import NativePlan
 from .postfilter import PitchPostfilter
-from .quantizer import QuantizerOutput, ResidualVectorQuantizer
+from .quantizer import SEARCH_BEAM, QuantizerOutput, ResidualVectorQuantizer
 from .seanet import Decoder, Encoder
 from .spectral import SpectralDecoder, low_cut
 from .streaming import streaming
@@ -103,12 +103,8 @@ class Codec(nn.Module):
         return self.cfg.n_q_for_kbps(max(self.cfg.bandwidths) if kbps is None else kbps)
 
     def layout(self, n_q: int) -> tuple[int, int]:
-        """What ``n_q`` codes a frame holds: (log-mel or latent levels, low-band words), as
-        ``cfg.lowband_levels`` says for the largest served bitrate of at most ``n_q`` codes
-        (codec/lowband.py)."""
-        served = sorted((self.cfg.n_q_for_kbps(b), levels) for b, levels in zip(self.cfg.bandwidths, self.cfg.lowband_levels))
-        levels = next((levels for codes, levels in reversed(served) if codes <= n_q), 0)
-        return (levels, n_q - levels) if levels else (n_q, 0)
+        """:meth:`CodecConfig.layout` of this model's config."""
+        return self.cfg.layout(n_q)
 
     # Training -----------------------------------------------------------------------
     def forward(self, x: Tensor, n_q: Tensor, bypass: Tensor | None = None, codes: Tensor | None = None) -> CodecOutput:
@@ -180,7 +176,9 @@ class Codec(nn.Module):
         Offline, T is padded with zeros to whole frames. While streaming, only the frames
         completed so far are returned; the rest waits for the next chunk or :meth:`flush`.
         ``levels_only``: all K codes from the quantizer's levels, whatever the low band
-        (:meth:`layout`): what codebook statistics and training on codes need.
+        (:meth:`layout`), searched greedily, so that the first k of them are also the codes of
+        k levels: what codebook statistics and training on codes need. Otherwise the levels
+        are searched for the bitrate (:func:`codec.quantizer.beam_search`).
         """
         k = self.n_q_for(kbps, n_q)
         if wav.dim() != 3:
@@ -197,7 +195,7 @@ class Codec(nn.Module):
             x, self._held = x[..., :whole], x[..., whole:].clone()  # the caller may reuse its buffer
             z = self._run_streaming("encoder", x, self.hop_length)
         levels, words = (k, 0) if levels_only else self.layout(k)
-        codes = self.quantizer.encode(z, levels)
+        codes = self.quantizer.encode(z, levels, beam=1 if levels_only else SEARCH_BEAM)
         if self.lowband_encoder is not None and (words or self._held is not None):  # (streaming: keep its state)
             lowband = self.lowband_encoder(x, self.quantizer.decode(codes) if words else None, words)
             codes = torch.cat([codes, lowband], dim=1)

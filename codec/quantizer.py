@@ -30,6 +30,9 @@ from .cache import TensorCache
 from .kmeans import kmeans, nearest
 from .native import compact, rvq_decode, rvq_search
 
+SEARCH_BEAM = 8  # code sequences kept per level by the inference search (beam_search; 1: greedy)
+BEAM_ROWS = 256  # frames searched at once (the distances of a beam are [rows, beam, entries])
+
 
 @dataclass
 class QuantizerOutput:
@@ -241,13 +244,19 @@ class ResidualVectorQuantizer(nn.Module):
     NATIVE_MAX_ROWS = 8  # searches and decodes of up to this many frames run in codec/native.py
 
     @torch.no_grad()
-    def encode(self, z: Tensor, n_q: int) -> Tensor:
-        """``[B, D, F]`` -> codes ``[B, n_q, F]``."""
+    def encode(self, z: Tensor, n_q: int, beam: int = SEARCH_BEAM) -> Tensor:
+        """``[B, D, F]`` -> codes ``[B, n_q, F]``: with ``beam`` 1 each level's nearest entry
+        to what the levels before left (greedy), else :func:`beam_search`'s codes, which leave
+        less (their first levels are then not the best codes of fewer levels: encode at the
+        bitrate to be sent)."""
         if not 1 <= n_q <= self.n_q:
             raise ValueError(f"n_q must be in 1..{self.n_q}, got {n_q}")
         b, d, f = z.shape
         rows = z.transpose(1, 2).reshape(b * f, d)
         tables, norms = self._exact_tables()
+        if beam > 1 and b * f:  # (no frames: the greedy path returns no codes)
+            codes = torch.cat([beam_search(part.double(), tables, norms, n_q, beam) for part in rows.split(BEAM_ROWS)])
+            return codes.reshape(b, f, n_q).transpose(1, 2)
         if b * f <= self.NATIVE_MAX_ROWS:  # live streaming: a frame or a few, in one native call
             codes = rvq_search(self._compact_codebooks(), norms, rows, n_q)
             if codes is not None:
@@ -290,6 +299,40 @@ class ResidualVectorQuantizer(nn.Module):
         if low < 0 or high >= self.codebook_size:
             raise ValueError(f"codes must be in 0..{self.codebook_size - 1}, got {int(low)}..{int(high)}")
         return self._entries(codes).sum(1).transpose(1, 2)
+
+
+def beam_search(rows: Tensor, tables: Tensor, norms: Tensor, n_q: int, beam: int) -> Tensor:
+    """Codes of ``n_q`` levels for rows ``[N, D]`` float64 (codebooks ``tables`` ``[L, K, D]``
+    and their squared norms ``[L, K]``, float64) -> ``[N, n_q]``: at each level, of every kept
+    code sequence extended by every entry, the ``beam`` that leave the smallest residual are
+    kept; the best at the end wins.
+
+    Why (session 26): greedy search takes each level's nearest entry, and the residual it
+    leaves may suit the next levels worse than a slightly farther entry's. On the sample
+    files, 8 sequences leave 14-21% less squared error than greedy at 6 and 8 levels (16: 16-23%;
+    32: 18-25%), and on 20 held-out speech excerpts at 12 kbps speech PESQ rose 3.317 -> 3.356
+    and ViSQOL 3.420 -> 3.473 (docs/model_card.md). Nothing changes for a decoder.
+
+    Float64, each row on its own (topk keeps the first of exact ties), so a stream of single
+    frames gets the codes of the whole file at once."""
+    n, d = rows.shape
+    residual = rows[:, None, :]  # [N, kept, D]
+    error = (residual * residual).sum(-1)  # [N, kept]
+    codes = rows.new_zeros(n, 1, 0, dtype=torch.long)  # [N, kept, levels so far]
+    for level in range(n_q):
+        kept = residual.shape[1]
+        # |r - c|^2 = |r|^2 + |c|^2 - 2 r.c for every kept sequence and entry: [N, kept, K]
+        dist = torch.addmm(norms[level], residual.reshape(n * kept, d), tables[level].T, alpha=-2.0).view(n, kept, -1)
+        dist = dist + error[..., None]
+        width = min(beam, dist.shape[-1])
+        near, entry = dist.topk(width, dim=-1, largest=False)  # each sequence's best extensions
+        error, best = near.reshape(n, kept * width).topk(min(beam, kept * width), dim=-1, largest=False)
+        parent = torch.div(best, width, rounding_mode="floor")  # [N, beam]
+        entry = entry.reshape(n, kept * width).gather(1, best)
+        residual = residual.gather(1, parent[..., None].expand(-1, -1, d)) - tables[level].index_select(0, entry.reshape(-1)).view(n, -1, d)
+        error = (residual * residual).sum(-1)
+        codes = torch.cat([codes.gather(1, parent[..., None].expand(-1, -1, codes.shape[2])), entry[..., None]], dim=2)
+    return codes[:, 0]
 
 
 def code_usage(counts: Tensor) -> tuple[Tensor, Tensor]:

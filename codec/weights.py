@@ -219,19 +219,33 @@ def load(name_or_path: str | Path | None = None) -> Codec:
     return _load_file(path, dict(REGISTRY[key].config) if key in REGISTRY else {})
 
 
-def _load_file(path: Path, overrides: dict | None = None) -> Codec:
+def registered_config(name: str) -> CodecConfig | None:
+    """A built-in model's config (a registered name or alias), from its file's metadata alone
+    (no weights read, no sha256 check); None for any other name."""
+    key = ALIASES.get(name, name)
+    if key not in REGISTRY:
+        return None
+    return _read_file(WEIGHTS_DIR / REGISTRY[key].file, dict(REGISTRY[key].config), tensors=False)[0]
+
+
+def _read_file(path: Path, overrides: dict, tensors: bool = True) -> tuple[CodecConfig, dict]:
+    """The config in ``path``'s metadata (with ``overrides``) and, with ``tensors``, its tensors."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            state = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except Exception as exc:
         raise ModelError(f"cannot read model weights from {path}: {str(exc).splitlines()[0]}") from None
     if meta.get("format") != FORMAT or "config" not in meta:
         raise ModelError(f"{path} is not an rvqcodec model file")
     try:
-        cfg = CodecConfig.from_dict({**json.loads(meta["config"]), **(overrides or {})})
+        return CodecConfig.from_dict({**json.loads(meta["config"]), **overrides}), state
     except (ValueError, TypeError) as exc:  # e.g. written by another version of rvqcodec
         raise ModelError(f"{path} holds a model config this version cannot use: {str(exc).splitlines()[0]}") from None
+
+
+def _load_file(path: Path, overrides: dict | None = None) -> Codec:
+    cfg, tensors = _read_file(path, overrides or {})
     model = Codec(cfg)
     state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     try:

@@ -58,11 +58,37 @@ def test_info_reports_header_bitrate_and_crc(tmp_path, stereo_wav, small_model_f
     assert r.exit_code == 0, r.output
     assert "test-small" in r.stdout and "44100 Hz" in r.stdout and "crc          ok" in r.stdout
     assert "12 kbps of codes" in r.stdout  # 6 kbps per channel, two channels
+    assert "\ncodes " not in r.stdout  # not a built-in model: its layout is not known here
     data = bytearray(rvq.read_bytes())
     data[-10] ^= 0xFF
     rvq.write_bytes(bytes(data))
     r = invoke("info", rvq)
     assert r.exit_code == 1 and "1 damaged packet" in r.stdout
+
+
+@pytest.mark.parametrize("kbps", [6, 12, 24])
+def test_info_shows_what_the_default_models_codes_hold(tmp_path, kbps):
+    """A built-in model's file: its levels and, where the config codes the low band, the
+    words, coefficients and top of the band (worked out here from the config); a model that
+    is not built in gets no such row (above)."""
+    from codec.weights import DEFAULT_MODEL, registered_config
+
+    wav, rvq = tmp_path / "x.wav", tmp_path / "x.rvq"
+    sf.write(wav, tone(0.5, 24000)[0], 24000)
+    assert invoke("compress", wav, rvq, "--kbps", kbps, "--quiet").exit_code == 0
+    r = invoke("info", rvq)
+    assert r.exit_code == 0, r.output
+    cfg = registered_config(DEFAULT_MODEL)
+    n_q = round(kbps * 1000 / 75 / 10)
+    levels = dict(zip(cfg.bandwidths, cfg.lowband_levels)).get(kbps, 0) or n_q
+    row = next(line for line in r.stdout.splitlines() if line.startswith("codes "))
+    assert f" {levels} log-mel levels" in row
+    if levels < n_q:
+        bins = ((n_q - levels) * 10 - 6) // 4
+        assert f"+ {n_q - levels} low-band words ({bins} MDCT coefficients" in row
+        assert f"below {bins * 24000 / 640:.0f} Hz" in row
+    else:
+        assert "low-band" not in row
 
 
 def test_quiet_prints_nothing(tmp_path, stereo_wav, small_model_file):

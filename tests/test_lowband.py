@@ -11,7 +11,7 @@ import torch
 
 from codec import Codec
 from codec.weights import fingerprint, reads
-from codec.lowband import COEF_BITS, GAIN_BITS, LowbandDecoder, LowbandEncoder, _pack, _unpack, bins_for
+from codec.lowband import COEF_BITS, GAIN_BITS, LowbandDecoder, LowbandEncoder, _pack, _unpack, bins_for, quantize
 from conftest import SMALL, make_model, tone
 
 HOP, OVERLAP = 320, 96
@@ -31,6 +31,19 @@ def test_every_coefficient_gives_back_the_input_overlap_samples_later():
     assert y[:, :OVERLAP].abs().max() < 1e-5
 
 
+def test_a_cast_model_keeps_the_transform_exact():
+    """``model.half()`` (or ``.to(dtype)``) casts weights, not the low band's float64 basis,
+    window and envelope weights: rounded, they would change the codes."""
+    model = make_model(LOWBAND)
+    exact = {name: b.clone() for name, b in model.lowband_encoder.named_buffers()}
+    model.half()
+    model.to(torch.bfloat16)
+    for part in (model.lowband_encoder, model.lowband_decoder):
+        for name, b in part.named_buffers():
+            assert b.dtype == torch.float64 and torch.equal(b, exact[name]), name
+    assert next(model.decoder.parameters()).dtype == torch.bfloat16
+
+
 def test_the_words_carry_the_gain_and_coefficient_codes_unchanged():
     words, bits = 8, 10
     bins = bins_for(words, bits)
@@ -42,6 +55,27 @@ def test_the_words_carry_the_gain_and_coefficient_codes_unchanged():
     assert packed.shape == (3, words, 5) and 0 <= packed.min() and packed.max() < 2 ** bits
     gain2, q2 = _unpack(packed, bins, bits)
     assert torch.equal(gain2, gain) and torch.equal(q2, q)
+
+
+def test_the_gain_brings_the_decoded_coefficients_closer_than_the_largest_ones_gain():
+    """The encoder's gain (``quantize``), as the decoder reads it back from the words, leaves
+    no more squared error than the gain that just covers the frame's largest ratio (rounded up
+    to 1.5 dB, as written here) on any frame, and less over frames of Laplace-distributed
+    ratios (a few large coefficients, many small ones, as in speech), where it is often lower."""
+    bins, words, bits, frames = 23, 10, 10, 200
+    g = torch.Generator().manual_seed(3)
+    magnitude = -torch.log(torch.rand(2, frames, bins, dtype=torch.float64, generator=g))
+    ratio = magnitude * torch.where(torch.rand(2, frames, bins, generator=g) < 0.5, -1.0, 1.0).double()
+    gain, q = quantize(ratio)
+    dec = LowbandDecoder(24000, HOP, OVERLAP, 80, bits)
+    decoded, _ = dec.coefficients(_pack(gain, q + 7, words, bits), torch.zeros(2, 80, frames))
+    error = ((decoded - ratio) ** 2).sum(-1)
+    peak_code = torch.ceil(torch.log2(ratio.abs().amax(-1, keepdim=True)) * 4 - 1e-9) + 32
+    step = torch.exp2((peak_code - 32) / 4) / 7
+    peak_error = ((torch.round(ratio / step).clamp(-7, 7) * step - ratio) ** 2).sum(-1)
+    assert (error <= peak_error * (1 + 1e-12)).all()
+    assert error.sum() < 0.9 * peak_error.sum(), error.sum() / peak_error.sum()
+    assert (gain < peak_code).double().mean() > 0.3
 
 
 def _low(a: np.ndarray, rate: int, hz: float) -> np.ndarray:
@@ -151,9 +185,10 @@ def test_levels_only_gives_every_level_of_the_quantizer():
     levels = model.encode(x, n_q=32, levels_only=True)
     with torch.no_grad():
         z = model.encoder(x)
-    assert torch.equal(levels[0], model.quantizer.encode(z, 32))
-    hybrid = model.encode(x, n_q=32)
-    assert torch.equal(hybrid[:, :, :8], levels[:, :, :8]) and not torch.equal(hybrid[:, :, 8:], levels[:, :, 8:])
+    assert torch.equal(levels[0], model.quantizer.encode(z, 32, beam=1))  # greedy: level k's codes at any count
+    assert torch.equal(levels[0, :, :8], model.quantizer.encode(z, 8, beam=1))
+    hybrid = model.encode(x, n_q=32)  # 8 levels searched for 8, then the low band
+    assert torch.equal(hybrid[0, :, :8], model.quantizer.encode(z, 8)) and not torch.equal(hybrid[:, :, 8:], levels[:, :, 8:])
 
 
 def test_a_run_from_weights_with_a_low_band_exports_it(tmp_path):

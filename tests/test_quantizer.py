@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from codec.quantizer import ResidualVectorQuantizer, sample_n_q
+from codec.quantizer import SEARCH_BEAM, ResidualVectorQuantizer, beam_search, sample_n_q
 from conftest import SMALL, make_model
 
 
@@ -105,11 +105,62 @@ def test_n_q_is_honoured_in_eval_mode():
     for k in (1, 2, 8, 32):
         codes = model.encode(wav, n_q=k)
         assert codes.shape[2] == k
-    c8 = model.encode(wav, n_q=8)
-    c32 = model.encode(wav, n_q=32)
-    assert torch.equal(c8, c32[:, :, :8])  # residual levels are nested
+    c8 = model.encode(wav, n_q=8, levels_only=True)
+    c32 = model.encode(wav, n_q=32, levels_only=True)
+    assert torch.equal(c8, c32[:, :, :8])  # greedy residual levels are nested
     model.train()
     assert model.encode(wav, n_q=8).shape[2] == 8  # training mode changes nothing at inference
+
+
+def _greedy(rows: torch.Tensor, books: torch.Tensor, n_q: int) -> torch.Tensor:
+    codes, residual = [], rows.clone()
+    for level in range(n_q):
+        idx = torch.cdist(residual, books[level]).argmin(-1)
+        residual = residual - books[level][idx]
+        codes.append(idx)
+    return torch.stack(codes, dim=1)
+
+
+def _error(rows: torch.Tensor, books: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    rec = sum(books[level][codes[:, level]] for level in range(codes.shape[1]))
+    return ((rows - rec) ** 2).sum(-1)
+
+
+def test_a_beam_as_wide_as_the_choices_finds_the_best_codes():
+    """Two levels of 4 entries: a beam of 4 keeps every first entry, so it finds the best of
+    all 16 pairs (checked here by trying them all), which greedy search often misses."""
+    g = torch.Generator().manual_seed(0)
+    books = torch.randn(2, 4, 3, generator=g, dtype=torch.float64)
+    books[1] *= 0.8  # the second level's entries about as large as the first's: greedy goes wrong
+    rows = torch.randn(200, 3, generator=g, dtype=torch.float64)
+    norms = (books * books).sum(-1)
+    pairs = torch.cartesian_prod(torch.arange(4), torch.arange(4))  # [16, 2]
+    every = torch.stack([_error(rows, books, p.expand(len(rows), 2)) for p in pairs], dim=1)  # [N, 16]
+    best = every.min(1).values
+    found = _error(rows, books, beam_search(rows, books, norms, 2, beam=4))
+    assert torch.allclose(found, best)
+    greedy = _error(rows, books, beam_search(rows, books, norms, 2, beam=1))
+    assert torch.allclose(greedy, _error(rows, books, _greedy(rows, books, 2)))
+    assert (greedy > best + 1e-9).sum() > 10
+
+
+def test_the_inference_search_leaves_less_than_greedy_and_is_the_same_frame_by_frame():
+    """The quantizer's search (a beam of SEARCH_BEAM) leaves less squared error than greedy
+    search over many frames; one frame at a time it gives the codes of all frames at once
+    (a stream's codes are the offline file's)."""
+    assert SEARCH_BEAM > 1
+    g = torch.Generator().manual_seed(1)
+    rvq = ResidualVectorQuantizer(dim=8, n_q=6, size=64).eval()
+    with torch.no_grad():
+        rvq.codebooks.copy_(torch.randn(6, 64, 8, generator=g) * torch.tensor([1.0, 0.7, 0.5, 0.35, 0.25, 0.18])[:, None, None])
+    z = torch.randn(1, 8, 300, generator=g)
+    rows, books = z[0].T.double(), rvq.codebooks.double()
+    codes = rvq.encode(z, 6)
+    assert torch.equal(rvq.encode(z, 6, beam=1)[0].T, _greedy(rows, books, 6))
+    searched, greedy = _error(rows, books, codes[0].T), _error(rows, books, _greedy(rows, books, 6))
+    assert searched.sum() < 0.95 * greedy.sum(), searched.sum() / greedy.sum()
+    one_by_one = torch.cat([rvq.encode(z[..., i : i + 1], 6) for i in range(z.shape[-1])], dim=-1)
+    assert torch.equal(one_by_one, codes)
 
 
 def test_ema_quantizer_improves_with_more_codebooks():

@@ -4,14 +4,10 @@ out); :func:`run` the loop itself, given a prepared cache."""
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-from codec.endpoints import ending_signals
+from codec.endpoints import StopFlag, stop_on_signals
 from codec.errors import CodecError
 
 from . import distributed
@@ -104,7 +100,7 @@ def run(
             else:
                 wait_for_code_cache(trainer.gen, cfg, cache, run_dir / "codes")
             trainer.use_codes(run_dir / "codes")
-        with stop_signals() as stop:
+        with stop_on_signals(StopFlag()) as stop:  # a second signal interrupts (KeyboardInterrupt)
             for batch in trainer.data.loader(trainer.step, last):
                 log = trainer.train_step(batch)
                 step = trainer.step
@@ -119,7 +115,7 @@ def run(
                 if step % cfg.checkpoint_every == 0:
                     checkpoint, saved_at = trainer.save(), step
                 monitor.advance(step)
-                if distributed.any_true(stop.is_set(), ctx):
+                if distributed.any_true(bool(stop), ctx):
                     stopped = step < last
                     monitor.message(f"stopping at step {step}")
                     break
@@ -128,29 +124,3 @@ def run(
     finally:
         monitor.close()
     return RunResult(run_dir, trainer.step, checkpoint, stopped, ctx.is_main)
-
-
-@contextlib.contextmanager
-def stop_signals() -> Iterator[threading.Event]:
-    """SIGINT, SIGTERM or SIGHUP (:func:`~codec.endpoints.ending_signals`) set the yielded
-    event (the loop then checkpoints and stops); a second signal acts as usual, so an
-    impatient Ctrl-C still ends the process."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop  # signals can only be caught in the main thread
-        return
-    sigs = ending_signals()
-    previous = {s: signal.getsignal(s) for s in sigs}
-
-    def handler(signum: int, frame: object) -> None:
-        stop.set()
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-    for s in sigs:
-        signal.signal(s, handler)
-    try:
-        yield stop
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
