@@ -17,7 +17,7 @@ import typer
 from codec import compress_file, decompress_file, read_info
 from codec.bitstream import Header
 from codec.lowband import describe
-from codec.weights import registered_config
+from codec.weights import ModelError, registered_config
 
 from .errors import user_errors
 from .options import FileThreadsOpt, ForceOpt, KbpsOpt, ModelOpt, QuietOpt, set_threads
@@ -71,9 +71,12 @@ def decompress(
 def layout_row(h: Header) -> list[tuple[str, str]]:
     """What the codes of a frame hold, as the built-in model of the header's name lays them
     out (its config only: no weights read); nothing for a model that is not built in."""
-    with user_errors():
+    try:
         cfg = registered_config(h.model_id)
-    if cfg is None or (cfg.codebook_size, cfg.sample_rate) != (h.codebook_size, h.sample_rate) or h.n_q > cfg.n_q:
+    except ModelError:  # (a package without that weights file: the header alone still shows)
+        return []
+    if cfg is None or (cfg.codebook_size, cfg.sample_rate) != (h.codebook_size, h.sample_rate) or h.n_q > cfg.n_q \
+            or abs(cfg.frame_rate - h.frame_rate) > 1e-3:
         return []
     return [("codes", describe(cfg, h.n_q))]
 

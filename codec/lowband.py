@@ -111,7 +111,7 @@ class LowbandCoder(StreamingModule):
         would round the MDCT basis and the envelope's weights, and the codes with them."""
         super()._apply(fn, recurse)
         for name, exact in self._exact.items():
-            self._buffers[name] = exact.to(self._buffers[name].device)
+            self._buffers[name] = exact.to(self._buffers[name].device, copy=True)
         return self
 
     def bins(self, words: int) -> int:
@@ -121,13 +121,12 @@ class LowbandCoder(StreamingModule):
         """The first ``bins`` MDCT coefficients of each frame: audio ``[B, overlap + F * hop]``
         (frame ``t`` reads ``[t * hop, t * hop + hop + overlap)``) -> ``[B, F, bins]`` float64."""
         frames = inp.double().unfold(-1, self.hop + self.overlap, self.hop)  # [B, F, hop + overlap]
-        return (frames * self.window.double()) @ self.basis[:, :bins].double()
+        return (frames * self.window) @ self.basis[:, :bins]
 
     def steps(self, latent: Tensor, bins: int) -> Tensor:
         """Decoded log-mel frames ``[B, n_mels, F]`` -> each coefficient's step before the
         gain, ``envelope ** SHAPING`` ``[B, F, bins]`` float64."""
-        # (.double() on the buffers: no-ops unless the module was cast, e.g. by model.float())
-        power = torch.exp(latent.double()).transpose(1, 2) @ self.mel_weights[:, :bins].double()  # [B, F, bins]
+        power = torch.exp(latent.double()).transpose(1, 2) @ self.mel_weights[:, :bins]  # [B, F, bins]
         return power.clamp_min(1e-12) ** (0.5 * SHAPING)
 
 
@@ -180,7 +179,7 @@ class LowbandDecoder(LowbandCoder):
         ``[B, 1, F * hop]`` float32, block ``t`` the input's ``[t * hop - overlap, (t + 1) *
         hop - overlap)`` (overlap-added with the last frame's, or the state's, tail)."""
         b, f, bins = coefs.shape
-        frames = (coefs @ self.basis[:, :bins].double().T) * self.window.double() * (2.0 / self.hop)  # [B, F, hop + overlap]
+        frames = (coefs @ self.basis[:, :bins].T) * self.window * (2.0 / self.hop)  # [B, F, hop + overlap]
         head, tail = frames[..., : self.hop], frames[..., self.hop :]
         y = head.clone()
         y[:, 1:, : self.overlap] += tail[:, :-1]

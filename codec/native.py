@@ -93,6 +93,8 @@ def library() -> ctypes.CDLL | None:
     lib.rvq_search.argtypes = [ctypes.c_int] * 5 + [ctypes.c_void_p] * 6
     lib.rvq_search.restype = None
     lib.rvq_decode.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p] * 3
+    lib.rvq_beam.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p] * 4
+    lib.rvq_beam.restype = ctypes.c_int
     lib.rvq_decode.restype = ctypes.c_int
     lib.rvq_packed_rows.argtypes = [ctypes.c_int]
     lib.rvq_packed_rows.restype = ctypes.c_int
@@ -370,24 +372,49 @@ def _tensors(plan: FramePlan) -> list[Tensor]:
     return found
 
 
+def _search_inputs(codebooks: Tensor, norms: Tensor, z: Tensor, n_q: int) -> tuple[ctypes.CDLL, Tensor, Tensor, Tensor] | None:
+    """The library and the contiguous inputs of a native search (float32 rows ``z``), checked;
+    None without the library, off the CPU or for codebooks neither float16 nor float32."""
+    lib = library()
+    if lib is None or codebooks.device.type != "cpu" or codebooks.dtype not in (torch.float16, torch.float32):
+        return None
+    codebooks, norms, z = codebooks.contiguous(), norms.contiguous(), z.float().contiguous()
+    levels, size, dim = codebooks.shape
+    if n_q > levels or z.shape[1] != dim or norms.shape != (levels, size) or norms.dtype != torch.float64:
+        raise ValueError(f"search of {n_q} levels of {tuple(z.shape)} in codebooks {tuple(codebooks.shape)}, norms {norms.dtype} {tuple(norms.shape)}")
+    return lib, codebooks, norms, z
+
+
 def rvq_search(codebooks: Tensor, norms: Tensor, z: Tensor, n_q: int) -> Tensor | None:
     """frame.c's residual search of rows ``z`` ``[N, D]`` over ``codebooks`` ``[L, K, D]``
     (float32, or float16 from :func:`compact`; ``norms`` ``[L, K]`` float64 of the same
     entries) -> codes ``[N, n_q]``; None without the library or off the CPU."""
-    lib = library()
-    if lib is None or codebooks.device.type != "cpu" or codebooks.dtype not in (torch.float16, torch.float32):
+    if (inputs := _search_inputs(codebooks, norms, z, n_q)) is None:
         return None
-    codebooks, norms = codebooks.contiguous(), norms.contiguous()
-    z = z.float().contiguous()
-    n, d = z.shape
-    levels, size, dim = codebooks.shape
-    if n_q > levels or d != dim or norms.shape != (levels, size) or norms.dtype != torch.float64:
-        raise ValueError(f"search of {n_q} levels of [{n}, {d}] in codebooks {tuple(codebooks.shape)}, norms {norms.dtype} {tuple(norms.shape)}")
+    lib, codebooks, norms, z = inputs
+    (n, d), size = z.shape, codebooks.shape[1]
     codes = torch.empty(n, n_q, dtype=torch.long)
-    residual, scratch = torch.empty(d, dtype=torch.float64), _f32(d + codebooks.shape[1])
-    half = codebooks.dtype == torch.float16
-    lib.rvq_search(n, n_q, codebooks.shape[1], d, half, codebooks.data_ptr(), norms.data_ptr(), z.data_ptr(),
+    residual, scratch = torch.empty(d, dtype=torch.float64), _f32(d + size)
+    lib.rvq_search(n, n_q, size, d, codebooks.dtype == torch.float16, codebooks.data_ptr(), norms.data_ptr(), z.data_ptr(),
                    residual.data_ptr(), scratch.data_ptr(), codes.data_ptr())
+    return codes
+
+
+def rvq_beam(codebooks: Tensor, norms: Tensor, z: Tensor, n_q: int, beam: int) -> Tensor | None:
+    """frame.c's beam search (:func:`codec.quantizer.beam_search`'s, for a live frame or a few)
+    of rows ``z`` ``[N, D]`` over ``codebooks`` ``[L, K, D]`` (float32, or float16 from
+    :func:`compact`; ``norms`` ``[L, K]`` float64) -> codes ``[N, n_q]``; None without the
+    library, off the CPU, or if its scratch cannot be allocated."""
+    if beam < 1:
+        raise ValueError(f"beam must be 1 or more, got {beam}")
+    if (inputs := _search_inputs(codebooks, norms, z, n_q)) is None:
+        return None
+    lib, codebooks, norms, z = inputs
+    (n, d), size = z.shape, codebooks.shape[1]
+    codes = torch.empty(n, n_q, dtype=torch.long)
+    if lib.rvq_beam(n, n_q, size, d, codebooks.dtype == torch.float16, beam, codebooks.data_ptr(), norms.data_ptr(),
+                    z.data_ptr(), codes.data_ptr()):
+        return None
     return codes
 
 

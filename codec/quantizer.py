@@ -12,7 +12,8 @@ the quantized latent was 45 times off the encoder's own latent in RMS: the decod
 different inputs, and more codebooks did not improve the output. An EMA entry is by
 construction a mean of real latent frames, so the quantized latent stays on the encoder's
 scale, and every added level removes part of the remaining error. The cost is a search in the
-full latent dimension, which is small next to the convolutions.
+full latent dimension; at inference it is a beam search (:func:`beam_search`, session 26),
+most of a log-mel model's encoding time.
 
 The number of active codebooks is always an explicit argument: ``n_q`` per example during
 training (quantizer dropout is drawn by :func:`sample_n_q`), an int at inference.
@@ -28,9 +29,10 @@ from torch import Tensor, nn
 
 from .cache import TensorCache
 from .kmeans import kmeans, nearest
-from .native import compact, rvq_decode, rvq_search
+from .native import compact, rvq_beam, rvq_decode, rvq_search
 
 SEARCH_BEAM = 8  # code sequences kept per level by the inference search (beam_search; 1: greedy)
+BEAM_MAX_LEVELS = 8  # searches of more levels stay greedy (the default's bitrates search at most 8)
 BEAM_ROWS = 256  # frames searched at once (the distances of a beam are [rows, beam, entries])
 
 
@@ -245,22 +247,28 @@ class ResidualVectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def encode(self, z: Tensor, n_q: int, beam: int = SEARCH_BEAM) -> Tensor:
-        """``[B, D, F]`` -> codes ``[B, n_q, F]``: with ``beam`` 1 each level's nearest entry
-        to what the levels before left (greedy), else :func:`beam_search`'s codes, which leave
-        less (their first levels are then not the best codes of fewer levels: encode at the
-        bitrate to be sent)."""
+        """``[B, D, F]`` -> codes ``[B, n_q, F]``: with ``beam`` 1, or more than
+        ``BEAM_MAX_LEVELS`` levels, each level's nearest entry to what the levels before left
+        (greedy), else :func:`beam_search`'s codes, which leave less (their first levels are
+        then not the best codes of fewer levels: encode at the bitrate to be sent). A few
+        frames at a time (live streaming) are searched by codec/native.py in one call."""
         if not 1 <= n_q <= self.n_q:
             raise ValueError(f"n_q must be in 1..{self.n_q}, got {n_q}")
         b, d, f = z.shape
         rows = z.transpose(1, 2).reshape(b * f, d)
         tables, norms = self._exact_tables()
-        if beam > 1 and b * f:  # (no frames: the greedy path returns no codes)
-            codes = torch.cat([beam_search(part.double(), tables, norms, n_q, beam) for part in rows.split(BEAM_ROWS)])
-            return codes.reshape(b, f, n_q).transpose(1, 2)
+        if beam < 1:
+            raise ValueError(f"beam must be 1 or more, got {beam}")
+        if n_q > BEAM_MAX_LEVELS:
+            beam = 1
         if b * f <= self.NATIVE_MAX_ROWS:  # live streaming: a frame or a few, in one native call
-            codes = rvq_search(self._compact_codebooks(), norms, rows, n_q)
+            books = self._compact_codebooks()
+            codes = rvq_beam(books, norms, rows, n_q, beam) if beam > 1 else rvq_search(books, norms, rows, n_q)
             if codes is not None:
                 return codes.reshape(b, f, n_q).transpose(1, 2)
+        if beam > 1:
+            codes = torch.cat([beam_search(part.double(), tables, norms, n_q, beam) for part in rows.split(BEAM_ROWS)])
+            return codes.reshape(b, f, n_q).transpose(1, 2)
         # The residual stays in float64 with the exact search's tables: no conversion per level.
         residual = rows.double()
         codes = []
@@ -310,11 +318,17 @@ def beam_search(rows: Tensor, tables: Tensor, norms: Tensor, n_q: int, beam: int
     Why (session 26): greedy search takes each level's nearest entry, and the residual it
     leaves may suit the next levels worse than a slightly farther entry's. On the sample
     files, 8 sequences leave 14-21% less squared error than greedy at 6 and 8 levels (16: 16-23%;
-    32: 18-25%), and on 20 held-out speech excerpts at 12 kbps speech PESQ rose 3.317 -> 3.356
+    32: 17-25%), and on 20 held-out speech excerpts at 12 kbps speech PESQ rose 3.317 -> 3.356
     and ViSQOL 3.420 -> 3.473 (docs/model_card.md). Nothing changes for a decoder.
 
-    Float64, each row on its own (topk keeps the first of exact ties), so a stream of single
-    frames gets the codes of the whole file at once."""
+    Float64 and each row on its own, so that a stream of single frames gets the codes of the
+    whole file at once: the distance products of one row and of many round differently in
+    the last bits, far below the gaps between the distances a beam chooses among (on the
+    sample files the closest call at a beam's edge was 4e-9 apart, relatively), and exact
+    ties (only duplicate entries make them; no built-in model's first 8 levels has one) go
+    either way. codec/csrc/frame.c (``rvq_beam``) runs the same search for live frames."""
+    if not len(rows):
+        return rows.new_zeros(0, n_q, dtype=torch.long)
     n, d = rows.shape
     residual = rows[:, None, :]  # [N, kept, D]
     error = (residual * residual).sum(-1)  # [N, kept]

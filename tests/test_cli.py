@@ -91,6 +91,18 @@ def test_info_shows_what_the_default_models_codes_hold(tmp_path, kbps):
         assert "low-band" not in row
 
 
+def test_info_reads_the_header_alone_where_the_built_in_weights_are_missing(tmp_path, monkeypatch):
+    """The layout row comes from the built-in model's file; without it (a trimmed package),
+    info still shows the header and exits 0."""
+    wav, rvq = tmp_path / "x.wav", tmp_path / "x.rvq"
+    sf.write(wav, tone(0.5, 24000)[0], 24000)
+    assert invoke("compress", wav, rvq, "--kbps", "12", "--quiet").exit_code == 0
+    monkeypatch.setattr("codec.weights.WEIGHTS_DIR", tmp_path / "no-weights")
+    r = invoke("info", rvq)
+    assert r.exit_code == 0, r.output
+    assert "crc          ok" in r.stdout and "\ncodes " not in r.stdout
+
+
 def test_quiet_prints_nothing(tmp_path, stereo_wav, small_model_file):
     r = invoke("compress", stereo_wav, tmp_path / "x.rvq", "--model", small_model_file, "--quiet")
     assert r.exit_code == 0 and r.stdout == "" and r.stderr == ""

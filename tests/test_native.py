@@ -10,7 +10,8 @@ import torch
 from codec import native
 from codec.frame import FramePlan
 from codec.kmeans import nearest
-from codec.native import NativePlan, compact, round_plan_weights, rvq_decode, rvq_search
+from codec.native import NativePlan, compact, round_plan_weights, rvq_beam, rvq_decode, rvq_search
+from codec.quantizer import beam_search
 from codec.seanet import ELU, ResidualUnit
 from codec.spectral import ChannelNorm, ConvNeXtBlock, FFTHead
 from codec.streaming import CausalConv1d, CausalConvTranspose1d, streaming
@@ -213,6 +214,30 @@ def test_native_search_is_the_exact_search(dim, half):
     codes = rvq_search(stored, norms, z, levels)
     assert torch.equal(codes, expected)
     assert codes[0, 0] == 3
+
+
+@needs_library
+@pytest.mark.parametrize("dim, half, size, beam", [(16, False, 64, 8), (20, True, 64, 3), (80, True, 1024, 8), (8, False, 4, 8)])
+def test_native_beam_search_is_the_pytorch_beam_search(dim, half, size, beam):
+    """frame.c's beam search (live frames) gives quantizer.beam_search's codes: float32 or
+    float16 entries, a dimension with a tail after the 16-wide blocks, and a beam wider than
+    a level's entries (4: the first level keeps 4 sequences, then 8)."""
+    torch.manual_seed(dim + size)
+    levels, rows = 6, 7
+    scale = 0.7 ** torch.arange(levels, dtype=torch.float32)[:, None, None]
+    books = torch.randn(levels, size, dim) * scale
+    if half:
+        books = books.half().float()
+    z = torch.randn(rows, dim)
+    tables = books.double()
+    norms = (tables * tables).sum(-1)
+    stored = compact(books)
+    assert stored.dtype == (torch.float16 if half else torch.float32)
+    for n_q in (1, 2, levels):
+        expected = beam_search(z.double(), tables, norms, n_q, beam)
+        assert torch.equal(rvq_beam(stored, norms, z, n_q, beam), expected), n_q
+    assert torch.equal(rvq_beam(stored, norms, z, levels, 1), rvq_search(stored, norms, z, levels))  # beam 1: greedy
+    assert not torch.equal(beam_search(z.double(), tables, norms, levels, beam), rvq_search(stored, norms, z, levels))
 
 
 def test_compact_keeps_float32_weights_that_float16_would_change():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from codec.quantizer import SEARCH_BEAM, ResidualVectorQuantizer, beam_search, sample_n_q
+from codec.quantizer import BEAM_MAX_LEVELS, SEARCH_BEAM, ResidualVectorQuantizer, beam_search, sample_n_q
 from conftest import SMALL, make_model
 
 
@@ -161,6 +161,21 @@ def test_the_inference_search_leaves_less_than_greedy_and_is_the_same_frame_by_f
     assert searched.sum() < 0.95 * greedy.sum(), searched.sum() / greedy.sum()
     one_by_one = torch.cat([rvq.encode(z[..., i : i + 1], 6) for i in range(z.shape[-1])], dim=-1)
     assert torch.equal(one_by_one, codes)
+
+
+def test_searches_of_more_than_eight_levels_stay_greedy():
+    """The beam only for searches of up to BEAM_MAX_LEVELS levels (the cost grows with the
+    levels; the legacy models' 12 and 24 kbps search 16 and 32); a beam under 1 is refused."""
+    g = torch.Generator().manual_seed(2)
+    rvq = ResidualVectorQuantizer(dim=8, n_q=12, size=64).eval()
+    with torch.no_grad():
+        rvq.codebooks.copy_(torch.randn(12, 64, 8, generator=g) * 0.8 ** torch.arange(12.0)[:, None, None])
+    z = torch.randn(1, 8, 200, generator=g)
+    assert BEAM_MAX_LEVELS == 8
+    assert not torch.equal(rvq.encode(z, 8), rvq.encode(z, 8, beam=1))
+    assert torch.equal(rvq.encode(z, 9), rvq.encode(z, 9, beam=1))
+    with pytest.raises(ValueError, match="beam"):
+        rvq.encode(z, 4, beam=0)
 
 
 def test_ema_quantizer_improves_with_more_codebooks():
