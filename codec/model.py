@@ -14,10 +14,10 @@ from .cache import TensorCache
 from .config import CodecConfig
 from .frame import FramePlan
 from .logmel import LogMelEncoder
-from .lowband import LowbandDecoder, LowbandEncoder
+from .lowband import LowbandDecoder, LowbandEncoder, search_weights
 from .native import NativePlan
 from .postfilter import PitchPostfilter
-from .quantizer import SEARCH_BEAM, QuantizerOutput, ResidualVectorQuantizer
+from .quantizer import QuantizerOutput, ResidualVectorQuantizer
 from .seanet import Decoder, Encoder
 from .spectral import SpectralDecoder, low_cut
 from .streaming import streaming
@@ -195,7 +195,10 @@ class Codec(nn.Module):
             x, self._held = x[..., :whole], x[..., whole:].clone()  # the caller may reuse its buffer
             z = self._run_streaming("encoder", x, self.hop_length)
         levels, words = (k, 0) if levels_only else self.layout(k)
-        codes = self.quantizer.encode(z, levels, beam=1 if levels_only else SEARCH_BEAM)
+        if levels_only:
+            codes = self.quantizer.encode(z, levels, beam=1)
+        else:
+            codes = self.quantizer.encode(z, levels, weights=search_weights(self.cfg, k))
         if self.lowband_encoder is not None and (words or self._held is not None):  # (streaming: keep its state)
             lowband = self.lowband_encoder(x, self.quantizer.decode(codes) if words else None, words)
             codes = torch.cat([codes, lowband], dim=1)

@@ -101,6 +101,7 @@ class ResidualVectorQuantizer(nn.Module):
         self.register_buffer("initialized", torch.tensor(False))
         self._exact_cache: TensorCache[tuple[Tensor, Tensor]] = TensorCache()  # see _exact_tables
         self._compact_cache: TensorCache[Tensor] = TensorCache()  # codebooks for the native search
+        self._weighted: tuple[Tensor, tuple[float, ...], Tensor] | None = None  # (tables, weights, norms)
 
     # Buffers only training needs: release files leave them out (they would double the size).
     TRAINING_BUFFERS = ("cluster_size", "embed_sum")
@@ -144,6 +145,15 @@ class ResidualVectorQuantizer(nn.Module):
             return c, (c * c).sum(-1)
 
         return self._exact_cache.get([self.codebooks], tables)
+
+    def _weighted_norms(self, weights: Tensor) -> Tensor:
+        """``[L, K]`` float64: every entry's squares summed with ``weights`` ``[D]`` (float64),
+        kept for the last weights used (one bitrate's, as a stream or a file uses them)."""
+        tables, _ = self._exact_tables()
+        key = (tables, tuple(weights.tolist()))
+        if self._weighted is None or self._weighted[0] is not tables or self._weighted[1] != key[1]:
+            self._weighted = (tables, key[1], (tables * tables * weights).sum(-1))
+        return self._weighted[2]
 
     # Training -----------------------------------------------------------------------
     def forward(self, z: Tensor, n_q: Tensor) -> QuantizerOutput:
@@ -246,12 +256,14 @@ class ResidualVectorQuantizer(nn.Module):
     NATIVE_MAX_ROWS = 8  # searches and decodes of up to this many frames run in codec/native.py
 
     @torch.no_grad()
-    def encode(self, z: Tensor, n_q: int, beam: int = SEARCH_BEAM) -> Tensor:
+    def encode(self, z: Tensor, n_q: int, beam: int = SEARCH_BEAM, weights: Tensor | None = None) -> Tensor:
         """``[B, D, F]`` -> codes ``[B, n_q, F]``: with ``beam`` 1, or more than
         ``BEAM_MAX_LEVELS`` levels, each level's nearest entry to what the levels before left
         (greedy), else :func:`beam_search`'s codes, which leave less (their first levels are
-        then not the best codes of fewer levels: encode at the bitrate to be sent). A few
-        frames at a time (live streaming) are searched by codec/native.py in one call."""
+        then not the best codes of fewer levels: encode at the bitrate to be sent).
+        ``weights`` ``[D]``: how much each dimension's squared error counts in the search
+        (:func:`beam_search`; a weighted search is never greedy's). A few frames at a time
+        (live streaming) are searched by codec/native.py in one call."""
         if not 1 <= n_q <= self.n_q:
             raise ValueError(f"n_q must be in 1..{self.n_q}, got {n_q}")
         b, d, f = z.shape
@@ -261,13 +273,20 @@ class ResidualVectorQuantizer(nn.Module):
             raise ValueError(f"beam must be 1 or more, got {beam}")
         if n_q > BEAM_MAX_LEVELS:
             beam = 1
+        if weights is not None:
+            weights = weights.to(device=tables.device, dtype=torch.float64)
+            norms = self._weighted_norms(weights)
         if b * f <= self.NATIVE_MAX_ROWS:  # live streaming: a frame or a few, in one native call
             books = self._compact_codebooks()
-            codes = rvq_beam(books, norms, rows, n_q, beam) if beam > 1 else rvq_search(books, norms, rows, n_q)
+            if beam > 1 or weights is not None:
+                codes = rvq_beam(books, norms, rows, n_q, beam, weights)
+            else:
+                codes = rvq_search(books, norms, rows, n_q)
             if codes is not None:
                 return codes.reshape(b, f, n_q).transpose(1, 2)
-        if beam > 1:
-            codes = torch.cat([beam_search(part.double(), tables, norms, n_q, beam) for part in rows.split(BEAM_ROWS)])
+        if beam > 1 or weights is not None:
+            parts = rows.split(BEAM_ROWS)
+            codes = torch.cat([beam_search(part.double(), tables, norms, n_q, beam, weights) for part in parts])
             return codes.reshape(b, f, n_q).transpose(1, 2)
         # The residual stays in float64 with the exact search's tables: no conversion per level.
         residual = rows.double()
@@ -309,11 +328,12 @@ class ResidualVectorQuantizer(nn.Module):
         return self._entries(codes).sum(1).transpose(1, 2)
 
 
-def beam_search(rows: Tensor, tables: Tensor, norms: Tensor, n_q: int, beam: int) -> Tensor:
+def beam_search(rows: Tensor, tables: Tensor, norms: Tensor, n_q: int, beam: int, weights: Tensor | None = None) -> Tensor:
     """Codes of ``n_q`` levels for rows ``[N, D]`` float64 (codebooks ``tables`` ``[L, K, D]``
     and their squared norms ``[L, K]``, float64) -> ``[N, n_q]``: at each level, of every kept
     code sequence extended by every entry, the ``beam`` that leave the smallest residual are
-    kept; the best at the end wins.
+    kept; the best at the end wins. With ``weights`` ``[D]`` float64, each dimension's squared
+    error counts that many times (``norms`` then the entries' weighted squares).
 
     Why (session 26): greedy search takes each level's nearest entry, and the residual it
     leaves may suit the next levels worse than a slightly farther entry's. On the sample
@@ -330,13 +350,16 @@ def beam_search(rows: Tensor, tables: Tensor, norms: Tensor, n_q: int, beam: int
     if not len(rows):
         return rows.new_zeros(0, n_q, dtype=torch.long)
     n, d = rows.shape
+    def weighed(x: Tensor) -> Tensor:
+        return x if weights is None else x * weights
+
     residual = rows[:, None, :]  # [N, kept, D]
-    error = (residual * residual).sum(-1)  # [N, kept]
+    error = weighed(residual * residual).sum(-1)  # [N, kept]
     codes = rows.new_zeros(n, 1, 0, dtype=torch.long)  # [N, kept, levels so far]
     for level in range(n_q):
         kept = residual.shape[1]
-        # |r - c|^2 = |r|^2 + |c|^2 - 2 r.c for every kept sequence and entry: [N, kept, K]
-        dist = torch.addmm(norms[level], residual.reshape(n * kept, d), tables[level].T, alpha=-2.0).view(n, kept, -1)
+        # |r - c|^2 = |r|^2 + |c|^2 - 2 r.c (each weighed) for every kept sequence and entry: [N, kept, K]
+        dist = torch.addmm(norms[level], weighed(residual).reshape(n * kept, d), tables[level].T, alpha=-2.0).view(n, kept, -1)
         dist = dist + error[..., None]
         width = min(beam, dist.shape[-1])
         near, entry = dist.topk(width, dim=-1, largest=False)  # each sequence's best extensions
@@ -344,7 +367,7 @@ def beam_search(rows: Tensor, tables: Tensor, norms: Tensor, n_q: int, beam: int
         parent = torch.div(best, width, rounding_mode="floor")  # [N, beam]
         entry = entry.reshape(n, kept * width).gather(1, best)
         residual = residual.gather(1, parent[..., None].expand(-1, -1, d)) - tables[level].index_select(0, entry.reshape(-1)).view(n, -1, d)
-        error = (residual * residual).sum(-1)
+        error = weighed(residual * residual).sum(-1)
         codes = torch.cat([codes.gather(1, parent[..., None].expand(-1, -1, codes.shape[2])), entry[..., None]], dim=2)
     return codes[:, 0]
 

@@ -31,6 +31,33 @@ def test_every_coefficient_gives_back_the_input_overlap_samples_later():
     assert y[:, :OVERLAP].abs().max() < 1e-5
 
 
+def test_the_bands_under_a_narrow_low_band_weigh_less_in_the_search():
+    """At 12 kbps (the band to 862 Hz) the mel bands that end under it count SEARCH_WEIGHT in
+    the levels' search (found here from the filters themselves: their last non-zero bin),
+    and the model's codes are that search's; at 6 kbps (no band) and 24 (to 2,175 Hz) all
+    count 1."""
+    from codec.logmel import mel_filterbank
+    from codec.lowband import SEARCH_WEIGHT, search_weights
+    from codec.weights import registered_config
+
+    cfg = registered_config("rvq24k")
+    filters = mel_filterbank(24000, 24000, 80)  # 1-Hz bins
+    tops = np.array([np.nonzero(f)[0].max() + 1 for f in filters])  # each band's upper edge, Hz
+    w = search_weights(cfg, 16)
+    assert w.dtype == torch.float64 and set(w.tolist()) == {SEARCH_WEIGHT, 1.0}
+    assert torch.equal(w < 1, torch.from_numpy(tops <= 23 * 24000 / 640)) and int((w < 1).sum()) > 10
+    assert search_weights(cfg, 8) is None and search_weights(cfg, 32) is None
+    model = make_model(LOWBAND)  # 12 kbps: 8 levels and the band to 675 Hz
+    x = torch.from_numpy(tone(0.48, 24000))[None]
+    with torch.no_grad():
+        z = model.encoder(x)
+    weights = search_weights(model.cfg, 16)
+    assert weights is not None
+    levels = model.encode(x, kbps=12)[0, :, :8]
+    assert torch.equal(levels, model.quantizer.encode(z, 8, weights=weights))
+    assert not torch.equal(levels, model.quantizer.encode(z, 8))
+
+
 def test_a_cast_model_keeps_the_transform_exact():
     """``model.half()`` (or ``.to(dtype)``) casts weights, not the low band's float64 basis,
     window and envelope weights: rounded, they would change the codes."""

@@ -236,6 +236,11 @@ def test_native_beam_search_is_the_pytorch_beam_search(dim, half, size, beam):
     for n_q in (1, 2, levels):
         expected = beam_search(z.double(), tables, norms, n_q, beam)
         assert torch.equal(rvq_beam(stored, norms, z, n_q, beam), expected), n_q
+    weights = torch.rand(dim, dtype=torch.float64) + 0.05  # a weighted search: its own codes, the same in C
+    weighted_norms = (tables * tables * weights).sum(-1)
+    expected = beam_search(z.double(), tables, weighted_norms, levels, beam, weights)
+    assert torch.equal(rvq_beam(stored, weighted_norms, z, levels, beam, weights), expected)
+    assert not torch.equal(expected, beam_search(z.double(), tables, norms, levels, beam))
     assert torch.equal(rvq_beam(stored, norms, z, levels, 1), rvq_search(stored, norms, z, levels))  # beam 1: greedy
     assert not torch.equal(beam_search(z.double(), tables, norms, levels, beam), rvq_search(stored, norms, z, levels))
 

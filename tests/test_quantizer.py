@@ -178,6 +178,30 @@ def test_searches_of_more_than_eight_levels_stay_greedy():
         rvq.encode(z, 4, beam=0)
 
 
+def test_a_weighted_search_trades_the_light_dimensions_for_the_others():
+    """With weights (the low band's bitrates, codec.lowband.search_weights), the weighted
+    squared error is lower than the plain search leaves, and the error of the fully weighted
+    dimensions too, at the light ones' expense; one frame at a time as all at once."""
+    g = torch.Generator().manual_seed(4)
+    rvq = ResidualVectorQuantizer(dim=8, n_q=6, size=64).eval()
+    with torch.no_grad():
+        rvq.codebooks.copy_(torch.randn(6, 64, 8, generator=g) * 0.7 ** torch.arange(6.0)[:, None, None])
+    z = torch.randn(1, 8, 300, generator=g)
+    weights = torch.tensor([0.3, 0.3, 0.3, 1, 1, 1, 1, 1], dtype=torch.float64)
+    rows, books = z[0].T.double(), rvq.codebooks.double()
+
+    def squares(codes: torch.Tensor) -> torch.Tensor:
+        rec = sum(books[level][codes[0, level]] for level in range(6))
+        return ((rows - rec) ** 2).sum(0)  # [D]
+
+    plain, weighted = squares(rvq.encode(z, 6)), squares(rvq.encode(z, 6, weights=weights))
+    assert (weighted * weights).sum() < (plain * weights).sum()
+    assert weighted[3:].sum() < 0.97 * plain[3:].sum() and weighted[:3].sum() > plain[:3].sum()
+    codes = rvq.encode(z, 6, weights=weights)
+    one_by_one = torch.cat([rvq.encode(z[..., i : i + 1], 6, weights=weights) for i in range(z.shape[-1])], dim=-1)
+    assert torch.equal(one_by_one, codes)
+
+
 def test_ema_quantizer_improves_with_more_codebooks():
     torch.manual_seed(0)
     rvq = ResidualVectorQuantizer(dim=8, n_q=4, size=32, decay=0.9).train()

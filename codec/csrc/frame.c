@@ -547,28 +547,37 @@ void rvq_search(int N, int n_q, int K, int D, int half, const void *codebooks, c
  * frames): at each level every kept code sequence (at most `beam`) is extended by every entry of
  * codebooks[level][K][D] and the `beam` extensions that leave the smallest float64 squared error,
  * |r|^2 + |c|^2 - 2 r.c (norms given; the earlier sequence and entry first on ties), are kept;
- * the best at the end is written to codes [N][n_q]. Returns -1 (writing nothing) if its
- * scratch cannot be allocated. */
+ * the best at the end is written to codes [N][n_q]. With `w` (float64 [D], else NULL) every
+ * dimension's squares count w[d] times: sum w r^2 + norms - 2 sum w r c, norms then being
+ * sum w c^2. Returns -1 (writing nothing) if its scratch cannot be allocated. */
 #define BEAM(NAME, T, LOAD, SCALAR)                                                          \
     static int NAME(int N, int n_q, int K, int D, int beam, const T *codebooks, const double *norms, \
-                    const float *z, int64_t *codes) {                                        \
+                    const double *w, const float *z, int64_t *codes) {                       \
         double *res = malloc(sizeof(double) * 2 * beam * D), *err = malloc(sizeof(double) * 2 * beam); \
+        double *rw = malloc(sizeof(double) * D);                                             \
         double *cand = malloc(sizeof(double) * beam);                                        \
         int64_t *seq = malloc(sizeof(int64_t) * 2 * beam * n_q);                             \
         int *parent = malloc(sizeof(int) * beam), *entry = malloc(sizeof(int) * beam);       \
-        int ok = res && err && cand && seq && parent && entry;                               \
+        int ok = res && err && cand && seq && parent && entry && rw;                         \
         for (int row = 0; ok && row < N; row++) {                                            \
             double *r_old = res, *r_new = res + beam * D, *e_old = err, *e_new = err + beam; \
             int64_t *s_old = seq, *s_new = seq + beam * n_q;                                 \
             int kept = 1;                                                                    \
             e_old[0] = 0;                                                                    \
-            for (int d = 0; d < D; d++) r_old[d] = z[(int64_t)row * D + d], e_old[0] += r_old[d] * r_old[d]; \
+            for (int d = 0; d < D; d++) {                                                    \
+                r_old[d] = z[(int64_t)row * D + d];                                          \
+                e_old[0] += w ? r_old[d] * r_old[d] * w[d] : r_old[d] * r_old[d];            \
+            }                                                                                \
             for (int level = 0; level < n_q; level++) {                                      \
                 const T *book = codebooks + (int64_t)level * K * D;                          \
                 const double *nrm = norms + (int64_t)level * K;                              \
                 int count = 0;                                                               \
                 for (int b = 0; b < kept; b++) {                                             \
                     const double *r = r_old + b * D;                                         \
+                    if (w) {                                                                 \
+                        for (int d = 0; d < D; d++) rw[d] = r[d] * w[d];                     \
+                        r = rw;                                                              \
+                    }                                                                        \
                     for (int e = 0; e < K; e++) {                                            \
                         double dot;                                                          \
                         DOT64(T, LOAD, SCALAR, book + (int64_t)e * D, dot)                   \
@@ -587,7 +596,7 @@ void rvq_search(int N, int n_q, int K, int D, int half, const void *codebooks, c
                     double *r = r_new + j * D, sum = 0;                                      \
                     for (int d = 0; d < D; d++) {                                            \
                         r[d] = r_old[parent[j] * D + d] - (double)SCALAR(c[d]);              \
-                        sum += r[d] * r[d];                                                  \
+                        sum += w ? r[d] * r[d] * w[d] : r[d] * r[d];                         \
                     }                                                                        \
                     e_new[j] = sum;                                                          \
                     for (int l = 0; l < level; l++) s_new[j * n_q + l] = s_old[parent[j] * n_q + l]; \
@@ -600,7 +609,7 @@ void rvq_search(int N, int n_q, int K, int D, int half, const void *codebooks, c
             }                                                                                \
             for (int l = 0; l < n_q; l++) codes[(int64_t)row * n_q + l] = s_old[l];          \
         }                                                                                    \
-        free(res), free(err), free(cand), free(seq), free(parent), free(entry);              \
+        free(res), free(err), free(cand), free(seq), free(parent), free(entry), free(rw);   \
         return ok ? 0 : -1;                                                                  \
     }
 
@@ -608,10 +617,10 @@ BEAM(beam_float, float, load16, as_float)
 BEAM(beam_half, uint16_t, load16h, half_to_float)
 
 int rvq_beam(int N, int n_q, int K, int D, int half, int beam, const void *codebooks, const double *norms,
-             const float *z, int64_t *codes) {
+             const double *weights, const float *z, int64_t *codes) {
     if (beam < 1 || K < 1) return -1;
-    return half ? beam_half(N, n_q, K, D, beam, codebooks, norms, z, codes)
-                : beam_float(N, n_q, K, D, beam, codebooks, norms, z, codes);
+    return half ? beam_half(N, n_q, K, D, beam, codebooks, norms, weights, z, codes)
+                : beam_float(N, n_q, K, D, beam, codebooks, norms, weights, z, codes);
 }
 
 /* The latent of codes [B][K][F] (entries of levels 0..K of codebooks [L][size][D], float32 or
