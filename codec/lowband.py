@@ -27,6 +27,7 @@ codes (``word_bits`` each). Float64 throughout, so that streamed and offline fra
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -70,11 +71,14 @@ def describe(cfg: "CodecConfig", n_q: int) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=32)
 def search_weights(cfg: "CodecConfig", n_q: int) -> Tensor | None:
     """How much each log-mel band's squared error counts when a frame of ``n_q`` codes searches
     its levels (:func:`codec.quantizer.beam_search`): ``SEARCH_WEIGHT`` for the bands that end
     under the low band's top where that lies below ``SEARCH_WEIGHT_BELOW_HZ`` (12 kbps: 19 of
-    80 bands under 862 Hz), 1 for the others; None (all 1) elsewhere. ``[n_mels]`` float64.
+    80 bands under 862 Hz), 1 for the others; None (all 1) elsewhere. ``[n_mels]`` float64,
+    the same tensor for the same config and codes (kept: the search caches what it derives
+    from them; do not change it in place).
 
     Why (session 26): the decoder's own output under the band is silenced, so those bands'
     levels only set the band's steps and the decoder's context, and the levels' precision is

@@ -101,7 +101,8 @@ class ResidualVectorQuantizer(nn.Module):
         self.register_buffer("initialized", torch.tensor(False))
         self._exact_cache: TensorCache[tuple[Tensor, Tensor]] = TensorCache()  # see _exact_tables
         self._compact_cache: TensorCache[Tensor] = TensorCache()  # codebooks for the native search
-        self._weighted: tuple[Tensor, tuple[float, ...], Tensor] | None = None  # (tables, weights, norms)
+        self._beam_cache: TensorCache[Tensor] = TensorCache()  # see _beam_norms
+        self._weighted_cache: TensorCache[Tensor] = TensorCache()
 
     # Buffers only training needs: release files leave them out (they would double the size).
     TRAINING_BUFFERS = ("cluster_size", "embed_sum")
@@ -146,14 +147,21 @@ class ResidualVectorQuantizer(nn.Module):
 
         return self._exact_cache.get([self.codebooks], tables)
 
-    def _weighted_norms(self, weights: Tensor) -> Tensor:
-        """``[L, K]`` float64: every entry's squares summed with ``weights`` ``[D]`` (float64),
-        kept for the last weights used (one bitrate's, as a stream or a file uses them)."""
-        tables, _ = self._exact_tables()
-        key = (tables, tuple(weights.tolist()))
-        if self._weighted is None or self._weighted[0] is not tables or self._weighted[1] != key[1]:
-            self._weighted = (tables, key[1], (tables * tables * weights).sum(-1))
-        return self._weighted[2]
+    def _beam_norms(self, weights: Tensor | None) -> Tensor:
+        """The squared norms the beam search ranks entries with, ``[L, K]`` float64: summed
+        with ``weights`` ``[D]`` float64 where given, and infinite for an entry equal to an
+        earlier one of its level, so that no two entries tie (which of two tied sequences a
+        top-k keeps is not defined, and frame.c keeps the first: the two searches would
+        differ). Kept until the codebooks or the weights tensor change (one bitrate's
+        weights, as a stream or a file uses them)."""
+        def norms() -> Tensor:
+            tables, plain = self._exact_tables()
+            found = plain if weights is None else (tables * tables * weights).sum(-1)
+            return found.masked_fill(_later_duplicates(tables), float("inf"))
+
+        if weights is None:
+            return self._beam_cache.get([self.codebooks], norms)
+        return self._weighted_cache.get([self.codebooks, weights], norms)
 
     # Training -----------------------------------------------------------------------
     def forward(self, z: Tensor, n_q: Tensor) -> QuantizerOutput:
@@ -273,18 +281,17 @@ class ResidualVectorQuantizer(nn.Module):
             raise ValueError(f"beam must be 1 or more, got {beam}")
         if n_q > BEAM_MAX_LEVELS:
             beam = 1
+        searched = beam > 1 or weights is not None  # (a weighted search is never greedy's)
         if weights is not None:
             weights = weights.to(device=tables.device, dtype=torch.float64)
-            norms = self._weighted_norms(weights)
+        if searched:
+            norms = self._beam_norms(weights)
         if b * f <= self.NATIVE_MAX_ROWS:  # live streaming: a frame or a few, in one native call
             books = self._compact_codebooks()
-            if beam > 1 or weights is not None:
-                codes = rvq_beam(books, norms, rows, n_q, beam, weights)
-            else:
-                codes = rvq_search(books, norms, rows, n_q)
+            codes = rvq_beam(books, norms, rows, n_q, beam, weights) if searched else rvq_search(books, norms, rows, n_q)
             if codes is not None:
                 return codes.reshape(b, f, n_q).transpose(1, 2)
-        if beam > 1 or weights is not None:
+        if searched:
             parts = rows.split(BEAM_ROWS)
             codes = torch.cat([beam_search(part.double(), tables, norms, n_q, beam, weights) for part in parts])
             return codes.reshape(b, f, n_q).transpose(1, 2)
@@ -328,6 +335,17 @@ class ResidualVectorQuantizer(nn.Module):
         return self._entries(codes).sum(1).transpose(1, 2)
 
 
+def _later_duplicates(tables: Tensor) -> Tensor:
+    """``[L, K]`` bool: entries of ``tables`` ``[L, K, D]`` equal to an earlier entry of their level."""
+    found = torch.zeros(tables.shape[:2], dtype=torch.bool, device=tables.device)
+    for level, book in enumerate(tables):
+        _, group = torch.unique(book, dim=0, return_inverse=True)
+        index = torch.arange(len(book), device=book.device)
+        first = torch.full((int(group.max()) + 1,), len(book), device=book.device).scatter_reduce(0, group, index, "amin")
+        found[level] = first[group] != index
+    return found
+
+
 def beam_search(rows: Tensor, tables: Tensor, norms: Tensor, n_q: int, beam: int, weights: Tensor | None = None) -> Tensor:
     """Codes of ``n_q`` levels for rows ``[N, D]`` float64 (codebooks ``tables`` ``[L, K, D]``
     and their squared norms ``[L, K]``, float64) -> ``[N, n_q]``: at each level, of every kept
@@ -344,9 +362,10 @@ def beam_search(rows: Tensor, tables: Tensor, norms: Tensor, n_q: int, beam: int
     Float64 and each row on its own, so that a stream of single frames gets the codes of the
     whole file at once: the distance products of one row and of many round differently in
     the last bits, far below the gaps between the distances a beam chooses among (on the
-    sample files the closest call at a beam's edge was 4e-9 apart, relatively), and exact
-    ties (only duplicate entries make them; no built-in model's first 8 levels has one) go
-    either way. codec/csrc/frame.c (``rvq_beam``) runs the same search for live frames."""
+    sample files the closest call at a beam's edge was 4.5e-8 apart, relatively; 3.9e-7 with
+    12 kbps's weights). Exact ties, which only duplicate entries make, the caller rules out
+    (``ResidualVectorQuantizer._beam_norms``). codec/csrc/frame.c (``rvq_beam``) runs the
+    same search for live frames."""
     if not len(rows):
         return rows.new_zeros(0, n_q, dtype=torch.long)
     n, d = rows.shape

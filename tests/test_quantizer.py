@@ -163,6 +163,25 @@ def test_the_inference_search_leaves_less_than_greedy_and_is_the_same_frame_by_f
     assert torch.equal(one_by_one, codes)
 
 
+def test_duplicate_entries_leave_the_beam_no_ties():
+    """Entries equal to an earlier one of their level are never chosen, so the beam has no
+    exact ties to settle: a stream's frames (frame.c's search) and the whole file (PyTorch's)
+    get the same codes, weighted or not. (Without that, they differed on every seed.)"""
+    g = torch.Generator().manual_seed(5)
+    rvq = ResidualVectorQuantizer(dim=8, n_q=4, size=16).eval()
+    with torch.no_grad():
+        rvq.codebooks.copy_(torch.randn(4, 16, 8, generator=g) * 0.7 ** torch.arange(4.0)[:, None, None])
+        rvq.codebooks[:, 9] = rvq.codebooks[:, 2]  # entry 9 repeats entry 2 at every level
+        rvq.codebooks[:, 14] = rvq.codebooks[:, 5]
+    z = torch.randn(1, 8, 400, generator=g)
+    weights = torch.linspace(0.3, 1.0, 8, dtype=torch.float64)
+    for w in (None, weights):
+        codes = rvq.encode(z, 4, weights=w)
+        assert not torch.isin(codes, torch.tensor([9, 14])).any() and torch.isin(codes, torch.tensor([2, 5])).any()
+        one_by_one = torch.cat([rvq.encode(z[..., i : i + 1], 4, weights=w) for i in range(z.shape[-1])], dim=-1)
+        assert torch.equal(one_by_one, codes)
+
+
 def test_searches_of_more_than_eight_levels_stay_greedy():
     """The beam only for searches of up to BEAM_MAX_LEVELS levels (the cost grows with the
     levels; the legacy models' 12 and 24 kbps search 16 and 32); a beam under 1 is refused."""
