@@ -93,7 +93,7 @@ def library() -> ctypes.CDLL | None:
     lib.rvq_search.argtypes = [ctypes.c_int] * 5 + [ctypes.c_void_p] * 6
     lib.rvq_search.restype = None
     lib.rvq_decode.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p] * 3
-    lib.rvq_beam.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p] * 5
+    lib.rvq_beam.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p] * 6
     lib.rvq_beam.restype = ctypes.c_int
     lib.rvq_decode.restype = ctypes.c_int
     lib.rvq_packed_rows.argtypes = [ctypes.c_int]
@@ -400,12 +400,22 @@ def rvq_search(codebooks: Tensor, norms: Tensor, z: Tensor, n_q: int) -> Tensor 
     return codes
 
 
-def rvq_beam(codebooks: Tensor, norms: Tensor, z: Tensor, n_q: int, beam: int, weights: Tensor | None = None) -> Tensor | None:
+def beam_bounds(codebooks: Tensor, norms: Tensor) -> Tensor:
+    """``[L, 2]`` float64 for :func:`rvq_beam`: each level's largest squared entry norm
+    (unweighted) and largest finite ``|norms|``, which bound its float32 pass's error."""
+    plain = (codebooks.double() ** 2).sum(-1).amax(-1)
+    finite = norms.abs().masked_fill(~torch.isfinite(norms), 0.0).amax(-1)
+    return torch.stack([plain, finite], dim=-1).contiguous()
+
+
+def rvq_beam(codebooks: Tensor, norms: Tensor, z: Tensor, n_q: int, beam: int, weights: Tensor | None = None,
+             bounds: Tensor | None = None) -> Tensor | None:
     """frame.c's beam search (:func:`codec.quantizer.beam_search`'s, for a live frame or a few)
     of rows ``z`` ``[N, D]`` over ``codebooks`` ``[L, K, D]`` (float32, or float16 from
     :func:`compact`; ``norms`` ``[L, K]`` float64, weighted as ``weights`` ``[D]`` float64 where
-    given) -> codes ``[N, n_q]``; None without the library, off the CPU, or if its scratch
-    cannot be allocated."""
+    given; ``bounds``: :func:`beam_bounds` of them, computed here if not given) -> codes
+    ``[N, n_q]``; None without the library, off the CPU, or if its scratch cannot be
+    allocated."""
     if beam < 1:
         raise ValueError(f"beam must be 1 or more, got {beam}")
     if (inputs := _search_inputs(codebooks, norms, z, n_q)) is None:
@@ -416,9 +426,12 @@ def rvq_beam(codebooks: Tensor, norms: Tensor, z: Tensor, n_q: int, beam: int, w
         weights = weights.to(torch.float64).contiguous()
         if weights.shape != (d,):
             raise ValueError(f"weights {tuple(weights.shape)} for rows of {d}")
+    bounds = beam_bounds(codebooks, norms) if bounds is None else bounds.to(torch.float64).contiguous()
+    if bounds.shape != (codebooks.shape[0], 2):
+        raise ValueError(f"bounds {tuple(bounds.shape)} for {codebooks.shape[0]} levels")
     codes = torch.empty(n, n_q, dtype=torch.long)
     if lib.rvq_beam(n, n_q, size, d, codebooks.dtype == torch.float16, beam, codebooks.data_ptr(), norms.data_ptr(),
-                    None if weights is None else weights.data_ptr(), z.data_ptr(), codes.data_ptr()):
+                    None if weights is None else weights.data_ptr(), bounds.data_ptr(), z.data_ptr(), codes.data_ptr()):
         return None
     return codes
 

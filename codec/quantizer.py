@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .cache import TensorCache
 from .kmeans import kmeans, nearest
-from .native import compact, rvq_beam, rvq_decode, rvq_search
+from .native import beam_bounds, compact, rvq_beam, rvq_decode, rvq_search
 
 SEARCH_BEAM = 8  # code sequences kept per level by the inference search (beam_search; 1: greedy)
 BEAM_MAX_LEVELS = 8  # searches of more levels stay greedy (the default's bitrates search at most 8)
@@ -101,8 +101,8 @@ class ResidualVectorQuantizer(nn.Module):
         self.register_buffer("initialized", torch.tensor(False))
         self._exact_cache: TensorCache[tuple[Tensor, Tensor]] = TensorCache()  # see _exact_tables
         self._compact_cache: TensorCache[Tensor] = TensorCache()  # codebooks for the native search
-        self._beam_cache: TensorCache[Tensor] = TensorCache()  # see _beam_norms
-        self._weighted_cache: TensorCache[Tensor] = TensorCache()
+        self._beam_cache: TensorCache[tuple[Tensor, Tensor]] = TensorCache()  # see _beam_norms
+        self._weighted_cache: TensorCache[tuple[Tensor, Tensor]] = TensorCache()
 
     # Buffers only training needs: release files leave them out (they would double the size).
     TRAINING_BUFFERS = ("cluster_size", "embed_sum")
@@ -147,17 +147,19 @@ class ResidualVectorQuantizer(nn.Module):
 
         return self._exact_cache.get([self.codebooks], tables)
 
-    def _beam_norms(self, weights: Tensor | None) -> Tensor:
+    def _beam_norms(self, weights: Tensor | None) -> tuple[Tensor, Tensor]:
         """The squared norms the beam search ranks entries with, ``[L, K]`` float64: summed
         with ``weights`` ``[D]`` float64 where given, and infinite for an entry equal to an
         earlier one of its level, so that no two entries tie (which of two tied sequences a
         top-k keeps is not defined, and frame.c keeps the first: the two searches would
         differ). Kept until the codebooks or the weights tensor change (one bitrate's
-        weights, as a stream or a file uses them)."""
-        def norms() -> Tensor:
+        weights, as a stream or a file uses them). With them, codec/native.py's bounds of the
+        float32 pass (:func:`codec.native.beam_bounds`), ``[L, 2]``."""
+        def norms() -> tuple[Tensor, Tensor]:
             tables, plain = self._exact_tables()
             found = plain if weights is None else (tables * tables * weights).sum(-1)
-            return found.masked_fill(_later_duplicates(tables), float("inf"))
+            found = found.masked_fill(_later_duplicates(tables), float("inf"))
+            return found, beam_bounds(tables, found)
 
         if weights is None:
             return self._beam_cache.get([self.codebooks], norms)
@@ -285,10 +287,13 @@ class ResidualVectorQuantizer(nn.Module):
         if weights is not None:
             weights = weights.to(device=tables.device, dtype=torch.float64)
         if searched:
-            norms = self._beam_norms(weights)
+            norms, bounds = self._beam_norms(weights)
         if b * f <= self.NATIVE_MAX_ROWS:  # live streaming: a frame or a few, in one native call
             books = self._compact_codebooks()
-            codes = rvq_beam(books, norms, rows, n_q, beam, weights) if searched else rvq_search(books, norms, rows, n_q)
+            if searched:
+                codes = rvq_beam(books, norms, rows, n_q, beam, weights, bounds)
+            else:
+                codes = rvq_search(books, norms, rows, n_q)
             if codes is not None:
                 return codes.reshape(b, f, n_q).transpose(1, 2)
         if searched:
@@ -363,9 +368,10 @@ def beam_search(rows: Tensor, tables: Tensor, norms: Tensor, n_q: int, beam: int
     whole file at once: the distance products of one row and of many round differently in
     the last bits, far below the gaps between the distances a beam chooses among (on the
     sample files the closest call at a beam's edge was 4.5e-8 apart, relatively; 3.9e-7 with
-    12 kbps's weights). Exact ties, which only duplicate entries make, the caller rules out
-    (``ResidualVectorQuantizer._beam_norms``). codec/csrc/frame.c (``rvq_beam``) runs the
-    same search for live frames."""
+    12 kbps's weights). Exact ties go either way here, while frame.c keeps the first: the
+    caller rules out the ones duplicate entries make (``ResidualVectorQuantizer._beam_norms``);
+    others need sums of entries that are exactly equal, which a random test met only in one
+    dimension. codec/csrc/frame.c (``rvq_beam``) runs the same search for live frames."""
     if not len(rows):
         return rows.new_zeros(0, n_q, dtype=torch.long)
     n, d = rows.shape

@@ -245,6 +245,30 @@ def test_native_beam_search_is_the_pytorch_beam_search(dim, half, size, beam):
     assert not torch.equal(beam_search(z.double(), tables, norms, levels, beam), rvq_search(stored, norms, z, levels))
 
 
+@needs_library
+def test_native_beam_settles_near_ties_in_float64():
+    """As the greedy search: rows between two entries 1e-4 apart (two levels, so the second
+    level ranks sequences whose errors differ by ~1e-7, below float32's errors) must get the
+    float64 beam search's codes, though float32 alone ranks some of them otherwise."""
+    torch.manual_seed(8)
+    dim, size, rows = 128, 64, 200
+    books = torch.randn(2, size, dim)
+    books[1] *= 0.5
+    step = 1e-4 * torch.randn(dim)
+    books[0, 12] = books[0, 10] + step
+    s = (torch.rand(rows, 1) - 0.5) * 0.2
+    z = (books[0, 10] + books[0, 12]) / 2 + s * step
+    tables = books.double()
+    norms = (tables * tables).sum(-1)
+    expected = beam_search(z.double(), tables, norms, 1, 4)
+    assert set(expected[:, 0].tolist()) == {10, 12}
+    in_float32 = ((books[0] * books[0]).sum(-1) - 2 * z @ books[0].T).argmin(-1)
+    assert (in_float32 != expected[:, 0]).any()  # the case float32 alone gets wrong
+    for beam in (1, 2, 4):  # (1: the near-tied pair decides the only sequence kept)
+        for n_q in (1, 2):
+            assert torch.equal(rvq_beam(books, norms, z, n_q, beam), beam_search(z.double(), tables, norms, n_q, beam))
+
+
 def test_compact_keeps_float32_weights_that_float16_would_change():
     w = torch.tensor([1.0, 1.0 + 2**-20])
     assert compact(w) is w

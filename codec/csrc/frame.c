@@ -550,16 +550,25 @@ void rvq_search(int N, int n_q, int K, int D, int half, const void *codebooks, c
  * |r|^2 + |c|^2 - 2 r.c (norms given; the earlier sequence and entry first on ties), are kept;
  * the best at the end is written to codes [N][n_q]. With `w` (float64 [D], else NULL) every
  * dimension's squares count w[d] times: sum w r^2 + norms - 2 sum w r c, norms then being
- * sum w c^2. Returns -1 (writing nothing) if its scratch cannot be allocated. */
+ * sum w c^2. bound [n_q][2]: each level's largest |c|^2 (unweighted) and largest finite |norm|.
+ * Returns -1 (writing nothing) if its scratch cannot be allocated.
+ *
+ * As the greedy search, each level is ranked in float32 first. A float32 distance is off by
+ * at most delta = 4 (D + 8) 2^-24 (|rw|^2 + |c|^2 + |norm| + err) (rw = w r: rounding rw, the
+ * products and sums, |rw.c| <= (|rw|^2 + |c|^2) / 2, the norm, the error and the two additions,
+ * with room to spare), so only the extensions within 2 delta of the beam-th float32 distance
+ * can be among the float64 best; those are ranked again in float64, in the same order, so
+ * the choice is the float64 search's. */
 #define BEAM(NAME, T, LOAD, SCALAR)                                                          \
     static int NAME(int N, int n_q, int K, int D, int beam, const T *codebooks, const double *norms, \
-                    const double *w, const float *z, int64_t *codes) {                       \
+                    const double *w, const double *bound, const float *z, int64_t *codes) {  \
         double *res = malloc(sizeof(double) * 2 * beam * D), *err = malloc(sizeof(double) * 2 * beam); \
-        double *rw = malloc(sizeof(double) * D);                                             \
-        double *cand = malloc(sizeof(double) * beam);                                        \
+        double *rw = malloc(sizeof(double) * D), *cand = malloc(sizeof(double) * beam);      \
+        float *r32 = malloc(sizeof(float) * D), *dist32 = malloc(sizeof(float) * beam * K);  \
+        float *best32 = malloc(sizeof(float) * beam);                                        \
         int64_t *seq = malloc(sizeof(int64_t) * 2 * beam * n_q);                             \
         int *parent = malloc(sizeof(int) * beam), *entry = malloc(sizeof(int) * beam);       \
-        int ok = res && err && cand && seq && parent && entry && rw;                         \
+        int ok = res && err && rw && cand && r32 && dist32 && best32 && seq && parent && entry;       \
         for (int row = 0; ok && row < N; row++) {                                            \
             double *r_old = res, *r_new = res + beam * D, *e_old = err, *e_new = err + beam; \
             int64_t *s_old = seq, *s_new = seq + beam * n_q;                                 \
@@ -572,14 +581,40 @@ void rvq_search(int N, int n_q, int K, int D, int half, const void *codebooks, c
             for (int level = 0; level < n_q; level++) {                                      \
                 const T *book = codebooks + (int64_t)level * K * D;                          \
                 const double *nrm = norms + (int64_t)level * K;                              \
+                int count32 = 0, want = beam < kept * K ? beam : kept * K;                   \
+                double delta = 0;                                                            \
+                for (int b = 0; b < kept; b++) { /* float32: every extension */              \
+                    double rr = 0;                                                           \
+                    for (int d = 0; d < D; d++) {                                            \
+                        double v = w ? r_old[b * D + d] * w[d] : r_old[b * D + d];           \
+                        r32[d] = (float)v, rr += v * v;                                      \
+                    }                                                                        \
+                    double db = 4.0 * (D + 8) * 0x1p-24 * (rr + bound[2 * level] + bound[2 * level + 1] + e_old[b]) \
+                                + (4.0 * D + 16) * 0x1p-149;                                 \
+                    if (db > delta) delta = db;                                              \
+                    float eb = (float)e_old[b];                                              \
+                    for (int e = 0; e < K; e++) {                                            \
+                        float dot;                                                           \
+                        DOT32(T, LOAD, SCALAR, book + (int64_t)e * D, dot)                   \
+                        float dist = ((float)nrm[e] - 2.0f * dot) + eb;                      \
+                        dist32[b * K + e] = dist;                                            \
+                        if (count32 == want && !(dist < best32[want - 1])) continue;         \
+                        int at = count32 < want ? count32++ : want - 1;                      \
+                        while (at > 0 && dist < best32[at - 1]) best32[at] = best32[at - 1], at--; \
+                        best32[at] = dist;                                                   \
+                    }                                                                        \
+                }                                                                            \
+                double limit = count32 ? (double)best32[count32 - 1] + 2.0 * delta : 0;      \
+                int every = !(limit - limit == 0); /* (not finite: rank everything in float64) */ \
                 int count = 0;                                                               \
-                for (int b = 0; b < kept; b++) {                                             \
+                for (int b = 0; b < kept; b++) { /* float64: the extensions that can count */ \
                     const double *r = r_old + b * D;                                         \
                     if (w) {                                                                 \
                         for (int d = 0; d < D; d++) rw[d] = r[d] * w[d];                     \
                         r = rw;                                                              \
                     }                                                                        \
                     for (int e = 0; e < K; e++) {                                            \
+                        if (!every && !((double)dist32[b * K + e] <= limit)) continue;       \
                         double dot;                                                          \
                         DOT64(T, LOAD, SCALAR, book + (int64_t)e * D, dot)                   \
                         double dist = (nrm[e] - 2.0 * dot) + e_old[b];                       \
@@ -610,7 +645,8 @@ void rvq_search(int N, int n_q, int K, int D, int half, const void *codebooks, c
             }                                                                                \
             for (int l = 0; l < n_q; l++) codes[(int64_t)row * n_q + l] = s_old[l];          \
         }                                                                                    \
-        free(res), free(err), free(cand), free(seq), free(parent), free(entry), free(rw);   \
+        free(res), free(err), free(rw), free(cand), free(r32), free(dist32), free(best32);   \
+        free(seq), free(parent), free(entry);                                                \
         return ok ? 0 : -1;                                                                  \
     }
 
@@ -618,10 +654,10 @@ BEAM(beam_float, float, load16, as_float)
 BEAM(beam_half, uint16_t, load16h, half_to_float)
 
 int rvq_beam(int N, int n_q, int K, int D, int half, int beam, const void *codebooks, const double *norms,
-             const double *weights, const float *z, int64_t *codes) {
+             const double *weights, const double *bound, const float *z, int64_t *codes) {
     if (beam < 1 || K < 1) return -1;
-    return half ? beam_half(N, n_q, K, D, beam, codebooks, norms, weights, z, codes)
-                : beam_float(N, n_q, K, D, beam, codebooks, norms, weights, z, codes);
+    return half ? beam_half(N, n_q, K, D, beam, codebooks, norms, weights, bound, z, codes)
+                : beam_float(N, n_q, K, D, beam, codebooks, norms, weights, bound, z, codes);
 }
 
 /* The latent of codes [B][K][F] (entries of levels 0..K of codebooks [L][size][D], float32 or
