@@ -83,7 +83,7 @@ def search_weights(cfg: "CodecConfig", n_q: int) -> Tensor | None:
     Why (session 26): the decoder's own output under the band is silenced, so those bands'
     levels only set the band's steps and the decoder's context, and the levels' precision is
     worth more above. On 40 held-out speech excerpts at 12 kbps, speech ViSQOL 3.546 -> 3.653
-    (PESQ 3.368 -> 3.353, within the spread); at 24 kbps (41 bands under 2,175 Hz) 0.3 cost
+    (PESQ 3.368 -> 3.353, within the spread); at 24 kbps (40 bands under 2,175 Hz) 0.3 cost
     PESQ (3.869 -> 3.809 on 20 excerpts) and 0.6 changed nothing, so that bitrate keeps 1."""
     levels, words = cfg.layout(n_q)
     if not words or cfg.encoder != "logmel":
@@ -93,7 +93,8 @@ def search_weights(cfg: "CodecConfig", n_q: int) -> Tensor | None:
     if top >= SEARCH_WEIGHT_BELOW_HZ:
         return None
     edges = _mel_to_hz(np.linspace(0.0, _hz_to_mel(cfg.sample_rate / 2), cfg.latent_dim + 2))
-    return torch.from_numpy(np.where(edges[2:] <= top, SEARCH_WEIGHT, 1.0))
+    with torch.inference_mode(False):  # (kept: an inference tensor would defeat the search's caches)
+        return torch.from_numpy(np.where(edges[2:] <= top, SEARCH_WEIGHT, 1.0))
 
 
 def low_overlap_window(hop: int, overlap: int) -> Tensor:

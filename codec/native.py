@@ -423,10 +423,10 @@ def rvq_beam(codebooks: Tensor, norms: Tensor, z: Tensor, n_q: int, beam: int, w
     lib, codebooks, norms, z = inputs
     (n, d), size = z.shape, codebooks.shape[1]
     if weights is not None:
-        weights = weights.to(torch.float64).contiguous()
+        weights = weights.to("cpu", torch.float64).contiguous()
         if weights.shape != (d,):
             raise ValueError(f"weights {tuple(weights.shape)} for rows of {d}")
-    bounds = beam_bounds(codebooks, norms) if bounds is None else bounds.to(torch.float64).contiguous()
+    bounds = beam_bounds(codebooks, norms) if bounds is None else bounds.to("cpu", torch.float64).contiguous()
     if bounds.shape != (codebooks.shape[0], 2):
         raise ValueError(f"bounds {tuple(bounds.shape)} for {codebooks.shape[0]} levels")
     codes = torch.empty(n, n_q, dtype=torch.long)

@@ -101,8 +101,8 @@ class ResidualVectorQuantizer(nn.Module):
         self.register_buffer("initialized", torch.tensor(False))
         self._exact_cache: TensorCache[tuple[Tensor, Tensor]] = TensorCache()  # see _exact_tables
         self._compact_cache: TensorCache[Tensor] = TensorCache()  # codebooks for the native search
-        self._beam_cache: TensorCache[tuple[Tensor, Tensor]] = TensorCache()  # see _beam_norms
-        self._weighted_cache: TensorCache[tuple[Tensor, Tensor]] = TensorCache()
+        self._beam_cache: TensorCache[tuple[Tensor, Tensor, Tensor | None]] = TensorCache()  # see _beam_norms
+        self._weighted_cache: TensorCache[tuple[Tensor, Tensor, Tensor | None]] = TensorCache()
 
     # Buffers only training needs: release files leave them out (they would double the size).
     TRAINING_BUFFERS = ("cluster_size", "embed_sum")
@@ -147,19 +147,21 @@ class ResidualVectorQuantizer(nn.Module):
 
         return self._exact_cache.get([self.codebooks], tables)
 
-    def _beam_norms(self, weights: Tensor | None) -> tuple[Tensor, Tensor]:
-        """The squared norms the beam search ranks entries with, ``[L, K]`` float64: summed
-        with ``weights`` ``[D]`` float64 where given, and infinite for an entry equal to an
+    def _beam_norms(self, weights: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """What the beam search ranks entries with: the squared norms ``[L, K]`` float64,
+        summed with ``weights`` ``[D]`` where given, and infinite for an entry equal to an
         earlier one of its level, so that no two entries tie (which of two tied sequences a
         top-k keeps is not defined, and frame.c keeps the first: the two searches would
-        differ). Kept until the codebooks or the weights tensor change (one bitrate's
-        weights, as a stream or a file uses them). With them, codec/native.py's bounds of the
-        float32 pass (:func:`codec.native.beam_bounds`), ``[L, 2]``."""
-        def norms() -> tuple[Tensor, Tensor]:
+        differ); codec/native.py's bounds of its float32 pass (:func:`codec.native.beam_bounds`),
+        ``[L, 2]``; and the weights as float64 beside the codebooks. Kept until the codebooks
+        or the caller's weights tensor change (one bitrate's weights, as a stream or a file
+        uses them)."""
+        def norms() -> tuple[Tensor, Tensor, Tensor | None]:
             tables, plain = self._exact_tables()
-            found = plain if weights is None else (tables * tables * weights).sum(-1)
+            w = None if weights is None else weights.to(device=tables.device, dtype=torch.float64)
+            found = plain if w is None else (tables * tables * w).sum(-1)
             found = found.masked_fill(_later_duplicates(tables), float("inf"))
-            return found, beam_bounds(tables, found)
+            return found, beam_bounds(tables, found), w
 
         if weights is None:
             return self._beam_cache.get([self.codebooks], norms)
@@ -284,10 +286,8 @@ class ResidualVectorQuantizer(nn.Module):
         if n_q > BEAM_MAX_LEVELS:
             beam = 1
         searched = beam > 1 or weights is not None  # (a weighted search is never greedy's)
-        if weights is not None:
-            weights = weights.to(device=tables.device, dtype=torch.float64)
         if searched:
-            norms, bounds = self._beam_norms(weights)
+            norms, bounds, weights = self._beam_norms(weights)
         if b * f <= self.NATIVE_MAX_ROWS:  # live streaming: a frame or a few, in one native call
             books = self._compact_codebooks()
             if searched:
@@ -360,8 +360,8 @@ def beam_search(rows: Tensor, tables: Tensor, norms: Tensor, n_q: int, beam: int
 
     Why (session 26): greedy search takes each level's nearest entry, and the residual it
     leaves may suit the next levels worse than a slightly farther entry's. On the sample
-    files, 8 sequences leave 14-21% less squared error than greedy at 6 and 8 levels (16: 16-23%;
-    32: 17-25%), and on 20 held-out speech excerpts at 12 kbps speech PESQ rose 3.317 -> 3.356
+    files, 8 sequences leave 14-21% less squared error than greedy at 6 and 8 levels (a beam
+    of 16: 16-23%; of 32: 17-25%), and on 20 held-out speech excerpts at 12 kbps speech PESQ rose 3.317 -> 3.356
     and ViSQOL 3.420 -> 3.473 (docs/model_card.md). Nothing changes for a decoder.
 
     Float64 and each row on its own, so that a stream of single frames gets the codes of the
@@ -388,11 +388,13 @@ def beam_search(rows: Tensor, tables: Tensor, norms: Tensor, n_q: int, beam: int
         dist = dist + error[..., None]
         width = min(beam, dist.shape[-1])
         near, entry = dist.topk(width, dim=-1, largest=False)  # each sequence's best extensions
-        error, best = near.reshape(n, kept * width).topk(min(beam, kept * width), dim=-1, largest=False)
+        chosen, best = near.reshape(n, kept * width).topk(min(beam, kept * width), dim=-1, largest=False)
         parent = torch.div(best, width, rounding_mode="floor")  # [N, beam]
         entry = entry.reshape(n, kept * width).gather(1, best)
         residual = residual.gather(1, parent[..., None].expand(-1, -1, d)) - tables[level].index_select(0, entry.reshape(-1)).view(n, -1, d)
-        error = weighed(residual * residual).sum(-1)
+        # (a sequence that took a masked duplicate fills a place only when fewer sequences are
+        # finite; it stays out of the running, as frame.c never keeps it)
+        error = weighed(residual * residual).sum(-1).masked_fill(torch.isposinf(chosen), float("inf"))
         codes = torch.cat([codes.gather(1, parent[..., None].expand(-1, -1, codes.shape[2])), entry[..., None]], dim=2)
     return codes[:, 0]
 

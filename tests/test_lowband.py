@@ -47,6 +47,9 @@ def test_the_bands_under_a_narrow_low_band_weigh_less_in_the_search():
     assert w.dtype == torch.float64 and set(w.tolist()) == {SEARCH_WEIGHT, 1.0}
     assert torch.equal(w < 1, torch.from_numpy(tops <= 23 * 24000 / 640)) and int((w < 1).sum()) > 10
     assert search_weights(cfg, 8) is None and search_weights(cfg, 32) is None
+    search_weights.cache_clear()
+    with torch.inference_mode():  # a first call there must not keep an inference tensor (no caching on it)
+        assert not search_weights(cfg, 16).is_inference()
     model = make_model(LOWBAND)  # 12 kbps: 8 levels and the band to 675 Hz
     x = torch.from_numpy(tone(0.48, 24000))[None]
     with torch.no_grad():

@@ -180,6 +180,12 @@ def test_duplicate_entries_leave_the_beam_no_ties():
         assert not torch.isin(codes, torch.tensor([9, 14])).any() and torch.isin(codes, torch.tensor([2, 5])).any()
         one_by_one = torch.cat([rvq.encode(z[..., i : i + 1], 4, weights=w) for i in range(z.shape[-1])], dim=-1)
         assert torch.equal(one_by_one, codes)
+    with torch.no_grad():  # a first level of 3 distinct entries: fewer than the beam's 8 places
+        rvq.codebooks[0] = rvq.codebooks[0, torch.arange(16) % 3]
+    codes = rvq.encode(z, 4)
+    assert set(codes[0, 0].tolist()) <= {0, 1, 2}
+    one_by_one = torch.cat([rvq.encode(z[..., i : i + 1], 4) for i in range(z.shape[-1])], dim=-1)
+    assert torch.equal(one_by_one, codes)
 
 
 def test_searches_of_more_than_eight_levels_stay_greedy():

@@ -14,6 +14,7 @@
  * float64 summation order (and fused multiply-adds), which matters only for entries within
  * a rounding error of each other: far closer than any the searched codebooks hold.
  */
+#include <float.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -550,7 +551,8 @@ void rvq_search(int N, int n_q, int K, int D, int half, const void *codebooks, c
  * |r|^2 + |c|^2 - 2 r.c (norms given; the earlier sequence and entry first on ties), are kept;
  * the best at the end is written to codes [N][n_q]. With `w` (float64 [D], else NULL) every
  * dimension's squares count w[d] times: sum w r^2 + norms - 2 sum w r c, norms then being
- * sum w c^2. bound [n_q][2]: each level's largest |c|^2 (unweighted) and largest finite |norm|.
+ * sum w c^2; an infinite norm (an entry that repeats an earlier one) is never kept. bound
+ * [n_q][2]: each level's largest |c|^2 (unweighted) and largest finite |norm|.
  * Returns -1 (writing nothing) if its scratch cannot be allocated.
  *
  * As the greedy search, each level is ranked in float32 first. A float32 distance is off by
@@ -618,6 +620,7 @@ void rvq_search(int N, int n_q, int K, int D, int half, const void *codebooks, c
                         double dot;                                                          \
                         DOT64(T, LOAD, SCALAR, book + (int64_t)e * D, dot)                   \
                         double dist = (nrm[e] - 2.0 * dot) + e_old[b];                       \
+                        if (dist > DBL_MAX) continue; /* a masked duplicate: never kept */   \
                         if (count == beam && !(dist < cand[beam - 1])) continue;             \
                         int at = count < beam ? count++ : beam - 1;                          \
                         while (at > 0 && dist < cand[at - 1]) {                              \
