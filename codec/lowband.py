@@ -58,6 +58,13 @@ def bins_for(words: int, word_bits: int) -> int:
     return max(0, (words * word_bits - GAIN_BITS) // COEF_BITS)
 
 
+def band_of(cfg: "CodecConfig", words: int) -> tuple[int, float]:
+    """The low band a frame of ``words`` low-band words carries: its coefficients and its top
+    in Hz (they are ``sample_rate / (2 hop)`` apart)."""
+    bins = min(bins_for(words, cfg.bits_per_code), cfg.hop_length)
+    return bins, bins * cfg.sample_rate / (2 * cfg.hop_length)
+
+
 def describe(cfg: "CodecConfig", n_q: int) -> str:
     """What a frame of ``n_q`` codes holds, in words: its levels and low-band words
     (:meth:`CodecConfig.layout`), e.g. ``6 log-mel levels + 10 low-band words (23 MDCT
@@ -65,9 +72,8 @@ def describe(cfg: "CodecConfig", n_q: int) -> str:
     levels, words = cfg.layout(n_q)
     text = f"{levels} {'log-mel' if cfg.encoder == 'logmel' else 'latent'} levels"
     if words:
-        bins = min(bins_for(words, cfg.bits_per_code), cfg.hop_length)
-        hz = bins * cfg.sample_rate / (2 * cfg.hop_length)
-        text += f" + {words} low-band words ({bins} MDCT coefficients: the waveform below {hz:.0f} Hz)"
+        bins, top = band_of(cfg, words)
+        text += f" + {words} low-band words ({bins} MDCT coefficients: the waveform below {top:.0f} Hz)"
     return text
 
 
@@ -85,11 +91,10 @@ def search_weights(cfg: "CodecConfig", n_q: int) -> Tensor | None:
     worth more above. On 40 held-out speech excerpts at 12 kbps, speech ViSQOL 3.546 -> 3.653
     (PESQ 3.368 -> 3.353, within the spread); at 24 kbps (40 bands under 2,175 Hz) 0.3 cost
     PESQ (3.869 -> 3.809 on 20 excerpts) and 0.6 changed nothing, so that bitrate keeps 1."""
-    levels, words = cfg.layout(n_q)
+    words = cfg.layout(n_q)[1]
     if not words or cfg.encoder != "logmel":
         return None
-    bins = min(bins_for(words, cfg.bits_per_code), cfg.hop_length)
-    top = bins * cfg.sample_rate / (2 * cfg.hop_length)
+    top = band_of(cfg, words)[1]
     if top >= SEARCH_WEIGHT_BELOW_HZ:
         return None
     edges = _mel_to_hz(np.linspace(0.0, _hz_to_mel(cfg.sample_rate / 2), cfg.latent_dim + 2))

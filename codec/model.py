@@ -194,10 +194,10 @@ class Codec(nn.Module):
             whole = x.shape[-1] - x.shape[-1] % self.hop_length
             x, self._held = x[..., :whole], x[..., whole:].clone()  # the caller may reuse its buffer
             z = self._run_streaming("encoder", x, self.hop_length)
-        levels, words = (k, 0) if levels_only else self.layout(k)
         if levels_only:
-            codes = self.quantizer.encode(z, levels, beam=1)
+            words, codes = 0, self.quantizer.encode(z, k, beam=1)
         else:
+            levels, words = self.layout(k)
             codes = self.quantizer.encode(z, levels, weights=search_weights(self.cfg, k))
         if self.lowband_encoder is not None and (words or self._held is not None):  # (streaming: keep its state)
             lowband = self.lowband_encoder(x, self.quantizer.decode(codes) if words else None, words)

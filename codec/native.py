@@ -400,12 +400,13 @@ def rvq_search(codebooks: Tensor, norms: Tensor, z: Tensor, n_q: int) -> Tensor 
     return codes
 
 
-def beam_bounds(codebooks: Tensor, norms: Tensor) -> Tensor:
-    """``[L, 2]`` float64 for :func:`rvq_beam`: each level's largest squared entry norm
-    (unweighted) and largest finite ``|norms|``, which bound its float32 pass's error."""
-    plain = (codebooks.double() ** 2).sum(-1).amax(-1)
+def beam_bounds(squares: Tensor, norms: Tensor) -> Tensor:
+    """``[L, 2]`` float64 for :func:`rvq_beam`, from the entries' unweighted squared norms
+    ``squares`` and the (weighted) ``norms`` the search ranks with, both ``[L, K]``: each
+    level's largest of ``squares`` and largest finite ``|norms|``, which bound its float32
+    pass's error."""
     finite = norms.abs().masked_fill(~torch.isfinite(norms), 0.0).amax(-1)
-    return torch.stack([plain, finite], dim=-1).contiguous()
+    return torch.stack([squares.double().amax(-1), finite.double()], dim=-1).contiguous()
 
 
 def rvq_beam(codebooks: Tensor, norms: Tensor, z: Tensor, n_q: int, beam: int, weights: Tensor | None = None,
@@ -426,7 +427,9 @@ def rvq_beam(codebooks: Tensor, norms: Tensor, z: Tensor, n_q: int, beam: int, w
         weights = weights.to("cpu", torch.float64).contiguous()
         if weights.shape != (d,):
             raise ValueError(f"weights {tuple(weights.shape)} for rows of {d}")
-    bounds = beam_bounds(codebooks, norms) if bounds is None else bounds.to("cpu", torch.float64).contiguous()
+    if bounds is None:
+        bounds = beam_bounds((codebooks.double() ** 2).sum(-1), norms)
+    bounds = bounds.to("cpu", torch.float64).contiguous()
     if bounds.shape != (codebooks.shape[0], 2):
         raise ValueError(f"bounds {tuple(bounds.shape)} for {codebooks.shape[0]} levels")
     codes = torch.empty(n, n_q, dtype=torch.long)

@@ -161,7 +161,7 @@ class ResidualVectorQuantizer(nn.Module):
             w = None if weights is None else weights.to(device=tables.device, dtype=torch.float64)
             found = plain if w is None else (tables * tables * w).sum(-1)
             found = found.masked_fill(_later_duplicates(tables), float("inf"))
-            return found, beam_bounds(tables, found), w
+            return found, beam_bounds(plain, found), w
 
         if weights is None:
             return self._beam_cache.get([self.codebooks], norms)
