@@ -49,6 +49,10 @@ class CodecConfig:
             decoder reads beside the latent (over their quantizer steps; zeros where a frame
             has fewer or none: all of them without ``lowband_levels``), so that its band above
             can follow the coded one. Changes the decoder's first layer (its weights).
+        envelope_match: 0 (off), or the strength (up to 2) with which the decoded audio's
+            log-mel spectrum is pulled onto the coded one, band by band and frame by frame
+            (codec/envelope.py; 1: all the way, within 12 dB). Only for a log-mel encoder;
+            no weights; streamed output trails by half a hop more.
     """
 
     sample_rate: int = 24000
@@ -72,6 +76,7 @@ class CodecConfig:
     output_delay: int = 0
     lowband_levels: tuple[int, ...] = ()
     decoder_lowband_bins: int = 0
+    envelope_match: float = 0.0
 
     def __post_init__(self) -> None:
         if self.encoder not in ("seanet", "logmel"):
@@ -91,6 +96,10 @@ class CodecConfig:
                 raise ValueError("lowband_levels needs one value per bandwidth")
             if not self.output_delay or (self.hop_length - self.output_delay) % 2:
                 raise ValueError("lowband_levels needs an output_delay > 0 with hop_length - output_delay even")
+        if not 0.0 <= self.envelope_match <= 2.0:
+            raise ValueError(f"envelope_match must be in [0, 2], got {self.envelope_match}")
+        if self.envelope_match and (self.encoder != "logmel" or self.hop_length % 4):
+            raise ValueError("envelope_match needs the log-mel encoder and a hop divisible by 4")
         if self.decoder_lowband_bins and self.decoder != "spectral":
             raise ValueError("decoder_lowband_bins needs the spectral decoder")
         if self.codebook_size & (self.codebook_size - 1):
@@ -146,11 +155,12 @@ class CodecConfig:
 
     def same_architecture(self, other: "CodecConfig") -> bool:
         """Whether ``other``'s weights fit this model: everything but the name, the
-        postfilter strength, the output delay and the low band (which have no weights) and the unused sizes
-        agrees: between SEANet
+        postfilter strength, the output delay, the low band and envelope matching (which have no
+        weights) and the unused sizes agrees: between SEANet
         decoders the spectral decoder's, between log-mel encoders with spectral decoders the
         SEANet layers' (only the strides, that is the hop, still count)."""
-        neutral: dict[str, Any] = {"name": "", "postfilter": 0.0, "output_delay": 0, "lowband_levels": ()}
+        neutral: dict[str, Any] = {"name": "", "postfilter": 0.0, "output_delay": 0, "lowband_levels": (),
+                                   "envelope_match": 0.0}
         if self.decoder == other.decoder == "seanet":
             neutral |= {"decoder_dim": 0, "decoder_layers": 0}
         if self.encoder == other.encoder == "logmel" and self.decoder == other.decoder == "spectral":

@@ -51,6 +51,14 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
     return weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]
 
 
+def frame_log_mel(frames: Tensor, window: Tensor, filterbank: Tensor) -> Tensor:
+    """``log(mel power + FLOOR)`` of float64 frames ``[..., n_fft]`` under ``window`` ``[n_fft]``
+    through ``filterbank`` ``[M, n_fft // 2 + 1]``: ``[..., M]``. How the encoder measures a
+    frame, and how envelope matching (codec/envelope.py) measures the decoder's."""
+    power = torch.fft.rfft(frames * window.double(), dim=-1).abs().square()
+    return torch.log(power @ filterbank.double().T + FLOOR)
+
+
 class LogMelEncoder(StreamingModule):
     """Audio -> log-mel frames (see the module docstring). ``[B, 1, F * hop] -> [B, n_mels, F]``.
 
@@ -82,5 +90,4 @@ class LogMelEncoder(StreamingModule):
         frames = inp.unfold(-1, 2 * hop, hop)  # [B, F, 2 hop]
         # (.double(): a no-op unless the module was cast, e.g. by model.float(), which would
         # otherwise make the product below fail on mixed dtypes)
-        power = torch.fft.rfft(frames * self.window.double(), dim=-1).abs().square()
-        return torch.log(power @ self.filterbank.double().T + FLOOR).transpose(1, 2).float()
+        return frame_log_mel(frames, self.window, self.filterbank).transpose(1, 2).float()

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from .cache import TensorCache
 from .config import CodecConfig
+from .envelope import EnvelopeMatch
 from .frame import FramePlan
 from .logmel import LogMelEncoder
 from .lowband import LowbandDecoder, LowbandEncoder, search_weights
@@ -47,6 +48,8 @@ class Codec(nn.Module):
         self.decoder = Decoder(cfg) if cfg.decoder == "seanet" else SpectralDecoder(
             cfg.latent_dim + cfg.decoder_lowband_bins, cfg.hop_length, cfg.decoder_dim, 4 * cfg.decoder_dim, cfg.decoder_layers)
         self.postfilter = PitchPostfilter(cfg.sample_rate, cfg.hop_length, cfg.postfilter)
+        self.envelope = EnvelopeMatch(cfg.sample_rate, cfg.hop_length, cfg.latent_dim, cfg.envelope_match) \
+            if cfg.envelope_match else None  # codec/envelope.py: no weights
         self.lowband_encoder: LowbandEncoder | None = None  # codec/lowband.py: no weights
         self.lowband_decoder: LowbandDecoder | None = None
         self._build_lowband()
@@ -89,6 +92,13 @@ class Codec(nn.Module):
     @property
     def frame_rate(self) -> float:
         return self.cfg.frame_rate
+
+    @property
+    def stream_delay(self) -> int:
+        """Samples by which streamed decoded audio trails the input: ``cfg.output_delay`` and,
+        with envelope matching, its lag (codec/envelope.py). Offline :meth:`decode` output
+        trails by ``cfg.output_delay`` alone."""
+        return self.cfg.output_delay + (self.envelope.lag if self.envelope is not None else 0)
 
     @property
     def is_streaming(self) -> bool:
@@ -214,8 +224,19 @@ class Codec(nn.Module):
         return self.encode(pad, kbps=kbps, n_q=n_q)
 
     @torch.no_grad()
+    def drain(self, batch: int, channels: int) -> Tensor:
+        """Streaming only, at the end of a stream: the decoded audio still owed, the last
+        ``stream_delay - cfg.output_delay`` samples (envelope matching's lag), ``[B, C, L]``
+        (L 0 when nothing is owed)."""
+        if self._held is None:
+            raise RuntimeError("drain() is only meaningful inside model.streaming()")
+        tail = self.envelope.drain() if self.envelope is not None else None
+        return torch.zeros(batch, channels, 0) if tail is None else tail.reshape(batch, channels, -1)
+
+    @torch.no_grad()
     def decode(self, codes: Tensor, length: int | None = None) -> Tensor:
-        """codes ``[B, C, K, F]`` -> audio ``[B, C, F * hop]`` (or the first ``length`` samples)."""
+        """codes ``[B, C, K, F]`` -> audio ``[B, C, F * hop]`` (or the first ``length`` samples);
+        while streaming, ``stream_delay - cfg.output_delay`` samples later (:meth:`drain`)."""
         if codes.dim() != 4:
             raise ValueError(f"expected codes [B, C, K, F], got shape {tuple(codes.shape)}")
         b, c, k, f = codes.shape
@@ -233,6 +254,8 @@ class Codec(nn.Module):
             audio = audio + self.lowband_decoder.synthesise(coefs)
         elif self.lowband_decoder is not None:
             self.lowband_decoder.state = None  # (streaming: a frame without the band leaves no tail)
+        if self.envelope is not None:
+            audio = self.envelope(audio, z, levels, ratio.shape[-1] if words else 0)
         audio = audio.reshape(b, c, -1)
         return audio if length is None else audio[..., :length]
 
@@ -267,6 +290,8 @@ class Codec(nn.Module):
             raise RuntimeError("model is already streaming")
         self._held = torch.zeros(1, 1, 0)
         self.postfilter.streaming_on = True
+        if self.envelope is not None:
+            self.envelope.streaming_on = True
         try:
             with contextlib.ExitStack() as stack:
                 for part in (self.encoder, self.decoder, self.lowband_encoder, self.lowband_decoder):
@@ -276,3 +301,5 @@ class Codec(nn.Module):
         finally:
             self._held, self._plans = None, {}
             self.postfilter.streaming_on, self.postfilter.state = False, None
+            if self.envelope is not None:
+                self.envelope.streaming_on, self.envelope.state = False, None

@@ -71,9 +71,9 @@ def expected_frames(header: Header, num_samples: int) -> int:
 
 
 def lead_samples(model: Codec, header: Header) -> int:
-    """The model's output delay at the stream's original rate: the decoded samples to drop so
-    that the output lines up with the input."""
-    return round(model.cfg.output_delay * header.original_rate / model.sample_rate)
+    """The model's streamed output delay (``Codec.stream_delay``) at the stream's original rate:
+    the decoded samples to drop so that the output lines up with the input."""
+    return round(model.stream_delay * header.original_rate / model.sample_rate)
 
 
 class _SameRate:
@@ -229,6 +229,7 @@ class StreamDecoder:
         self._queue: list[tuple[np.ndarray, np.ndarray]] = []  # (codes [F, C, K], gains [F, 2])
         self._last: np.ndarray | None = None  # last intact frame [C, K]
         self._gap = 0  # frames concealed since it
+        self._tail_gain = 1.0  # the last decoded frame's closing gain
         self._stack = ExitStack()
 
     def __enter__(self) -> "StreamDecoder":
@@ -292,6 +293,8 @@ class StreamDecoder:
                 self._queue.append(self._conceal(n))
                 yield self._drop_lead(self._decode(last=False))
         yield self._drop_lead(self._decode(last=True))
+        tail = self.model.drain(1, self.header.channels)[0].T.numpy() * self._tail_gain  # (envelope matching's lag)
+        yield self._drop_lead(self._resampler.resample_chunk(tail, last=False))
         yield self._drop_lead(self._resampler.resample_chunk(self._silence(), last=True))
 
     def _drop_lead(self, audio: np.ndarray) -> np.ndarray:
@@ -358,6 +361,7 @@ class StreamDecoder:
     def _run(self, codes: np.ndarray, gains: np.ndarray) -> np.ndarray:
         """codes ``[F, C, K]`` -> audio ``[F * hop, C]`` at the model rate, with the gain envelope."""
         audio = self.model.decode(torch.from_numpy(codes).permute(1, 2, 0)[None])[0].T.numpy()
+        self._tail_gain = float(gains[-1, 1])  # for the samples the model still owes at the end
         if (gains != 1.0).any():
             hop = len(audio) // len(codes)
             ramp = np.arange(hop, dtype=np.float32) / hop

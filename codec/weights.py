@@ -37,6 +37,14 @@ class RegisteredModel:
 
 
 REGISTRY: dict[str, RegisteredModel] = {
+    "rvq24k-v20": RegisteredModel(
+        "rvq24k-v19.safetensors",
+        "c0e8954f6c822382d3296c30f588e026a3bbb890b6a9fb3835984cb10e425a4b",
+        "24 kHz mono, 1.5-24 kbps (interim): rvq24k-v19's weights and codes, whose decoded audio "
+        "is pulled band by band onto the log-mel spectrum the codes carry (envelope matching, "
+        "codec/envelope.py; from 3 kbps, above 450 Hz and the low band); streamed output 6.7 ms later",
+        config=(("name", "rvq24k-v20"), ("envelope_match", 1.0)),
+    ),
     "rvq24k-v19": RegisteredModel(
         "rvq24k-v19.safetensors",
         "c0e8954f6c822382d3296c30f588e026a3bbb890b6a9fb3835984cb10e425a4b",
@@ -100,7 +108,7 @@ EARLIER_CODES = {
 }
 # EMA statistics of the codebooks: needed to continue training, not to run the model.
 TRAINING_ONLY = {f"quantizer.{name}" for name in ResidualVectorQuantizer.TRAINING_BUFFERS}
-DEFAULT_MODEL = "rvq24k-v19"
+DEFAULT_MODEL = "rvq24k-v20"
 ALIASES = {"rvq24k": DEFAULT_MODEL, "default": DEFAULT_MODEL}
 
 

@@ -220,12 +220,35 @@ def test_default_model_output_lines_up_with_the_input(tmp_path):
 def test_files_of_v18_decode_with_the_built_in_v18(tmp_path):
     """v19 reads v18's codes with a decoder that also reads the low band (new weights): a v18
     file decodes without --model with the built-in v18, and v19 refuses it, naming v18."""
-    v18, v19 = load("rvq24k-v18"), load()
+    v18, v19 = load("rvq24k-v18"), load("rvq24k-v19")
     assert v19.cfg.name == "rvq24k-v19" and v19.cfg.decoder_lowband_bins and not v18.cfg.decoder_lowband_bins
     assert v19.cfg.lowband_levels == v18.cfg.lowband_levels
     clip = SAMPLES / "speech_librispeech_60.flac"
     compress_file(clip, tmp_path / "v18.rvq", kbps=12, model=v18)
-    compress_file(clip, tmp_path / "v19.rvq", kbps=12)
+    compress_file(clip, tmp_path / "v19.rvq", kbps=12, model=v19)
     codes = [(tmp_path / f"v{n}.rvq").read_bytes() for n in (18, 19)]
     assert codes[0][parse_header(codes[0])[1]:] == codes[1][parse_header(codes[1])[1]:]  # the same codes
     _decodes_with_its_own_and_not_with(tmp_path / "v18.rvq", v18, v19)
+
+
+def test_the_default_model_pulls_its_decoded_spectrum_onto_the_coded_one():
+    """The default (v20) is v19's weights and codes with envelope matching: on the speech
+    sample its decoded audio, measured as the encoder measures the input, lies closer to the
+    log-mel spectrum its codes carry (bands above 862 Hz), and closer to the original by the
+    multi-scale mel distance, at 6 and 12 kbps."""
+    v20, v19 = load(), load("rvq24k-v19")
+    assert v20.cfg.envelope_match == 1.0 and not v19.cfg.envelope_match
+    assert fingerprint(v20) == fingerprint(v19)  # one set of weights: each decodes the other's files
+    ref, rate = sf.read(str(SAMPLES / "speech_librispeech_60.flac"), dtype="float32")
+    n, delay = len(ref) // v20.hop_length * v20.hop_length, v20.cfg.output_delay
+    x = torch.from_numpy(ref[:n])[None, None]
+    for kbps in (6, 12):
+        codes = v20.encode(x, kbps=kbps)
+        assert torch.equal(codes, v19.encode(x, kbps=kbps))
+        coded = v20.quantizer.decode(codes[0, :, : v20.cfg.layout(codes.shape[2])[0]])  # [1, M, F]
+        gaps, distances = [], []
+        for model in (v19, v20):
+            y = model.decode(codes)
+            gaps.append(float((v20.encoder(y) - coded)[:, 19:].abs().mean()))
+            distances.append(metrics.mel_distance(ref[: n - delay], y[0, 0, delay:].numpy(), rate))
+        assert gaps[1] < 0.75 * gaps[0] and distances[1] < distances[0], (kbps, gaps, distances)

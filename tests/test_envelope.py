@@ -1,0 +1,155 @@
+"""Envelope matching (codec/envelope.py): the decoded audio's bands pulled onto the coded
+log-mel spectrum, offline and streamed, alone and inside a model."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from codec import Codec, CodecConfig, compress_file, decompress_file
+from codec.envelope import MAX_GAIN, MIN_HZ, MIN_LEVELS, EnvelopeMatch
+from codec.logmel import LogMelEncoder
+from conftest import SMALL, make_model, tone
+
+RATE, HOP, MELS = 24000, 320, 80
+ACTIVE = MIN_LEVELS  # levels at which the gains apply
+
+
+def noise(frames: int, rows: int = 1, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return 0.1 * torch.randn(rows, 1, frames * HOP, generator=g)
+
+
+def measure(audio: torch.Tensor) -> torch.Tensor:
+    """The encoder's log-mel frames of ``audio`` ``[N, 1, T]``: ``[N, M, F]``, frame ``t`` over
+    ``[(t - 1) hop, (t + 1) hop)``, where envelope matching measures frame ``t``."""
+    return LogMelEncoder(RATE, HOP, MELS)(audio)
+
+
+FILTERS = EnvelopeMatch(RATE, HOP, MELS, 1.0).filterbank.numpy()  # [M, HOP + 1]
+MIN_BIN = math.ceil(MIN_HZ * 2 * HOP / RATE)  # bins of RATE / (2 HOP) Hz
+LEAK = 4  # bins: a one-hop window's main lobe reaches 2 of its own, 75-Hz bins either side
+
+
+def bands_from(first: int) -> torch.Tensor:
+    """Bands whose filter starts at or above bin ``first``."""
+    return torch.from_numpy(np.argmax(FILTERS > 0, axis=1) >= first)
+
+
+def bands_under(last: int) -> torch.Tensor:
+    """Bands whose filter ends under bin ``last``."""
+    return torch.from_numpy(FILTERS.shape[1] - 1 - np.argmax(FILTERS[:, ::-1] > 0, axis=1) < last)
+
+
+def test_gains_of_one_give_the_audio_back_offline_and_half_a_hop_later_streamed():
+    """Under MIN_LEVELS levels no gain applies: the overlap-add alone, whose square-root Hann
+    windows multiply to a Hann window that sums to one at half-hop steps."""
+    em, x = EnvelopeMatch(RATE, HOP, MELS, 1.0), noise(12, rows=2)
+    target = measure(noise(12, rows=2, seed=1))  # would change every band if it counted
+    y = em(x, target, ACTIVE - 1, 0)
+    assert y.shape == x.shape and torch.allclose(y, x, atol=1e-7)
+    em.streaming_on = True
+    streamed = torch.cat([em(x[..., :5 * HOP], target[..., :5], ACTIVE - 1, 0),
+                          em(x[..., 5 * HOP:], target[..., 5:], ACTIVE - 1, 0), em.drain()], dim=-1)
+    assert em.lag == HOP // 2 and streamed.shape[-1] == x.shape[-1] + em.lag
+    assert torch.allclose(streamed[..., em.lag:], x, atol=1e-7)
+    assert streamed[..., : em.lag].abs().max() < 1e-3 * x.abs().max()  # before the start: only the window's edge
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_streamed_in_chunks_of_any_size_gives_the_offline_output_half_a_hop_later(chunk):
+    x, frames = noise(20, rows=2), 20
+    target = measure(noise(frames, rows=2, seed=1))  # another noise's spectrum: gains far from 1
+    offline = EnvelopeMatch(RATE, HOP, MELS, 1.0)(x, target, ACTIVE, 0)
+    assert (offline - x).abs().max() > 0.1 * x.abs().max()  # it did change the audio
+    em = EnvelopeMatch(RATE, HOP, MELS, 1.0)
+    em.streaming_on = True
+    parts = [em(x[..., s * HOP : (s + chunk) * HOP], target[..., s : s + chunk], ACTIVE, 0) for s in range(0, frames, chunk)]
+    streamed = torch.cat([*parts, em.drain()], dim=-1)
+    assert em.state is None and em.drain() is None  # drained: nothing more owed
+    assert torch.allclose(streamed[..., em.lag :], offline, atol=1e-6)
+
+
+def test_every_band_above_450_hz_moves_onto_the_coded_level_and_the_others_stay():
+    """Noise coded 6 dB louder above MIN_HZ and 6 dB quieter below: the decoded bands above
+    come out about 6 dB louder, those below (and those under a low band's cut) as they were."""
+    x = noise(30)
+    before = measure(x)
+    up = bands_from(MIN_BIN)
+    target = before + torch.where(up[:, None], math.log(4.0), -math.log(4.0))
+    for cut in (0, 23):  # no low band, and one of 23 bins (862 Hz): a higher cut
+        change = (measure(EnvelopeMatch(RATE, HOP, MELS, 1.0)(x, target, ACTIVE, cut)) - before)[0, :, 2:-2]
+        pulled = bands_from(max(cut, MIN_BIN) + LEAK)  # (clear of the gains' edge)
+        kept = bands_under(max(cut, MIN_BIN) - LEAK)
+        assert pulled.sum() > 40 and kept.sum() >= 3
+        assert (change[pulled].mean(dim=1) - math.log(4.0)).abs().max() < 0.1, change[pulled].mean(dim=1)
+        assert change[kept].mean(dim=1).abs().max() < 0.02, change[kept].mean(dim=1)
+
+
+def test_the_last_half_hop_is_pulled_too():
+    """The end of the audio (completed offline, drained when streamed) takes the last frame's
+    gains: noise coded 6 dB louder comes out about 4 times as strong up to its last samples."""
+    x = noise(10)
+    y = EnvelopeMatch(RATE, HOP, MELS, 1.0)(x, measure(x) + math.log(4.0), ACTIVE, 0)
+    ratio = [float(y[..., s].square().sum() / x[..., s].square().sum()) for s in (slice(None), slice(-HOP // 4, None))]
+    assert all(2.8 < r < 5.0 for r in ratio), ratio  # (the bands under MIN_HZ hold a few percent of it)
+
+
+def test_gains_stop_at_12_db():
+    x = noise(20)
+    before = measure(x)
+    louder = measure(EnvelopeMatch(RATE, HOP, MELS, 1.0)(x, before + 10.0, ACTIVE, 0))  # e^10: far beyond
+    up = bands_from(MIN_BIN + LEAK)
+    change = (louder - before)[0][up][:, 2:-2].mean(dim=1)
+    assert (change - 2 * math.log(MAX_GAIN)).abs().max() < 0.3, change
+    weaker = EnvelopeMatch(RATE, HOP, MELS, 0.5)(x, before + math.log(4.0), ACTIVE, 0)  # half way: +3 dB
+    change = (measure(weaker) - before)[0][up][:, 2:-2].mean(dim=1)
+    assert (change - math.log(2.0)).abs().max() < 0.3, change
+
+
+def test_the_config_takes_envelope_matching_only_for_a_log_mel_model():
+    assert CodecConfig(encoder="logmel", latent_dim=80, envelope_match=1.0).envelope_match == 1.0
+    with pytest.raises(ValueError, match="log-mel"):
+        CodecConfig(envelope_match=1.0)  # a SEANet encoder's latent is no spectrum to match
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        CodecConfig(encoder="logmel", latent_dim=80, envelope_match=2.5)
+    cfg = CodecConfig(encoder="logmel", latent_dim=80, decoder="spectral")
+    assert cfg.same_architecture(dataclasses.replace(cfg, envelope_match=1.0))  # no weights
+
+
+MODEL = dataclasses.replace(SMALL, encoder="logmel", latent_dim=40, decoder="spectral", decoder_dim=16, decoder_layers=2,
+                            output_delay=96, lowband_levels=(0, 0, 0, 8, 8), envelope_match=1.0, name="test-envelope")
+
+
+@pytest.mark.parametrize("kbps", [6, 12])
+def test_a_model_streams_with_half_a_hop_more_delay_and_files_still_line_up(kbps, tmp_path):
+    model = make_model(MODEL)
+    plain = Codec(dataclasses.replace(MODEL, envelope_match=0.0)).eval()
+    plain.load_state_dict(model.state_dict())
+    assert model.stream_delay == MODEL.output_delay + HOP // 2 and plain.stream_delay == MODEL.output_delay
+    x = torch.from_numpy(tone(24200 / RATE, RATE, seed=3)).float().reshape(1, 1, -1)  # (76 frames with the silence
+    # coded past the end: without the drained half hop, 136 samples short)
+    codes = model.encode(x, kbps=kbps)
+    offline = model.decode(codes)
+    assert not torch.allclose(offline, plain.decode(codes), atol=1e-3)  # the gains did something
+    with model.streaming():
+        parts = [model.decode(codes[..., s : s + 4]) for s in range(0, codes.shape[-1], 4)]
+        streamed = torch.cat([*parts, model.drain(1, 1)], dim=-1)
+    assert torch.allclose(streamed[..., HOP // 2 :], offline, atol=1e-5)
+    # a file: the stream decoder drops the longer lead and adds the drained tail
+    wav = tmp_path / "in.wav"
+    sf.write(wav, x[0, 0].numpy(), RATE, subtype="FLOAT")  # (the same codes as x's)
+    compress_file(wav, tmp_path / "a.rvq", kbps=kbps, model=model)
+    decompress_file(tmp_path / "a.rvq", tmp_path / "out.wav", model=model)
+    out, _ = sf.read(tmp_path / "out.wav", dtype="float32")
+    assert out.shape == (x.shape[-1],)
+    assert np.abs(out[-HOP // 2 :]).max() > 0.2 * np.abs(out).max()  # the drained tail is there
+    # (the file codes output_delay samples of silence past the end: from the last frame's
+    # window on, its output also has that frame's)
+    delay, end = MODEL.output_delay, x.shape[-1] - MODEL.output_delay - HOP
+    assert np.allclose(out[:end], offline[0, 0, delay : delay + end].numpy(), atol=1e-4)
