@@ -81,6 +81,7 @@ class EnvelopeMatch:
         self.min_bin = math.ceil(MIN_HZ * 2 * hop / sample_rate)
         self.streaming_on = False
         self.state: EnvelopeState | None = None
+        self._like: tuple[torch.dtype, torch.device] = (torch.float32, torch.device("cpu"))
 
     @property
     def lag(self) -> int:
@@ -100,6 +101,9 @@ class EnvelopeMatch:
         f = t // self.hop
         if f * self.hop != t or coded.shape[-1] != f:
             raise ValueError(f"expected {coded.shape[-1]} frames of {self.hop} samples, got {t} samples")
+        if f == 0 and not self.streaming_on:
+            return audio
+        self._like = (audio.dtype, audio.device)  # what drain() gives its tail as
         state = self.state or self.fresh_state(n)
         if state.last_block.shape[0] != n:
             raise ValueError(f"streaming envelope matching holds {state.last_block.shape[0]} channels, got {n}")
@@ -121,7 +125,8 @@ class EnvelopeMatch:
         if self.state is None or self.strength <= 0:
             return None
         tail, self.state = self.finish(self.state), None
-        return torch.from_numpy(tail).float()[:, None]
+        dtype, device = self._like
+        return torch.from_numpy(tail).to(dtype).to(device)[:, None]
 
     def frames(self, x: np.ndarray, target: np.ndarray, state: EnvelopeState, active: bool, cut: int) -> np.ndarray:
         """Whole frames ``x`` ``[N, F * hop]`` with their coded log-mel ``[N, M, F]`` -> the

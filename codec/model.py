@@ -37,7 +37,9 @@ class Codec(nn.Module):
 
     ``encode``: ``[B, C, T]`` -> codes ``[B, C, K, F]``; ``decode``: codes -> ``[B, C, F * hop]``.
     Inside ``with model.streaming():`` both keep state between calls: ``encode`` returns the
-    frames completed by each chunk, and :meth:`flush` pads the last partial frame with zeros.
+    frames completed by each chunk, and :meth:`flush` pads the last partial frame with zeros;
+    ``decode`` returns the offline samples, ``stream_delay - cfg.output_delay`` samples later
+    with envelope matching (codec/envelope.py), and :meth:`drain` the last of them at the end.
     """
 
     def __init__(self, cfg: CodecConfig) -> None:

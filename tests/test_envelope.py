@@ -14,6 +14,7 @@ import torch
 from codec import Codec, CodecConfig, compress_file, decompress_file
 from codec.envelope import MAX_GAIN, MIN_HZ, MIN_LEVELS, EnvelopeMatch
 from codec.logmel import LogMelEncoder
+from codec.stream import StreamDecoder
 from conftest import SMALL, make_model, tone
 
 RATE, HOP, MELS = 24000, 320, 80
@@ -59,6 +60,44 @@ def test_gains_of_one_give_the_audio_back_offline_and_half_a_hop_later_streamed(
     assert em.lag == HOP // 2 and streamed.shape[-1] == x.shape[-1] + em.lag
     assert torch.allclose(streamed[..., em.lag:], x, atol=1e-7)
     assert streamed[..., : em.lag].abs().max() < 1e-3 * x.abs().max()  # before the start: only the window's edge
+
+
+def test_nothing_in_gives_nothing_out_and_the_tail_keeps_the_audio_type():
+    em = EnvelopeMatch(RATE, HOP, MELS, 1.0)
+    empty = torch.zeros(1, 1, 0)
+    assert em(empty, torch.zeros(1, MELS, 0), ACTIVE, 0).shape == (1, 1, 0)  # offline
+    em.streaming_on = True
+    x = noise(3).double()
+    em(x, measure(x), ACTIVE, 0)
+    assert em.drain().dtype == torch.float64
+
+
+def test_a_frame_gains_start_with_the_window_centred_on_its_block():
+    """Gains of 1 up to frame T and 2 (6 dB) from it: the audio is untouched up to half a hop
+    before block T (the first window with frame T's gains is centred on its start) and
+    changed from there on."""
+    x, first = noise(12), 6
+    target = measure(x) + torch.where(torch.arange(12) >= first, math.log(4.0), 0.0)
+    y = EnvelopeMatch(RATE, HOP, MELS, 1.0)(x, target, ACTIVE, 0)
+    start = first * HOP - HOP // 2
+    assert (y - x)[..., :start].abs().max() < 1e-5 * x.abs().max()
+    changed = (y - x)[..., start : first * HOP].square().sum() / x[..., start : first * HOP].square().sum()
+    assert changed > 0.05, changed  # (a window's gain fades in under its square-root Hann)
+
+
+def test_long_audio_offline_in_blocks_equals_any_stream_of_it():
+    """Offline the frames go BLOCK_FRAMES at a time; streamed in uneven chunks across those
+    blocks, the same samples half a hop later."""
+    frames = 600
+    x = noise(frames, rows=2)
+    target = measure(noise(frames, rows=2, seed=1))
+    offline = EnvelopeMatch(RATE, HOP, MELS, 1.0)(x, target, ACTIVE, 23)
+    em = EnvelopeMatch(RATE, HOP, MELS, 1.0)
+    em.streaming_on = True
+    edges = [0, 5, 262, 262, 562, frames]  # (one call of no frames)
+    parts = [em(x[..., a * HOP : b * HOP], target[..., a:b], ACTIVE, 23) for a, b in zip(edges, edges[1:])]
+    streamed = torch.cat([*parts, em.drain()], dim=-1)
+    assert torch.allclose(streamed[..., em.lag :], offline, atol=1e-6)
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7])
@@ -153,3 +192,17 @@ def test_a_model_streams_with_half_a_hop_more_delay_and_files_still_line_up(kbps
     # window on, its output also has that frame's)
     delay, end = MODEL.output_delay, x.shape[-1] - MODEL.output_delay - HOP
     assert np.allclose(out[:end], offline[0, 0, delay : delay + end].numpy(), atol=1e-4)
+
+
+def test_a_cut_file_fades_out_to_its_end_drained_tail_included(tmp_path):
+    """The frames missing from a cut file are concealed, fading out to silence; the half hop
+    that envelope matching owes at the end takes the last frame's gain (0) too."""
+    model = make_model(MODEL)
+    wav = tmp_path / "in.wav"
+    sf.write(wav, tone(2.0, RATE, seed=3)[0], RATE, subtype="FLOAT")
+    compress_file(wav, tmp_path / "a.rvq", kbps=6, model=model)
+    data = (tmp_path / "a.rvq").read_bytes()
+    with StreamDecoder(model) as decoder:  # (not strict: the frames past the cut are concealed)
+        out = np.concatenate([decoder.push(data[: len(data) * 2 // 3]), decoder.finish()])[:, 0]
+    assert decoder.stats.lost_frames > 50 and len(out) > 1.9 * RATE  # (the file writer pads the rest)
+    assert np.abs(out[: RATE // 2]).max() > 0.01 and not out[-HOP:].any()
