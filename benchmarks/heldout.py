@@ -4,7 +4,7 @@ checkpoints followed) without touching the development set.
 
     python benchmarks/heldout.py ~/.cache/rvqcodec/corpus24k rvq24k runs/mine runs/mine/step_2000 \\
         [--kbps 6] [--clips 24] [--per-group 1] [--seconds 6] [--category speech] [--postfilter S] \\
-        [--lowband 0,0,0,6,8] [--json PATH]
+        [--lowband 0,0,0,6,8] [--aligned] [--json PATH]
 
 A model is a built-in name, a ``.safetensors`` file, a run folder (its newest checkpoint)
 or one ``step_N`` checkpoint; checkpoints are scored as ``rvqcodec export`` would write them
@@ -14,7 +14,9 @@ mel distance and SI-SDR, on speech wideband PESQ, STOI and ViSQOL (speech mode),
 music ViSQOL (audio mode) where ``visqol-python`` is installed; ``--category`` scores only
 that category's excerpts (the same ones it would score without it). ``--postfilter`` scores
 every model with that pitch-postfilter strength instead of its own, ``--lowband`` with those
-``lowband_levels`` (one per bandwidth, codec/lowband.py; ``none`` for no low band). Writes
+``lowband_levels`` (one per bandwidth, codec/lowband.py; ``none`` for no low band).
+``--aligned`` drops each model's output delay as decoding a file does (without it the decoded
+audio trails by it, which lowers STOI and the mel distance's short windows). Writes
 JSON (default ``reports/heldout.json``, git-ignored).
 """
 
@@ -80,17 +82,27 @@ def opus_round_trip(clip: ValidationClip, kbps: float, rate: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def score(model: Codec | None, clips: list[ValidationClip], kbps: float, rate: int) -> dict[str, dict[str, float]]:
+def round_trip(model: Codec, audio: np.ndarray, kbps: float, aligned: bool = False) -> np.ndarray:
+    """``audio`` ``[T]`` coded and decoded offline at ``kbps`` -> ``[T]``; ``aligned``: as a
+    file decodes it, the model's output delay dropped (the encoder codes that much silence past
+    the end, the decoder drops as much at the start), else as the decoder makes it."""
+    delay = model.cfg.output_delay if aligned else 0
+    x = torch.nn.functional.pad(torch.from_numpy(audio)[None, None], (0, delay))
+    return model.decode(model.encode(x, kbps=kbps))[0, 0, delay : delay + len(audio)].numpy()
+
+
+@torch.no_grad()
+def score(model: Codec | None, clips: list[ValidationClip], kbps: float, rate: int,
+          aligned: bool = False) -> dict[str, dict[str, float]]:
     """Mean of every metric per category: ``{category: {metric: value}}`` (a metric no
     excerpt could score is absent). ViSQOL only on speech and music: it is the slowest metric.
-    ``model`` None: Opus at ``kbps``."""
+    ``model`` None: Opus at ``kbps``; ``aligned``: see :func:`round_trip`."""
     rows: dict[str, list[dict[str, float | None]]] = {}
     for clip in clips:
-        x = torch.from_numpy(clip.audio)[None, None]
         if model is None:
             y = opus_round_trip(clip, kbps, rate)
         else:
-            y = model.decode(model.encode(x, kbps=kbps), length=x.shape[-1])[0, 0].numpy()
+            y = round_trip(model, clip.audio, kbps, aligned)
         names = tuple(m for m in METRICS if clip.category in ("speech", "music") or m != "visqol")
         rows.setdefault(clip.category, []).append(score_clip(clip.audio, y, rate, clip.category, names))
     return {cat: mean_scores(scored) for cat, scored in rows.items()}
@@ -110,6 +122,8 @@ def main() -> None:
     p.add_argument("--postfilter", type=float, default=None, help="pitch-postfilter strength for every model")
     p.add_argument("--lowband", type=_levels, default=None, metavar="L1,L2,...",
                    help="lowband_levels for every model, one per bandwidth ('none': no low band)")
+    p.add_argument("--aligned", action="store_true",
+                   help="drop each model's output delay, as files decode (Opus's output is lined up anyway)")
     p.add_argument("--json", type=Path, default=Path("reports/heldout.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -129,7 +143,7 @@ def main() -> None:
             results[spec] = score(None, clips, args.kbps, first.sample_rate)
         else:
             model = first if spec == first_spec else load_any(spec, args.postfilter, args.lowband)
-            results[spec] = score(model, clips, args.kbps, model.sample_rate)
+            results[spec] = score(model, clips, args.kbps, model.sample_rate, args.aligned)
         speech = results[spec].get("speech", {})
         music = results[spec].get("music", {})
         rows.append([spec, *(f"{speech.get(k, float('nan')):.3f}" for k in ("pesq_wb", "stoi", "visqol", "mel_distance")),
@@ -137,7 +151,7 @@ def main() -> None:
                      f"{results[spec].get('general', {}).get('mel_distance', float('nan')):.3f}"])
     print_table(["model", "speech PESQ", "speech STOI", "speech ViSQOL", "speech mel", "music ViSQOL", "music mel",
                  "general mel"], rows)
-    write_json(args.json, {"kbps": args.kbps, "postfilter": args.postfilter, "lowband": args.lowband, "clips": [c.name for c in clips], "results": results})
+    write_json(args.json, {"kbps": args.kbps, "aligned": args.aligned, "postfilter": args.postfilter, "lowband": args.lowband, "clips": [c.name for c in clips], "results": results})
 
 
 if __name__ == "__main__":

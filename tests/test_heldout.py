@@ -40,3 +40,21 @@ def test_lowband_rebuilds_a_model_with_those_levels():
     assert v17.layout(16) == (6, 10) and v17.layout(32) == (8, 24)
     assert load_any("rvq24k-v18", lowband=_levels("none")).layout(16) == (16, 0)
     assert load_any("rvq24k-v18").layout(16) == (6, 10)
+
+
+def test_aligned_round_trips_drop_the_output_delay_as_files_do():
+    """``--aligned``: the model's output delay dropped and the end still decoded (the encoder
+    codes that much silence past it), so the decoded audio lines up with the input; without
+    it, the same audio that much later."""
+    import dataclasses
+
+    from conftest import SMALL, make_model, tone
+    from heldout import round_trip
+
+    model = make_model(dataclasses.replace(SMALL, encoder="logmel", latent_dim=40, decoder="spectral", decoder_dim=16,
+                                           decoder_layers=2, output_delay=96, name="test-aligned"))
+    x = tone(0.5, RATE)[0]
+    late, aligned = round_trip(model, x, 6.0), round_trip(model, x, 6.0, aligned=True)
+    assert late.shape == aligned.shape == x.shape
+    assert np.abs(aligned[: -96 - 320] - late[96:-320]).max() < 1e-5 * np.abs(late).max()
+    assert np.abs(aligned[-96:]).max() > 0.01 * np.abs(late).max()  # the end is there, not zeros
