@@ -33,7 +33,7 @@ from .native import beam_bounds, compact, rvq_beam, rvq_decode, rvq_search
 
 SEARCH_BEAM = 8  # code sequences kept per level by the inference search (beam_search; 1: greedy)
 BEAM_MAX_LEVELS = 8  # searches of more levels stay greedy (the default's bitrates search at most 8)
-BEAM_ROWS = 64  # frames searched at once: their distances, [rows, beam, entries], stay in cache (30-s encode 0.86 s, 1.3 s at 256)
+BEAM_ROWS = 64  # frames searched at once: their distances, [rows, beam, entries], stay in cache (30-s encode 0.76 s; 1.3 s at 256, session 26)
 
 
 @dataclass
@@ -386,11 +386,12 @@ def beam_search(rows: Tensor, tables: Tensor, norms: Tensor, n_q: int, beam: int
         # |r - c|^2 = |r|^2 + |c|^2 - 2 r.c (each weighed) for every kept sequence and entry: [N, kept, K]
         dist = torch.addmm(norms[level], weighed(residual).reshape(n * kept, d), tables[level].T, alpha=-2.0).view(n, kept, -1)
         dist = dist + error[..., None]
-        width = min(beam, dist.shape[-1])
-        near, entry = dist.topk(width, dim=-1, largest=False)  # each sequence's best extensions
-        chosen, best = near.reshape(n, kept * width).topk(min(beam, kept * width), dim=-1, largest=False)
-        parent = torch.div(best, width, rounding_mode="floor")  # [N, beam]
-        entry = entry.reshape(n, kept * width).gather(1, best)
+        size = dist.shape[-1]
+        # the best extensions of all sequences at once (one selection over kept * K: a third
+        # faster than each sequence's best, then the best of those)
+        chosen, best = dist.view(n, kept * size).topk(min(beam, kept * size), dim=-1, largest=False)
+        parent = torch.div(best, size, rounding_mode="floor")  # [N, beam]
+        entry = best - parent * size
         residual = residual.gather(1, parent[..., None].expand(-1, -1, d)) - tables[level].index_select(0, entry.reshape(-1)).view(n, -1, d)
         # (a sequence that took a masked duplicate fills a place only when fewer sequences are
         # finite; it stays out of the running, as frame.c never keeps it)
