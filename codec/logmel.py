@@ -39,11 +39,17 @@ def _mel_to_hz(m: np.ndarray) -> np.ndarray:
     return np.where(m < 15.0, 200.0 * m / 3.0, 1000.0 * np.exp(logstep * (m - 15.0)))
 
 
+def mel_edges(sample_rate: int, n_mels: int) -> np.ndarray:
+    """``[n_mels + 2]`` Hz: the filters' corners, evenly spaced on the mel scale from 0 Hz to
+    Nyquist; band ``m`` rises from ``edges[m]`` to ``edges[m + 1]`` and ends at ``edges[m + 2]``."""
+    return _mel_to_hz(np.linspace(0.0, _hz_to_mel(sample_rate / 2), n_mels + 2))
+
+
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
-    """``[n_mels, n_fft // 2 + 1]`` triangular filters spaced evenly on the mel scale from 0 Hz
-    to Nyquist, each scaled to unit area (Slaney normalisation)."""
+    """``[n_mels, n_fft // 2 + 1]`` triangular filters on :func:`mel_edges`, each scaled to
+    unit area (Slaney normalisation)."""
     bins = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
-    edges = _mel_to_hz(np.linspace(0.0, _hz_to_mel(sample_rate / 2), n_mels + 2))
+    edges = mel_edges(sample_rate, n_mels)
     widths = np.diff(edges)
     rising = (bins[None, :] - edges[:-2, None]) / widths[:-1, None]
     falling = (edges[2:, None] - bins[None, :]) / widths[1:, None]

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .logmel import _hz_to_mel, _mel_to_hz, mel_filterbank
+from .logmel import mel_edges, mel_filterbank
 from .streaming import ConvState, ConvTransposeState, StreamingModule
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def search_weights(cfg: "CodecConfig", n_q: int) -> Tensor | None:
     top = band_of(cfg, words)[1]
     if top >= SEARCH_WEIGHT_BELOW_HZ:
         return None
-    edges = _mel_to_hz(np.linspace(0.0, _hz_to_mel(cfg.sample_rate / 2), cfg.latent_dim + 2))
+    edges = mel_edges(cfg.sample_rate, cfg.latent_dim)
     with torch.inference_mode(False):  # (kept: an inference tensor would defeat the search's caches)
         return torch.from_numpy(np.where(edges[2:] <= top, SEARCH_WEIGHT, 1.0))
 

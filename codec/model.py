@@ -248,8 +248,9 @@ class Codec(nn.Module):
         ratio = coefs = None
         if words:
             ratio, coefs = self.lowband_decoder.coefficients(codes[:, levels:], z)
+        cut = ratio.shape[-1] if words else 0  # the low band replaces the decoder's bins below
         latent = self._decoder_input(z, ratio)
-        with low_cut(ratio.shape[-1] if words else 0):  # the low band replaces these bins
+        with low_cut(cut):
             audio = self.decoder(latent) if self._held is None else self._run_streaming("decoder", latent, 1)
         audio = self.postfilter(audio)
         if words:
@@ -257,7 +258,7 @@ class Codec(nn.Module):
         elif self.lowband_decoder is not None:
             self.lowband_decoder.state = None  # (streaming: a frame without the band leaves no tail)
         if self.envelope is not None:
-            audio = self.envelope(audio, z, levels, ratio.shape[-1] if words else 0)
+            audio = self.envelope(audio, z, levels, cut)
         audio = audio.reshape(b, c, -1)
         return audio if length is None else audio[..., :length]
 

@@ -36,26 +36,27 @@ class RegisteredModel:
     config: tuple[tuple[str, object], ...] = ()
 
 
+# Weights files that more than one release reads (file, sha256).
+V19_FILE = ("rvq24k-v19.safetensors", "c0e8954f6c822382d3296c30f588e026a3bbb890b6a9fb3835984cb10e425a4b")
+V17_FILE = ("rvq24k-v17.safetensors", "432940042ec9f5aef9e4215c36fd00253edf9294790d73f5952859d1d3587eba")
+
 REGISTRY: dict[str, RegisteredModel] = {
     "rvq24k-v20": RegisteredModel(
-        "rvq24k-v19.safetensors",
-        "c0e8954f6c822382d3296c30f588e026a3bbb890b6a9fb3835984cb10e425a4b",
+        *V19_FILE,
         "24 kHz mono, 1.5-24 kbps (interim): rvq24k-v19's weights and codes, whose decoded audio "
         "is pulled band by band onto the log-mel spectrum the codes carry (envelope matching, "
         "codec/envelope.py; from 3 kbps, above 450 Hz and the low band); streamed output 6.7 ms later",
         config=(("name", "rvq24k-v20"), ("envelope_match", 1.0)),
     ),
     "rvq24k-v19": RegisteredModel(
-        "rvq24k-v19.safetensors",
-        "c0e8954f6c822382d3296c30f588e026a3bbb890b6a9fb3835984cb10e425a4b",
+        *V19_FILE,
         "24 kHz mono, 1.5-24 kbps (interim): rvq24k-v18's codes (the log-mel codec and, at 12 and "
         "24 kbps, the low band's waveform below 862 Hz and 2.2 kHz) with a decoder that also reads "
         "the coded low band (decoder_lowband_bins 58): v17's decoder trained 3,000 more steps of "
         "configs/logmel24k-lowband.yaml on two CPU threads; pitch postfilter 0.75",
     ),
     "rvq24k-v18": RegisteredModel(
-        "rvq24k-v17.safetensors",
-        "432940042ec9f5aef9e4215c36fd00253edf9294790d73f5952859d1d3587eba",
+        *V17_FILE,
         "24 kHz mono, 1.5-24 kbps (interim): rvq24k-v17's weights (the log-mel codec, its spectral "
         "decoder, pitch postfilter 0.75), and at 12 and 24 kbps the low band's waveform: 6 and 8 "
         "log-mel levels, the other codes an MDCT of the audio below 862 Hz (12 kbps) or 2.2 kHz "
@@ -63,8 +64,7 @@ REGISTRY: dict[str, RegisteredModel] = {
         config=(("name", "rvq24k-v18"), ("lowband_levels", (0, 0, 0, 6, 8))),
     ),
     "rvq24k-v17": RegisteredModel(
-        "rvq24k-v17.safetensors",
-        "432940042ec9f5aef9e4215c36fd00253edf9294790d73f5952859d1d3587eba",
+        *V17_FILE,
         "24 kHz mono, 1.5-24 kbps (interim): the log-mel codec, each frame's 80-band log-mel "
         "spectrum coded by a 32-level RVQ whose codebooks were fitted by k-means (v14's, so v14's "
         "to v16's files decode with it); v14's spectral decoder trained 6,575 steps (v15), 5,912 "
