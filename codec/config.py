@@ -49,6 +49,9 @@ class CodecConfig:
             decoder reads beside the latent (over their quantizer steps; zeros where a frame
             has fewer or none: all of them without ``lowband_levels``), so that its band above
             can follow the coded one. Changes the decoder's first layer (its weights).
+        lowband_coding: how the low band's coefficients are written (codec/lowband.py):
+            ``fixed`` (4 bits each) or ``arithmetic`` (an arithmetic code in the same bits,
+            finer steps). Changes what the low band's codes mean; no weights.
         envelope_match: 0 (off), or the strength (up to 2) with which the decoded audio's
             log-mel spectrum is pulled onto the coded one, band by band and frame by frame
             (codec/envelope.py; 1: all the way, within 12 dB). Only for a log-mel encoder;
@@ -76,6 +79,7 @@ class CodecConfig:
     output_delay: int = 0
     lowband_levels: tuple[int, ...] = ()
     decoder_lowband_bins: int = 0
+    lowband_coding: str = "fixed"
     envelope_match: float = 0.0
 
     def __post_init__(self) -> None:
@@ -96,6 +100,8 @@ class CodecConfig:
                 raise ValueError("lowband_levels needs one value per bandwidth")
             if not self.output_delay or (self.hop_length - self.output_delay) % 2:
                 raise ValueError("lowband_levels needs an output_delay > 0 with hop_length - output_delay even")
+        if self.lowband_coding not in ("fixed", "arithmetic"):
+            raise ValueError(f"lowband_coding must be 'fixed' or 'arithmetic', got {self.lowband_coding!r}")
         if not 0.0 <= self.envelope_match <= 2.0:
             raise ValueError(f"envelope_match must be in [0, 2], got {self.envelope_match}")
         if self.envelope_match and (self.encoder != "logmel" or self.hop_length % 4):
@@ -160,7 +166,7 @@ class CodecConfig:
         decoders the spectral decoder's, between log-mel encoders with spectral decoders the
         SEANet layers' (only the strides, that is the hop, still count)."""
         neutral: dict[str, Any] = {"name": "", "postfilter": 0.0, "output_delay": 0, "lowband_levels": (),
-                                   "envelope_match": 0.0}
+                                   "lowband_coding": "fixed", "envelope_match": 0.0}
         if self.decoder == other.decoder == "seanet":
             neutral |= {"decoder_dim": 0, "decoder_layers": 0}
         if self.encoder == other.encoder == "logmel" and self.decoder == other.decoder == "spectral":

@@ -70,15 +70,16 @@ class Codec(nn.Module):
                 raise ValueError("the low band needs the spectral decoder's n_fft at twice the hop")
             geometry = (cfg.sample_rate, cfg.hop_length, cfg.output_delay, cfg.latent_dim, cfg.bits_per_code)
             device = next(iter(self.quantizer.buffers())).device
-            self.lowband_encoder = LowbandEncoder(*geometry).to(device)
-            self.lowband_decoder = LowbandDecoder(*geometry).to(device)
+            self.lowband_encoder = LowbandEncoder(*geometry, cfg.lowband_coding).to(device)
+            self.lowband_decoder = LowbandDecoder(*geometry, cfg.lowband_coding).to(device)
 
-    def set_lowband(self, levels: tuple[int, ...], output_delay: int | None = None) -> None:
-        """Code the low band at these ``lowband_levels`` (and output delay) from now on: they
-        have no weights, so the model changes in place (a training run from weights that code
-        it, train/trainer.py)."""
+    def set_lowband(self, levels: tuple[int, ...], output_delay: int | None = None, coding: str | None = None) -> None:
+        """Code the low band at these ``lowband_levels`` (and output delay and coding) from now
+        on: they have no weights, so the model changes in place (a training run from weights
+        that code it, train/trainer.py)."""
         delay = self.cfg.output_delay if output_delay is None else output_delay
-        self.cfg = replace(self.cfg, lowband_levels=tuple(levels), output_delay=delay)
+        coding = self.cfg.lowband_coding if coding is None else coding
+        self.cfg = replace(self.cfg, lowband_levels=tuple(levels), output_delay=delay, lowband_coding=coding)
         self._build_lowband()
         self.fingerprint_cache, self.codes_fingerprint_cache = TensorCache(), TensorCache()  # (they hash the low band)
 

@@ -41,6 +41,13 @@ V19_FILE = ("rvq24k-v19.safetensors", "c0e8954f6c822382d3296c30f588e026a3bbb890b
 V17_FILE = ("rvq24k-v17.safetensors", "432940042ec9f5aef9e4215c36fd00253edf9294790d73f5952859d1d3587eba")
 
 REGISTRY: dict[str, RegisteredModel] = {
+    "rvq24k-v21": RegisteredModel(
+        *V19_FILE,
+        "24 kHz mono, 1.5-24 kbps (interim): rvq24k-v20 (v19's weights, envelope matching) with the "
+        "low band's coefficients arithmetic-coded in the same bits, in finer steps (12 and 24 kbps; "
+        "codec/lowband.py); 1.5-6 kbps as v20",
+        config=(("name", "rvq24k-v21"), ("envelope_match", 1.0), ("lowband_coding", "arithmetic")),
+    ),
     "rvq24k-v20": RegisteredModel(
         *V19_FILE,
         "24 kHz mono, 1.5-24 kbps (interim): rvq24k-v19's weights and codes, whose decoded audio "
@@ -108,7 +115,7 @@ EARLIER_CODES = {
 }
 # EMA statistics of the codebooks: needed to continue training, not to run the model.
 TRAINING_ONLY = {f"quantizer.{name}" for name in ResidualVectorQuantizer.TRAINING_BUFFERS}
-DEFAULT_MODEL = "rvq24k-v20"
+DEFAULT_MODEL = "rvq24k-v21"
 ALIASES = {"rvq24k": DEFAULT_MODEL, "default": DEFAULT_MODEL}
 
 
@@ -120,17 +127,19 @@ def _weights_of(model: Codec, prefixes: tuple[str, ...] = ("",)) -> dict:
     return {k: v for k, v in sorted(model.state_dict(keep_vars=True).items()) if k.startswith(prefixes) and k not in TRAINING_ONLY}
 
 
-def _digest(state: dict, signed_zeros: bool = False, lowband: tuple[tuple[int, ...], int] = ((), 0)) -> bytes:
+def _digest(state: dict, signed_zeros: bool = False, lowband: tuple[tuple[int, ...], int, str] = ((), 0, "fixed")) -> bytes:
     """sha256 over names and float32 values, -0.0 counted as 0.0 (the same weights: rounding
     them again, as an export does, may flip the sign of a zero). ``signed_zeros``: as files
     written before session 15 hashed them (see :func:`reads`). ``lowband``: the config's
-    ``lowband_levels`` and ``output_delay`` (the low band's window overlap), which change what
-    codes mean (codec/lowband.py); without a low band nothing is added, so hashes from before
-    it stand."""
+    ``lowband_levels``, ``output_delay`` (the low band's window overlap) and
+    ``lowband_coding``, which change what codes mean (codec/lowband.py); without a low band
+    nothing is added, and the fixed coding adds nothing to the levels, so hashes from before
+    them stand."""
     h = hashlib.sha256()
-    levels, overlap = lowband
+    levels, overlap, coding = lowband
     if any(levels):
-        h.update(f"{LOWBAND_FORMAT}:{','.join(map(str, levels))}:{overlap}".encode())
+        suffix = "" if coding == "fixed" else f":{coding}"
+        h.update(f"{LOWBAND_FORMAT}:{','.join(map(str, levels))}:{overlap}{suffix}".encode())
     for name, value in state.items():
         values = value.detach().float()
         if not signed_zeros:
@@ -140,8 +149,8 @@ def _digest(state: dict, signed_zeros: bool = False, lowband: tuple[tuple[int, .
     return h.digest()
 
 
-def _lowband(model: Codec) -> tuple[tuple[int, ...], int]:
-    return model.cfg.lowband_levels, model.cfg.output_delay
+def _lowband(model: Codec) -> tuple[tuple[int, ...], int, str]:
+    return model.cfg.lowband_levels, model.cfg.output_delay, model.cfg.lowband_coding
 
 
 def fingerprint(model: Codec) -> bytes:

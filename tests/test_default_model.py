@@ -231,12 +231,13 @@ def test_files_of_v18_decode_with_the_built_in_v18(tmp_path):
     _decodes_with_its_own_and_not_with(tmp_path / "v18.rvq", v18, v19)
 
 
-def test_the_default_model_pulls_its_decoded_spectrum_onto_the_coded_one():
-    """The default (v20) is v19's weights and codes with envelope matching: on the speech
-    sample its decoded audio, measured as the encoder measures the input, lies closer to the
-    log-mel spectrum its codes carry (bands above 862 Hz), and closer to the original by the
-    multi-scale mel distance, at 6 and 12 kbps."""
-    v20, v19 = load(), load("rvq24k-v19")
+def test_v20_pulls_its_decoded_spectrum_onto_the_coded_one():
+    """v20 (and the default, v21) is v19's weights and codes with envelope matching: on the
+    speech sample its decoded audio, measured as the encoder measures the input, lies closer to
+    the log-mel spectrum its codes carry (bands above 862 Hz), and closer to the original by
+    the multi-scale mel distance, at 6 and 12 kbps."""
+    v20, v19 = load("rvq24k-v20"), load("rvq24k-v19")
+    assert load().cfg.envelope_match == v20.cfg.envelope_match
     assert v20.cfg.envelope_match == 1.0 and not v19.cfg.envelope_match
     assert fingerprint(v20) == fingerprint(v19)  # one set of weights: each decodes the other's files
     ref, rate = sf.read(str(SAMPLES / "speech_librispeech_60.flac"), dtype="float32")
@@ -252,3 +253,37 @@ def test_the_default_model_pulls_its_decoded_spectrum_onto_the_coded_one():
             gaps.append(float((v20.encoder(y) - coded)[:, 19:].abs().mean()))
             distances.append(metrics.mel_distance(ref[: n - delay], y[0, 0, delay:].numpy(), rate))
         assert gaps[1] < 0.75 * gaps[0] and distances[1] < distances[0], (kbps, gaps, distances)
+
+
+def test_the_default_codes_the_low_band_in_finer_steps(tmp_path):
+    """The default (v21) is v20 with the low band's coefficients arithmetic-coded: the same
+    weights and log-mel codes, other low-band words, in which the decoded speech sample
+    follows the original's waveform below 800 Hz (2 kHz at 24 kbps) more closely and lies
+    closer to it by the mel distance. Its files name it: each model decodes its own files and
+    refuses the other's."""
+    v21, v20 = load(), load("rvq24k-v20")
+    assert v21.cfg.lowband_coding == "arithmetic" and v20.cfg.lowband_coding == "fixed"
+    assert all(torch.equal(a, b) for a, b in zip(v21.state_dict().values(), v20.state_dict().values()))
+    assert fingerprint(v21) != fingerprint(v20)
+    ref, rate = sf.read(str(SAMPLES / "speech_librispeech_60.flac"), dtype="float32")
+    n, delay = len(ref) // v21.hop_length * v21.hop_length, v21.cfg.output_delay
+    x = torch.nn.functional.pad(torch.from_numpy(ref[:n])[None, None], (0, delay))
+    for kbps, hz, margin in ((12, 800, 1.2), (24, 2000, 4.0)):
+        codes = {m.cfg.name: m.encode(x, kbps=kbps) for m in (v20, v21)}
+        levels = v21.layout(codes["rvq24k-v21"].shape[2])[0]
+        assert torch.equal(codes["rvq24k-v21"][:, :, :levels], codes["rvq24k-v20"][:, :, :levels])
+        assert not torch.equal(codes["rvq24k-v21"], codes["rvq24k-v20"])
+        snr, distance = {}, {}
+        for m in (v20, v21):
+            y = m.decode(codes[m.cfg.name])[0, 0, delay : delay + n].numpy().astype(np.float64)
+            low = _below(ref[:n].astype(np.float64), rate, hz)
+            snr[m.cfg.name] = float(10 * np.log10((low ** 2).sum() / ((low - _below(y, rate, hz)) ** 2).sum()))
+            distance[m.cfg.name] = metrics.mel_distance(ref[:n], y, rate)
+        assert snr["rvq24k-v21"] > snr["rvq24k-v20"] + margin, (kbps, snr)
+        assert distance["rvq24k-v21"] < distance["rvq24k-v20"], (kbps, distance)
+    clip = SAMPLES / "speech_librispeech_60.flac"
+    for own, other in ((v21, v20), (v20, v21)):
+        (tmp_path / own.cfg.name).mkdir()
+        file = tmp_path / own.cfg.name / "speech.rvq"
+        compress_file(clip, file, kbps=12, model=own)
+        _decodes_with_its_own_and_not_with(file, own, other)

@@ -291,7 +291,8 @@ class Trainer:
             raise CodecError(f"cannot resume from {ckpts[-1]}: it does not match the config ({first})") from None
         self.step = int(meta["step"])
         saved = meta["config"]["model"]
-        self._keep_release_settings(int(saved.get("output_delay", 0)), tuple(saved.get("lowband_levels", ())))
+        self._keep_release_settings(int(saved.get("output_delay", 0)), tuple(saved.get("lowband_levels", ())),
+                                    saved.get("lowband_coding", "fixed"))
         # Older checkpoints kept the count as their discriminator scheduler's last_epoch.
         old = meta.get("schedulers", {}).get("disc", {}).get("last_epoch", 0)
         self.disc_steps = int(meta.get("disc_steps", old))
@@ -323,20 +324,20 @@ class Trainer:
             raise CodecError(f"cannot start from {name_or_path}: its architecture differs from the config's model")
         if self.ema is not None:
             self.ema.load_state_dict(self.gen.state_dict())
-        self._keep_release_settings(release.cfg.output_delay, release.cfg.lowband_levels)
+        self._keep_release_settings(release.cfg.output_delay, release.cfg.lowband_levels, release.cfg.lowband_coding)
 
-    def _keep_release_settings(self, delay: int, lowband: tuple[int, ...]) -> None:
+    def _keep_release_settings(self, delay: int, lowband: tuple[int, ...], coding: str) -> None:
         """Carry the weights' measured output delay (a property of their decoder) and their
-        low band (codec/lowband.py: which bitrates code it) into this run's config, and so
-        into its checkpoints and exports, unless the recipe sets them (``lowband_levels: [0,
-        0, 0, 0, 0]`` for none): a run from the shipped model validates and exports a model
-        that codes as it does."""
+        low band (codec/lowband.py: which bitrates code it, and how) into this run's config,
+        and so into its checkpoints and exports, unless the recipe sets them (``lowband_levels:
+        [0, 0, 0, 0, 0]`` for none; a recipe's own levels keep its own coding): a run from the
+        shipped model validates and exports a model that codes as it does."""
         model = self.cfg.model
         if delay and not model.output_delay:
             model = dataclasses.replace(model, output_delay=delay)
         if any(lowband) and model.lowband_levels == ():
             try:
-                model = dataclasses.replace(model, lowband_levels=lowband)
+                model = dataclasses.replace(model, lowband_levels=lowband, lowband_coding=coding)
             except ValueError as exc:
                 raise CodecError(f"the weights' low band does not fit the config's model: {exc}") from None
         if model == self.cfg.model:
@@ -344,7 +345,7 @@ class Trainer:
         self.cfg = dataclasses.replace(self.cfg, model=model)
         for codec in (self.gen, self.ema):  # (the low band has no weights: the same networks)
             if codec is not None:
-                codec.set_lowband(model.lowband_levels, model.output_delay)
+                codec.set_lowband(model.lowband_levels, model.output_delay, model.lowband_coding)
 
 
 FIRST_DECODER_WEIGHT = "decoder.0.conv.weight"  # the spectral decoder's input layer [dim, inputs, kernel]
