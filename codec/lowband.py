@@ -30,7 +30,7 @@ each). Two codings of the coefficients (``CodecConfig.lowband_coding``):
   gain the one, of :data:`ARITH_GAINS` codes around the largest ratio's, whose rounded
   coefficients fit those bits and come closest (:func:`quantize_arithmetic`). Small
   coefficients cost few bits, so the steps are finer: on 20 held-out speech excerpts PESQ
-  3.52 -> 3.67 at 12 kbps and 3.94 -> 4.25 at 24 kbps (docs/model_card.md).
+  3.52 -> 3.68 at 12 kbps and 3.94 -> 4.25 at 24 kbps (docs/model_card.md).
 
 Float64 throughout, so that streamed and offline frames agree.
 """
@@ -66,6 +66,7 @@ ARITH_SCALE = 3.0  # the Laplace table's scale in steps (held-out 12 kbps PESQ: 
 ARITH_LARGEST = 40  # coefficients are clipped to this many steps either way
 ARITH_GAINS = 32  # gain codes tried: from 16 above the one that covers the largest ratio down
 ARITH_TABLE = arith.SymbolTable.laplace(ARITH_SCALE, ARITH_LARGEST)
+ARITH_COST = torch.from_numpy(ARITH_TABLE.cost())  # [symbols] bits
 ARITH_BLOCK_FRAMES = 256  # frames searched at once (bounds the temporaries: frames x ARITH_GAINS x bins)
 
 
@@ -285,13 +286,16 @@ def quantize_arithmetic(ratio: Tensor, bits: int) -> tuple[Tensor, Tensor]:
 
     The gain is, of :data:`ARITH_GAINS` codes from 16 (24 dB) above the one that covers the
     frame's largest ratio down, the one whose rounded coefficients fit and come closest
-    (squared error; a tie keeps the larger gain). All zeros always fit (a coefficient's
-    cheapest symbol costs under 4 bits, and :func:`bins_for` counts 4 a coefficient): a frame
-    that nothing else fits gets them."""
-    cost = torch.from_numpy(ARITH_TABLE.cost()).to(ratio.device)
+    (squared error; a tie keeps the larger gain). A frame that none fits (one louder than the
+    largest gain reaches, whose coefficients all clip) gets the largest gain with its
+    coefficients clipped to as many steps as fit (all zeros always fit: a coefficient's
+    cheapest symbol costs under 4 bits, and :func:`bins_for` counts 4 a coefficient).
+    Non-finite ratios count as 0 (NaN) or as the largest (infinities)."""
+    ratio = torch.nan_to_num(ratio.double(), nan=0.0, posinf=1e30, neginf=-1e30)
     peak = ratio.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
     top = torch.ceil(torch.log2(peak) * GAIN_STEPS_PER_OCTAVE - 1e-9) + GAIN_OFFSET  # [B, F, 1]
     shifts = torch.arange(16, 16 - ARITH_GAINS, -1, dtype=top.dtype, device=top.device)  # coarse to fine
+    cost = ARITH_COST.to(ratio.device)
     codes, steps = [], []
     for s in range(0, ratio.shape[1], ARITH_BLOCK_FRAMES):  # (bounds the temporaries)
         r = ratio[:, s : s + ARITH_BLOCK_FRAMES, None, :]  # [B, f, 1, bins]
@@ -301,13 +305,28 @@ def quantize_arithmetic(ratio: Tensor, bits: int) -> tuple[Tensor, Tensor]:
         err = ((q * step - r) ** 2).sum(-1)
         fits = cost[(q + ARITH_LARGEST).long()].sum(-1) <= bits
         best = torch.where(fits, err, torch.full_like(err, math.inf)).argmin(-1, keepdim=True)  # first: the coarsest
-        chosen = fits.gather(-1, best)  # [B, f, 1]: False where nothing fits (then every candidate is inf)
         picked = q.gather(-2, best[..., None].expand(*best.shape, q.shape[-1]))[..., 0, :]
-        codes.append(torch.where(chosen, code.gather(-1, best), top[:, s : s + ARITH_BLOCK_FRAMES].clamp(0, 2 ** GAIN_BITS - 1)))
-        steps.append(torch.where(chosen, picked, torch.zeros_like(picked)))
+        chosen = code.gather(-1, best)
+        missed = ~fits.gather(-1, best)[..., 0]  # [B, f]: none fits
+        if missed.any():
+            chosen[missed], picked[missed] = _clipped_to_fit(r[missed][:, 0], bits, cost)
+        codes.append(chosen)
+        steps.append(picked)
     if not codes:  # no frames
         return top.long(), ratio.long()  # [B, 0, 1], [B, 0, bins]
     return torch.cat(codes, dim=1).long(), torch.cat(steps, dim=1).long()
+
+
+def _clipped_to_fit(ratio: Tensor, bits: int, cost: Tensor) -> tuple[Tensor, Tensor]:
+    """Frames ``[M, bins]`` that no gain fits -> the largest gain code ``[M, 1]`` and their
+    steps at it ``[M, bins]``, clipped to the most steps (``ARITH_LARGEST`` down to 0) that
+    fit."""
+    largest = torch.tensor(2.0 ** GAIN_BITS - 1, dtype=ratio.dtype, device=ratio.device)
+    limits = torch.arange(ARITH_LARGEST, -1, -1, dtype=ratio.dtype, device=ratio.device)[:, None, None]
+    q = torch.round(ratio / (_gain(largest) / LEVELS)).clamp(-ARITH_LARGEST, ARITH_LARGEST)
+    q = torch.maximum(torch.minimum(q[None], limits), -limits)  # [limits, M, bins]
+    first = (cost[(q + ARITH_LARGEST).long()].sum(-1) <= bits).double().argmax(0)  # [M]: the most steps that fit
+    return largest.expand(ratio.shape[0], 1), q[first, torch.arange(ratio.shape[0])]
 
 
 def _pack_arithmetic(gain_code: Tensor, q: Tensor, words: int, word_bits: int) -> Tensor:

@@ -150,21 +150,32 @@ def test_arithmetic_coding_fits_the_frame_and_comes_closer_than_four_bits(bins, 
 
 
 def test_arithmetic_coding_takes_any_frame():
-    """Silence, one huge coefficient among tiny ones, the largest gain's range and beyond:
-    every frame fits; silence comes back as zeros, a coefficient beyond the largest gain as
-    the most it can say (``ARITH_LARGEST`` of that gain's steps)."""
-    ratio = torch.zeros(1, 4, 23, dtype=torch.float64)
+    """Silence, one huge coefficient among tiny ones, a frame of tiny ones, a wide one, one
+    louder than the largest gain reaches, and non-finite ones: every frame fits its bits;
+    silence comes back as zeros, a coefficient beyond the largest gain as the most it can say
+    (``ARITH_LARGEST`` of that gain's steps), a frame too loud for every gain as the largest
+    gain's steps clipped to what fits (not as silence), and a NaN as 0."""
+    ratio = torch.zeros(1, 7, 23, dtype=torch.float64)
     ratio[0, 1, 5] = 1e6
     ratio[0, 1, 6:] = 1e-9
-    ratio[0, 2] = 1e-30
-    ratio[0, 3] = torch.linspace(-300, 300, 23, dtype=torch.float64)
+    ratio[0, 2] = 1e-30 * torch.linspace(1, 2, 23, dtype=torch.float64)
+    ratio[0, 3] = torch.linspace(-30, 30, 23, dtype=torch.float64)
+    ratio[0, 4] = 2000.0  # every coefficient beyond 40 steps of the largest gain
+    ratio[0, 5, 0], ratio[0, 5, 1:] = float("nan"), 1.0
+    ratio[0, 6, 0], ratio[0, 6, 1:] = float("inf"), 1.0
     gain, q = quantize_arithmetic(ratio, 94)
     cost = torch.from_numpy(ARITH_TABLE.cost())[(q + ARITH_LARGEST)].sum(-1)
     assert (cost <= 94).all()
     decoded, _ = LowbandDecoder(24000, HOP, OVERLAP, 80, 10, "arithmetic").coefficients(
-        _pack_arithmetic(gain, q, 10, 10), torch.zeros(1, 80, 4))
-    largest = ARITH_LARGEST * 2 ** (31 / 4) / 7
-    assert torch.equal(decoded[0, 0], torch.zeros(23)) and decoded[0, 1, 5] == pytest.approx(largest)
+        _pack_arithmetic(gain, q, 10, 10), torch.zeros(1, 80, 7))
+    step = 2 ** (31 / 4) / 7  # the largest gain's step
+    assert torch.equal(decoded[0, 0], torch.zeros(23)) and decoded[0, 1, 5] == pytest.approx(ARITH_LARGEST * step)
+    assert decoded[0, 2].abs().max() < 1e-28
+    assert ((decoded[0, 3] - ratio[0, 3]) ** 2).mean() < 0.02 * (ratio[0, 3] ** 2).mean()  # 17 dB at about 4 bits each
+    assert int(gain[0, 4]) == 63 and (q[0, 4] == q[0, 4, 0]).all() and 2 <= int(q[0, 4, 0]) < ARITH_LARGEST
+    assert cost[0, 4] > 94 - 0.6 * 23  # the most steps that fit: one more would not
+    assert decoded[0, 5, 0] == 0 and (decoded[0, 5, 1:] - 1).abs().max() < 0.1
+    assert decoded[0, 6, 0] > 0 and torch.isfinite(decoded).all()
 
 
 def test_a_frame_whose_code_would_not_fit_is_sent_as_zeros():
@@ -346,6 +357,8 @@ def test_a_run_from_weights_with_a_low_band_exports_it(tmp_path):
     exported = load(export_run(tmp_path / "run", tmp_path / "out.safetensors"))
     assert exported.cfg.lowband_levels == (0, 0, 1) and exported.cfg.output_delay == 8
     assert exported.cfg.lowband_coding == trainer.cfg.model.lowband_coding == "arithmetic"
+    resumed = Trainer(cfg, root / "cache", tmp_path / "run")  # (the recipe alone: no low band)
+    assert resumed.resume() and resumed.cfg.model.lowband_coding == "arithmetic" and resumed.gen.layout(4) == (1, 3)
     assert exported.layout(4) == (1, 3)
     none = tiny_config(model={**model, "lowband_levels": (0, 0, 0)}, loss={"adversarial": 0.0, "feature_matching": 0.0})
     plain = Trainer(none, root / "cache", tmp_path / "p")
