@@ -336,33 +336,28 @@ def _pack_arithmetic(gain_code: Tensor, q: Tensor, words: int, word_bits: int) -
     symbols' costs, which :func:`quantize_arithmetic` checks, within rounding of the limit)
     is sent as zeros."""
     b, f, bins = q.shape
-    total = words * word_bits
-    bits = total - GAIN_BITS
-    symbols = (q + ARITH_LARGEST).reshape(b * f, bins).tolist()
-    nbytes = (total + 7) // 8
-    rows = []
-    for gain, row in zip(gain_code.reshape(b * f).tolist(), symbols):
+    bits = words * word_bits - GAIN_BITS
+    mask, shifts = (1 << word_bits) - 1, range(word_bits * (words - 1), -1, -word_bits)
+    out = []
+    for gain, row in zip(gain_code.reshape(b * f).tolist(), (q + ARITH_LARGEST).reshape(b * f, bins).tolist()):
         code = arith.encode(row, ARITH_TABLE, bits)
         if code is None:
             code = arith.encode([ARITH_LARGEST] * bins, ARITH_TABLE, bits)
-        rows.append(((gain << bits) | code).to_bytes(nbytes, "big"))
-    flat = np.unpackbits(np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(b * f, nbytes), axis=1)
-    frame_bits = torch.from_numpy(flat[:, nbytes * 8 - total :].astype(np.int64)).to(q.device)
-    return _value(frame_bits.reshape(b, f, words, word_bits), word_bits).transpose(1, 2)
+        value = (gain << bits) | code
+        out.append([(value >> shift) & mask for shift in shifts])
+    return torch.tensor(out, dtype=torch.long, device=q.device).reshape(b, f, words).transpose(1, 2)
 
 
 def _unpack_arithmetic(words: Tensor, bins: int, word_bits: int) -> tuple[Tensor, Tensor]:
     """Words ``[B, words, F]`` -> gain codes ``[B, F, 1]`` and coefficients ``[B, F, bins]``
     in steps (-ARITH_LARGEST..ARITH_LARGEST)."""
     b, n, f = words.shape
-    total = n * word_bits
-    bits = total - GAIN_BITS
-    frame_bits = _bits(words.transpose(1, 2).long().cpu(), word_bits).reshape(b * f, total).numpy()
-    pad = (-total) % 8
-    packed = np.packbits(np.pad(frame_bits.astype(np.uint8), ((0, 0), (pad, 0))), axis=1)
+    bits = n * word_bits - GAIN_BITS
     gains, q = [], []
-    for row in packed:
-        value = int.from_bytes(row.tobytes(), "big")
+    for row in words.transpose(1, 2).reshape(b * f, n).tolist():
+        value = 0
+        for word in row:
+            value = (value << word_bits) | word
         gains.append(value >> bits)
         q.append(arith.decode(value & ((1 << bits) - 1), bins, ARITH_TABLE, bits))
     gain = torch.tensor(gains, dtype=torch.long).reshape(b, f, 1)

@@ -149,6 +149,19 @@ def test_arithmetic_coding_fits_the_frame_and_comes_closer_than_four_bits(bins, 
     assert gap > 2.5, gap
 
 
+@pytest.mark.parametrize("word_bits, words", [(5, 20), (7, 14), (13, 8)])
+def test_arithmetic_words_of_any_width_carry_the_gain_and_coefficients(word_bits, words):
+    """Codebooks of other sizes cut the frame's bits into words of their width; the gain and
+    the coefficients come back unchanged (also with bits that are not whole bytes)."""
+    bins = bins_for(words, word_bits)
+    ratio = _laplace_ratios(9, bins, word_bits)
+    gain, q = quantize_arithmetic(ratio, words * word_bits - GAIN_BITS)
+    packed = _pack_arithmetic(gain, q, words, word_bits)
+    assert packed.shape == (2, words, 9) and 0 <= packed.min() and packed.max() < 2 ** word_bits
+    gain2, q2 = _unpack_arithmetic(packed, bins, word_bits)
+    assert torch.equal(gain2, gain) and torch.equal(q2, q) and q.abs().max() > 1
+
+
 def test_arithmetic_coding_takes_any_frame():
     """Silence, one huge coefficient among tiny ones, a frame of tiny ones, a wide one, one
     louder than the largest gain reaches, and non-finite ones: every frame fits its bits;
