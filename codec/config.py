@@ -8,6 +8,8 @@ from typing import Any
 
 from .errors import CodecError
 
+LOWBAND_CODINGS = ("fixed", "arithmetic")  # how the low band's coefficients are written (codec/lowband.py)
+
 
 @dataclass(frozen=True)
 class CodecConfig:
@@ -100,8 +102,8 @@ class CodecConfig:
                 raise ValueError("lowband_levels needs one value per bandwidth")
             if not self.output_delay or (self.hop_length - self.output_delay) % 2:
                 raise ValueError("lowband_levels needs an output_delay > 0 with hop_length - output_delay even")
-        if self.lowband_coding not in ("fixed", "arithmetic"):
-            raise ValueError(f"lowband_coding must be 'fixed' or 'arithmetic', got {self.lowband_coding!r}")
+        if self.lowband_coding not in LOWBAND_CODINGS:
+            raise ValueError(f"lowband_coding must be one of {LOWBAND_CODINGS}, got {self.lowband_coding!r}")
         if not 0.0 <= self.envelope_match <= 2.0:
             raise ValueError(f"envelope_match must be in [0, 2], got {self.envelope_match}")
         if self.envelope_match and (self.encoder != "logmel" or self.hop_length % 4):

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from . import arith
+from .config import LOWBAND_CODINGS
 from .logmel import mel_edges, mel_filterbank
 from .streaming import ConvState, ConvTransposeState, StreamingModule
 
@@ -57,16 +58,18 @@ LEVELS = 2 ** (COEF_BITS - 1) - 1  # a coefficient is rounded to -LEVELS..LEVELS
 GAIN_BITS = 6
 GAIN_STEPS_PER_OCTAVE = 4  # 1.5 dB
 GAIN_OFFSET = 2 ** (GAIN_BITS - 1)  # gain code of a ratio of 1
+GAIN_MAX = 2 ** GAIN_BITS - 1  # the largest gain code
 SHAPING = 0.5  # the quantizer's step follows envelope ** SHAPING
 GAIN_SEARCH = 2  # gain codes tried below the one that covers a frame's largest ratio (quantize)
 SEARCH_WEIGHT = 0.3  # weight of the mel bands under a band below SEARCH_WEIGHT_BELOW_HZ (search_weights)
 SEARCH_WEIGHT_BELOW_HZ = 1000.0
-CODINGS = ("fixed", "arithmetic")
+CODINGS = LOWBAND_CODINGS
 ARITH_SCALE = 3.0  # the Laplace table's scale in steps (held-out 12 kbps PESQ: 2 -> 3.65, 3 -> 3.67, 5 -> 3.60)
 ARITH_LARGEST = 40  # coefficients are clipped to this many steps either way
 ARITH_GAINS = 32  # gain codes tried: from 16 above the one that covers the largest ratio down
 ARITH_TABLE = arith.SymbolTable.laplace(ARITH_SCALE, ARITH_LARGEST)
 ARITH_COST = torch.from_numpy(ARITH_TABLE.cost())  # [symbols] bits
+ARITH_ZERO = ARITH_LARGEST  # the symbol of a coefficient of 0 steps (symbols are steps + ARITH_LARGEST)
 ARITH_BLOCK_FRAMES = 256  # frames searched at once (bounds the temporaries: frames x ARITH_GAINS x bins)
 
 
@@ -268,9 +271,8 @@ def quantize(ratio: Tensor) -> tuple[Tensor, Tensor]:
     steps. The decoder only reads the code, so this is the encoder's choice alone (session
     26, on 20 held-out speech excerpts: PESQ 3.292 -> 3.317 at 12 kbps, 3.786 -> 3.860 at
     24 kbps against the largest ratio's gain)."""
-    peak = ratio.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
-    top = torch.ceil(torch.log2(peak) * GAIN_STEPS_PER_OCTAVE - 1e-9) + GAIN_OFFSET  # [B, F, 1]
-    codes = (top - torch.arange(GAIN_SEARCH + 1, dtype=top.dtype, device=top.device)).clamp(0, 2 ** GAIN_BITS - 1)
+    top = _covering_code(ratio)
+    codes = (top - torch.arange(GAIN_SEARCH + 1, dtype=top.dtype, device=top.device)).clamp(0, GAIN_MAX)
     step = (_gain(codes) / LEVELS)[..., None]  # [B, F, candidates, 1]
     q = torch.round(ratio[..., None, :] / step).clamp(-LEVELS, LEVELS)  # [B, F, candidates, bins]
     best = ((q * step - ratio[..., None, :]) ** 2).sum(-1).argmin(-1, keepdim=True)  # [B, F, 1] (first of ties)
@@ -286,24 +288,24 @@ def quantize_arithmetic(ratio: Tensor, bits: int) -> tuple[Tensor, Tensor]:
 
     The gain is, of :data:`ARITH_GAINS` codes from 16 (24 dB) above the one that covers the
     frame's largest ratio down, the one whose rounded coefficients fit and come closest
-    (squared error; a tie keeps the larger gain). A frame that none fits (one louder than the
-    largest gain reaches, whose coefficients all clip) gets the largest gain with its
-    coefficients clipped to as many steps as fit (all zeros always fit: a coefficient's
-    cheapest symbol costs under 4 bits, and :func:`bins_for` counts 4 a coefficient).
+    (squared error; a tie keeps the larger gain). A frame that none fits (its steps cost more
+    than the bits even at the coarsest gain tried: a frame near or beyond the largest gain's
+    reach) gets the largest gain, its coefficients clipped to as many steps as fit (all zeros
+    always fit: a coefficient's cheapest symbol costs under 4 bits, and :func:`bins_for`
+    counts 4 a coefficient).
     Non-finite ratios count as 0 (NaN) or as the largest (infinities)."""
     ratio = torch.nan_to_num(ratio.double(), nan=0.0, posinf=1e30, neginf=-1e30)
-    peak = ratio.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
-    top = torch.ceil(torch.log2(peak) * GAIN_STEPS_PER_OCTAVE - 1e-9) + GAIN_OFFSET  # [B, F, 1]
+    top = _covering_code(ratio)
     shifts = torch.arange(16, 16 - ARITH_GAINS, -1, dtype=top.dtype, device=top.device)  # coarse to fine
     cost = ARITH_COST.to(ratio.device)
     codes, steps = [], []
     for s in range(0, ratio.shape[1], ARITH_BLOCK_FRAMES):  # (bounds the temporaries)
         r = ratio[:, s : s + ARITH_BLOCK_FRAMES, None, :]  # [B, f, 1, bins]
-        code = (top[:, s : s + ARITH_BLOCK_FRAMES] + shifts).clamp(0, 2 ** GAIN_BITS - 1)  # [B, f, G]
+        code = (top[:, s : s + ARITH_BLOCK_FRAMES] + shifts).clamp(0, GAIN_MAX)  # [B, f, G]
         step = (_gain(code) / LEVELS)[..., None]
         q = torch.round(r / step).clamp(-ARITH_LARGEST, ARITH_LARGEST)  # [B, f, G, bins]
         err = ((q * step - r) ** 2).sum(-1)
-        fits = cost[(q + ARITH_LARGEST).long()].sum(-1) <= bits
+        fits = cost[(q + ARITH_ZERO).long()].sum(-1) <= bits
         best = torch.where(fits, err, torch.full_like(err, math.inf)).argmin(-1, keepdim=True)  # first: the coarsest
         picked = q.gather(-2, best[..., None].expand(*best.shape, q.shape[-1]))[..., 0, :]
         chosen = code.gather(-1, best)
@@ -317,16 +319,23 @@ def quantize_arithmetic(ratio: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     return torch.cat(codes, dim=1).long(), torch.cat(steps, dim=1).long()
 
 
+def _covering_code(ratio: Tensor) -> Tensor:
+    """The gain code (unclamped, float) whose gain just covers each frame's largest ratio,
+    ``[B, F, bins]`` -> ``[B, F, 1]``."""
+    peak = ratio.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
+    return torch.ceil(torch.log2(peak) * GAIN_STEPS_PER_OCTAVE - 1e-9) + GAIN_OFFSET
+
+
 def _clipped_to_fit(ratio: Tensor, bits: int, cost: Tensor) -> tuple[Tensor, Tensor]:
     """Frames ``[M, bins]`` that no gain fits -> the largest gain code ``[M, 1]`` and their
     steps at it ``[M, bins]``, clipped to the most steps (``ARITH_LARGEST`` down to 0) that
     fit."""
-    largest = torch.tensor(2.0 ** GAIN_BITS - 1, dtype=ratio.dtype, device=ratio.device)
+    largest = torch.tensor(float(GAIN_MAX), dtype=ratio.dtype, device=ratio.device)
     limits = torch.arange(ARITH_LARGEST, -1, -1, dtype=ratio.dtype, device=ratio.device)[:, None, None]
     q = torch.round(ratio / (_gain(largest) / LEVELS)).clamp(-ARITH_LARGEST, ARITH_LARGEST)
     q = torch.maximum(torch.minimum(q[None], limits), -limits)  # [limits, M, bins]
-    first = (cost[(q + ARITH_LARGEST).long()].sum(-1) <= bits).double().argmax(0)  # [M]: the most steps that fit
-    return largest.expand(ratio.shape[0], 1), q[first, torch.arange(ratio.shape[0])]
+    first = (cost[(q + ARITH_ZERO).long()].sum(-1) <= bits).double().argmax(0)  # [M]: the most steps that fit
+    return largest.expand(ratio.shape[0], 1), q[first, torch.arange(ratio.shape[0], device=ratio.device)]
 
 
 def _pack_arithmetic(gain_code: Tensor, q: Tensor, words: int, word_bits: int) -> Tensor:
@@ -339,10 +348,10 @@ def _pack_arithmetic(gain_code: Tensor, q: Tensor, words: int, word_bits: int) -
     bits = words * word_bits - GAIN_BITS
     mask, shifts = (1 << word_bits) - 1, range(word_bits * (words - 1), -1, -word_bits)
     out = []
-    for gain, row in zip(gain_code.reshape(b * f).tolist(), (q + ARITH_LARGEST).reshape(b * f, bins).tolist()):
+    for gain, row in zip(gain_code.reshape(b * f).tolist(), (q + ARITH_ZERO).reshape(b * f, bins).tolist()):
         code = arith.encode(row, ARITH_TABLE, bits)
         if code is None:
-            code = arith.encode([ARITH_LARGEST] * bins, ARITH_TABLE, bits)
+            code = arith.encode([ARITH_ZERO] * bins, ARITH_TABLE, bits)
         value = (gain << bits) | code
         out.append([(value >> shift) & mask for shift in shifts])
     return torch.tensor(out, dtype=torch.long, device=q.device).reshape(b, f, words).transpose(1, 2)
@@ -352,16 +361,16 @@ def _unpack_arithmetic(words: Tensor, bins: int, word_bits: int) -> tuple[Tensor
     """Words ``[B, words, F]`` -> gain codes ``[B, F, 1]`` and coefficients ``[B, F, bins]``
     in steps (-ARITH_LARGEST..ARITH_LARGEST)."""
     b, n, f = words.shape
-    bits = n * word_bits - GAIN_BITS
+    bits, mask = n * word_bits - GAIN_BITS, (1 << word_bits) - 1
     gains, q = [], []
     for row in words.transpose(1, 2).reshape(b * f, n).tolist():
         value = 0
         for word in row:
-            value = (value << word_bits) | word
+            value = (value << word_bits) | (word & mask)
         gains.append(value >> bits)
         q.append(arith.decode(value & ((1 << bits) - 1), bins, ARITH_TABLE, bits))
     gain = torch.tensor(gains, dtype=torch.long).reshape(b, f, 1)
-    steps = torch.tensor(q, dtype=torch.long).reshape(b, f, bins) - ARITH_LARGEST
+    steps = torch.tensor(q, dtype=torch.long).reshape(b, f, bins) - ARITH_ZERO
     return gain.to(words.device), steps.to(words.device)
 
 

@@ -162,6 +162,45 @@ def test_arithmetic_words_of_any_width_carry_the_gain_and_coefficients(word_bits
     assert torch.equal(gain2, gain) and torch.equal(q2, q) and q.abs().max() > 1
 
 
+def test_arithmetic_words_hold_the_gain_then_the_code_most_significant_first():
+    """The layout docs/bitstream.md gives: the frame's bits are the 6-bit gain code, then the
+    arithmetic code of the coefficients' symbols (steps + 40) in the rest, cut into words
+    first bit first."""
+    words, word_bits = 10, 10
+    ratio = _laplace_ratios(3, 23, 11)
+    gain, q = quantize_arithmetic(ratio, words * word_bits - GAIN_BITS)
+    packed = _pack_arithmetic(gain, q, words, word_bits)
+    for b in range(2):
+        for t in range(3):
+            code = arith.encode((q[b, t] + 40).tolist(), ARITH_TABLE, words * word_bits - GAIN_BITS)
+            value = (int(gain[b, t, 0]) << (words * word_bits - GAIN_BITS)) | code
+            expected = [(value >> (word_bits * (words - 1 - i))) & 1023 for i in range(words)]
+            assert packed[b, :, t].tolist() == expected
+
+
+def test_frames_that_no_gain_fits_are_clipped_alike_in_every_row_and_block():
+    """Frames too costly at every gain tried, in several rows and past the first block of
+    frames, get the largest gain and the most steps that fit, each as it would alone."""
+    from codec.lowband import ARITH_BLOCK_FRAMES
+
+    frames = ARITH_BLOCK_FRAMES + 40
+    ratio = _laplace_ratios(frames, 23, 5) * 1e-3
+    loud = [(0, 3), (1, 3), (1, ARITH_BLOCK_FRAMES + 7), (0, frames - 1)]
+    for i, (b, t) in enumerate(loud):
+        ratio[b, t] = 110.0 + 600.0 * i  # (even 110, within the largest gain, is too costly at it)
+    gain, q = quantize_arithmetic(ratio, 94)
+    cost = torch.from_numpy(ARITH_TABLE.cost())
+    for b, t in loud:
+        alone_gain, alone_q = quantize_arithmetic(ratio[b : b + 1, t : t + 1], 94)
+        assert int(gain[b, t, 0]) == int(alone_gain) == 63 and torch.equal(q[b, t], alone_q[0, 0])
+        limit = int(q[b, t].abs().max())
+        assert cost[q[b, t] + ARITH_LARGEST].sum() <= 94 < cost[(q[b, t].sign() * (limit + 1)).long() + ARITH_LARGEST].sum()
+    quiet = torch.ones(2, frames, dtype=torch.bool)
+    for b, t in loud:
+        quiet[b, t] = False
+    assert (gain[..., 0][quiet] < 40).all()
+
+
 def test_arithmetic_coding_takes_any_frame():
     """Silence, one huge coefficient among tiny ones, a frame of tiny ones, a wide one, one
     louder than the largest gain reaches, and non-finite ones: every frame fits its bits;
