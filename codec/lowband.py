@@ -30,7 +30,7 @@ each). Two codings of the coefficients (``CodecConfig.lowband_coding``):
   gain the one, of :data:`ARITH_GAINS` codes around the largest ratio's, whose rounded
   coefficients fit those bits and come closest (:func:`quantize_arithmetic`). Small
   coefficients cost few bits, so the steps are finer: on 20 held-out speech excerpts PESQ
-  3.52 -> 3.68 at 12 kbps and 3.94 -> 4.25 at 24 kbps (docs/model_card.md).
+  3.52 -> 3.69 at 12 kbps and 3.94 -> 4.26 at 24 kbps (docs/model_card.md).
 
 Float64 throughout, so that streamed and offline frames agree.
 """
@@ -68,8 +68,9 @@ ARITH_SCALE = 3.0  # the Laplace table's scale in steps (held-out 12 kbps PESQ: 
 ARITH_LARGEST = 40  # coefficients are clipped to this many steps either way
 ARITH_GAINS = 32  # gain codes tried: from 16 above the one that covers the largest ratio down
 ARITH_TABLE = arith.SymbolTable.laplace(ARITH_SCALE, ARITH_LARGEST)
-ARITH_COST = torch.from_numpy(ARITH_TABLE.cost())  # [symbols] bits
+ARITH_COST = ARITH_TABLE.cost()  # [symbols] bits, float64
 ARITH_ZERO = ARITH_LARGEST  # the symbol of a coefficient of 0 steps (symbols are steps + ARITH_LARGEST)
+ARITH_FIT_GAINS = 2  # finer gains than plain rounding fits, tried with rounding towards zero (_rounded_to_fit)
 ARITH_BLOCK_FRAMES = 256  # frames searched at once (bounds the temporaries: frames x ARITH_GAINS x bins)
 
 
@@ -271,7 +272,7 @@ def quantize(ratio: Tensor) -> tuple[Tensor, Tensor]:
     steps. The decoder only reads the code, so this is the encoder's choice alone (session
     26, on 20 held-out speech excerpts: PESQ 3.292 -> 3.317 at 12 kbps, 3.786 -> 3.860 at
     24 kbps against the largest ratio's gain)."""
-    top = _covering_code(ratio)
+    top = torch.from_numpy(_covering_code(ratio.detach().cpu().double().numpy())).to(ratio)
     codes = (top - torch.arange(GAIN_SEARCH + 1, dtype=top.dtype, device=top.device)).clamp(0, GAIN_MAX)
     step = (_gain(codes) / LEVELS)[..., None]  # [B, F, candidates, 1]
     q = torch.round(ratio[..., None, :] / step).clamp(-LEVELS, LEVELS)  # [B, F, candidates, bins]
@@ -288,54 +289,86 @@ def quantize_arithmetic(ratio: Tensor, bits: int) -> tuple[Tensor, Tensor]:
 
     The gain is, of :data:`ARITH_GAINS` codes from 16 (24 dB) above the one that covers the
     frame's largest ratio down, the one whose rounded coefficients fit and come closest
-    (squared error; a tie keeps the larger gain). A frame that none fits (its steps cost more
+    (squared error; a tie keeps the larger gain); at the :data:`ARITH_FIT_GAINS` gains finer
+    than the finest where plain rounding fits, the coefficients are first rounded towards zero
+    where that costs least (:func:`_rounded_to_fit`). A frame that none fits (its steps cost more
     than the bits even at the coarsest gain tried: a frame near or beyond the largest gain's
     reach) gets the largest gain, its coefficients clipped to as many steps as fit (all zeros
     always fit: a coefficient's cheapest symbol costs under 4 bits, and :func:`bins_for`
     counts 4 a coefficient).
-    Non-finite ratios count as 0 (NaN) or as the largest (infinities)."""
-    ratio = torch.nan_to_num(ratio.double(), nan=0.0, posinf=1e30, neginf=-1e30)
-    top = _covering_code(ratio)
-    shifts = torch.arange(16, 16 - ARITH_GAINS, -1, dtype=top.dtype, device=top.device)  # coarse to fine
-    cost = ARITH_COST.to(ratio.device)
+    Non-finite ratios count as 0 (NaN) or as the largest (infinities). In NumPy: a live
+    frame's search is a few dozen small array operations, which cost less there."""
+    x = np.nan_to_num(ratio.detach().cpu().double().numpy(), nan=0.0, posinf=1e30, neginf=-1e30)
+    top = _covering_code(x)  # [B, F, 1]
+    shifts = np.arange(16.0, 16.0 - ARITH_GAINS, -1.0)  # coarse to fine
     codes, steps = [], []
-    for s in range(0, ratio.shape[1], ARITH_BLOCK_FRAMES):  # (bounds the temporaries)
-        r = ratio[:, s : s + ARITH_BLOCK_FRAMES, None, :]  # [B, f, 1, bins]
-        code = (top[:, s : s + ARITH_BLOCK_FRAMES] + shifts).clamp(0, GAIN_MAX)  # [B, f, G]
-        step = (_gain(code) / LEVELS)[..., None]
-        q = torch.round(r / step).clamp(-ARITH_LARGEST, ARITH_LARGEST)  # [B, f, G, bins]
-        err = ((q * step - r) ** 2).sum(-1)
-        fits = cost[(q + ARITH_ZERO).long()].sum(-1) <= bits
-        best = torch.where(fits, err, torch.full_like(err, math.inf)).argmin(-1, keepdim=True)  # first: the coarsest
-        picked = q.gather(-2, best[..., None].expand(*best.shape, q.shape[-1]))[..., 0, :]
-        chosen = code.gather(-1, best)
-        missed = ~fits.gather(-1, best)[..., 0]  # [B, f]: none fits
+    for s in range(0, x.shape[1], ARITH_BLOCK_FRAMES):  # (bounds the temporaries)
+        r = x[:, s : s + ARITH_BLOCK_FRAMES, None, :]  # [B, f, 1, bins]
+        code = np.clip(top[:, s : s + ARITH_BLOCK_FRAMES] + shifts, 0, GAIN_MAX)  # [B, f, G]
+        step = (np.exp2((code - GAIN_OFFSET) / GAIN_STEPS_PER_OCTAVE) / LEVELS)[..., None]
+        q = np.clip(np.round(r / step), -ARITH_LARGEST, ARITH_LARGEST)  # [B, f, G, bins]
+        fits = _cost(q).sum(-1) <= bits
+        # the next finer gains than the finest that fits, rounded towards zero where that costs least
+        finest = (fits * np.arange(ARITH_GAINS)).max(-1, keepdims=True)  # [B, f, 1]
+        near = np.minimum(finest + np.arange(1, ARITH_FIT_GAINS + 1), ARITH_GAINS - 1)[..., None]
+        rounded = _rounded_to_fit(np.take_along_axis(q, near, -2), r, np.take_along_axis(step, near, -2), bits)
+        np.put_along_axis(q, np.broadcast_to(near, rounded.shape), rounded, -2)
+        err = ((q * step - r) ** 2).sum(-1)  # [B, f, G]
+        fits = _cost(q).sum(-1) <= bits
+        best = np.where(fits, err, np.inf).argmin(-1)[..., None]  # [B, f, 1]: first, the coarsest, of ties
+        picked = np.take_along_axis(q, best[..., None], -2)[..., 0, :]
+        chosen = np.take_along_axis(code, best, -1)
+        missed = ~np.take_along_axis(fits, best, -1)[..., 0]  # [B, f]: none fits
         if missed.any():
-            chosen[missed], picked[missed] = _clipped_to_fit(r[missed][:, 0], bits, cost)
+            chosen[missed], picked[missed] = _clipped_to_fit(r[missed][:, 0], bits)
         codes.append(chosen)
         steps.append(picked)
     if not codes:  # no frames
-        return top.long(), ratio.long()  # [B, 0, 1], [B, 0, bins]
-    return torch.cat(codes, dim=1).long(), torch.cat(steps, dim=1).long()
+        codes, steps = [top], [x]  # [B, 0, 1], [B, 0, bins]
+    out = np.concatenate(codes, axis=1), np.concatenate(steps, axis=1)
+    return tuple(torch.from_numpy(v.astype(np.int64)).to(ratio.device) for v in out)  # type: ignore[return-value]
 
 
-def _covering_code(ratio: Tensor) -> Tensor:
+def _cost(q: np.ndarray) -> np.ndarray:
+    """Each step's cost in bits in :data:`ARITH_TABLE`, ``[...]`` -> ``[...]``."""
+    return ARITH_COST[(q + ARITH_ZERO).astype(np.int64)]
+
+
+def _rounded_to_fit(q: np.ndarray, ratio: np.ndarray, step: np.ndarray, bits: int) -> np.ndarray:
+    """Steps ``q`` ``[..., bins]`` (``ratio`` rounded to ``step``) whose cost is over ``bits``
+    -> the same with coefficients moved one step towards zero, those that cost the least
+    squared error per bit saved first, until the cost fits (if it can: the caller checks).
+    So a gain too fine for plain rounding may still fit, closer than the next coarser gain.
+    Rows that fit are unchanged; a stable sort, so every row as it would be alone."""
+    now = _cost(q)
+    toward = q - np.sign(q)
+    saved = now - _cost(toward)  # bits a move saves (none for 0, or in the table's flat tail)
+    worse = (toward * step - ratio) ** 2 - (q * step - ratio) ** 2
+    price = np.where(saved > 0, worse / np.maximum(saved, 1e-9), np.inf)
+    order = np.argsort(price, axis=-1, kind="stable")
+    over = now.sum(-1, keepdims=True) - bits
+    moves = (np.cumsum(np.take_along_axis(saved, order, -1), -1) < over).sum(-1, keepdims=True) + 1  # cheapest first
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(q.shape[-1]), order.shape), -1)
+    return np.where((rank < moves) & (over > 0) & (saved > 0), toward, q)
+
+
+def _covering_code(ratio: np.ndarray) -> np.ndarray:
     """The gain code (unclamped, float) whose gain just covers each frame's largest ratio,
     ``[B, F, bins]`` -> ``[B, F, 1]``."""
-    peak = ratio.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
-    return torch.ceil(torch.log2(peak) * GAIN_STEPS_PER_OCTAVE - 1e-9) + GAIN_OFFSET
+    peak = np.maximum(np.abs(ratio).max(-1, keepdims=True, initial=0.0), 1e-30)
+    return np.ceil(np.log2(peak) * GAIN_STEPS_PER_OCTAVE - 1e-9) + GAIN_OFFSET
 
 
-def _clipped_to_fit(ratio: Tensor, bits: int, cost: Tensor) -> tuple[Tensor, Tensor]:
+def _clipped_to_fit(ratio: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Frames ``[M, bins]`` that no gain fits -> the largest gain code ``[M, 1]`` and their
     steps at it ``[M, bins]``, clipped to the most steps (``ARITH_LARGEST`` down to 0) that
     fit."""
-    largest = torch.tensor(float(GAIN_MAX), dtype=ratio.dtype, device=ratio.device)
-    limits = torch.arange(ARITH_LARGEST, -1, -1, dtype=ratio.dtype, device=ratio.device)[:, None, None]
-    q = torch.round(ratio / (_gain(largest) / LEVELS)).clamp(-ARITH_LARGEST, ARITH_LARGEST)
-    q = torch.maximum(torch.minimum(q[None], limits), -limits)  # [limits, M, bins]
-    first = (cost[(q + ARITH_ZERO).long()].sum(-1) <= bits).double().argmax(0)  # [M]: the most steps that fit
-    return largest.expand(ratio.shape[0], 1), q[first, torch.arange(ratio.shape[0], device=ratio.device)]
+    step = np.exp2((GAIN_MAX - GAIN_OFFSET) / GAIN_STEPS_PER_OCTAVE) / LEVELS
+    limits = np.arange(ARITH_LARGEST, -1, -1.0)[:, None, None]
+    q = np.clip(np.clip(np.round(ratio / step), -ARITH_LARGEST, ARITH_LARGEST)[None], -limits, limits)  # [limits, M, bins]
+    first = (_cost(q).sum(-1) <= bits).argmax(0)  # [M]: the most steps that fit
+    return np.full((ratio.shape[0], 1), float(GAIN_MAX)), q[first, np.arange(ratio.shape[0])]
 
 
 def _pack_arithmetic(gain_code: Tensor, q: Tensor, words: int, word_bits: int) -> Tensor:
