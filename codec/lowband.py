@@ -291,9 +291,9 @@ def quantize_arithmetic(ratio: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     frame's largest ratio down, the one whose rounded coefficients fit and come closest
     (squared error; a tie keeps the larger gain); at the :data:`ARITH_FIT_GAINS` gains finer
     than the finest where plain rounding fits, the coefficients are first rounded towards zero
-    where that costs least (:func:`_rounded_to_fit`). A frame that none fits (its steps cost more
-    than the bits even at the coarsest gain tried: a frame near or beyond the largest gain's
-    reach) gets the largest gain, its coefficients clipped to as many steps as fit (all zeros
+    where that costs least (:func:`_rounded_to_fit`; the two coarsest where none fits). A frame
+    that none fits even so (its steps cost more than the bits even at the coarsest gain tried:
+    a frame near or beyond the largest gain's reach) gets the largest gain, its coefficients clipped to as many steps as fit (all zeros
     always fit: a coefficient's cheapest symbol costs under 4 bits, and :func:`bins_for`
     counts 4 a coefficient).
     Non-finite ratios count as 0 (NaN) or as the largest (infinities). In NumPy: a live
@@ -309,7 +309,7 @@ def quantize_arithmetic(ratio: Tensor, bits: int) -> tuple[Tensor, Tensor]:
         q = np.clip(np.round(r / step), -ARITH_LARGEST, ARITH_LARGEST)  # [B, f, G, bins]
         fits = _cost(q).sum(-1) <= bits
         # the next finer gains than the finest that fits, rounded towards zero where that costs least
-        finest = (fits * np.arange(ARITH_GAINS)).max(-1, keepdims=True)  # [B, f, 1]
+        finest = np.where(fits.any(-1, keepdims=True), (fits * np.arange(ARITH_GAINS)).max(-1, keepdims=True), -1)
         near = np.minimum(finest + np.arange(1, ARITH_FIT_GAINS + 1), ARITH_GAINS - 1)[..., None]
         rounded = _rounded_to_fit(np.take_along_axis(q, near, -2), r, np.take_along_axis(step, near, -2), bits)
         np.put_along_axis(q, np.broadcast_to(near, rounded.shape), rounded, -2)

@@ -13,7 +13,7 @@ from codec import Codec
 from codec.weights import fingerprint, reads
 from codec import arith
 from codec.lowband import (
-    ARITH_LARGEST, ARITH_TABLE, COEF_BITS, GAIN_BITS, LowbandDecoder, LowbandEncoder, _pack, _pack_arithmetic, _unpack,
+    ARITH_LARGEST, ARITH_TABLE, COEF_BITS, GAIN_BITS, GAIN_OFFSET, LEVELS, LowbandDecoder, LowbandEncoder, _pack, _pack_arithmetic, _unpack,
     _unpack_arithmetic, bins_for, quantize, quantize_arithmetic,
 )
 from conftest import SMALL, make_model, tone
@@ -164,7 +164,7 @@ def test_rounding_towards_zero_lets_a_finer_gain_fit(monkeypatch):
             monkeypatch.setattr(lowband, "_rounded_to_fit", lambda q, *rest: q)
         gain, q = quantize_arithmetic(ratio, 94)
         monkeypatch.undo()
-        error = ((q.double() * torch.exp2((gain.double() - 32) / 4) / 7 - ratio) ** 2).sum(-1)
+        error = ((q.double() * torch.exp2((gain.double() - GAIN_OFFSET) / 4) / LEVELS - ratio) ** 2).sum(-1)
         return error, cost[q + ARITH_LARGEST].sum(-1)
 
     (error, used), (plain_error, plain_used) = chosen(False), chosen(True)
