@@ -63,7 +63,6 @@ SHAPING = 0.5  # the quantizer's step follows envelope ** SHAPING
 GAIN_SEARCH = 2  # gain codes tried below the one that covers a frame's largest ratio (quantize)
 SEARCH_WEIGHT = 0.3  # weight of the mel bands under a band below SEARCH_WEIGHT_BELOW_HZ (search_weights)
 SEARCH_WEIGHT_BELOW_HZ = 1000.0
-CODINGS = LOWBAND_CODINGS
 ARITH_SCALE = 3.0  # the Laplace table's scale in steps (held-out 12 kbps PESQ: 2 -> 3.65, 3 -> 3.67, 5 -> 3.60)
 ARITH_LARGEST = 40  # coefficients are clipped to this many steps either way
 ARITH_GAINS = 32  # gain codes tried: from 16 above the one that covers the largest ratio down
@@ -152,8 +151,8 @@ class LowbandCoder(StreamingModule):
         super().__init__()
         if not 0 < overlap <= hop or (hop - overlap) % 2:
             raise ValueError(f"the low band's overlap must be in (0, hop] with hop - overlap even, got {overlap}")
-        if coding not in CODINGS:
-            raise ValueError(f"the low band's coding must be one of {CODINGS}, got {coding!r}")
+        if coding not in LOWBAND_CODINGS:
+            raise ValueError(f"the low band's coding must be one of {LOWBAND_CODINGS}, got {coding!r}")
         self.hop, self.overlap, self.word_bits, self.coding = hop, overlap, word_bits, coding
         self.register_buffer("window", low_overlap_window(hop, overlap), persistent=False)
         self.register_buffer("basis", mdct_basis(hop, overlap), persistent=False)
@@ -313,8 +312,8 @@ def quantize_arithmetic(ratio: Tensor, bits: int) -> tuple[Tensor, Tensor]:
         near = np.minimum(finest + np.arange(1, ARITH_FIT_GAINS + 1), ARITH_GAINS - 1)[..., None]
         rounded = _rounded_to_fit(np.take_along_axis(q, near, -2), r, np.take_along_axis(step, near, -2), bits)
         np.put_along_axis(q, np.broadcast_to(near, rounded.shape), rounded, -2)
+        np.put_along_axis(fits, near[..., 0], _cost(rounded).sum(-1) <= bits, -1)  # (only those changed)
         err = ((q * step - r) ** 2).sum(-1)  # [B, f, G]
-        fits = _cost(q).sum(-1) <= bits
         best = np.where(fits, err, np.inf).argmin(-1)[..., None]  # [B, f, 1]: first, the coarsest, of ties
         picked = np.take_along_axis(q, best[..., None], -2)[..., 0, :]
         chosen = np.take_along_axis(code, best, -1)
