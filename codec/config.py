@@ -58,6 +58,14 @@ class CodecConfig:
             log-mel spectrum is pulled onto the coded one, band by band and frame by frame
             (codec/envelope.py; 1: all the way, within 12 dB). Only for a log-mel encoder;
             no weights; streamed output trails by half a hop more.
+        envelope_floor: how far below the log-mel spectrum's floor (codec/logmel.py's 1e-5)
+            envelope matching compares a band's power, as a fraction of it: 1 compares the
+            coded and measured log-mel values as they are, so a band the decoder left far
+            below the floor stays there whatever the codes say; under 1, each band's power is
+            first recovered from its log-mel value (the floor taken off), and the decoded band
+            is pulled onto the coded power (within the same 12 dB), counting only what lies
+            above this fraction of the floor; only for frames of 6 levels or more
+            (codec/envelope.py). No weights.
     """
 
     sample_rate: int = 24000
@@ -83,6 +91,7 @@ class CodecConfig:
     decoder_lowband_bins: int = 0
     lowband_coding: str = "fixed"
     envelope_match: float = 0.0
+    envelope_floor: float = 1.0
 
     def __post_init__(self) -> None:
         if self.encoder not in ("seanet", "logmel"):
@@ -108,6 +117,8 @@ class CodecConfig:
             raise ValueError(f"envelope_match must be in [0, 2], got {self.envelope_match}")
         if self.envelope_match and (self.encoder != "logmel" or self.hop_length % 4):
             raise ValueError("envelope_match needs the log-mel encoder and a hop divisible by 4")
+        if not 0.0 < self.envelope_floor <= 1.0:
+            raise ValueError(f"envelope_floor must be in (0, 1], got {self.envelope_floor}")
         if self.decoder_lowband_bins and self.decoder != "spectral":
             raise ValueError("decoder_lowband_bins needs the spectral decoder")
         if self.codebook_size & (self.codebook_size - 1):
@@ -168,7 +179,7 @@ class CodecConfig:
         decoders the spectral decoder's, between log-mel encoders with spectral decoders the
         SEANet layers' (only the strides, that is the hop, still count)."""
         neutral: dict[str, Any] = {"name": "", "postfilter": 0.0, "output_delay": 0, "lowband_levels": (),
-                                   "lowband_coding": "fixed", "envelope_match": 0.0}
+                                   "lowband_coding": "fixed", "envelope_match": 0.0, "envelope_floor": 1.0}
         if self.decoder == other.decoder == "seanet":
             neutral |= {"decoder_dim": 0, "decoder_layers": 0}
         if self.encoder == other.encoder == "logmel" and self.decoder == other.decoder == "spectral":

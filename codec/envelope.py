@@ -14,9 +14,18 @@ How, for frame ``t`` of a decoded signal (output time; block ``t`` is its sample
 - **Measure**: the log-mel spectrum of the two blocks that end with block ``t`` exactly as
   the encoder computes a frame (codec/logmel.py: a two-hop Hann window, its filterbank, the
   same floor); every band's gain is ``exp(strength * (coded - measured) / 2)``, within
-  :data:`MAX_GAIN` either way. Bands that start below :data:`MIN_HZ`, or below the top of the
-  low band (codec/lowband.py codes the waveform there), keep gain 1, and so do all bands of a
-  frame with fewer than :data:`MIN_LEVELS` log-mel levels.
+  :data:`MAX_GAIN` either way. With a ``floor`` under 1 (v22), the powers are compared
+  instead, each recovered from its log-mel value with the floor taken off, down to ``floor``
+  times the log-mel floor ``F``: ``(max(e^coded - r, floor F) / (e^measured - r)) **
+  (strength / 2)`` with ``r = (1 - floor) F``. A band that the decoder left far below the
+  floor, where the codes say it holds some power, is then raised by as much as
+  :data:`MAX_GAIN`; compared as log-mel values, both sides sit near the floor and it stays.
+  Frames of fewer than :data:`FLOOR_MIN_LEVELS` levels compare log-mel values whatever the
+  floor (measured at 4 levels: it cost ViSQOL; coded values that coarse are likely no guide
+  to powers under the floor).
+  Bands that start below :data:`MIN_HZ`, or below the top of the low band (codec/lowband.py
+  codes the waveform there), keep gain 1, and so do all bands of a frame with fewer than
+  :data:`MIN_LEVELS` log-mel levels.
 - **Apply**: a weighted overlap-add of one-hop windows at half-hop steps (square-root Hann for
   analysis and synthesis: their products sum to one, so gains of 1 give the input back), each
   window's spectrum times the per-bin gains of its frame (the bands' gains spread over their
@@ -41,11 +50,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .logmel import frame_log_mel, mel_filterbank
+from .logmel import FLOOR, frame_log_mel, mel_filterbank
 
 MIN_LEVELS = 4  # at 1.5 kbps (2 levels) it cost held-out speech ViSQOL (1.73 -> 1.61, a first version)
 MIN_HZ = 450.0  # one-hop windows' 75-Hz bins blur the harmonics below (6 kbps PESQ 2.40; 2.36 from 300 Hz)
 MAX_GAIN = 4.0  # 12 dB either way
+FLOOR_MIN_LEVELS = 6  # the floor under 1 from 6 levels (12 kbps's); at 3 kbps's 4 it cost speech and music
+# ViSQOL on held-out excerpts (2.715 -> 2.671, 4.168 -> 4.147)
 BLOCK_FRAMES = 256  # frames per step offline (bounds the temporaries)
 
 
@@ -63,12 +74,15 @@ class EnvelopeState:
 
 class EnvelopeMatch:
     """Decoded audio + coded log-mel frames -> the audio with each band's level moved onto the
-    coded one (module docstring). ``strength`` 0 leaves the audio as it is (and adds no lag)."""
+    coded one (module docstring). ``strength`` 0 leaves the audio as it is (and adds no lag);
+    ``floor`` (in (0, 1]) is how far below the log-mel floor the powers are compared."""
 
-    def __init__(self, sample_rate: int, hop: int, n_mels: int, strength: float) -> None:
+    def __init__(self, sample_rate: int, hop: int, n_mels: int, strength: float, floor: float = 1.0) -> None:
         if hop % 4:
             raise ValueError(f"envelope matching needs a hop divisible by 4, got {hop}")
-        self.hop, self.half, self.strength = hop, hop // 2, strength
+        if not 0.0 < floor <= 1.0:
+            raise ValueError(f"envelope matching's floor must be in (0, 1], got {floor}")
+        self.hop, self.half, self.strength, self.floor = hop, hop // 2, strength, floor
         filterbank = mel_filterbank(sample_rate, 2 * hop, n_mels)  # [M, hop + 1]
         self.filterbank = torch.from_numpy(filterbank)
         self.first_bin = np.argmax(filterbank > 0, axis=1)  # [M]
@@ -110,8 +124,9 @@ class EnvelopeMatch:
         x = audio.reshape(n, t).detach().cpu().double().numpy()
         target = coded.detach().cpu().double().numpy()
         active = levels >= MIN_LEVELS
+        floor = self.floor if levels >= FLOOR_MIN_LEVELS else 1.0
         out = [self.frames(x[:, s * self.hop : (s + BLOCK_FRAMES) * self.hop], target[..., s : s + BLOCK_FRAMES],
-                           state, active, cut) for s in range(0, f, BLOCK_FRAMES)]
+                           state, active, cut, floor) for s in range(0, f, BLOCK_FRAMES)]
         y = np.concatenate([np.zeros((n, 0)), *out], axis=1)  # [N, F * hop]: from half a hop before the audio
         if self.streaming_on:
             self.state = state
@@ -128,14 +143,15 @@ class EnvelopeMatch:
         dtype, device = self._like
         return torch.from_numpy(tail).to(dtype).to(device)[:, None]
 
-    def frames(self, x: np.ndarray, target: np.ndarray, state: EnvelopeState, active: bool, cut: int) -> np.ndarray:
+    def frames(self, x: np.ndarray, target: np.ndarray, state: EnvelopeState, active: bool, cut: int,
+               floor: float = 1.0) -> np.ndarray:
         """Whole frames ``x`` ``[N, F * hop]`` with their coded log-mel ``[N, M, F]`` -> the
         ``F * hop`` output samples that are complete, from half a hop before ``x`` on;
-        advances ``state``."""
+        advances ``state``. ``floor``: as :meth:`gains` takes it."""
         n, t = x.shape
         f, hop, half = t // self.hop, self.hop, self.half
         buf = np.concatenate([state.last_block, x], axis=1)  # [N, hop + F * hop]
-        gains = self.gains(buf, target, cut) if active else np.ones((n, f, half + 1))
+        gains = self.gains(buf, target, cut, floor) if active else np.ones((n, f, half + 1))
         # window k = 0 .. 2F-1 starts at buf[hop - half + k * half]: frame k // 2's pair
         centred = buf[:, hop - half : t + hop - half].reshape(n, f, hop)  # [N, F, hop]: windows 2f
         later = buf[:, hop:].reshape(n, f, hop)  # windows 2f + 1
@@ -152,12 +168,18 @@ class EnvelopeMatch:
         state.last_block, state.partial, state.gains = buf[:, -hop:].copy(), out[:, t:].copy(), gains[:, -1].copy()
         return out[:, :t]
 
-    def gains(self, buf: np.ndarray, target: np.ndarray, cut: int) -> np.ndarray:
+    def gains(self, buf: np.ndarray, target: np.ndarray, cut: int, floor: float = 1.0) -> np.ndarray:
         """Per-bin gains of a one-hop window ``[N, F, hop / 2 + 1]`` for the frames whose two
-        blocks are ``buf`` ``[N, (F + 1) hop]``, against their coded log-mel ``[N, M, F]``."""
+        blocks are ``buf`` ``[N, (F + 1) hop]``, against their coded log-mel ``[N, M, F]``;
+        powers compared down to ``floor`` times the log-mel floor (1: log-mel values)."""
         measured = torch.from_numpy(buf).unfold(-1, 2 * self.hop, self.hop)  # [N, F, 2 hop]
         log_mel = frame_log_mel(measured, self.measure_window, self.filterbank).numpy()  # [N, F, M]
-        band = np.exp(self.strength * (target.transpose(0, 2, 1) - log_mel) / 2)
+        coded = target.transpose(0, 2, 1)
+        if floor < 1.0:  # powers, the floor taken off (measured: >= FLOOR, so the ratio is finite)
+            reach = (1.0 - floor) * FLOOR
+            band = (np.maximum(np.exp(coded) - reach, floor * FLOOR) / (np.exp(log_mel) - reach)) ** (self.strength / 2)
+        else:
+            band = np.exp(self.strength * (coded - log_mel) / 2)
         band = np.clip(band, 1 / MAX_GAIN, MAX_GAIN)
         band[..., self.first_bin < max(cut, self.min_bin)] = 1.0
         gains = band @ self.spread

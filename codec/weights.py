@@ -41,6 +41,15 @@ V19_FILE = ("rvq24k-v19.safetensors", "c0e8954f6c822382d3296c30f588e026a3bbb890b
 V17_FILE = ("rvq24k-v17.safetensors", "432940042ec9f5aef9e4215c36fd00253edf9294790d73f5952859d1d3587eba")
 
 REGISTRY: dict[str, RegisteredModel] = {
+    "rvq24k-v22": RegisteredModel(
+        *V19_FILE,
+        "24 kHz mono, 1.5-24 kbps (interim): rvq24k-v21's weights, codes and files, its envelope "
+        "matching comparing band powers down to a tenth of the log-mel floor (envelope_floor 0.1, "
+        "codec/envelope.py), so that bands the decoder leaves below the floor are raised to the "
+        "coded power",
+        config=(("name", "rvq24k-v22"), ("envelope_match", 1.0), ("envelope_floor", 0.1),
+                ("lowband_coding", "arithmetic")),
+    ),
     "rvq24k-v21": RegisteredModel(
         *V19_FILE,
         "24 kHz mono, 1.5-24 kbps (interim): rvq24k-v20 (v19's weights, envelope matching) with the "
@@ -115,7 +124,7 @@ EARLIER_CODES = {
 }
 # EMA statistics of the codebooks: needed to continue training, not to run the model.
 TRAINING_ONLY = {f"quantizer.{name}" for name in ResidualVectorQuantizer.TRAINING_BUFFERS}
-DEFAULT_MODEL = "rvq24k-v21"
+DEFAULT_MODEL = "rvq24k-v22"
 ALIASES = {"rvq24k": DEFAULT_MODEL, "default": DEFAULT_MODEL}
 
 

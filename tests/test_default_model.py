@@ -232,7 +232,7 @@ def test_files_of_v18_decode_with_the_built_in_v18(tmp_path):
 
 
 def test_v20_pulls_its_decoded_spectrum_onto_the_coded_one():
-    """v20 (and the default, v21) is v19's weights and codes with envelope matching: on the
+    """v20 (and v21, and the default, v22) is v19's weights and codes with envelope matching: on the
     speech sample its decoded audio, measured as the encoder measures the input, lies closer to
     the log-mel spectrum its codes carry (bands above 862 Hz), and closer to the original by
     the multi-scale mel distance, at 6 and 12 kbps."""
@@ -256,13 +256,13 @@ def test_v20_pulls_its_decoded_spectrum_onto_the_coded_one():
 
 
 def test_the_default_codes_the_low_band_in_finer_steps(tmp_path):
-    """The default (v21) is v20 with the low band's coefficients arithmetic-coded: the same
+    """v21 (and the default, v22) is v20 with the low band's coefficients arithmetic-coded: the same
     weights and log-mel codes, other low-band words, in which the decoded speech sample
     follows the original's waveform below 800 Hz (2 kHz at 24 kbps) more closely and lies
     closer to it by the mel distance. Its files name it: each model decodes its own files and
     refuses the other's."""
-    v21, v20 = load(), load("rvq24k-v20")
-    assert v21.cfg.lowband_coding == "arithmetic" and v20.cfg.lowband_coding == "fixed"
+    v21, v20 = load("rvq24k-v21"), load("rvq24k-v20")
+    assert load().cfg.lowband_coding == v21.cfg.lowband_coding == "arithmetic" and v20.cfg.lowband_coding == "fixed"
     assert all(torch.equal(a, b) for a, b in zip(v21.state_dict().values(), v20.state_dict().values()))
     assert fingerprint(v21) != fingerprint(v20)
     ref, rate = sf.read(str(SAMPLES / "speech_librispeech_60.flac"), dtype="float32")
@@ -287,3 +287,26 @@ def test_the_default_codes_the_low_band_in_finer_steps(tmp_path):
         file = tmp_path / own.cfg.name / "speech.rvq"
         compress_file(clip, file, kbps=12, model=own)
         _decodes_with_its_own_and_not_with(file, own, other)
+
+
+def test_the_default_raises_bands_the_decoder_left_below_the_log_mel_floor(tmp_path):
+    """The default (v22) is v21 whose envelope matching compares band powers down to a tenth of
+    the log-mel floor: the same weights, codes and files (each decodes the other's), and on the
+    speech sample its decoded audio lies closer to the original by the mel distance at 6, 12
+    and 24 kbps."""
+    v22, v21 = load(), load("rvq24k-v21")
+    assert v22.cfg.name == "rvq24k-v22" and v22.cfg.envelope_floor == 0.1 and v21.cfg.envelope_floor == 1.0
+    assert fingerprint(v22) == fingerprint(v21)  # one set of weights and codes
+    ref, rate = sf.read(str(SAMPLES / "speech_librispeech_60.flac"), dtype="float32")
+    n, delay = len(ref) // v22.hop_length * v22.hop_length, v22.cfg.output_delay
+    x = torch.nn.functional.pad(torch.from_numpy(ref[:n])[None, None], (0, delay))
+    for kbps in (6, 12, 24):
+        codes = v22.encode(x, kbps=kbps)
+        assert torch.equal(codes, v21.encode(x, kbps=kbps))
+        distance = [metrics.mel_distance(ref[:n], m.decode(codes)[0, 0, delay : delay + n].numpy(), rate) for m in (v21, v22)]
+        assert distance[1] < distance[0] - 0.01, (kbps, distance)
+    compress_file(SAMPLES / "speech_librispeech_60.flac", tmp_path / "v21.rvq", kbps=12, model=v21)
+    decompress_file(tmp_path / "v21.rvq", tmp_path / "v21.wav", model=v22)
+    compress_file(SAMPLES / "speech_librispeech_60.flac", tmp_path / "v22.rvq", kbps=12, model=v22)
+    decompress_file(tmp_path / "v22.rvq", tmp_path / "v22.wav", model=v21)
+    assert sf.info(str(tmp_path / "v21.wav")).frames == sf.info(str(tmp_path / "v22.wav")).frames == len(ref)

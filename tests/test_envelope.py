@@ -12,8 +12,8 @@ import soundfile as sf
 import torch
 
 from codec import Codec, CodecConfig, compress_file, decompress_file
-from codec.envelope import MAX_GAIN, MIN_HZ, MIN_LEVELS, EnvelopeMatch
-from codec.logmel import LogMelEncoder
+from codec.envelope import FLOOR_MIN_LEVELS, MAX_GAIN, MIN_HZ, MIN_LEVELS, EnvelopeMatch
+from codec.logmel import FLOOR, LogMelEncoder
 from codec.stream import StreamDecoder
 from conftest import SMALL, make_model, tone
 
@@ -151,18 +151,49 @@ def test_gains_stop_at_12_db():
     assert (change - math.log(2.0)).abs().max() < 0.3, change
 
 
+def test_a_floor_under_one_raises_bands_the_decoder_left_below_the_log_mel_floor():
+    """Decoded noise 17 dB under the log-mel floor where the codes carry the floor's power:
+    compared as log-mel values (floor 1) both sit near the floor and the bands stay almost as
+    they were; compared as powers down to a tenth of the floor, they come out several times as
+    strong. Far above the floor the two agree, and so do they in frames of fewer than
+    FLOOR_MIN_LEVELS levels."""
+    floor_sigma = 1.26e-3  # white noise whose every band's mel power is about FLOOR (-58 dBFS)
+    x = noise(30) * (floor_sigma / 0.1) * math.sqrt(0.02)
+    target = measure(noise(30, seed=1) * (floor_sigma / 0.1))
+    up = bands_from(MIN_BIN + LEAK)
+
+    def power(audio: torch.Tensor) -> float:  # mean mel power of the bands above, the floor taken off
+        return float((measure(audio)[0][up][:, 2:-2].exp() - FLOOR).mean())
+
+    assert 0.01 < power(x) / FLOOR < 0.04 and 0.7 < float((target[0][up].exp() - FLOOR).mean()) / FLOOR < 1.4
+    fine = FLOOR_MIN_LEVELS
+    as_logs = power(EnvelopeMatch(RATE, HOP, MELS, 1.0)(x, target, fine, 0)) / power(x)
+    as_powers = power(EnvelopeMatch(RATE, HOP, MELS, 1.0, floor=0.1)(x, target, fine, 0)) / power(x)
+    assert as_logs < 2.5 and as_powers > 5.0, (as_logs, as_powers)
+    coarse = [EnvelopeMatch(RATE, HOP, MELS, 1.0, floor=f)(x, target, fine - 1, 0) for f in (1.0, 0.1)]
+    assert fine - 1 >= MIN_LEVELS and torch.equal(coarse[0], coarse[1])
+    loud = noise(30)  # some 38 dB above the floor, coded 6 dB louder
+    ys = [EnvelopeMatch(RATE, HOP, MELS, 1.0, floor=f)(loud, measure(loud) + math.log(4.0), fine, 0) for f in (1.0, 0.1)]
+    assert torch.allclose(ys[0], ys[1], rtol=0, atol=1e-3 * float(ys[0].abs().max()))
+    with pytest.raises(ValueError, match="floor"):
+        EnvelopeMatch(RATE, HOP, MELS, 1.0, floor=0.0)
+
+
 def test_the_config_takes_envelope_matching_only_for_a_log_mel_model():
     assert CodecConfig(encoder="logmel", latent_dim=80, envelope_match=1.0).envelope_match == 1.0
     with pytest.raises(ValueError, match="log-mel"):
         CodecConfig(envelope_match=1.0)  # a SEANet encoder's latent is no spectrum to match
     with pytest.raises(ValueError, match=r"\[0, 2\]"):
         CodecConfig(encoder="logmel", latent_dim=80, envelope_match=2.5)
+    with pytest.raises(ValueError, match="envelope_floor"):
+        CodecConfig(encoder="logmel", latent_dim=80, envelope_match=1.0, envelope_floor=1.5)
     cfg = CodecConfig(encoder="logmel", latent_dim=80, decoder="spectral")
-    assert cfg.same_architecture(dataclasses.replace(cfg, envelope_match=1.0))  # no weights
+    assert cfg.same_architecture(dataclasses.replace(cfg, envelope_match=1.0, envelope_floor=0.1))  # no weights
 
 
 MODEL = dataclasses.replace(SMALL, encoder="logmel", latent_dim=40, decoder="spectral", decoder_dim=16, decoder_layers=2,
-                            output_delay=96, lowband_levels=(0, 0, 0, 8, 8), envelope_match=1.0, name="test-envelope")
+                            output_delay=96, lowband_levels=(0, 0, 0, 8, 8), envelope_match=1.0, envelope_floor=0.1,
+                            name="test-envelope")  # (the floor applies at 6 and 12 kbps: 8 levels each)
 
 
 @pytest.mark.parametrize("kbps", [6, 12])
