@@ -4,6 +4,7 @@ checkpoints followed) without touching the development set.
 
     python benchmarks/heldout.py ~/.cache/rvqcodec/corpus24k rvq24k runs/mine runs/mine/step_2000 \\
         [--kbps 6] [--clips 24] [--per-group 1] [--seconds 6] [--category speech] [--postfilter S] \\
+        [--envelope-floor F] \\
         [--lowband 0,0,0,6,8] [--aligned] [--json PATH]
 
 A model is a built-in name, a ``.safetensors`` file, a run folder (its newest checkpoint)
@@ -13,7 +14,8 @@ round-robin over the categories, the middle of each file). Per category it print
 mel distance and SI-SDR, on speech wideband PESQ, STOI and ViSQOL (speech mode), and on
 music ViSQOL (audio mode) where ``visqol-python`` is installed; ``--category`` scores only
 that category's excerpts (the same ones it would score without it). ``--postfilter`` scores
-every model with that pitch-postfilter strength instead of its own, ``--lowband`` with those
+every model with that pitch-postfilter strength instead of its own, ``--envelope-floor`` with
+that ``envelope_floor`` (codec/envelope.py), ``--lowband`` with those
 ``lowband_levels`` (one per bandwidth, codec/lowband.py; ``none`` for no low band).
 ``--aligned`` drops each model's output delay as decoding a file does (without it the decoded
 audio trails by it, which lowers STOI and the mel distance's short windows). Writes
@@ -44,14 +46,16 @@ from train.data import ValidationClip, validation_clips  # noqa: E402
 from train.export import run_model  # noqa: E402
 
 
-def load_any(spec: str, postfilter: float | None = None, lowband: tuple[int, ...] | None = None) -> Codec:
+def load_any(spec: str, postfilter: float | None = None, lowband: tuple[int, ...] | None = None,
+             envelope_floor: float | None = None) -> Codec:
     """A built-in name or ``.safetensors`` path, else a run folder / checkpoint; with
-    ``postfilter`` or ``lowband``, rebuilt with that postfilter strength or those
-    ``lowband_levels``."""
+    ``postfilter``, ``envelope_floor`` or ``lowband``, rebuilt with that postfilter strength,
+    that envelope-matching floor or those ``lowband_levels``."""
     path = Path(spec).expanduser()
     model = run_model(path)[0] if path.is_dir() else load(spec)
-    if postfilter is not None:
-        rebuilt = Codec(dataclasses.replace(model.cfg, postfilter=postfilter))
+    changes = {k: v for k, v in (("postfilter", postfilter), ("envelope_floor", envelope_floor)) if v is not None}
+    if changes:
+        rebuilt = Codec(dataclasses.replace(model.cfg, **changes))
         rebuilt.load_state_dict(model.state_dict())
         model = rebuilt
     if lowband is not None:
@@ -120,6 +124,8 @@ def main() -> None:
     p.add_argument("--category", choices=("speech", "music", "general"), default=None,
                    help="score only this category's excerpts (chosen as without it)")
     p.add_argument("--postfilter", type=float, default=None, help="pitch-postfilter strength for every model")
+    p.add_argument("--envelope-floor", type=float, default=None,
+                   help="envelope_floor for every model (codec/envelope.py; 1: log-mel values, as v21)")
     p.add_argument("--lowband", type=_levels, default=None, metavar="L1,L2,...",
                    help="lowband_levels for every model, one per bandwidth ('none': no low band)")
     p.add_argument("--aligned", action="store_true",
@@ -130,7 +136,7 @@ def main() -> None:
     if not (args.cache.expanduser() / "index.tsv").is_file():
         raise CodecError(f"{args.cache} is not a prepared corpus cache (python -m train.prepare makes one)")
     first_spec = next((m for m in args.models if m != "opus"), "rvq24k")  # also sets the rate for Opus
-    first = load_any(first_spec, args.postfilter, args.lowband)
+    first = load_any(first_spec, args.postfilter, args.lowband, args.envelope_floor)
     data = dataclasses.replace(DataConfig(), val_clips=args.clips, val_seconds=args.seconds)
     clips = of_category(validation_clips(args.cache.expanduser(), data, first.sample_rate, first.hop_length,
                                          args.per_group), args.category)
@@ -142,7 +148,7 @@ def main() -> None:
             opus.require_tools()
             results[spec] = score(None, clips, args.kbps, first.sample_rate)
         else:
-            model = first if spec == first_spec else load_any(spec, args.postfilter, args.lowband)
+            model = first if spec == first_spec else load_any(spec, args.postfilter, args.lowband, args.envelope_floor)
             results[spec] = score(model, clips, args.kbps, model.sample_rate, args.aligned)
         speech = results[spec].get("speech", {})
         music = results[spec].get("music", {})
@@ -151,7 +157,7 @@ def main() -> None:
                      f"{results[spec].get('general', {}).get('mel_distance', float('nan')):.3f}"])
     print_table(["model", "speech PESQ", "speech STOI", "speech ViSQOL", "speech mel", "music ViSQOL", "music mel",
                  "general mel"], rows)
-    write_json(args.json, {"kbps": args.kbps, "aligned": args.aligned, "postfilter": args.postfilter, "lowband": args.lowband, "clips": [c.name for c in clips], "results": results})
+    write_json(args.json, {"kbps": args.kbps, "aligned": args.aligned, "postfilter": args.postfilter, "envelope_floor": args.envelope_floor, "lowband": args.lowband, "clips": [c.name for c in clips], "results": results})
 
 
 if __name__ == "__main__":

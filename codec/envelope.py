@@ -175,9 +175,10 @@ class EnvelopeMatch:
         measured = torch.from_numpy(buf).unfold(-1, 2 * self.hop, self.hop)  # [N, F, 2 hop]
         log_mel = frame_log_mel(measured, self.measure_window, self.filterbank).numpy()  # [N, F, M]
         coded = target.transpose(0, 2, 1)
-        if floor < 1.0:  # powers, the floor taken off (measured: >= FLOOR, so the ratio is finite)
-            reach = (1.0 - floor) * FLOOR
-            band = (np.maximum(np.exp(coded) - reach, floor * FLOOR) / (np.exp(log_mel) - reach)) ** (self.strength / 2)
+        if floor < 1.0:  # powers, the floor taken off; both sides kept at floor * FLOOR or more, since
+            # e^log_mel can round just under FLOOR on silence (a tiny floor would then divide by <= 0)
+            reach, lowest = (1.0 - floor) * FLOOR, floor * FLOOR
+            band = (np.maximum(np.exp(coded) - reach, lowest) / np.maximum(np.exp(log_mel) - reach, lowest)) ** (self.strength / 2)
         else:
             band = np.exp(self.strength * (coded - log_mel) / 2)
         band = np.clip(band, 1 / MAX_GAIN, MAX_GAIN)

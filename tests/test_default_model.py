@@ -291,22 +291,36 @@ def test_the_default_codes_the_low_band_in_finer_steps(tmp_path):
 
 def test_the_default_raises_bands_the_decoder_left_below_the_log_mel_floor(tmp_path):
     """The default (v22) is v21 whose envelope matching compares band powers down to a tenth of
-    the log-mel floor: the same weights, codes and files (each decodes the other's), and on the
+    the log-mel floor from 6 levels: the same weights, codes and files (each decodes the
+    other's with ``model=``; without, a file decodes with the model that wrote it), and on the
     speech sample its decoded audio lies closer to the original by the mel distance at 6, 12
-    and 24 kbps."""
+    and 24 kbps, and is v21's at 3 kbps (4 levels)."""
     v22, v21 = load(), load("rvq24k-v21")
     assert v22.cfg.name == "rvq24k-v22" and v22.cfg.envelope_floor == 0.1 and v21.cfg.envelope_floor == 1.0
     assert fingerprint(v22) == fingerprint(v21)  # one set of weights and codes
     ref, rate = sf.read(str(SAMPLES / "speech_librispeech_60.flac"), dtype="float32")
     n, delay = len(ref) // v22.hop_length * v22.hop_length, v22.cfg.output_delay
     x = torch.nn.functional.pad(torch.from_numpy(ref[:n])[None, None], (0, delay))
-    for kbps in (6, 12, 24):
+    for kbps in (3, 6, 12, 24):
         codes = v22.encode(x, kbps=kbps)
         assert torch.equal(codes, v21.encode(x, kbps=kbps))
-        distance = [metrics.mel_distance(ref[:n], m.decode(codes)[0, 0, delay : delay + n].numpy(), rate) for m in (v21, v22)]
+        decoded = [m.decode(codes) for m in (v21, v22)]
+        if kbps == 3:
+            assert torch.equal(decoded[0], decoded[1])
+            continue
+        distance = [metrics.mel_distance(ref[:n], y[0, 0, delay : delay + n].numpy(), rate) for y in decoded]
         assert distance[1] < distance[0] - 0.01, (kbps, distance)
-    compress_file(SAMPLES / "speech_librispeech_60.flac", tmp_path / "v21.rvq", kbps=12, model=v21)
-    decompress_file(tmp_path / "v21.rvq", tmp_path / "v21.wav", model=v22)
-    compress_file(SAMPLES / "speech_librispeech_60.flac", tmp_path / "v22.rvq", kbps=12, model=v22)
-    decompress_file(tmp_path / "v22.rvq", tmp_path / "v22.wav", model=v21)
-    assert sf.info(str(tmp_path / "v21.wav")).frames == sf.info(str(tmp_path / "v22.wav")).frames == len(ref)
+    clip = SAMPLES / "speech_librispeech_60.flac"
+    for m in (v21, v22):
+        compress_file(clip, tmp_path / f"{m.cfg.name}.rvq", kbps=12, model=m)
+    out = {}
+    for file in ("rvq24k-v21", "rvq24k-v22"):
+        for m in (None, v21, v22):  # None: the model the file names
+            wav = tmp_path / f"{file}-{m.cfg.name if m else 'own'}.wav"
+            decompress_file(tmp_path / f"{file}.rvq", wav, model=m)
+            out[file, m.cfg.name if m else "own"] = sf.read(str(wav), dtype="float32")[0]
+    assert all(len(y) == len(ref) for y in out.values())
+    for name in ("rvq24k-v21", "rvq24k-v22"):  # the same codes: either file decodes alike by one model
+        assert np.array_equal(out["rvq24k-v21", name], out["rvq24k-v22", name])
+        assert np.array_equal(out[name, "own"], out[name, name])
+    assert not np.array_equal(out["rvq24k-v21", "rvq24k-v21"], out["rvq24k-v21", "rvq24k-v22"])

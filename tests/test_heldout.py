@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from heldout import _levels, load_any, of_category, opus_round_trip  # noqa: E402
@@ -40,6 +41,20 @@ def test_lowband_rebuilds_a_model_with_those_levels():
     assert v17.layout(16) == (6, 10) and v17.layout(32) == (8, 24)
     assert load_any("rvq24k-v18", lowband=_levels("none")).layout(16) == (16, 0)
     assert load_any("rvq24k-v18").layout(16) == (6, 10)
+
+
+def test_envelope_floor_and_postfilter_rebuild_a_model_with_them():
+    """``--envelope-floor`` / ``--postfilter``: the same weights, decoding with those settings
+    (v22 with floor 1 decodes as v21)."""
+    v22 = load_any("rvq24k-v22", envelope_floor=1.0, postfilter=0.5)
+    assert v22.cfg.envelope_floor == 1.0 and v22.cfg.postfilter == 0.5 and v22.cfg.name == "rvq24k-v22"
+    as_v21 = load_any("rvq24k-v22", envelope_floor=1.0)
+    v21 = load_any("rvq24k-v21")
+    assert all(torch.equal(a, b) for a, b in zip(as_v21.state_dict().values(), v21.state_dict().values()))
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal(3200).astype(np.float32) * 0.1)[None, None]
+    codes = v21.encode(x, kbps=12)
+    assert torch.equal(as_v21.decode(codes), v21.decode(codes))
+    assert not torch.equal(load_any("rvq24k-v22").decode(codes), v21.decode(codes))
 
 
 def test_aligned_round_trips_drop_the_output_delay_as_files_do():

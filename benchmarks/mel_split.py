@@ -1,0 +1,155 @@
+"""Where a codec's mel distance comes from: the multi-scale mel distance (codec/metrics.py) of
+decoded clips split by the centre frequency of the metric's mel bands and by its windows, next
+to Opus's; optionally, how far the original's phase in a frequency range would take it.
+
+    python benchmarks/mel_split.py ../shared/dev/manifest.tsv rvq24k-v22 rvq24k-v21 opus \\
+        [--kbps 12] [--category speech] [--phase-oracle 860-4000,860-8000,4000-8000] [--json PATH]
+
+Models as benchmarks/heldout.py takes them ('opus': Opus at the same bitrate, opus-tools).
+Each clip is coded offline at ``--kbps`` with the model's output delay dropped, as a file
+decodes (Opus's output is lined up already), and scored against the original without a
+further shift. The parts of a row sum to its mel distance: per window, the mean over bins
+and frames of ``|log10 mel(ref) - log10 mel(est)|`` (the metric's terms), and per frequency
+range, the share of those terms from the bands whose centre lies in it.
+``--phase-oracle LO-HI``: also the model's decoded audio with its 512-point STFT (hop 128)
+taking the original's phase from LO to HI Hz (its own magnitudes kept), scored by mel distance
+and (speech) wideband PESQ: an upper bound on what a better phase there would give, not a
+codec. Prints tables and writes JSON (default ``reports/mel_split.json``, git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import librosa
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from common import print_table, write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from codec import opus  # noqa: E402
+from codec.audio_io import read_audio  # noqa: E402
+from codec.errors import CodecError  # noqa: E402
+from codec.evaluate import list_clips  # noqa: E402
+from codec.metrics import _mel_loss, pesq_wb  # noqa: E402
+from heldout import load_any, round_trip  # noqa: E402
+
+RANGES_HZ = (0.0, 1000.0, 4000.0, 8000.0)  # lower edges; the last range runs to Nyquist
+ORACLE_FFT, ORACLE_HOP = 512, 128
+
+
+def split(ref: np.ndarray, est: np.ndarray, rate: int, edges: tuple[float, ...] = RANGES_HZ) -> tuple[np.ndarray, np.ndarray]:
+    """The mel distance of ``est`` against ``ref`` (both ``[T]``, at least the longest window
+    long) split two ways: per window ``[W]`` and per frequency range ``[len(edges)]`` (bands by
+    their centre), each summing to the distance."""
+    loss = _mel_loss(rate)
+    x, y = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None] for a in (ref, est))
+    per_window, per_range = np.zeros(len(loss.windows)), np.zeros(len(edges))
+    with torch.no_grad():
+        for i, w in enumerate(loss.windows):
+            terms = (loss.mel(x, w).clamp(min=1e-5).log10() - loss.mel(y, w).clamp(min=1e-5).log10()).abs()[0].numpy()
+            centres = librosa.mel_frequencies(terms.shape[0] + 2, fmin=0.0, fmax=rate / 2)[1:-1]
+            which = np.searchsorted(np.asarray(edges), centres, side="right") - 1  # [M] range of each band
+            per_window[i] = terms.mean()
+            per_range += np.bincount(which, weights=terms.sum(axis=1), minlength=len(edges)) / terms.size
+    return per_window, per_range
+
+
+def with_original_phase(ref: np.ndarray, est: np.ndarray, rate: int, lo: float, hi: float) -> np.ndarray:
+    """``est`` ``[T]`` with the phase of ``ref``'s STFT from ``lo`` to ``hi`` Hz (its own
+    magnitudes): an oracle."""
+    window = torch.hann_window(ORACLE_FFT, dtype=torch.float64)
+
+    def stft(a: np.ndarray) -> torch.Tensor:
+        return torch.stft(torch.from_numpy(a.astype(np.float64)), ORACLE_FFT, ORACLE_HOP, window=window, return_complex=True)
+
+    r, e = stft(ref), stft(est)
+    hz = torch.arange(r.shape[0], dtype=torch.float64) * rate / ORACLE_FFT
+    band = ((hz >= lo) & (hz < hi))[:, None]
+    mixed = torch.where(band, e.abs() * torch.exp(1j * r.angle()), e)
+    return torch.istft(mixed, ORACLE_FFT, ORACLE_HOP, window=window, length=len(est)).numpy().astype(np.float32)
+
+
+def _ranges(text: str) -> list[tuple[float, float]]:
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        try:
+            out.append((float(lo), float(hi)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected LO-HI in Hz, got {part!r}") from None
+    return out
+
+
+def _opus(audio: np.ndarray, rate: int, kbps: float) -> np.ndarray:
+    with tempfile.TemporaryDirectory() as work:
+        wav = Path(work) / "clip.wav"
+        sf.write(wav, audio, rate, subtype="PCM_24")
+        result = opus.code(wav, Path(work), kbps, rate, 1, len(audio) / rate)
+        y, _ = sf.read(result.output, dtype="float32")
+    return np.pad(y, (0, max(0, len(audio) - len(y))))[: len(audio)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("input", type=Path, help="folder or manifest.tsv, as `rvqcodec eval` takes it")
+    p.add_argument("models", nargs="+", help="built-in names, .safetensors files, run folders or checkpoints; 'opus'")
+    p.add_argument("--kbps", type=float, default=12.0)
+    p.add_argument("--category", choices=("speech", "music", "general"), default="speech")
+    p.add_argument("--phase-oracle", type=_ranges, default=[], metavar="LO-HI,...")
+    p.add_argument("--json", type=Path, default=Path("reports/mel_split.json"))
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    try:
+        clips = [c for c in list_clips(args.input) if c.category == args.category]
+        if not clips:
+            raise CodecError(f"no {args.category} clips in {args.input}")
+        models = {spec: None if spec == "opus" else load_any(spec) for spec in args.models}
+        if any(m is None for m in models.values()):
+            opus.require_tools()
+    except CodecError as exc:
+        sys.exit(f"error: {exc}")
+    rate = next(m.sample_rate for m in models.values() if m is not None) if any(models.values()) else 24000
+    names = [f"{lo:g}-{hi:g} Hz" for lo, hi in zip(RANGES_HZ, (*RANGES_HZ[1:], rate / 2))]
+    rows, oracle_rows, results = [], [], {}
+    for spec, model in models.items():
+        windows, ranges, oracles = [], [], {r: [] for r in args.phase_oracle}
+        for clip in clips:
+            audio, clip_rate = read_audio(clip.path)
+            ref = audio.mean(axis=0).astype(np.float32)
+            if clip_rate != rate:
+                ref = soxr.resample(ref, clip_rate, rate).astype(np.float32)
+            est = _opus(ref, rate, args.kbps) if model is None else round_trip(model, ref, args.kbps, aligned=True)
+            w, r = split(ref, est, rate)
+            windows.append(w)
+            ranges.append(r)
+            for lo, hi in args.phase_oracle if model is not None else ():
+                z = with_original_phase(ref, est, rate, lo, hi)
+                score = pesq_wb(ref, z, rate) if args.category == "speech" else float("nan")
+                oracles[lo, hi].append((float(split(ref, z, rate)[0].sum()), score))
+        w, r = np.mean(windows, axis=0), np.mean(ranges, axis=0)
+        rows.append([spec, f"{w.sum():.3f}", *(f"{v:.3f}" for v in r), *(f"{v:.3f}" for v in w)])
+        results[spec] = {"mel_distance": float(w.sum()), "by_range": dict(zip(names, r.tolist())),
+                         "by_window": dict(zip(map(str, _mel_loss(rate).windows), w.tolist())),
+                         "phase_oracle": {f"{lo:g}-{hi:g}": {"mel_distance": float(np.mean([s[0] for s in v])),
+                                                            "pesq_wb": float(np.nanmean([s[1] for s in v]))}
+                                          for (lo, hi), v in oracles.items() if v}}
+        for band, scores in results[spec]["phase_oracle"].items():
+            oracle_rows.append([spec, band, f"{scores['mel_distance']:.3f}", f"{scores['pesq_wb']:.3f}"])
+    print(f"\n{len(clips)} {args.category} clips of {args.input}, {args.kbps:g} kbps: mel distance and its parts")
+    print_table(["model", "mel distance", *names, *(f"window {w}" for w in _mel_loss(rate).windows)], rows)
+    if oracle_rows:
+        print("\nwith the original's phase in a range (512-point STFT, hop 128; an oracle)")
+        print_table(["model", "range (Hz)", "mel distance", "PESQ-WB"], oracle_rows)
+    write_json(args.json, {"input": str(args.input), "kbps": args.kbps, "category": args.category,
+                           "clips": [c.name for c in clips], "results": results})
+
+
+if __name__ == "__main__":
+    main()
