@@ -55,7 +55,10 @@ def load_any(spec: str, postfilter: float | None = None, lowband: tuple[int, ...
     model = run_model(path)[0] if path.is_dir() else load(spec)
     changes = {k: v for k, v in (("postfilter", postfilter), ("envelope_floor", envelope_floor)) if v is not None}
     if changes:
-        rebuilt = Codec(dataclasses.replace(model.cfg, **changes))
+        try:
+            rebuilt = Codec(dataclasses.replace(model.cfg, **changes))
+        except ValueError as exc:  # a strength or floor out of range
+            raise CodecError(f"{spec}: {exc}") from None
         rebuilt.load_state_dict(model.state_dict())
         model = rebuilt
     if lowband is not None:
@@ -77,12 +80,18 @@ def of_category(clips: list[ValidationClip], category: str | None) -> list[Valid
 
 def opus_round_trip(clip: ValidationClip, kbps: float, rate: int) -> np.ndarray:
     """``clip`` through Opus at ``kbps`` (codec/opus.py, as ``rvqcodec eval`` codes it)."""
+    return opus_audio(clip.audio, kbps, rate)
+
+
+def opus_audio(audio: np.ndarray, kbps: float, rate: int, subtype: str = "PCM_16") -> np.ndarray:
+    """Mono ``audio`` ``[T]`` through Opus at ``kbps``, written for opusenc as ``subtype``, back
+    at its length ``[T]``."""
     with tempfile.TemporaryDirectory() as work:
         wav = Path(work) / "clip.wav"
-        sf.write(wav, clip.audio, rate, subtype="PCM_16")
-        result = opus.code(wav, Path(work), kbps, rate, 1, len(clip.audio) / rate)
+        sf.write(wav, audio, rate, subtype=subtype)
+        result = opus.code(wav, Path(work), kbps, rate, 1, len(audio) / rate)
         y, _ = sf.read(result.output, dtype="float32")
-    return np.pad(y, (0, max(0, len(clip.audio) - len(y))))[: len(clip.audio)]
+    return np.pad(y, (0, max(0, len(audio) - len(y))))[: len(audio)]
 
 
 @torch.no_grad()

@@ -21,24 +21,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import librosa
 import numpy as np
-import soundfile as sf
 import soxr
 import torch
 
 from common import print_table, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from codec import opus  # noqa: E402
+from codec import load, opus  # noqa: E402
 from codec.audio_io import read_audio  # noqa: E402
 from codec.errors import CodecError  # noqa: E402
 from codec.evaluate import list_clips  # noqa: E402
 from codec.metrics import _mel_loss, pesq_wb  # noqa: E402
-from heldout import load_any, round_trip  # noqa: E402
+from heldout import load_any, opus_audio, round_trip  # noqa: E402
 
 RANGES_HZ = (0.0, 1000.0, 4000.0, 8000.0)  # lower edges; the last range runs to Nyquist
 ORACLE_FFT, ORACLE_HOP = 512, 128
@@ -84,16 +82,9 @@ def _ranges(text: str) -> list[tuple[float, float]]:
             out.append((float(lo), float(hi)))
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected LO-HI in Hz, got {part!r}") from None
+        if not 0 <= out[-1][0] < out[-1][1]:
+            raise argparse.ArgumentTypeError(f"expected LO-HI with 0 <= LO < HI, got {part!r}")
     return out
-
-
-def _opus(audio: np.ndarray, rate: int, kbps: float) -> np.ndarray:
-    with tempfile.TemporaryDirectory() as work:
-        wav = Path(work) / "clip.wav"
-        sf.write(wav, audio, rate, subtype="PCM_24")
-        result = opus.code(wav, Path(work), kbps, rate, 1, len(audio) / rate)
-        y, _ = sf.read(result.output, dtype="float32")
-    return np.pad(y, (0, max(0, len(audio) - len(y))))[: len(audio)]
 
 
 def main() -> None:
@@ -106,16 +97,18 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=Path("reports/mel_split.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
-    try:
-        clips = [c for c in list_clips(args.input) if c.category == args.category]
-        if not clips:
-            raise CodecError(f"no {args.category} clips in {args.input}")
-        models = {spec: None if spec == "opus" else load_any(spec) for spec in args.models}
-        if any(m is None for m in models.values()):
-            opus.require_tools()
-    except CodecError as exc:
-        sys.exit(f"error: {exc}")
-    rate = next(m.sample_rate for m in models.values() if m is not None) if any(models.values()) else 24000
+    clips = [c for c in list_clips(args.input) if c.category == args.category]
+    if not clips:
+        raise CodecError(f"no {args.category} clips in {args.input}")
+    models = {spec: None if spec == "opus" else load_any(spec) for spec in args.models}
+    if any(m is None for m in models.values()):
+        opus.require_tools()
+    rates = {m.sample_rate for m in models.values() if m is not None} or {load().sample_rate}
+    if len(rates) > 1:
+        raise CodecError(f"the models run at different sample rates: {sorted(rates)}")
+    rate = rates.pop()
+    if any(hi > rate / 2 for _, hi in args.phase_oracle):
+        raise CodecError(f"--phase-oracle ranges must end by {rate / 2:g} Hz")
     names = [f"{lo:g}-{hi:g} Hz" for lo, hi in zip(RANGES_HZ, (*RANGES_HZ[1:], rate / 2))]
     rows, oracle_rows, results = [], [], {}
     for spec, model in models.items():
@@ -125,31 +118,42 @@ def main() -> None:
             ref = audio.mean(axis=0).astype(np.float32)
             if clip_rate != rate:
                 ref = soxr.resample(ref, clip_rate, rate).astype(np.float32)
-            est = _opus(ref, rate, args.kbps) if model is None else round_trip(model, ref, args.kbps, aligned=True)
+            est = opus_audio(ref, args.kbps, rate, "PCM_24") if model is None else round_trip(model, ref, args.kbps, aligned=True)
             w, r = split(ref, est, rate)
             windows.append(w)
             ranges.append(r)
             for lo, hi in args.phase_oracle if model is not None else ():
                 z = with_original_phase(ref, est, rate, lo, hi)
-                score = pesq_wb(ref, z, rate) if args.category == "speech" else float("nan")
+                score = pesq_wb(ref, z, rate) if args.category == "speech" else None
                 oracles[lo, hi].append((float(split(ref, z, rate)[0].sum()), score))
         w, r = np.mean(windows, axis=0), np.mean(ranges, axis=0)
         rows.append([spec, f"{w.sum():.3f}", *(f"{v:.3f}" for v in r), *(f"{v:.3f}" for v in w)])
         results[spec] = {"mel_distance": float(w.sum()), "by_range": dict(zip(names, r.tolist())),
                          "by_window": dict(zip(map(str, _mel_loss(rate).windows), w.tolist())),
                          "phase_oracle": {f"{lo:g}-{hi:g}": {"mel_distance": float(np.mean([s[0] for s in v])),
-                                                            "pesq_wb": float(np.nanmean([s[1] for s in v]))}
+                                                            "pesq_wb": _mean([s[1] for s in v])}
                                           for (lo, hi), v in oracles.items() if v}}
         for band, scores in results[spec]["phase_oracle"].items():
-            oracle_rows.append([spec, band, f"{scores['mel_distance']:.3f}", f"{scores['pesq_wb']:.3f}"])
+            pesq = "-" if scores["pesq_wb"] is None else f"{scores['pesq_wb']:.3f}"
+            oracle_rows.append([spec, band, f"{scores['mel_distance']:.3f}", pesq])
     print(f"\n{len(clips)} {args.category} clips of {args.input}, {args.kbps:g} kbps: mel distance and its parts")
     print_table(["model", "mel distance", *names, *(f"window {w}" for w in _mel_loss(rate).windows)], rows)
     if oracle_rows:
         print("\nwith the original's phase in a range (512-point STFT, hop 128; an oracle)")
         print_table(["model", "range (Hz)", "mel distance", "PESQ-WB"], oracle_rows)
-    write_json(args.json, {"input": str(args.input), "kbps": args.kbps, "category": args.category,
-                           "clips": [c.name for c in clips], "results": results})
+    write_json(args.json, {"input": str(args.input), "kbps": args.kbps, "category": args.category, "sample_rate": rate,
+                           "phase_oracle": [list(r) for r in args.phase_oracle], "clips": [c.name for c in clips],
+                           "results": results})
+
+
+def _mean(scores: list[float | None]) -> float | None:
+    """The mean of the scores PESQ could give (NaN where it cannot score a clip); None for none."""
+    found = [v for v in scores if v is not None and np.isfinite(v)]
+    return float(np.mean(found)) if found else None
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except CodecError as exc:  # a model, clip or bitrate that is not there: one line
+        sys.exit(f"mel_split: {exc}")

@@ -16,8 +16,8 @@ How, for frame ``t`` of a decoded signal (output time; block ``t`` is its sample
   same floor); every band's gain is ``exp(strength * (coded - measured) / 2)``, within
   :data:`MAX_GAIN` either way. With a ``floor`` under 1 (v22), the powers are compared
   instead, each recovered from its log-mel value with the floor taken off, down to ``floor``
-  times the log-mel floor ``F``: ``(max(e^coded - r, floor F) / (e^measured - r)) **
-  (strength / 2)`` with ``r = (1 - floor) F``. A band that the decoder left far below the
+  times the log-mel floor ``F``: ``(max(e^coded - r, floor F) / max(e^measured - r, floor F))
+  ** (strength / 2)`` with ``r = (1 - floor) F``. A band that the decoder left far below the
   floor, where the codes say it holds some power, is then raised by as much as
   :data:`MAX_GAIN`; compared as log-mel values, both sides sit near the floor and it stays.
   Frames of fewer than :data:`FLOOR_MIN_LEVELS` levels compare log-mel values whatever the

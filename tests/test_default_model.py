@@ -232,10 +232,10 @@ def test_files_of_v18_decode_with_the_built_in_v18(tmp_path):
 
 
 def test_v20_pulls_its_decoded_spectrum_onto_the_coded_one():
-    """v20 (and v21, and the default, v22) is v19's weights and codes with envelope matching: on the
-    speech sample its decoded audio, measured as the encoder measures the input, lies closer to
-    the log-mel spectrum its codes carry (bands above 862 Hz), and closer to the original by
-    the multi-scale mel distance, at 6 and 12 kbps."""
+    """v20 is v19's weights and codes with envelope matching (which v21 and the default, v22,
+    keep): on the speech sample its decoded audio, measured as the encoder measures the input,
+    lies closer to the log-mel spectrum its codes carry (bands above 862 Hz), and closer to the
+    original by the multi-scale mel distance, at 6 and 12 kbps."""
     v20, v19 = load("rvq24k-v20"), load("rvq24k-v19")
     assert load().cfg.envelope_match == v20.cfg.envelope_match
     assert v20.cfg.envelope_match == 1.0 and not v19.cfg.envelope_match

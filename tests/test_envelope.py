@@ -176,6 +176,8 @@ def test_a_floor_under_one_raises_bands_the_decoder_left_below_the_log_mel_floor
     loud = noise(30)  # some 38 dB above the floor, coded 6 dB louder
     ys = [EnvelopeMatch(RATE, HOP, MELS, 1.0, floor=f)(loud, measure(loud) + math.log(4.0), fine, 0) for f in (1.0, 0.1)]
     assert torch.allclose(ys[0], ys[1], rtol=0, atol=1e-3 * float(ys[0].abs().max()))
+    under = EnvelopeMatch(RATE, HOP, MELS, 1.0, floor=0.1)(x, torch.full_like(target, math.log(FLOOR) - 0.1), fine, 0)
+    assert torch.isfinite(under).all() and power(under) <= power(x)  # coded under the floor: kept, not raised
     silence = EnvelopeMatch(RATE, HOP, MELS, 1.0, floor=1e-16)(torch.zeros_like(x), target, fine, 0)
     assert torch.equal(silence, torch.zeros_like(x))  # (e^log F can round under F: no 0 / 0)
     with pytest.raises(ValueError, match="floor"):
