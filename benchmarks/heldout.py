@@ -54,6 +54,8 @@ def load_any(spec: str, postfilter: float | None = None, lowband: tuple[int, ...
     path = Path(spec).expanduser()
     model = run_model(path)[0] if path.is_dir() else load(spec)
     changes = {k: v for k, v in (("postfilter", postfilter), ("envelope_floor", envelope_floor)) if v is not None}
+    if envelope_floor is not None and not model.cfg.envelope_match:
+        raise CodecError(f"{spec}: --envelope-floor needs a model with envelope matching (envelope_match > 0)")
     if changes:
         try:
             rebuilt = Codec(dataclasses.replace(model.cfg, **changes))

@@ -5,11 +5,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from heldout import _levels, load_any, of_category, opus_round_trip  # noqa: E402
 
+from codec.errors import CodecError  # noqa: E402
 from train.data import ValidationClip  # noqa: E402
 
 RATE = 24000
@@ -55,6 +57,11 @@ def test_envelope_floor_and_postfilter_rebuild_a_model_with_them():
     codes = v21.encode(x, kbps=12)
     assert torch.equal(as_v21.decode(codes), v21.decode(codes))
     assert not torch.equal(load_any("rvq24k-v22").decode(codes), v21.decode(codes))
+    assert not torch.equal(load_any("rvq24k-v21", postfilter=0.0).decode(codes), v21.decode(codes))
+    with pytest.raises(CodecError, match="envelope matching"):
+        load_any("rvq24k-v19", envelope_floor=0.1)  # (v19 has none: the floor would do nothing)
+    with pytest.raises(CodecError, match="envelope_floor"):
+        load_any("rvq24k-v22", envelope_floor=0.0)
 
 
 def test_aligned_round_trips_drop_the_output_delay_as_files_do():
