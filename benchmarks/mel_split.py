@@ -51,7 +51,7 @@ def split(ref: np.ndarray, est: np.ndarray, rate: int, edges: tuple[float, ...] 
     per_window, per_range = np.zeros(len(loss.windows)), np.zeros(len(edges))
     with torch.no_grad():
         for i, w in enumerate(loss.windows):
-            terms = (loss.mel(x, w).clamp(min=1e-5).log10() - loss.mel(y, w).clamp(min=1e-5).log10()).abs()[0].numpy()
+            terms = loss.log_distance(loss.mel(x, w), loss.mel(y, w))[0].numpy()  # [M, frames]
             centres = librosa.mel_frequencies(terms.shape[0] + 2, fmin=0.0, fmax=rate / 2)[1:-1]
             which = np.searchsorted(np.asarray(edges), centres, side="right") - 1  # [M] range of each band
             per_window[i] = terms.mean()

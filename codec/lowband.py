@@ -304,7 +304,7 @@ def quantize_arithmetic(ratio: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     for s in range(0, x.shape[1], ARITH_BLOCK_FRAMES):  # (bounds the temporaries)
         r = x[:, s : s + ARITH_BLOCK_FRAMES, None, :]  # [B, f, 1, bins]
         code = np.clip(top[:, s : s + ARITH_BLOCK_FRAMES] + shifts, 0, GAIN_MAX)  # [B, f, G]
-        step = (np.exp2((code - GAIN_OFFSET) / GAIN_STEPS_PER_OCTAVE) / LEVELS)[..., None]
+        step = _step(code)[..., None]
         q = np.clip(np.round(r / step), -ARITH_LARGEST, ARITH_LARGEST)  # [B, f, G, bins]
         fits = _cost(q).sum(-1) <= bits
         # the next finer gains than the finest that fits, rounded towards zero where that costs least
@@ -363,7 +363,7 @@ def _clipped_to_fit(ratio: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarra
     """Frames ``[M, bins]`` that no gain fits -> the largest gain code ``[M, 1]`` and their
     steps at it ``[M, bins]``, clipped to the most steps (``ARITH_LARGEST`` down to 0) that
     fit."""
-    step = np.exp2((GAIN_MAX - GAIN_OFFSET) / GAIN_STEPS_PER_OCTAVE) / LEVELS
+    step = _step(np.float64(GAIN_MAX))
     limits = np.arange(ARITH_LARGEST, -1, -1.0)[:, None, None]
     q = np.clip(np.clip(np.round(ratio / step), -ARITH_LARGEST, ARITH_LARGEST)[None], -limits, limits)  # [limits, M, bins]
     first = (_cost(q).sum(-1) <= bits).argmax(0)  # [M]: the most steps that fit
@@ -408,6 +408,12 @@ def _unpack_arithmetic(words: Tensor, bins: int, word_bits: int) -> tuple[Tensor
 
 def _gain(code: Tensor) -> Tensor:
     return torch.exp2((code - GAIN_OFFSET) / GAIN_STEPS_PER_OCTAVE)
+
+
+def _step(code: np.ndarray) -> np.ndarray:
+    """The coefficients' step at gain code(s) ``code`` (float64): the gain over ``LEVELS``, as
+    :func:`_gain` gives the gain (the NumPy side of the encoder's search)."""
+    return np.exp2((code - GAIN_OFFSET) / GAIN_STEPS_PER_OCTAVE) / LEVELS
 
 
 def _pack(gain_code: Tensor, q: Tensor, words: int, word_bits: int) -> Tensor:

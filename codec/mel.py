@@ -37,11 +37,17 @@ class MultiScaleMelLoss(nn.Module):
         ).abs()
         return getattr(self, f"fb{w}") @ spec
 
+    @staticmethod
+    def log_distance(mx: Tensor, my: Tensor) -> Tensor:
+        """The terms the loss averages: ``|log10 clamp(mx, 1e-5) - log10 clamp(my, 1e-5)|``, the
+        shape of the mel magnitudes ``mx`` and ``my`` (``[B, M, frames]``)."""
+        return (mx.clamp(min=1e-5).log10() - my.clamp(min=1e-5).log10()).abs()
+
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         total = x.new_zeros((), dtype=torch.float32)
         for w in self.windows:
             mx, my = self.mel(x, w), self.mel(y, w)
-            total = total + (mx.clamp(min=1e-5).log10() - my.clamp(min=1e-5).log10()).abs().mean()
+            total = total + self.log_distance(mx, my).mean()
             if self.mag_weight:
                 total = total + self.mag_weight * (mx - my).abs().mean()
         return total
