@@ -9,8 +9,9 @@ Models as benchmarks/heldout.py takes them ('opus': Opus at the same bitrate, op
 Each clip is coded offline at ``--kbps`` with the model's output delay dropped, as a file
 decodes (Opus's output is lined up already), and scored against the original without a
 further shift. The parts of a row sum to its mel distance: per window, the mean over bins
-and frames of ``|log10 mel(ref) - log10 mel(est)|`` (the metric's terms), and per frequency
-range, the share of those terms from the bands whose centre lies in it.
+and frames of ``|log10 mel(ref) - log10 mel(est)|`` (the metric's terms); per frequency
+range, the share of those terms from the bands whose centre lies in it; and per class of the
+original's level around each frame (20 ms, in dB re full scale), the share from those frames.
 ``--phase-oracle LO-HI``: also the model's decoded audio with its 512-point STFT (hop 128)
 taking the original's phase from LO to HI Hz (its own magnitudes kept), scored by mel distance
 and (speech) wideband PESQ: an upper bound on what a better phase there would give, not a
@@ -40,23 +41,50 @@ from heldout import load_any, opus_audio, round_trip  # noqa: E402
 
 RANGES_HZ = (0.0, 1000.0, 4000.0, 8000.0)  # lower edges; the last range runs to Nyquist
 ORACLE_FFT, ORACLE_HOP = 512, 128
+LEVELS_DB = (-60.0, -50.0, -40.0, -30.0)  # classes of the reference's level, split at these
+LEVEL_SECONDS = 0.02  # the span its level is measured over
+TIME_WINDOW = 256  # the window whose frames give each class's share of the time
+
+
+def _terms(ref: np.ndarray, est: np.ndarray, rate: int):
+    """Per window of the metric: ``(window, terms)``, the metric's terms ``[M, frames]``."""
+    loss = _mel_loss(rate)
+    x, y = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None] for a in (ref, est))
+    with torch.no_grad():
+        for w in loss.windows:
+            yield w, loss.log_distance(loss.mel(x, w), loss.mel(y, w))[0].numpy()
 
 
 def split(ref: np.ndarray, est: np.ndarray, rate: int, edges: tuple[float, ...] = RANGES_HZ) -> tuple[np.ndarray, np.ndarray]:
     """The mel distance of ``est`` against ``ref`` (both ``[T]``, at least the longest window
     long) split two ways: per window ``[W]`` and per frequency range ``[len(edges)]`` (bands by
     their centre), each summing to the distance."""
-    loss = _mel_loss(rate)
-    x, y = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None] for a in (ref, est))
-    per_window, per_range = np.zeros(len(loss.windows)), np.zeros(len(edges))
-    with torch.no_grad():
-        for i, w in enumerate(loss.windows):
-            terms = loss.log_distance(loss.mel(x, w), loss.mel(y, w))[0].numpy()  # [M, frames]
-            centres = librosa.mel_frequencies(terms.shape[0] + 2, fmin=0.0, fmax=rate / 2)[1:-1]
-            which = np.searchsorted(np.asarray(edges), centres, side="right") - 1  # [M] range of each band
-            per_window[i] = terms.mean()
-            per_range += np.bincount(which, weights=terms.sum(axis=1), minlength=len(edges)) / terms.size
-    return per_window, per_range
+    per_window, per_range = [], np.zeros(len(edges))
+    for w, terms in _terms(ref, est, rate):
+        centres = librosa.mel_frequencies(terms.shape[0] + 2, fmin=0.0, fmax=rate / 2)[1:-1]
+        which = np.searchsorted(np.asarray(edges), centres, side="right") - 1  # [M] range of each band
+        per_window.append(terms.mean())
+        per_range += np.bincount(which, weights=terms.sum(axis=1), minlength=len(edges)) / terms.size
+    return np.array(per_window), per_range
+
+
+def split_by_level(ref: np.ndarray, est: np.ndarray, rate: int,
+                   edges_db: tuple[float, ...] = LEVELS_DB) -> tuple[np.ndarray, np.ndarray]:
+    """The mel distance split by the level of ``ref`` around each frame of the metric (its mean
+    square over :data:`LEVEL_SECONDS`, in dB re full scale; ``edges_db`` are the lower edges
+    of the classes after the first): ``[len(edges_db) + 1]`` parts summing to the distance,
+    and the share of ``ref``'s time in each class (the frames of the metric's
+    :data:`TIME_WINDOW`-sample window)."""
+    span = max(1, round(LEVEL_SECONDS * rate))
+    power = np.convolve(np.asarray(ref, dtype=np.float64) ** 2, np.ones(span) / span, mode="same")
+    parts, time = np.zeros(len(edges_db) + 1), np.zeros(len(edges_db) + 1)
+    for w, terms in _terms(ref, est, rate):
+        centres = np.minimum(np.arange(terms.shape[1]) * (w // 4), len(ref) - 1)  # (torch.stft's center=True)
+        which = np.searchsorted(np.asarray(edges_db), 10 * np.log10(power[centres] + 1e-20), side="right")  # [frames]
+        parts += np.bincount(which, weights=terms.sum(axis=0), minlength=len(parts)) / terms.size
+        if w == TIME_WINDOW:
+            time = np.bincount(which, minlength=len(parts)) / terms.shape[1]
+    return parts, time
 
 
 def with_original_phase(ref: np.ndarray, est: np.ndarray, rate: int, lo: float, hi: float) -> np.ndarray:
@@ -110,9 +138,11 @@ def main() -> None:
     if any(hi > rate / 2 for _, hi in args.phase_oracle):
         raise CodecError(f"--phase-oracle ranges must end by {rate / 2:g} Hz")
     names = [f"{lo:g}-{hi:g} Hz" for lo, hi in zip(RANGES_HZ, (*RANGES_HZ[1:], rate / 2))]
-    rows, oracle_rows, results = [], [], {}
+    level_names = [f"under {LEVELS_DB[0]:g} dB", *(f"{lo:g} to {hi:g} dB" for lo, hi in zip(LEVELS_DB, LEVELS_DB[1:])),
+                   f"{LEVELS_DB[-1]:g} dB and up"]
+    rows, level_rows, oracle_rows, results = [], [], [], {}
     for spec, model in models.items():
-        windows, ranges, oracles = [], [], {r: [] for r in args.phase_oracle}
+        windows, ranges, levels, times, oracles = [], [], [], [], {r: [] for r in args.phase_oracle}
         for clip in clips:
             audio, clip_rate = read_audio(clip.path)
             ref = audio.mean(axis=0).astype(np.float32)
@@ -122,13 +152,18 @@ def main() -> None:
             w, r = split(ref, est, rate)
             windows.append(w)
             ranges.append(r)
+            by_level, time = split_by_level(ref, est, rate)
+            levels.append(by_level)
+            times.append(time)
             for lo, hi in args.phase_oracle if model is not None else ():
                 z = with_original_phase(ref, est, rate, lo, hi)
                 score = pesq_wb(ref, z, rate) if args.category == "speech" else None
                 oracles[lo, hi].append((float(split(ref, z, rate)[0].sum()), score))
-        w, r = np.mean(windows, axis=0), np.mean(ranges, axis=0)
+        w, r, lv = np.mean(windows, axis=0), np.mean(ranges, axis=0), np.mean(levels, axis=0)
         rows.append([spec, f"{w.sum():.3f}", *(f"{v:.3f}" for v in r), *(f"{v:.3f}" for v in w)])
+        level_rows.append([spec, f"{w.sum():.3f}", *(f"{v:.3f}" for v in lv)])
         results[spec] = {"mel_distance": float(w.sum()), "by_range": dict(zip(names, r.tolist())),
+                         "by_level": dict(zip(level_names, lv.tolist())),
                          "by_window": dict(zip(map(str, _mel_loss(rate).windows), w.tolist())),
                          "phase_oracle": {f"{lo:g}-{hi:g}": {"mel_distance": float(np.mean([s[0] for s in v])),
                                                             "pesq_wb": _mean([s[1] for s in v])}
@@ -138,11 +173,16 @@ def main() -> None:
             oracle_rows.append([spec, band, f"{scores['mel_distance']:.3f}", pesq])
     print(f"\n{len(clips)} {args.category} clips of {args.input}, {args.kbps:g} kbps: mel distance and its parts")
     print_table(["model", "mel distance", *names, *(f"window {w}" for w in _mel_loss(rate).windows)], rows)
+    print(f"\nby the original's level around each frame of the metric (mean square over {LEVEL_SECONDS * 1000:g} ms, "
+          f"dB re full scale); its share of the time: "
+          + ", ".join(f"{n} {t:.0%}" for n, t in zip(level_names, np.mean(times, axis=0))))
+    print_table(["model", "mel distance", *level_names], level_rows)
     if oracle_rows:
         print("\nwith the original's phase in a range (512-point STFT, hop 128; an oracle)")
         print_table(["model", "range (Hz)", "mel distance", "PESQ-WB"], oracle_rows)
     write_json(args.json, {"input": str(args.input), "kbps": args.kbps, "category": args.category, "sample_rate": rate,
                            "phase_oracle": [list(r) for r in args.phase_oracle], "clips": [c.name for c in clips],
+                           "time_by_level": dict(zip(level_names, np.mean(times, axis=0).tolist())),
                            "results": results})
 
 

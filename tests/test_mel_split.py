@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from mel_split import RANGES_HZ, _ranges, split, with_original_phase  # noqa: E402
+from mel_split import LEVELS_DB, RANGES_HZ, _ranges, split, split_by_level, with_original_phase  # noqa: E402
 
 from codec.metrics import mel_distance  # noqa: E402
 
@@ -39,6 +39,25 @@ def test_a_difference_in_one_range_counts_there():
     est = ref + (0.05 * np.fft.irfft(spec, ref.size)).astype(np.float32)
     _, per_range = split(ref, est, RATE)
     assert RANGES_HZ[2] == 4000.0 and per_range[2] > 0.6 * per_range.sum(), per_range
+
+
+def test_the_level_split_adds_up_and_puts_a_difference_in_quiet_frames_there():
+    """A clip loud in its first half and some 60 dB quieter in its second; noise as loud as the
+    first half added only to the quiet half: the parts add up to the distance, the class of the
+    original's level there (not the decoded one's) holds most of it, and the time shares are
+    each half's."""
+    rng = np.random.default_rng(5)
+    tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(RATE) / RATE) + 0.02 * rng.standard_normal(RATE)  # about -14 dB
+    loud, quiet = tone.astype(np.float32), (1e-3 * tone[::-1]).astype(np.float32)  # about -74 dB
+    ref = np.concatenate([loud, quiet])
+    noise = np.random.default_rng(4).standard_normal(quiet.size).astype(np.float32)
+    est = ref + np.concatenate([np.zeros_like(loud), 0.1 * noise])
+    parts, time = split_by_level(ref, est, RATE)
+    assert parts.shape == time.shape == (len(LEVELS_DB) + 1,)
+    assert parts.sum() == pytest.approx(mel_distance(ref, est, RATE), rel=1e-5)
+    assert time.sum() == pytest.approx(1.0) and time[-1] == pytest.approx(0.5, abs=0.02)  # the loud half: -30 dB and up
+    assert time[0] == pytest.approx(0.5, abs=0.02)  # the quiet half: under -60 dB
+    assert parts[0] > 0.9 * parts.sum(), parts
 
 
 def test_the_phase_oracle_takes_the_originals_phase_in_its_range_only():

@@ -414,6 +414,12 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     assert gpu_mel.model == gan_mel.model == logmel.model and gpu_mel.loss == logmel.loss
     assert gpu_mel.data.batch_size == 4 * logmel.data.batch_size and gpu_mel.optim.schedule == "cosine"
     assert gan_mel.loss.uses_discriminators and gan_mel.loss.disc_warmup_steps > 0 and gan_mel.optim == gpu_mel.optim
+    # the default's decoder (reading the low band) with discriminators, at the GPU recipe's batch
+    arith, gan_low = configs["logmel24k-lowband-arith"], configs["logmel24k-lowband-gan"]
+    assert gan_low.model == arith.model and gan_low.model.same_architecture(load().cfg) and gan_low.freeze_encoder
+    assert gan_low.loss.uses_discriminators and gan_low.loss.disc_warmup_steps > 0 and not arith.loss.uses_discriminators
+    assert dataclasses.replace(gan_low.loss, adversarial=0.0, feature_matching=0.0, disc_warmup_steps=0) == arith.loss
+    assert gan_low.data.batch_size == gpu_mel.data.batch_size and gan_low.optim.lr == arith.optim.lr
     # v14's decoder taught the phase advance: the codebooks kept (v14's files decode), no absolute phase
     refit, phase_mel = configs["logmel24k-refit"], configs["logmel24k-phase"]
     assert phase_mel.model == refit.model and phase_mel.freeze_encoder and phase_mel.loss.phase > 0
