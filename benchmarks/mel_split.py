@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import librosa
@@ -46,7 +47,7 @@ LEVEL_SECONDS = 0.02  # the span its level is measured over
 TIME_WINDOW = 256  # the window whose frames give each class's share of the time
 
 
-def _terms(ref: np.ndarray, est: np.ndarray, rate: int):
+def _terms(ref: np.ndarray, est: np.ndarray, rate: int) -> Iterator[tuple[int, np.ndarray]]:
     """Per window of the metric: ``(window, terms)``, the metric's terms ``[M, frames]``."""
     loss = _mel_loss(rate)
     x, y = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None] for a in (ref, est))
@@ -70,21 +71,34 @@ def split(ref: np.ndarray, est: np.ndarray, rate: int, edges: tuple[float, ...] 
 
 def split_by_level(ref: np.ndarray, est: np.ndarray, rate: int,
                    edges_db: tuple[float, ...] = LEVELS_DB) -> tuple[np.ndarray, np.ndarray]:
-    """The mel distance split by the level of ``ref`` around each frame of the metric (its mean
-    square over :data:`LEVEL_SECONDS`, in dB re full scale; ``edges_db`` are the lower edges
-    of the classes after the first): ``[len(edges_db) + 1]`` parts summing to the distance,
-    and the share of ``ref``'s time in each class (the frames of the metric's
-    :data:`TIME_WINDOW`-sample window)."""
-    span = max(1, round(LEVEL_SECONDS * rate))
-    power = np.convolve(np.asarray(ref, dtype=np.float64) ** 2, np.ones(span) / span, mode="same")
+    """The mel distance of ``est`` against ``ref`` (both ``[T]``, at least the longest window
+    long) split by the level of ``ref`` around each frame of the metric (:func:`levels_db`;
+    ``edges_db`` are the lower edges of the classes after the first): ``[len(edges_db) + 1]``
+    parts summing to the distance, and the share of ``ref``'s time in each class (the frames
+    of the metric's :data:`TIME_WINDOW`-sample window)."""
+    loss = _mel_loss(rate)
+    if TIME_WINDOW not in loss.windows:
+        raise ValueError(f"TIME_WINDOW {TIME_WINDOW} is not one of the metric's windows {loss.windows}")
     parts, time = np.zeros(len(edges_db) + 1), np.zeros(len(edges_db) + 1)
     for w, terms in _terms(ref, est, rate):
-        centres = np.minimum(np.arange(terms.shape[1]) * (w // 4), len(ref) - 1)  # (torch.stft's center=True)
-        which = np.searchsorted(np.asarray(edges_db), 10 * np.log10(power[centres] + 1e-20), side="right")  # [frames]
+        centres = np.arange(terms.shape[1]) * (w // 4)  # frame i is centred on sample i * hop (center=True)
+        which = np.searchsorted(np.asarray(edges_db), levels_db(ref, rate, centres), side="right")  # [frames]
         parts += np.bincount(which, weights=terms.sum(axis=0), minlength=len(parts)) / terms.size
         if w == TIME_WINDOW:
             time = np.bincount(which, minlength=len(parts)) / terms.shape[1]
     return parts, time
+
+
+def levels_db(audio: np.ndarray, rate: int, centres: np.ndarray) -> np.ndarray:
+    """The mean square of ``audio`` ``[T]`` over :data:`LEVEL_SECONDS` centred on each sample
+    of ``centres`` ``[N]`` (clipped to the audio; at its ends, over the samples there are), in
+    dB re full scale: ``[N]``."""
+    span = max(1, round(LEVEL_SECONDS * rate))
+    kernel = np.ones(span)
+    energy = np.convolve(np.asarray(audio, dtype=np.float64) ** 2, kernel, mode="same")
+    count = np.convolve(np.ones(len(audio)), kernel, mode="same")
+    at = np.minimum(centres, len(audio) - 1)
+    return 10 * np.log10(energy[at] / count[at] + 1e-20)
 
 
 def with_original_phase(ref: np.ndarray, est: np.ndarray, rate: int, lo: float, hi: float) -> np.ndarray:

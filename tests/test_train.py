@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from codec import Codec, CodecError, load, save_model
 from codec.native import int8_rows
-from train.config import TrainConfig
+from train.config import DiscConfig, TrainConfig
 from train.checkpoint import list_checkpoints
 from train.codes import CodeCropSampler, ensure_code_cache
 from train.export import export_run
@@ -418,6 +418,7 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     arith, gan_low = configs["logmel24k-lowband-arith"], configs["logmel24k-lowband-gan"]
     assert gan_low.model == arith.model and gan_low.model.same_architecture(load().cfg) and gan_low.freeze_encoder
     assert gan_low.loss.uses_discriminators and gan_low.loss.disc_warmup_steps > 0 and not arith.loss.uses_discriminators
+    assert gan_low.disc == DiscConfig()  # full width, as logmel24k-gan.yaml's
     assert dataclasses.replace(gan_low.loss, adversarial=0.0, feature_matching=0.0, disc_warmup_steps=0) == arith.loss
     assert gan_low.data.batch_size == gpu_mel.data.batch_size and gan_low.optim.lr == arith.optim.lr
     # v14's decoder taught the phase advance: the codebooks kept (v14's files decode), no absolute phase

@@ -1,75 +1,115 @@
 #!/usr/bin/env bash
 # Training on a lent GPU (the device tool's `run`), whose calls carry at most 64 MiB of the
-# working tree and bring back files of at most 16 MiB (README.md, "Training on your own
-# audio"). Three steps, each one command:
+# working tree and bring back at most 8 files of at most 16 MiB each (README.md, "Training on
+# your own audio"). Three steps, each one command:
 #
 #   bash train/lease.sh prepare [MB]     # here: a corpus sample (.gpu/data, MB megabytes,
 #                                        # default 40), the wheels the machine lacks (.whl), and
-#                                        # the weights files the run does not read moved aside
+#                                        # the tracked weights files the run does not read moved
+#                                        # aside; refuses (after putting them back) if what
+#                                        # travels would be over 64 MiB
 #   device run: bash train/lease.sh run SECONDS [CONFIG ...]   with carry [".gpu", ".whl"]
 #                                        # there: train.timed from the default model for SECONDS
 #                                        # (default recipe configs/logmel24k-lowband-gan.yaml);
-#                                        # exports, recipes and logs into $OUT
+#                                        # each recipe's export, recipe and log into $OUT
 #   bash train/lease.sh restore          # here: the weights files back in place
 #
-# Why move weights aside: the package's weights files are most of the tracked tree (about 63
-# of 67 MB in session 30), which leaves no room for training data in a call; a run reads
-# the weights file of the model it starts from alone ($RVQ_LEASE_INIT, default the default
-# model: rvq24k-v19.safetensors for rvq24k-v22). The files are only moved (to
-# $PARKED), never untracked, so git sees them as deleted until `restore` (or
-# `git checkout -- codec/weights`) puts them back.
+# Why move weights aside: the package's weights files are most of the tracked tree (65 of its
+# 67 MB in session 30), which leaves no room for training data in a call; a run reads the
+# weights file of the model it starts from alone ($RVQ_LEASE_INIT, a built-in name; default
+# the default model: rvq24k-v19.safetensors for rvq24k-v22). Only tracked files are moved, to
+# $PARKED, never untracked: until `restore`, git sees them as deleted, so commit nothing in
+# between (`git add -A` would record the deletions) and expect the tests that load older
+# models to fail.
 set -euo pipefail
+shopt -s nullglob
 cd "$(dirname "$0")/.."
 PARKED=${RVQ_LEASE_PARKED:-$HOME/.cache/rvqcodec/parked-weights}
-INIT=${RVQ_LEASE_INIT:-rvq24k}  # the built-in model a run starts from (default: the default model)
-WHEELS=(soundfile==0.14.0 soxr==1.1.0 librosa==0.11.0 audioread==3.1.0 decorator==5.2.1 pooch==1.9.0
-        platformdirs==4.14.9 auraloss==0.4.0)  # what the GPU image lacks of the train extra (KINDS.md)
+INIT=${RVQ_LEASE_INIT:-rvq24k}
+LIMIT=$((64 * 1048576))
+# What the GPU image lacks of the train extra (its package list: the device tool's KINDS.md).
+WHEELS=(soundfile==0.14.0 cffi==2.0.0 pycparser==3.0 soxr==1.1.0 librosa==0.11.0 audioread==3.1.0
+        decorator==5.2.1 pooch==1.9.0 platformdirs==4.14.9 auraloss==0.4.0)
+# The sample's split between categories, of its bytes: speech's files are small and many,
+# music's few and large (session 19's choice; train.subset's default is 0.5 / 0.4 / 0.1).
+SHARES=speech=0.52,music=0.40,general=0.08
+
+restore() {
+    [ -d "$PARKED" ] || return 0
+    for f in "$PARKED"/*.safetensors; do
+        mv -n "$f" codec/weights/
+        [ ! -e "$f" ] || echo "lease: left $f in place: codec/weights holds a file of that name" >&2
+    done
+    rmdir "$PARKED" 2>/dev/null || true
+}
+
+travelling_bytes() {  # tracked files present, untracked files git does not ignore, and .gpu, .whl
+    git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -c %s -- 2>/dev/null \
+        | awk '{s += $1} END {print s + 0}' || true
+    du -cb .gpu .whl | tail -1 | cut -f1
+}
 
 case "${1:-}" in
 prepare)
     mb=${2:-40}
+    restore  # (a second prepare, perhaps for another model, starts from every file in place)
+    needed=$(python3 -c 'import sys
+from codec.weights import ALIASES, REGISTRY
+name = ALIASES.get(sys.argv[1], sys.argv[1])
+if name not in REGISTRY:
+    sys.exit(f"lease: RVQ_LEASE_INIT must name a built-in model, got {sys.argv[1]!r}")
+print(REGISTRY[name].file)' "$INIT")
     rm -rf .gpu/data .whl
-    python -m train.subset ../shared/corpus/manifest.tsv .gpu/data --max-mb "$mb" \
-        --shares speech=0.52,music=0.40,general=0.08
-    python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    python3 -m train.subset ../shared/corpus/manifest.tsv .gpu/data --max-mb "$mb" --shares "$SHARES"
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}"
-    needed=$(python -c "from codec.weights import ALIASES, REGISTRY; print(REGISTRY[ALIASES.get('$INIT', '$INIT')].file)")
     mkdir -p "$PARKED"
-    for f in codec/weights/*.safetensors; do
-        [ "$(basename "$f")" = "$needed" ] || mv "$f" "$PARKED/"
-    done
-    tracked=$(git ls-files | while read -r f; do [ -e "$f" ] && stat -c %s "$f"; done | awk '{s += $1} END {print s + 0}')
-    extra=$(du -cb .gpu .whl | tail -1 | cut -f1)
-    echo "travels: $(( (tracked + extra) / 1048576 )) MiB of 64 (tracked files present $(( tracked / 1048576 )), .gpu and .whl $(( extra / 1048576 )))"
-    echo "parked in $PARKED: $(ls "$PARKED" | tr '\n' ' ')"
+    while IFS= read -r f; do
+        [ "$(basename "$f")" = "$needed" ] || [ ! -e "$f" ] || mv "$f" "$PARKED/"
+    done < <(git ls-files 'codec/weights/*.safetensors')
+    total=$(travelling_bytes | awk '{s += $1} END {print s + 0}')
+    if [ "$total" -gt "$LIMIT" ]; then
+        restore
+        echo "lease: $((total / 1048576 + 1)) MiB would travel, over 64 MiB: try a smaller MB (weights put back)" >&2
+        exit 1
+    fi
+    echo "travels: $(( (total + 1048575) / 1048576 )) MiB of 64; parked in $PARKED: $(ls "$PARKED" | tr '\n' ' ')"
+    echo "after the device run: bash train/lease.sh restore"
     ;;
 run)
     seconds=${2:?usage: train/lease.sh run SECONDS [CONFIG ...]}
+    out=${OUT:?OUT must name the folder that comes back}
     shift 2
     configs=("$@")
     [ ${#configs[@]} -gt 0 ] || configs=(configs/logmel24k-lowband-gan.yaml)
-    if [ -d .whl ]; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    wheels=(.whl/*.whl)
+    if [ ${#wheels[@]} -gt 0 ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${wheels[@]}"
         export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     fi
-    out=${OUT:?OUT must name the folder that comes back}
+    python3 -c "import soundfile, soxr, librosa, auraloss" || { echo "lease: a training package is missing (see above)" >&2; exit 1; }
     args=()
     for c in "${configs[@]}"; do args+=(--config "$c"); done
+    rm -rf /tmp/lease  # (a warm machine keeps an earlier call's exports)
     export PYTHONUNBUFFERED=1
     set +e
     python3 -m train.timed "${args[@]}" --data .gpu/data/manifest.tsv --init "$INIT" --seconds "$seconds" \
         --out /tmp/lease 2>&1 | tee "$out/timed.log"
     status=${PIPESTATUS[0]}
     set -e
-    cp /tmp/lease/*.safetensors /tmp/lease/*.yaml "$out/" 2>/dev/null || true
+    for c in "${configs[@]}"; do
+        name=$(basename "$c" .yaml)
+        for f in "/tmp/lease/$name.safetensors" "/tmp/lease/$name.yaml" "/tmp/lease/$name.log"; do
+            [ ! -e "$f" ] || cp "$f" "$out/"
+        done
+        [ -e "/tmp/lease/$name.safetensors" ] || { echo "lease: $name was not exported (see $out/timed.log)" >&2; status=1; }
+    done
     ls -l "$out"
     exit "$status"
     ;;
 restore)
-    if [ -d "$PARKED" ]; then
-        for f in "$PARKED"/*.safetensors; do [ -e "$f" ] && mv "$f" codec/weights/; done
-    fi
+    restore
     git status --short codec/weights
     ;;
 *)
