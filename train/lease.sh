@@ -16,16 +16,16 @@
 #
 # Why move weights aside: the package's weights files are most of the tracked tree (65 of its
 # 67 MB in session 30), which leaves no room for training data in a call; a run reads the
-# weights file of the model it starts from alone ($RVQ_LEASE_INIT, a built-in name; default
-# the default model: rvq24k-v19.safetensors for rvq24k-v22). Only tracked files are moved, to
-# $PARKED, never untracked: until `restore`, git sees them as deleted, so commit nothing in
-# between (`git add -A` would record the deletions) and expect the tests that load older
-# models to fail.
+# weights file of the model it starts from alone ($RVQ_LEASE_INIT at prepare, a built-in name;
+# default the default model: rvq24k-v19.safetensors for rvq24k-v22; prepare records it in
+# .gpu/init for run). Only tracked files are moved, to $PARKED (in this checkout's .git), never
+# untracked: until `restore`, git sees them as deleted, so commit nothing in between (`git add
+# -A` would record the deletions) and expect the tests that load older models to fail.
 set -euo pipefail
 shopt -s nullglob
 cd "$(dirname "$0")/.."
-PARKED=${RVQ_LEASE_PARKED:-$HOME/.cache/rvqcodec/parked-weights}
-INIT=${RVQ_LEASE_INIT:-rvq24k}
+PARKED=${RVQ_LEASE_PARKED:-$(git rev-parse --absolute-git-dir)/lease-parked}  # per checkout, never carried
+INIT=${RVQ_LEASE_INIT:-$(cat .gpu/init 2>/dev/null || echo rvq24k)}  # prepare records it for run
 LIMIT=$((64 * 1048576))
 # What the GPU image lacks of the train extra (its package list: the device tool's KINDS.md).
 WHEELS=(soundfile==0.14.0 cffi==2.0.0 pycparser==3.0 soxr==1.1.0 librosa==0.11.0 audioread==3.1.0
@@ -34,25 +34,31 @@ WHEELS=(soundfile==0.14.0 cffi==2.0.0 pycparser==3.0 soxr==1.1.0 librosa==0.11.0
 # music's few and large (session 19's choice; train.subset's default is 0.5 / 0.4 / 0.1).
 SHARES=speech=0.52,music=0.40,general=0.08
 
-restore() {
+restore() {  # every parked file back unless codec/weights holds one of its name; 1 if any is left
     [ -d "$PARKED" ] || return 0
+    local left=0
     for f in "$PARKED"/*.safetensors; do
-        mv -n "$f" codec/weights/
-        [ ! -e "$f" ] || echo "lease: left $f in place: codec/weights holds a file of that name" >&2
+        if [ -e "codec/weights/$(basename "$f")" ]; then
+            echo "lease: left $f where it is: codec/weights holds a file of that name" >&2
+            left=1
+        else
+            mv "$f" codec/weights/
+        fi
     done
     rmdir "$PARKED" 2>/dev/null || true
+    return "$left"
 }
 
-travelling_bytes() {  # tracked files present, untracked files git does not ignore, and .gpu, .whl
-    git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -c %s -- 2>/dev/null \
-        | awk '{s += $1} END {print s + 0}' || true
-    du -cb .gpu .whl | tail -1 | cut -f1
+travelling_bytes() {  # tracked files present, untracked files git does not ignore, .gpu and .whl
+    { git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -c %s -- 2>/dev/null || true
+      du -cb .gpu .whl 2>/dev/null | tail -1 | cut -f1 || true; } | awk '{s += $1} END {printf "%.0f\n", s}'
 }
 
 case "${1:-}" in
 prepare)
     mb=${2:-40}
-    restore  # (a second prepare, perhaps for another model, starts from every file in place)
+    INIT=${RVQ_LEASE_INIT:-rvq24k}
+    restore || { echo "lease: $PARKED still holds weights files: sort them out first" >&2; exit 1; }
     needed=$(python3 -c 'import sys
 from codec.weights import ALIASES, REGISTRY
 name = ALIASES.get(sys.argv[1], sys.argv[1])
@@ -64,16 +70,18 @@ print(REGISTRY[name].file)' "$INIT")
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}"
+    echo "$INIT" > .gpu/init
     mkdir -p "$PARKED"
+    trap 'restore; echo "lease: prepare stopped; weights put back" >&2' EXIT
     while IFS= read -r f; do
         [ "$(basename "$f")" = "$needed" ] || [ ! -e "$f" ] || mv "$f" "$PARKED/"
     done < <(git ls-files 'codec/weights/*.safetensors')
-    total=$(travelling_bytes | awk '{s += $1} END {print s + 0}')
+    total=$(travelling_bytes)
     if [ "$total" -gt "$LIMIT" ]; then
-        restore
-        echo "lease: $((total / 1048576 + 1)) MiB would travel, over 64 MiB: try a smaller MB (weights put back)" >&2
+        echo "lease: $((total / 1048576 + 1)) MiB would travel, over 64 MiB: try a smaller MB" >&2
         exit 1
     fi
+    trap - EXIT
     echo "travels: $(( (total + 1048575) / 1048576 )) MiB of 64; parked in $PARKED: $(ls "$PARKED" | tr '\n' ' ')"
     echo "after the device run: bash train/lease.sh restore"
     ;;
@@ -83,12 +91,17 @@ run)
     shift 2
     configs=("$@")
     [ ${#configs[@]} -gt 0 ] || configs=(configs/logmel24k-lowband-gan.yaml)
+    if [ ${#configs[@]} -gt 2 ]; then  # (3 files a recipe and timed.log: 8 files come back)
+        echo "lease: at most 2 recipes a call, got ${#configs[@]}" >&2
+        exit 2
+    fi
     wheels=(.whl/*.whl)
     if [ ${#wheels[@]} -gt 0 ]; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${wheels[@]}"
         export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     fi
-    python3 -c "import soundfile, soxr, librosa, auraloss" || { echo "lease: a training package is missing (see above)" >&2; exit 1; }
+    python3 -c "import soxr, librosa.filters, codec.audio_io, codec.mel, train.losses" \
+        || { echo "lease: a training package is missing (see above)" >&2; exit 1; }
     args=()
     for c in "${configs[@]}"; do args+=(--config "$c"); done
     rm -rf /tmp/lease  # (a warm machine keeps an earlier call's exports)
@@ -99,7 +112,8 @@ run)
     status=${PIPESTATUS[0]}
     set -e
     for c in "${configs[@]}"; do
-        name=$(basename "$c" .yaml)
+        name=$(basename "$c")
+        name=${name%.*}  # (train.timed names a recipe's files by its stem)
         for f in "/tmp/lease/$name.safetensors" "/tmp/lease/$name.yaml" "/tmp/lease/$name.log"; do
             [ ! -e "$f" ] || cp "$f" "$out/"
         done
@@ -109,8 +123,10 @@ run)
     exit "$status"
     ;;
 restore)
-    restore
+    status=0
+    restore || status=1
     git status --short codec/weights
+    exit "$status"
     ;;
 *)
     echo "usage: train/lease.sh prepare [MB] | run SECONDS [CONFIG ...] | restore" >&2
