@@ -56,12 +56,14 @@ def _terms(ref: np.ndarray, est: np.ndarray, rate: int) -> Iterator[tuple[int, n
             yield w, loss.log_distance(loss.mel(x, w), loss.mel(y, w))[0].numpy()
 
 
-def split(ref: np.ndarray, est: np.ndarray, rate: int, edges: tuple[float, ...] = RANGES_HZ) -> tuple[np.ndarray, np.ndarray]:
+def split(ref: np.ndarray, est: np.ndarray, rate: int, edges: tuple[float, ...] = RANGES_HZ,
+          computed: list[tuple[int, np.ndarray]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The mel distance of ``est`` against ``ref`` (both ``[T]``, at least the longest window
     long) split two ways: per window ``[W]`` and per frequency range ``[len(edges)]`` (bands by
-    their centre), each summing to the distance."""
+    their centre), each summing to the distance. ``computed``: what :func:`_terms` gives for
+    the pair, if already computed."""
     per_window, per_range = [], np.zeros(len(edges))
-    for w, terms in _terms(ref, est, rate):
+    for w, terms in computed or _terms(ref, est, rate):
         centres = librosa.mel_frequencies(terms.shape[0] + 2, fmin=0.0, fmax=rate / 2)[1:-1]
         which = np.searchsorted(np.asarray(edges), centres, side="right") - 1  # [M] range of each band
         per_window.append(terms.mean())
@@ -69,18 +71,18 @@ def split(ref: np.ndarray, est: np.ndarray, rate: int, edges: tuple[float, ...] 
     return np.array(per_window), per_range
 
 
-def split_by_level(ref: np.ndarray, est: np.ndarray, rate: int,
-                   edges_db: tuple[float, ...] = LEVELS_DB) -> tuple[np.ndarray, np.ndarray]:
+def split_by_level(ref: np.ndarray, est: np.ndarray, rate: int, edges_db: tuple[float, ...] = LEVELS_DB,
+                   computed: list[tuple[int, np.ndarray]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The mel distance of ``est`` against ``ref`` (both ``[T]``, at least the longest window
     long) split by the level of ``ref`` around each frame of the metric (:func:`levels_db`;
     ``edges_db`` are the lower edges of the classes after the first): ``[len(edges_db) + 1]``
     parts summing to the distance, and the share of ``ref``'s time in each class (the frames
-    of the metric's :data:`TIME_WINDOW`-sample window)."""
+    of the metric's :data:`TIME_WINDOW`-sample window). ``computed``: as :func:`split` takes it."""
     loss = _mel_loss(rate)
     if TIME_WINDOW not in loss.windows:
         raise ValueError(f"TIME_WINDOW {TIME_WINDOW} is not one of the metric's windows {loss.windows}")
     parts, time = np.zeros(len(edges_db) + 1), np.zeros(len(edges_db) + 1)
-    for w, terms in _terms(ref, est, rate):
+    for w, terms in computed or _terms(ref, est, rate):
         centres = np.arange(terms.shape[1]) * (w // 4)  # frame i is centred on sample i * hop (center=True)
         which = np.searchsorted(np.asarray(edges_db), levels_db(ref, rate, centres), side="right")  # [frames]
         parts += np.bincount(which, weights=terms.sum(axis=0), minlength=len(parts)) / terms.size
@@ -163,10 +165,11 @@ def main() -> None:
             if clip_rate != rate:
                 ref = soxr.resample(ref, clip_rate, rate).astype(np.float32)
             est = opus_audio(ref, args.kbps, rate, "PCM_24") if model is None else round_trip(model, ref, args.kbps, aligned=True)
-            w, r = split(ref, est, rate)
+            terms = list(_terms(ref, est, rate))  # (the mel spectra once for both splits)
+            w, r = split(ref, est, rate, computed=terms)
             windows.append(w)
             ranges.append(r)
-            by_level, time = split_by_level(ref, est, rate)
+            by_level, time = split_by_level(ref, est, rate, computed=terms)
             levels.append(by_level)
             times.append(time)
             for lo, hi in args.phase_oracle if model is not None else ():

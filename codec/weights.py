@@ -245,13 +245,18 @@ def load(name_or_path: str | Path | None = None) -> Codec:
     return _load_file(path, dict(REGISTRY[key].config) if key in REGISTRY else {})
 
 
+def registered(name: str) -> RegisteredModel | None:
+    """The registry entry of a built-in model's name or alias; None for any other name."""
+    return REGISTRY.get(ALIASES.get(name, name))
+
+
 def registered_config(name: str) -> CodecConfig | None:
     """A built-in model's config (a registered name or alias), from its file's metadata alone
     (no weights read, no sha256 check); None for any other name."""
-    key = ALIASES.get(name, name)
-    if key not in REGISTRY:
+    entry = registered(name)
+    if entry is None:
         return None
-    return _read_file(WEIGHTS_DIR / REGISTRY[key].file, dict(REGISTRY[key].config), tensors=False)[0]
+    return _read_file(WEIGHTS_DIR / entry.file, dict(entry.config), tensors=False)[0]
 
 
 def _read_file(path: Path, overrides: dict, tensors: bool = True) -> tuple[CodecConfig, dict]:

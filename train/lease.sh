@@ -60,11 +60,11 @@ prepare)
     INIT=${RVQ_LEASE_INIT:-rvq24k}
     restore || { echo "lease: $PARKED still holds weights files: sort them out first" >&2; exit 1; }
     needed=$(python3 -c 'import sys
-from codec.weights import ALIASES, REGISTRY
-name = ALIASES.get(sys.argv[1], sys.argv[1])
-if name not in REGISTRY:
+from codec.weights import registered
+entry = registered(sys.argv[1])
+if entry is None:
     sys.exit(f"lease: RVQ_LEASE_INIT must name a built-in model, got {sys.argv[1]!r}")
-print(REGISTRY[name].file)' "$INIT")
+print(entry.file)' "$INIT")
     rm -rf .gpu/data .whl
     python3 -m train.subset ../shared/corpus/manifest.tsv .gpu/data --max-mb "$mb" --shares "$SHARES"
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
