@@ -9,10 +9,15 @@
 #                                        # aside; refuses (after putting them back) if what
 #                                        # travels would be over 64 MiB
 #   device run: bash train/lease.sh run SECONDS [CONFIG ...]   with carry [".gpu", ".whl"]
+#                                        # (500 of a 15-minute lease, session 31)
 #                                        # there: train.timed from the default model for SECONDS
 #                                        # (default recipe configs/logmel24k-lowband-gan.yaml);
 #                                        # each recipe's export, recipe and log into $OUT
 #   bash train/lease.sh restore          # here: the weights files back in place
+#
+# A second call on the machine still warm goes on from the first's export (which `run` would
+# delete): `cp /tmp/lease/NAME.safetensors /tmp/prev.safetensors && RVQ_LEASE_INIT=/tmp/prev.safetensors
+# bash train/lease.sh run SECONDS` (session 31). The discriminators start afresh each call.
 #
 # Why move weights aside: the package's weights files are most of the tracked tree (65 of its
 # 67 MB in session 30), which leaves no room for training data in a call; a run reads the
@@ -117,6 +122,10 @@ run)
         for f in "/tmp/lease/$name.safetensors" "/tmp/lease/$name.yaml" "/tmp/lease/$name.log"; do
             [ ! -e "$f" ] || cp "$f" "$out/"
         done
+        if [ -e "/tmp/lease/$name/log.jsonl" ]; then  # the run's losses, in its log (8 files come back)
+            { echo "# train/monitor.py's log.jsonl: the logged scalars, a line every log_every steps"
+              cat "/tmp/lease/$name/log.jsonl"; } >> "$out/$name.log"
+        fi
         [ -e "/tmp/lease/$name.safetensors" ] || { echo "lease: $name was not exported (see $out/timed.log)" >&2; status=1; }
     done
     ls -l "$out"
