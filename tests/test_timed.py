@@ -13,7 +13,7 @@ import yaml
 
 from codec import load
 from train.config import TrainConfig
-from train.timed import Pacing, main, run_timed
+from train.timed import LAST_ONLY, Pacing, derived_recipe, main, run_timed
 from train_support import CONFIGS, write_corpus
 
 
@@ -39,6 +39,9 @@ def test_timed_runs_end_with_the_schedule(tmp_path: Path) -> None:
     for plan, lr in zip(plans, (1e-3, 2e-3)):
         assert plan.steps >= 1 and plan.speed > 0
         cfg = TrainConfig.from_yaml(out / f"{plan.name}.yaml")  # the run's exact recipe
+        # tiny's discriminators start at step 2: the probe's generator heard them from step 0
+        assert TrainConfig.from_yaml(out / f"probe-{plan.name}.yaml").loss.adversarial_start_step == 0
+        assert cfg.loss.adversarial_start_step == 2
         assert cfg.max_steps == plan.steps and cfg.optim.decay_steps == plan.steps
         assert cfg.optim.lr == lr and cfg.optim.schedule == "cosine"
         rows = [json.loads(line) for line in (out / plan.name / "log.jsonl").read_text().splitlines()]
@@ -135,3 +138,23 @@ def test_a_recipe_named_as_a_folder_timed_keeps_is_refused(tmp_path: Path, stem:
     with pytest.raises(DataError, match=f"{stem}.yaml"):
         run_timed([recipe], tmp_path / "corpus", tmp_path / "t", seconds=60, device="cpu", say=lambda m: None)
     assert not (tmp_path / "t").exists()  # refused before anything was made
+
+
+def test_a_probe_times_the_steps_that_hear_the_discriminators(tmp_path: Path) -> None:
+    """A GAN recipe's probe has the generator hear the discriminators from its first step (in
+    their warm-up a step is cheaper, and a probe there overestimated the speed); the run's
+    recipe keeps the warm-up, and a recipe without discriminators is probed as it is."""
+    gan = cosine_recipe(tmp_path / "gan.yaml", 1e-3)
+    recipe = yaml.safe_load(gan.read_text())
+    recipe["loss"] = {"adversarial_start_step": 2, "disc_warmup_steps": 5}
+    gan.write_text(yaml.safe_dump(recipe))
+    probe = TrainConfig.from_yaml(derived_recipe(gan, tmp_path / "probe.yaml", 4, 1, LAST_ONLY, probe=True))
+    run = TrainConfig.from_yaml(derived_recipe(gan, tmp_path / "run.yaml", 4, 1, LAST_ONLY))
+    assert (probe.loss.adversarial_start_step, probe.loss.disc_warmup_steps) == (0, 0)
+    assert (run.loss.adversarial_start_step, run.loss.disc_warmup_steps) == (2, 5)
+    assert probe.loss.adversarial == run.loss.adversarial > 0 and probe.max_steps == run.max_steps == 4
+    recipe["loss"].update(adversarial=0.0, feature_matching=0.0)
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump(recipe))
+    probed = TrainConfig.from_yaml(derived_recipe(plain, tmp_path / "probe-plain.yaml", 4, 1, LAST_ONLY, probe=True))
+    assert probed.loss == TrainConfig.from_yaml(plain).loss
