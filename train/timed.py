@@ -89,7 +89,8 @@ def derived_recipe(source: Path, dest: Path, steps: int, log_every: int, checkpo
     so that the probe times the steps most of the run takes. Why: in their warm-up
     (``disc_warmup_steps``) a step is cheaper, and a probe inside it overestimated the speed
     (session 31, the GAN recipe on an H100: 2.59 steps/s probed, about 2.1 over the run,
-    stopped at step 847 of the 954 planned)."""
+    stopped at step 847 of the 954 planned). The warm-up's cheaper steps then leave a little of
+    the time unused: the safe side."""
     recipe = {
         "base": str(source.resolve()),
         "optim": {"decay_steps": steps},
