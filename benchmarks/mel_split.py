@@ -37,7 +37,7 @@ from codec import load, opus  # noqa: E402
 from codec.audio_io import read_audio  # noqa: E402
 from codec.errors import CodecError  # noqa: E402
 from codec.evaluate import list_clips  # noqa: E402
-from codec.metrics import _mel_loss, pesq_wb  # noqa: E402
+from codec.metrics import _mel_loss, mel_distance, pesq_wb  # noqa: E402
 from heldout import load_any, opus_audio, round_trip  # noqa: E402
 
 RANGES_HZ = (0.0, 1000.0, 4000.0, 8000.0)  # lower edges; the last range runs to Nyquist
@@ -82,9 +82,10 @@ def split_by_level(ref: np.ndarray, est: np.ndarray, rate: int, edges_db: tuple[
     if TIME_WINDOW not in loss.windows:
         raise ValueError(f"TIME_WINDOW {TIME_WINDOW} is not one of the metric's windows {loss.windows}")
     parts, time = np.zeros(len(edges_db) + 1), np.zeros(len(edges_db) + 1)
+    level = level_curve_db(ref, rate)  # (once for all windows)
     for w, terms in computed or _terms(ref, est, rate):
         centres = np.arange(terms.shape[1]) * (w // 4)  # frame i is centred on sample i * hop (center=True)
-        which = np.searchsorted(np.asarray(edges_db), levels_db(ref, rate, centres), side="right")  # [frames]
+        which = np.searchsorted(np.asarray(edges_db), level[np.minimum(centres, len(ref) - 1)], side="right")  # [frames]
         parts += np.bincount(which, weights=terms.sum(axis=0), minlength=len(parts)) / terms.size
         if w == TIME_WINDOW:
             time = np.bincount(which, minlength=len(parts)) / terms.shape[1]
@@ -95,12 +96,16 @@ def levels_db(audio: np.ndarray, rate: int, centres: np.ndarray) -> np.ndarray:
     """The mean square of ``audio`` ``[T]`` over :data:`LEVEL_SECONDS` centred on each sample
     of ``centres`` ``[N]`` (clipped to the audio; at its ends, over the samples there are), in
     dB re full scale: ``[N]``."""
+    return level_curve_db(audio, rate)[np.minimum(centres, len(audio) - 1)]
+
+
+def level_curve_db(audio: np.ndarray, rate: int) -> np.ndarray:
+    """:func:`levels_db` at every sample of ``audio`` ``[T]``: ``[T]``."""
     span = max(1, round(LEVEL_SECONDS * rate))
     kernel = np.ones(span)
     energy = np.convolve(np.asarray(audio, dtype=np.float64) ** 2, kernel, mode="same")
     count = np.convolve(np.ones(len(audio)), kernel, mode="same")
-    at = np.minimum(centres, len(audio) - 1)
-    return 10 * np.log10(energy[at] / count[at] + 1e-20)
+    return 10 * np.log10(energy / count + 1e-20)
 
 
 def with_original_phase(ref: np.ndarray, est: np.ndarray, rate: int, lo: float, hi: float) -> np.ndarray:
@@ -175,7 +180,7 @@ def main() -> None:
             for lo, hi in args.phase_oracle if model is not None else ():
                 z = with_original_phase(ref, est, rate, lo, hi)
                 score = pesq_wb(ref, z, rate) if args.category == "speech" else None
-                oracles[lo, hi].append((float(split(ref, z, rate)[0].sum()), score))
+                oracles[lo, hi].append((mel_distance(ref, z, rate), score))
         w, r, lv = np.mean(windows, axis=0), np.mean(ranges, axis=0), np.mean(levels, axis=0)
         rows.append([spec, f"{w.sum():.3f}", *(f"{v:.3f}" for v in r), *(f"{v:.3f}" for v in w)])
         level_rows.append([spec, f"{w.sum():.3f}", *(f"{v:.3f}" for v in lv)])
