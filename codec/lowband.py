@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -52,6 +52,8 @@ from .streaming import ConvState, ConvTransposeState, StreamingModule
 
 if TYPE_CHECKING:
     from .config import CodecConfig
+
+T = TypeVar("T", Tensor, np.ndarray)  # what _step takes and gives
 
 COEF_BITS = 4
 LEVELS = 2 ** (COEF_BITS - 1) - 1  # a coefficient is rounded to -LEVELS..LEVELS steps (15 values)
@@ -217,7 +219,7 @@ class LowbandEncoder(LowbandCoder):
             gain_code, q = quantize_arithmetic(ratio, words * self.word_bits - GAIN_BITS)
             return _pack_arithmetic(gain_code, q, words, self.word_bits)
         gain_code, q = quantize(ratio)
-        return _pack(gain_code, q + LEVELS, words, self.word_bits)
+        return _pack(gain_code, q, words, self.word_bits)
 
 
 class LowbandDecoder(LowbandCoder):
@@ -234,12 +236,9 @@ class LowbandDecoder(LowbandCoder):
         steps (what the quantizer rounded, about -1..1 of the gain) and the coefficients, both
         ``[B, F, bins]`` float64."""
         bins = self.bins(words.shape[1])
-        if self.coding == "arithmetic":
-            gain_code, q = _unpack_arithmetic(words, bins, self.word_bits)
-        else:
-            gain_code, q = _unpack(words, bins, self.word_bits)
-            q = q - LEVELS
-        ratio = q.double() * (_gain(gain_code.double()) / LEVELS)
+        unpack = _unpack_arithmetic if self.coding == "arithmetic" else _unpack
+        gain_code, q = unpack(words, bins, self.word_bits)
+        ratio = q.double() * _step(gain_code.double())
         return ratio, ratio * self.steps(latent, bins)
 
     def synthesise(self, coefs: Tensor) -> Tensor:
@@ -273,7 +272,7 @@ def quantize(ratio: Tensor) -> tuple[Tensor, Tensor]:
     24 kbps against the largest ratio's gain)."""
     top = torch.from_numpy(_covering_code(ratio.detach().cpu().double().numpy())).to(ratio)
     codes = (top - torch.arange(GAIN_SEARCH + 1, dtype=top.dtype, device=top.device)).clamp(0, GAIN_MAX)
-    step = (_gain(codes) / LEVELS)[..., None]  # [B, F, candidates, 1]
+    step = _step(codes)[..., None]  # [B, F, candidates, 1]
     q = torch.round(ratio[..., None, :] / step).clamp(-LEVELS, LEVELS)  # [B, F, candidates, bins]
     best = ((q * step - ratio[..., None, :]) ** 2).sum(-1).argmin(-1, keepdim=True)  # [B, F, 1] (first of ties)
     picked = q.gather(-2, best[..., None].expand(*best.shape, q.shape[-1]))[..., 0, :]
@@ -406,33 +405,33 @@ def _unpack_arithmetic(words: Tensor, bins: int, word_bits: int) -> tuple[Tensor
     return gain.to(words.device), steps.to(words.device)
 
 
-def _gain(code: Tensor) -> Tensor:
-    return torch.exp2((code - GAIN_OFFSET) / GAIN_STEPS_PER_OCTAVE)
-
-
-def _step(code: np.ndarray) -> np.ndarray:
-    """The coefficients' step at gain code(s) ``code`` (float64): the gain over ``LEVELS``, as
-    :func:`_gain` gives the gain (the NumPy side of the encoder's search)."""
-    return np.exp2((code - GAIN_OFFSET) / GAIN_STEPS_PER_OCTAVE) / LEVELS
+def _step(code: T) -> T:
+    """The coefficients' step at gain code(s) ``code``: the gain, ``2 ** ((code - GAIN_OFFSET)
+    / GAIN_STEPS_PER_OCTAVE)``, over ``LEVELS``. A float tensor (the decoder, the fixed
+    coding's search) or a NumPy array (the arithmetic coding's search), answered in kind."""
+    exp2 = torch.exp2 if isinstance(code, Tensor) else np.exp2
+    return exp2((code - GAIN_OFFSET) / GAIN_STEPS_PER_OCTAVE) / LEVELS
 
 
 def _pack(gain_code: Tensor, q: Tensor, words: int, word_bits: int) -> Tensor:
-    """Gain ``[B, F, 1]`` and coefficients ``[B, F, bins]`` -> words ``[B, words, F]``: the
-    bits most significant first, zero-padded to ``words * word_bits``."""
+    """Gain ``[B, F, 1]`` and coefficients ``[B, F, bins]`` (-LEVELS..LEVELS) -> words ``[B,
+    words, F]``: the bits most significant first (a coefficient as ``q + LEVELS`` in
+    ``COEF_BITS``), zero-padded to ``words * word_bits``."""
     b, f, bins = q.shape
     bits = torch.zeros(b, f, words * word_bits, dtype=torch.long, device=q.device)
     bits[..., :GAIN_BITS] = _bits(gain_code, GAIN_BITS).reshape(b, f, GAIN_BITS)
-    bits[..., GAIN_BITS : GAIN_BITS + bins * COEF_BITS] = _bits(q, COEF_BITS).reshape(b, f, bins * COEF_BITS)
+    bits[..., GAIN_BITS : GAIN_BITS + bins * COEF_BITS] = _bits(q + LEVELS, COEF_BITS).reshape(b, f, bins * COEF_BITS)
     return _value(bits.reshape(b, f, words, word_bits), word_bits).transpose(1, 2)
 
 
 def _unpack(words: Tensor, bins: int, word_bits: int) -> tuple[Tensor, Tensor]:
-    """Words ``[B, words, F]`` -> gain codes ``[B, F, 1]`` and coefficient codes ``[B, F, bins]``."""
+    """Words ``[B, words, F]`` -> gain codes ``[B, F, 1]`` and coefficients ``[B, F, bins]``
+    in steps (-LEVELS..LEVELS + 1: the code 15, which :func:`_pack` never writes, reads as 8)."""
     b, n, f = words.shape
     bits = _bits(words.transpose(1, 2).long(), word_bits).reshape(b, f, n * word_bits)
     gain = _value(bits[..., :GAIN_BITS], GAIN_BITS)[..., None]
     q = _value(bits[..., GAIN_BITS : GAIN_BITS + bins * COEF_BITS].reshape(b, f, bins, COEF_BITS), COEF_BITS)
-    return gain, q
+    return gain, q - LEVELS
 
 
 def _bits(values: Tensor, width: int) -> Tensor:

@@ -85,7 +85,7 @@ def test_the_words_carry_the_gain_and_coefficient_codes_unchanged():
     assert GAIN_BITS + bins * COEF_BITS <= words * bits < GAIN_BITS + (bins + 1) * COEF_BITS
     g = torch.Generator().manual_seed(1)
     gain = torch.randint(0, 2 ** GAIN_BITS, (3, 5, 1), generator=g)
-    q = torch.randint(0, 2 ** COEF_BITS - 1, (3, 5, bins), generator=g)
+    q = torch.randint(-LEVELS, LEVELS + 1, (3, 5, bins), generator=g)
     packed = _pack(gain, q, words, bits)
     assert packed.shape == (3, words, 5) and 0 <= packed.min() and packed.max() < 2 ** bits
     gain2, q2 = _unpack(packed, bins, bits)
@@ -103,7 +103,7 @@ def test_the_gain_brings_the_decoded_coefficients_closer_than_the_largest_ones_g
     ratio = magnitude * torch.where(torch.rand(2, frames, bins, generator=g) < 0.5, -1.0, 1.0).double()
     gain, q = quantize(ratio)
     dec = LowbandDecoder(24000, HOP, OVERLAP, 80, bits)
-    decoded, _ = dec.coefficients(_pack(gain, q + 7, words, bits), torch.zeros(2, 80, frames))
+    decoded, _ = dec.coefficients(_pack(gain, q, words, bits), torch.zeros(2, 80, frames))
     error = ((decoded - ratio) ** 2).sum(-1)
     peak_code = torch.ceil(torch.log2(ratio.abs().amax(-1, keepdim=True)) * 4 - 1e-9) + 32
     step = torch.exp2((peak_code - 32) / 4) / 7
@@ -143,7 +143,7 @@ def test_arithmetic_coding_fits_the_frame_and_comes_closer_than_four_bits(bins, 
     decoded, _ = dec.coefficients(packed, torch.zeros(2, 80, frames))
     assert torch.allclose(decoded, q.double() * torch.exp2((gain.double() - 32) / 4) / 7)
     fixed_gain, fixed_q = quantize(ratio)
-    fixed, _ = LowbandDecoder(24000, HOP, OVERLAP, 80, bits).coefficients(_pack(fixed_gain, fixed_q + 7, words, bits),
+    fixed, _ = LowbandDecoder(24000, HOP, OVERLAP, 80, bits).coefficients(_pack(fixed_gain, fixed_q, words, bits),
                                                                          torch.zeros(2, 80, frames))
     gap = 10 * torch.log10(((fixed - ratio) ** 2).sum() / ((decoded - ratio) ** 2).sum())
     assert gap > 2.5, gap
