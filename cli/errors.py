@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import signal
 import sys
 import threading
 from typing import Iterator
 
 import typer
+from typer.core import TyperGroup
 
 from codec.endpoints import ending_signals
 from codec.errors import CodecError
@@ -62,6 +64,39 @@ def user_errors() -> Iterator[None]:
 
 
 def _fail(message: str, code: int) -> None:
+    _say(message)
+    raise typer.Exit(code)
+
+
+def _say(message: str) -> None:
     first = message.strip().splitlines()[0] if message.strip() else "failed"
     print(f"error: {first}", file=sys.stderr)
-    raise typer.Exit(code)
+
+
+# Click's exceptions, from the Click that Typer runs on (recent Typers carry a copy of their own).
+_CLICK = importlib.import_module(TyperGroup.__mro__[1].__module__.rpartition(".")[0] + ".exceptions")
+_NO_ARGS_IS_HELP = getattr(_CLICK, "NoArgsIsHelpError", ())  # (Click 8.2 on; before, the help exits itself)
+
+
+class OneLineErrors(TyperGroup):
+    """Typer's command group, whose own checks of the command line (a value of the wrong type
+    or out of range, an unknown option, a missing argument) print one line, ``error: ...``, and
+    exit 1, as the commands' mistakes do (:func:`user_errors`), not Click's usage box and 2. A
+    command alone still prints its help."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[no-untyped-def, override]
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)  # (an Exit's code, else the command's value)
+        except _NO_ARGS_IS_HELP as exc:  # (its message is the help; Typer's rich help has printed itself)
+            if exc.format_message().strip():
+                print(exc.format_message())
+            sys.exit(exc.exit_code)
+        except _CLICK.ClickException as exc:
+            _say(exc.format_message())
+            sys.exit(1)
+        except typer.Abort:  # (Ctrl-C or end of input outside a command's own handling)
+            _say("interrupted")
+            sys.exit(128 + signal.SIGINT)
+        sys.exit(code if isinstance(code, int) else 0)

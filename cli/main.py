@@ -19,11 +19,11 @@ from codec.bitstream import Header
 from codec.lowband import describe
 from codec.weights import ModelError, registered_config
 
-from .errors import user_errors
+from .errors import OneLineErrors, user_errors
 from .options import FileThreadsOpt, ForceOpt, KbpsOpt, ModelOpt, QuietOpt, set_threads
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="rvqcodec: neural audio codec, 1.5-24 kbps, streaming.",
 )
 
@@ -117,11 +117,3 @@ for _name in ("cli.train", "cli.evaluate", "cli.stream"):
     except ModuleNotFoundError as _exc:
         if _exc.name != _name:
             raise
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -34,12 +34,14 @@ RealtimeOpt = Annotated[bool, typer.Option(
     "--realtime", help="Read the input no faster than real time (demos, latency tests).")]
 RawOpt = Annotated[bool, typer.Option(
     "--raw", help="Input is headerless signed 16-bit little-endian PCM (needs --rate and --channels).")]
+RAW_RATES = (1000, 768000)  # the --raw rates taken, in Hz
 RateOpt = Annotated[Optional[int], typer.Option(help="Sample rate of --raw input, in Hz.")]
 ChannelsOpt = Annotated[Optional[int], typer.Option(help="Channels of --raw input (interleaved).")]
 ChunkOpt = Annotated[float, typer.Option("--chunk-ms", help="Input read size in milliseconds.")]
 PacketOpt = Annotated[Optional[int], typer.Option(
     "--packet-frames", help=(
-        "Frames per packet (default: 20 ms worth, 2 frames at 75 Hz, to - or tcp://; 1 for the lowest latency. "
+        "Frames per packet (default to - or tcp://: the fewest frames that last 20 ms, 2 at 75 Hz or 26.7 ms; "
+        "1 for the lowest latency. "
         "To a file: compress's packets, which keep it near its bitrate)."))]
 
 DecodeInput = Annotated[str, typer.Option("--input", "-i", help=(
@@ -102,6 +104,8 @@ def _raw_format(raw: bool, rate: int | None, channels: int | None) -> PcmFormat 
         return None
     if rate is None or channels is None:
         raise CodecError("--raw needs --rate and --channels (e.g. --raw --rate 24000 --channels 1)")
+    if not RAW_RATES[0] <= rate <= RAW_RATES[1]:  # (--rate 24 for 24 kHz would code 1,000 times too long)
+        raise CodecError(f"--rate is in Hz, {RAW_RATES[0]} to {RAW_RATES[1]} (e.g. 24000), got {rate}")
     return PcmFormat(rate, channels)
 
 

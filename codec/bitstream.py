@@ -162,12 +162,14 @@ def encode_end(num_samples: int) -> bytes:
 @dataclass
 class Packet:
     """A parsed packet: ``codes`` ``[F, C, K]``, or ``None`` when it was damaged or lost, and
-    then ``frames`` is the number of frames it is believed to have held."""
+    then ``frames`` is the number of frames it is believed to have held and ``packets`` the
+    number of packets (damaged bytes longer than a packet stand for several)."""
 
     index: int
     frames: int
     codes: np.ndarray | None
     error: str | None = None
+    packets: int = 1
 
 
 @dataclass(frozen=True)
@@ -305,7 +307,7 @@ class PacketParser:
         frames = exact[0] if exact else packets * h.packet_frames
         self.index += packets
         why = "CRC mismatch" if reason == "crc" and exact else "damaged or missing bytes"
-        return Packet(self.index - packets, frames, None, why)
+        return Packet(self.index - packets, frames, None, why, packets)
 
 
 def iter_packets(f: BinaryIO, header: Header, strict: bool = True) -> Iterator[Packet | End]:

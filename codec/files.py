@@ -120,7 +120,7 @@ def check_output(path: Path, force: bool, source: Path | None = None) -> Path:
         raise CodecError(f"output is a directory: {path}")
     if path.exists() and not path.is_file():
         raise CodecError(f"output is not a regular file (a device or a pipe): {path}")
-    if path.exists() and not force:
+    if os.path.lexists(path) and not force:  # (a link to nowhere too: the output would replace it)
         raise CodecError(f"output file exists: {path} (use --force to overwrite)")
     if source is not None and path.exists() and Path(source).exists() and os.path.samefile(path, source):
         raise CodecError(f"output is the input file: {path}")
@@ -135,7 +135,8 @@ def open_audio(path: Path) -> sf.SoundFile:
     """An audio file for block reading; one-line errors for missing, unreadable or empty files."""
     path = Path(path)
     if not path.exists():
-        raise AudioError(f"input file not found: {path}")
+        stdin = "; `rvqcodec stream encode -i -` reads standard input" if str(path) == "-" else ""
+        raise AudioError(f"input file not found: {path}{stdin}")
     if path.is_dir():
         raise AudioError(f"input is a directory, not an audio file: {path}")
     if not path.is_file():  # compress needs the length and a seekable file up front
@@ -373,9 +374,9 @@ def read_info(path: Path) -> FileInfo:
             if isinstance(record, End):
                 num_samples = record.num_samples
                 continue
-            packets += 1
+            packets += record.packets
             frames += record.frames
-            damaged += record.codes is None
+            damaged += record.packets if record.codes is None else 0
         # A stream of unknown length without its end record was cut short.
         truncated = num_samples == UNKNOWN_LENGTH or frames < expected_frames(header, num_samples)
     return FileInfo(header, path.stat().st_size, packets, frames, damaged, truncated, num_samples)

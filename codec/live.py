@@ -207,6 +207,8 @@ def decode_live(
 ) -> DecodeReport:
     """Decode ``input`` (file, ``-`` or ``tcp://HOST:PORT`` to listen on) to ``output`` (file or
     ``-``) as packets arrive. Damage is concealed and counted in the report's ``stats``."""
+    if timeout is not None and not timeout > 0:
+        raise CodecError(f"the timeout must be more than 0 seconds, got {timeout:g}")
     stop = stop if stop is not None else StopFlag()
     codec = resolve_model(model) if model is not None else None
     if parse_address(output) is not None:

@@ -319,7 +319,7 @@ class StreamDecoder:
                 self._last, self._gap = r.codes[-1], 0
                 self._queue.append((r.codes, gains))
             else:
-                self.stats.damaged_packets += 1
+                self.stats.damaged_packets += r.packets
                 self.stats.lost_frames += r.frames
                 if r.frames:
                     self._queue.append(self._conceal(r.frames))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.abc
 import math
 import os
 import resource
@@ -16,6 +17,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
+import cli
 from cli.main import app
 from codec import read_info
 
@@ -111,6 +113,9 @@ def test_quiet_prints_nothing(tmp_path, stereo_wav, small_model_file):
 def test_missing_input(tmp_path, small_model_file):
     out = tmp_path / "x.rvq"
     assert_user_error(invoke("compress", tmp_path / "nope.wav", out, "--model", small_model_file), out)
+    r = invoke("compress", "-", out, "--model", small_model_file)  # (stdin is stream encode's)
+    assert_user_error(r, out)
+    assert "`rvqcodec stream encode -i -` reads standard input" in r.stderr
 
 
 def test_unreadable_and_empty_input(tmp_path, small_model_file):
@@ -138,6 +143,64 @@ def test_existing_output_needs_force(tmp_path, stereo_wav, small_model_file):
     assert out.read_bytes() == b"keep me"
     r = invoke("compress", stereo_wav, out, "--model", small_model_file, "--force")
     assert r.exit_code == 0 and out.read_bytes()[:4] == b"RVQC"
+
+
+def test_a_link_to_nowhere_at_the_output_needs_force(tmp_path, stereo_wav, small_model_file):
+    out = tmp_path / "x.rvq"
+    out.symlink_to(tmp_path / "nowhere" / "x.rvq")
+    assert_user_error(invoke("compress", stereo_wav, out, "--model", small_model_file))
+    assert out.is_symlink()
+    assert invoke("compress", stereo_wav, out, "--model", small_model_file, "--force", "-q").exit_code == 0
+    assert not out.is_symlink() and out.read_bytes()[:4] == b"RVQC"
+
+
+@pytest.mark.parametrize("args, contains", [
+    (["compress", "{wav}", "{out}", "--kbps", "abc"], "Invalid value for '--kbps'"),
+    (["compress", "{wav}", "{out}", "--frobnicate"], "No such option: --frobnicate"),
+    (["compress", "{wav}"], "Missing argument"),
+    (["compresss", "{wav}", "{out}"], "No such command 'compresss'"),
+], ids=["kbps-text", "unknown-option", "missing-argument", "unknown-command"])
+def test_mistyped_command_lines_give_one_line(tmp_path, stereo_wav, args, contains):
+    out = tmp_path / "x.rvq"
+    r = invoke(*[a.format(wav=stereo_wav, out=out) for a in args])
+    assert_user_error(r, out)
+    assert r.exit_code == 1 and contains in r.stderr
+
+
+def test_the_command_alone_prints_its_help():
+    r = invoke()
+    assert r.exit_code == 2 and "Usage" in r.stdout and "compress" in r.stdout and r.stderr == ""
+
+
+def test_ctrl_c_while_the_app_loads_is_one_line(monkeypatch, capsys):
+    """The console script's import of the app (PyTorch, a second or more) interrupted."""
+    class Interrupting(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "cli.main":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "cli.main")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    with pytest.raises(SystemExit) as stopped:
+        cli.run()
+    assert stopped.value.code == 130 and capsys.readouterr().err == "error: interrupted\n"
+
+
+def test_info_counts_every_damaged_packet(good_rvq):
+    """Damage in every packet leaves nothing to resynchronise on: one stretch of damaged bytes,
+    counted as the packets it spans."""
+    info = read_info(good_rvq)
+    h = info.header
+    assert info.packets >= 2 and not info.damaged_packets
+    data = bytearray(good_rvq.read_bytes())
+    for i in range(info.packets):
+        data[len(h.encode()) + i * h.packet_size(h.packet_frames) + 6] ^= 0xFF
+    good_rvq.write_bytes(bytes(data))
+    r = invoke("info", good_rvq)
+    assert r.exit_code == 1
+    assert f"packets      {info.packets} (" in r.stdout
+    assert f"{info.packets} damaged packet(s)" in r.stdout
 
 
 @pytest.fixture
@@ -378,7 +441,7 @@ def test_threads_option_reaches_the_model(tmp_path, stereo_wav, small_model_file
     assert invoke("decompress", rvq, out, "--model", small_model_file, "--threads", "1", "-q").exit_code == 0
     assert invoke("decompress", rvq, out, "--model", small_model_file, "--force", "-q").exit_code == 0
     assert calls == [1, 1]  # and PyTorch's own default without the option
-    assert invoke("compress", stereo_wav, rvq, "--model", small_model_file, "--threads", "0").exit_code == 2
+    assert_user_error(invoke("compress", stereo_wav, rvq, "--model", small_model_file, "--threads", "0"))
 
 
 def test_info_of_a_cut_stream_of_unknown_length_shows_no_bitrate(tmp_path, small_model):

@@ -160,6 +160,18 @@ def test_missing_bytes_are_detected_from_the_framing(tiny_stream):
     assert out.shape == clean.shape
 
 
+def test_damage_in_consecutive_packets_counts_each_packet(tiny_stream):
+    """Packets 20-24 each damaged: the parser finds no valid record between them, so one
+    stretch of bytes stands for the five packets."""
+    model, data, header, clean = tiny_stream
+    bad = bytearray(data)
+    for k in range(20, 25):
+        bad[packet_offset(header, k) + 5] ^= 0xFF
+    out, dec = live_decode(model, bytes(bad))
+    assert (dec.stats.damaged_packets, dec.stats.lost_frames) == (5, 5 * PF)
+    assert out.shape == clean.shape
+
+
 def test_missing_whole_packets_are_counted_from_the_length(tiny_stream):
     model, data, header, clean = tiny_stream
     a, b = packet_offset(header, 10), packet_offset(header, 13)

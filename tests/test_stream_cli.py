@@ -382,8 +382,13 @@ def free_port() -> int:
     (["decode", "-i", "{wav}", "-o", "tcp://127.0.0.1:5000"], "tcp:// outputs are for stream encode"),
     (["decode", "-i", "{wav}", "-o", "{out}"], "not an .rvq file"),
     (["decode", "-i", "tcp://127.0.0.1:0", "-o", "{out}", "--timeout", "0.2", "-q"], "no connection on tcp://127.0.0.1:"),
+    (["encode", "-i", "{wav}", "--raw", "--rate", "24", "--channels", "1"], "--rate is in Hz"),
+    (["decode", "-i", "tcp://127.0.0.1:0", "-o", "{out}", "--timeout", "-5", "-q"], "timeout must be more than 0"),
+    (["decode", "-i", "tcp://127.0.0.1:0", "-o", "{out}", "--timeout", "0", "-q"], "timeout must be more than 0"),
+    (["encode", "-i", "{wav}", "--packet-frames", "two"], "Invalid value for '--packet-frames'"),
 ], ids=["missing", "no-port", "scheme", "refused", "raw-rate", "rate-no-raw", "raw-channels", "kbps",
-        "tcp-input", "chunk-inf", "chunk-0", "packet-0", "encode-suffix", "missing-rvq", "suffix", "tcp-output", "not-rvq", "no-connection"])
+        "tcp-input", "chunk-inf", "chunk-0", "packet-0", "encode-suffix", "missing-rvq", "suffix", "tcp-output", "not-rvq",
+        "no-connection", "rate-in-khz", "timeout-negative", "timeout-0", "packet-frames-text"])
 def test_user_mistakes_give_one_line(tmp_path, tiny, args, contains):
     _, model_file, wav = tiny
     out = tmp_path / "out.wav"
