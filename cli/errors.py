@@ -73,9 +73,9 @@ def _say(message: str) -> None:
     print(f"error: {first}", file=sys.stderr)
 
 
-# Click's exceptions, from the Click that Typer runs on (recent Typers carry a copy of their own).
-_CLICK = importlib.import_module(TyperGroup.__mro__[1].__module__.rpartition(".")[0] + ".exceptions")
-_NO_ARGS_IS_HELP = getattr(_CLICK, "NoArgsIsHelpError", ())  # (Click 8.2 on; before, the help exits itself)
+# Click's exceptions, from the copy of Click that Typer carries.
+_CLICK = importlib.import_module(typer.BadParameter.__module__)
+_NO_ARGS_IS_HELP = _CLICK.NoArgsIsHelpError
 
 
 class OneLineErrors(TyperGroup):
@@ -96,7 +96,7 @@ class OneLineErrors(TyperGroup):
         except _CLICK.ClickException as exc:
             _say(exc.format_message())
             sys.exit(1)
-        except typer.Abort:  # (Ctrl-C or end of input outside a command's own handling)
-            _say("interrupted")
-            sys.exit(128 + signal.SIGINT)
+        except typer.Abort:  # (end of input while Click prompts: none of the commands does)
+            _say("aborted")
+            sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)

@@ -100,8 +100,8 @@ def info(file: Annotated[Path, typer.Argument(help="The .rvq file to inspect.")]
          + f" actual, {h.kbps:g} kbps of codes"),
         ("size", f"{i.bytes} bytes"),
         ("packets", f"{i.packets} ({i.frames} frames, {h.packet_frames} per packet)"),
-        ("crc", "ok" if not i.damaged_packets and not i.truncated else
-         f"{i.damaged_packets} damaged packet(s)" + (", truncated" if i.truncated else "")),
+        ("crc", ", ".join([f"{i.damaged_packets} damaged packet(s)"] * bool(i.damaged_packets)
+                          + ["truncated"] * i.truncated) or "ok"),
     ]
     for key, value in rows:
         typer.echo(f"{key:12s} {value}")

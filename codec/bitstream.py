@@ -163,7 +163,8 @@ def encode_end(num_samples: int) -> bytes:
 class Packet:
     """A parsed packet: ``codes`` ``[F, C, K]``, or ``None`` when it was damaged or lost, and
     then ``frames`` is the number of frames it is believed to have held and ``packets`` the
-    number of packets (damaged bytes longer than a packet stand for several)."""
+    number of packets (damaged bytes longer than a packet stand for several; a corrupt end
+    record for none: the stream's length is then unknown, so it reads as truncated)."""
 
     index: int
     frames: int
@@ -288,10 +289,11 @@ class PacketParser:
             q += 1
         if eof:
             return len(buf)
-        # Nothing valid yet: bound the memory held by dropping all but a packet's worth.
+        # Nothing valid yet: bound the memory held by dropping whole packets' worth, all but the
+        # last packet's (whole, so that each piece dropped counts as the packets it held).
         keep = self.header.packet_size(self.header.packet_frames)
         if len(buf) > MAX_RESYNC_BYTES + keep:
-            return len(buf) - keep
+            return max(keep, (len(buf) - keep) // keep * keep)
         self._scan = max(1, len(buf))
         return None
 
@@ -301,7 +303,7 @@ class PacketParser:
         del self._buf[:skipped]
         self._scan = 1
         if reason == "end" and skipped == _END.size + 4:
-            return Packet(self.index, 0, None, "corrupt end record")  # no frames were in it
+            return Packet(self.index, 0, None, "corrupt end record", packets=0)  # no frames were in it
         exact = [f for f in range(h.packet_frames, 0, -1) if h.packet_size(f) == skipped]
         packets = 1 if exact else -(-skipped // h.packet_size(h.packet_frames))
         frames = exact[0] if exact else packets * h.packet_frames

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from codec import compress_file, decompress_file, read_info
+from codec import bitstream, compress_file, decompress_file, read_info
 from codec.files import TrimmingWriter
 from codec.bitstream import BitstreamError, End, iter_packets, read_header
 from codec.pcm import PcmFormat, read_wav_header, to_pcm16
@@ -170,6 +170,29 @@ def test_damage_in_consecutive_packets_counts_each_packet(tiny_stream):
     out, dec = live_decode(model, bytes(bad))
     assert (dec.stats.damaged_packets, dec.stats.lost_frames) == (5, 5 * PF)
     assert out.shape == clean.shape
+
+
+def test_long_damage_is_dropped_in_whole_packets(tiny_stream, monkeypatch):
+    """Damage longer than the parser holds while it looks for the next record (made small here)
+    is dropped a whole number of packets at a time, so each piece counts the packets it held."""
+    model, data, header, clean = tiny_stream
+    monkeypatch.setattr(bitstream, "MAX_RESYNC_BYTES", 3 * header.packet_size(PF) + 1)
+    a, b = packet_offset(header, 20), packet_offset(header, 60)
+    bad = data[:a] + bytes(b - a) + data[b:]  # packets 20-59 zeroed: no sync byte to try
+    out, dec = live_decode(model, bad, np.random.default_rng(2))
+    assert (dec.stats.damaged_packets, dec.stats.lost_frames) == (40, 40 * PF)
+    assert out.shape == clean.shape
+
+
+def test_a_corrupt_end_record_counts_no_packet(tmp_path, tiny_stream):
+    """It held no frames: the file reads as truncated (its length unknown), its packets as they are."""
+    _, data, _, _ = tiny_stream
+    good, bad = tmp_path / "good.rvq", tmp_path / "bad.rvq"
+    good.write_bytes(data)
+    bad.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # the end record's CRC
+    before, after = read_info(good), read_info(bad)
+    assert not before.truncated and not before.damaged_packets
+    assert (after.packets, after.frames, after.damaged_packets, after.truncated) == (before.packets, before.frames, 0, True)
 
 
 def test_missing_whole_packets_are_counted_from_the_length(tiny_stream):

@@ -3,6 +3,6 @@ command, so single- and multi-process runs take the same options."""
 
 import sys
 
-from cli.main import app
+from cli import run
 
-app(["train", *sys.argv[1:]], prog_name="python -m train")
+run(["train", *sys.argv[1:]], prog_name="python -m train")
