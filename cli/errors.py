@@ -75,7 +75,6 @@ def _say(message: str) -> None:
 
 # Click's exceptions, from the copy of Click that Typer carries.
 _CLICK = importlib.import_module(typer.BadParameter.__module__)
-_NO_ARGS_IS_HELP = _CLICK.NoArgsIsHelpError
 
 
 class OneLineErrors(TyperGroup):
@@ -89,7 +88,7 @@ class OneLineErrors(TyperGroup):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)  # (an Exit's code, else the command's value)
-        except _NO_ARGS_IS_HELP as exc:  # (its message is the help; Typer's rich help has printed itself)
+        except _CLICK.NoArgsIsHelpError as exc:  # (its message is the help; Typer's rich help has printed itself)
             if exc.format_message().strip():
                 print(exc.format_message())
             sys.exit(exc.exit_code)

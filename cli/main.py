@@ -88,6 +88,7 @@ def info(file: Annotated[Path, typer.Argument(help="The .rvq file to inspect.")]
         i = read_info(file)
     h = i.header
     length = "unknown" if math.isnan(i.seconds) else f"{i.num_samples} ({i.seconds:.3f} s)"
+    crc = ([f"{i.damaged_packets} damaged packet(s)"] if i.damaged_packets else []) + (["truncated"] if i.truncated else [])
     rows = [
         ("model", f"{h.model_id} (weights {h.weights_hash.hex()})"),
         ("sample rate", f"{h.original_rate} Hz (model {h.sample_rate} Hz)"),
@@ -100,8 +101,7 @@ def info(file: Annotated[Path, typer.Argument(help="The .rvq file to inspect.")]
          + f" actual, {h.kbps:g} kbps of codes"),
         ("size", f"{i.bytes} bytes"),
         ("packets", f"{i.packets} ({i.frames} frames, {h.packet_frames} per packet)"),
-        ("crc", ", ".join([f"{i.damaged_packets} damaged packet(s)"] * bool(i.damaged_packets)
-                          + ["truncated"] * i.truncated) or "ok"),
+        ("crc", ", ".join(crc) or "ok"),
     ]
     for key, value in rows:
         typer.echo(f"{key:12s} {value}")
