@@ -53,6 +53,8 @@ def train(
     else:
         how = "stopped" if result.stopped else "done"
         typer.echo(f"{how} at step {result.step}: {result.checkpoint}", err=True)
+    if result.stopped:  # (saved and resumable, but not done: `train ... && export ...` stops here)
+        raise typer.Exit(128 + result.signal)
 
 
 def export(

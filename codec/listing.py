@@ -33,7 +33,8 @@ def list_entries(data: Path) -> list[Entry]:
     """Entries of a folder (searched recursively) or of a ``manifest.tsv``.
 
     A manifest's first column is a path relative to the manifest; optional columns
-    ``category`` and ``speaker`` are used for sampling weights and validation split.
+    ``category`` and ``speaker``, named in a header row, are used for sampling weights and
+    validation split. A first row whose first field names a file is an entry, not a header.
     In a folder, a top-level sub-folder named speech, music or general sets the category.
     """
     data = Path(data)
@@ -57,14 +58,15 @@ def _read_manifest(path: Path) -> list[Entry]:
         raise DataError(f"{path} is neither a folder nor a tab-separated manifest") from None
     if not rows:
         return []
-    col = {name: i for i, name in enumerate(rows[0])}
+    headed = not (rows[0] and rows[0][0].strip() and (path.parent / rows[0][0]).is_file())
+    col = {name: i for i, name in enumerate(rows[0])} if headed else {}
 
     def column(row: list[str], name: str) -> str:
         return row[col[name]] if name in col and len(row) > col[name] else ""
 
     return [
         Entry(path.parent / row[0], column(row, "category") or "general", column(row, "speaker"))
-        for row in rows[1:]
+        for row in rows[headed:]
         if row and row[0].strip()
     ]
 

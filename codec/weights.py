@@ -237,7 +237,7 @@ def load(name_or_path: str | Path | None = None) -> Codec:
     else:
         path = Path(key)
         if not path.exists():
-            names = ", ".join(sorted(REGISTRY))
+            names = ", ".join([*(f"{a} (= {n})" for a, n in ALIASES.items()), *sorted(REGISTRY)])
             raise ModelError(f"unknown model {key!r}: not a file, and not one of the built-in models ({names})")
         if path.is_dir():
             raise ModelError(f"model {key!r} is a folder, not a .safetensors file (for a training run's folder, "

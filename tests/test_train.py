@@ -23,7 +23,7 @@ from train.export import export_run
 from train.loop import run
 from train.prepare import build_cache
 from train.trainer import Trainer, lr_factor
-from train_support import CONFIGS, tiny_config, write_corpus
+from train_support import CONFIGS, interrupt_after_step, tiny_config, write_corpus
 
 ALL_TERMS = {"rec/mel", "rec/stft", "rec/waveform", "vq/commitment", "adv/gen", "adv/feat", "disc/hinge"}
 
@@ -226,17 +226,9 @@ def test_resume_reads_the_discriminator_steps_of_older_checkpoints(cache, tmp_pa
 
 def test_signal_stops_with_a_checkpoint_and_old_ones_are_pruned(cache, tmp_path, monkeypatch):
     cfg = tiny_config(top={"checkpoint_every": 1, "keep_checkpoints": 2})
-    step = Trainer.train_step
-
-    def step_then_interrupt(self, audio):
-        log = step(self, audio)
-        if self.step == 4:
-            signal.raise_signal(signal.SIGINT)  # as Ctrl-C would, between two steps
-        return log
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_interrupt)
+    interrupt_after_step(monkeypatch, 4)
     result = run(cfg, cache, tmp_path, max_steps=50, progress=False)
-    assert result.stopped and result.step == 4
+    assert result.stopped and result.step == 4 and result.signal == signal.SIGINT
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003", "step_00000004"]
     state = json.loads((tmp_path / "step_00000004" / "state.json").read_text())
     assert state["step"] == 4 and state["disc_steps"] == 4 - cfg.loss.adversarial_start_step

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from train.checkpoint import list_checkpoints
 from train.prepare import build_cache
-from train_support import CONFIGS, write_corpus
+from train_support import CONFIGS, interrupt_after_step, write_corpus
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +59,30 @@ def test_bad_config_is_one_line(tmp_path, problem):
     data = write_corpus(tmp_path / "data", speech=1, music=0)
     r = invoke("train", "--config", config, "--data", data, "--out", tmp_path / "run", "--quiet")
     assert_one_line_error(r, "c.yaml")
+
+
+@pytest.mark.parametrize("text, says", [
+    ("optim:\n  lr: fast\n", "optim.lr must be a number, got 'fast'"),
+    ("data:\n  batch_size: four\n", "data.batch_size must be an integer, got 'four'"),
+    ("max_steps: 1.5\n", "max_steps must be an integer, got 1.5"),
+    ("freeze_encoder: yes please\n", "freeze_encoder must be true or false"),
+], ids=["float", "int", "int-not-float", "bool"])
+def test_a_value_of_the_wrong_type_is_one_line_before_any_work(tmp_path, text, says):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"base: {CONFIGS / 'tiny.yaml'}\n{text}")
+    data = write_corpus(tmp_path / "data", speech=1, music=0)
+    r = invoke("train", "--config", config, "--data", data, "--out", tmp_path / "run", "--quiet")
+    assert_one_line_error(r, "c.yaml", says)
+    assert not (tmp_path / "run" / "cache").exists()  # refused before the corpus is read
+
+
+def test_an_interrupted_run_exits_with_the_signal_after_saving(tmp_path, monkeypatch):
+    """Saved and resumable, but not done: ``train ... && export ...`` must not go on."""
+    interrupt_after_step(monkeypatch, 2)
+    data = write_corpus(tmp_path / "data", speech=2, music=1)
+    r = invoke("train", "--config", TINY, "--data", data, "--out", tmp_path / "run", "--max-steps", 5, "--quiet")
+    assert r.exit_code == 128 + signal.SIGINT, r.output
+    assert "stopped at step 2" in r.stderr and [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_00000002"]
 
 
 def test_export_of_a_folder_without_checkpoints_is_one_line(tmp_path):

@@ -65,6 +65,23 @@ def test_manifest_columns_and_speaker_split(tmp_path):
     assert speakers == {"spk0", "spk1", "spk2"}
 
 
+def test_a_manifest_without_a_header_keeps_its_first_file(tmp_path):
+    data = write_corpus(tmp_path / "data", speech=3, music=0)
+    names = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.wav"))
+    (data / "bare.tsv").write_text("\n".join(names) + "\n")
+    assert [e.path for e in list_entries(data / "bare.tsv")] == [data / n for n in names]
+    (data / "headed.tsv").write_text("path\tcategory\n" + "".join(f"{n}\tspeech\n" for n in names))
+    entries = list_entries(data / "headed.tsv")
+    assert [e.path for e in entries] == [data / n for n in names] and {e.category for e in entries} == {"speech"}
+
+
+def test_a_missing_file_is_skipped_with_its_reason(tmp_path):
+    data = write_corpus(tmp_path / "data", speech=2, music=0)
+    (data / "m.tsv").write_text("path\nspeech/s0.wav\nspeech/nowhere.wav\n")
+    with pytest.warns(DataWarning, match=r"skipping .*nowhere\.wav: input file not found$"):
+        assert build_cache(data / "m.tsv", tmp_path / "cache", 8000, workers=1) == 1
+
+
 def constant_corpus(root):
     """Speech files hold +0.5, music files -0.5: a crop's sign tells its category."""
     for kind, value in (("speech", 0.5), ("music", -0.5)):

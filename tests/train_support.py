@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from train.config import TrainConfig
+from train.trainer import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -35,3 +37,16 @@ def tiny_config(**sections: dict) -> TrainConfig:
     top = sections.pop("top", {})
     parts = {name: dataclasses.replace(getattr(cfg, name), **values) for name, values in sections.items()}
     return dataclasses.replace(cfg, **parts, **top)
+
+
+def interrupt_after_step(monkeypatch, at: int) -> None:
+    """Training raises SIGINT right after step ``at``, as Ctrl-C would between two steps."""
+    step = Trainer.train_step
+
+    def step_then_interrupt(self, audio):
+        log = step(self, audio)
+        if self.step == at:
+            signal.raise_signal(signal.SIGINT)
+        return log
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_interrupt)

@@ -5,4 +5,4 @@ import sys
 
 from cli import run
 
-run(["train", *sys.argv[1:]], prog_name="python -m train")
+run(["train", *sys.argv[1:]], prog_name="python -m")  # (usage: "python -m train [OPTIONS]")

@@ -201,7 +201,7 @@ class TrainConfig:
             if key in parts:
                 kwargs[key] = _build(parts[key], value or {})
             else:
-                kwargs[key] = value
+                kwargs[key] = _checked(cls, key, value)
         return cls(**kwargs)
 
     @classmethod
@@ -254,4 +254,19 @@ def _build(kind: type, values: dict[str, Any]) -> Any:
     unknown = set(values) - known
     if unknown:
         raise ValueError(f"unknown {kind.__name__} keys: {sorted(unknown)}")
-    return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    return kind(**{k: tuple(v) if isinstance(v, list) else _checked(kind, k, v) for k, v in values.items()})
+
+
+# What a YAML value of a scalar field may be, and its name (other fields are checked where used).
+_SCALARS = {"int": ((int,), "an integer"), "float": ((int, float), "a number"), "bool": ((bool,), "true or false"),
+            "str": ((str,), "text")}
+
+
+def _checked(kind: type, name: str, value: Any) -> Any:
+    """``value`` for field ``name`` of ``kind``, if it is of the field's scalar type (``lr: fast``
+    is refused when the recipe is read, not steps later); booleans are not numbers here."""
+    scalar = _SCALARS.get(str(next(f.type for f in fields(kind) if f.name == name)))
+    if scalar is not None and (not isinstance(value, scalar[0]) or (isinstance(value, bool) and bool not in scalar[0])):
+        section = {"DataConfig": "data.", "LossConfig": "loss.", "DiscConfig": "disc.", "OptimConfig": "optim."}.get(kind.__name__, "")
+        raise ValueError(f"{section}{name} must be {scalar[1]}, got {value!r}")
+    return value

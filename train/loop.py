@@ -4,6 +4,7 @@ out); :func:`run` the loop itself, given a prepared cache."""
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ class RunResult:
     checkpoint: Path | None  # written by this call (None: nothing to do, or not the main process)
     stopped: bool  # by a signal, before the last step
     main: bool = True  # the process that writes checkpoints and logs
+    signal: int = 0  # the signal that stopped it (SIGINT when another process of the run was signalled)
 
 
 def train(
@@ -92,7 +94,7 @@ def run(
     if not clips:
         monitor.message("no validation clips (data.val_fraction selects no speaker or track): validation is off")
     audio_per_step = cfg.data.batch_size * ctx.world_size * cfg.segment / cfg.model.sample_rate
-    saved_at, checkpoint, stopped = (trainer.step if resumed else -1), None, False
+    saved_at, checkpoint, stopped, signum = (trainer.step if resumed else -1), None, False, 0
     try:
         if cfg.data.code_crops:  # the first process encodes, the others wait for it
             if ctx.is_main:
@@ -116,11 +118,11 @@ def run(
                     checkpoint, saved_at = trainer.save(), step
                 monitor.advance(step)
                 if distributed.any_true(bool(stop), ctx):
-                    stopped = step < last
+                    stopped, signum = step < last, stop.signal or signal.SIGINT
                     monitor.message(f"stopping at step {step}")
                     break
             if trainer.step != saved_at:
                 checkpoint = trainer.save()
     finally:
         monitor.close()
-    return RunResult(run_dir, trainer.step, checkpoint, stopped, ctx.is_main)
+    return RunResult(run_dir, trainer.step, checkpoint, stopped, ctx.is_main, signum if stopped else 0)

@@ -43,7 +43,7 @@ def _decode(args: tuple[str, int]) -> tuple[np.ndarray | None, str]:
         mono = to_rate(wav.mean(axis=0), sr, rate)
     except Exception as exc:  # corrupt files are skipped, never fatal
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return None, text.split(": ")[-1]  # the reason; the caller names the file
+        return None, ([part for part in text.split(": ") if part != path] or [text])[-1]  # the reason; the caller names the file
     if not np.isfinite(mono).all():
         return None, "contains NaN or infinite samples"
     return np.clip(np.round(mono * 32767.0), -32768, 32767).astype(np.int16), ""
