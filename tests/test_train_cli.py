@@ -66,8 +66,9 @@ def test_bad_config_is_one_line(tmp_path, problem):
     ("data:\n  batch_size: four\n", "data.batch_size must be an integer, got 'four'"),
     ("max_steps: 1.5\n", "max_steps must be an integer, got 1.5"),
     ("freeze_encoder: yes please\n", "freeze_encoder must be true or false"),
-], ids=["float", "int", "int-not-float", "bool"])
-def test_a_value_of_the_wrong_type_is_one_line_before_any_work(tmp_path, text, says):
+    ("data:\n  segment_seconds: 0.01\n", "crops of at least 2048 samples"),
+], ids=["float", "int", "int-not-float", "bool", "segment-too-short"])
+def test_a_bad_value_is_one_line_before_any_work(tmp_path, text, says):
     config = tmp_path / "c.yaml"
     config.write_text(f"base: {CONFIGS / 'tiny.yaml'}\n{text}")
     data = write_corpus(tmp_path / "data", speech=1, music=0)

@@ -17,6 +17,10 @@ import yaml
 from codec.config import CodecConfig
 from codec.errors import CodecError
 
+# The longest window of the reconstruction losses (codec/mel.py's mel loss, train/losses.py's
+# STFT loss): a training crop must be at least as long.
+LONGEST_FFT = 2048
+
 
 class ConfigError(CodecError):
     """A training configuration that cannot be used (bad YAML, unknown key, bad value)."""
@@ -158,6 +162,9 @@ class TrainConfig:
             raise ValueError(f"optim.schedule must be 'exponential' or 'cosine', got {self.optim.schedule!r}")
         if self.data.batch_size < 1 or self.data.segment_seconds <= 0:
             raise ValueError("data.batch_size and data.segment_seconds must be positive")
+        if self.segment < LONGEST_FFT:
+            raise ValueError(f"data.segment_seconds must give crops of at least {LONGEST_FFT} samples (the losses' "
+                             f"longest window), got {self.segment}")
         if not 0.0 < self.codebook_decay < 1.0:
             raise ValueError("codebook_decay must be in (0, 1)")
         if not phase_shares_valid(self.loss.phase_terms):

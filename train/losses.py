@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from codec.mel import MultiScaleMelLoss  # noqa: F401  (re-exported: the training loss)
 
-from .config import phase_shares_valid
+from .config import ConfigError, phase_shares_valid
 from .discriminators import Judgement
 
 
@@ -77,7 +77,8 @@ class EnvelopeCorrelationLoss(nn.Module):
 
     def forward(self, y: Tensor, x: Tensor) -> Tensor:
         if x.shape[-1] < self.n_fft + self.hop:
-            raise ValueError(f"envelope loss needs at least {self.n_fft + self.hop} samples, got {x.shape[-1]}")
+            raise ConfigError(f"the envelope loss needs crops of at least {self.n_fft + self.hop} samples "
+                              f"(data.segment_seconds), got {x.shape[-1]}")
         ex, ey = self.envelopes(x), self.envelopes(y)
         n = min(self.segment, ex.shape[-1])  # a crop shorter than a segment is one segment
         sx = ex.unfold(-1, n, 1)  # [B, bands, segments, n]
