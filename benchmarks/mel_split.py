@@ -85,7 +85,7 @@ def split_by_level(ref: np.ndarray, est: np.ndarray, rate: int, edges_db: tuple[
     level = level_curve_db(ref, rate)  # (once for all windows)
     for w, terms in computed or _terms(ref, est, rate):
         centres = np.arange(terms.shape[1]) * (w // 4)  # frame i is centred on sample i * hop (center=True)
-        which = np.searchsorted(np.asarray(edges_db), level[np.minimum(centres, len(ref) - 1)], side="right")  # [frames]
+        which = np.searchsorted(np.asarray(edges_db), _at(level, centres), side="right")  # [frames]
         parts += np.bincount(which, weights=terms.sum(axis=0), minlength=len(parts)) / terms.size
         if w == TIME_WINDOW:
             time = np.bincount(which, minlength=len(parts)) / terms.shape[1]
@@ -96,7 +96,12 @@ def levels_db(audio: np.ndarray, rate: int, centres: np.ndarray) -> np.ndarray:
     """The mean square of ``audio`` ``[T]`` over :data:`LEVEL_SECONDS` centred on each sample
     of ``centres`` ``[N]`` (clipped to the audio; at its ends, over the samples there are), in
     dB re full scale: ``[N]``."""
-    return level_curve_db(audio, rate)[np.minimum(centres, len(audio) - 1)]
+    return _at(level_curve_db(audio, rate), centres)
+
+
+def _at(curve: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """``curve`` ``[T]`` at samples ``centres`` ``[N]``, those past its end at its last."""
+    return curve[np.minimum(centres, len(curve) - 1)]
 
 
 def level_curve_db(audio: np.ndarray, rate: int) -> np.ndarray:

@@ -54,16 +54,17 @@ def user_errors() -> Iterator[None]:
         with _terminate_as_interrupt():
             yield
     except CodecError as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
     except (PermissionError, IsADirectoryError, FileNotFoundError) as exc:
-        _fail(f"{exc.strerror}: {exc.filename}", 1)
+        fail(f"{exc.strerror}: {exc.filename}", 1)
     except OSError as exc:
-        _fail(f"I/O error: {exc}", 1)
+        fail(f"I/O error: {exc}", 1)
     except KeyboardInterrupt as exc:
-        _fail("interrupted", 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT))
+        fail("interrupted", 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT))
 
 
-def _fail(message: str, code: int) -> None:
+def fail(message: str, code: int) -> None:
+    """``error: `` and the first line of ``message`` on stderr; exit ``code``."""
     _say(message)
     raise typer.Exit(code)
 

@@ -16,7 +16,7 @@ import typer
 
 from train.prepare import DataWarning
 
-from .errors import user_errors
+from .errors import fail, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -43,7 +43,7 @@ def train(
     from train.loop import train as run_training  # the losses (auraloss, librosa) load only to train
 
     if device not in (None, "cpu", "cuda"):
-        _fail(f"--device must be cpu or cuda, got {device!r}")
+        fail(f"--device must be cpu or cuda, got {device!r}", 1)
     with user_errors(), one_line_warnings():
         result = run_training(config, data, out, max_steps, resume, init, cache, device, progress=not quiet)
     if not result.main:
@@ -70,7 +70,7 @@ def export(
     from train.export import export_run
 
     if output.exists() and not force:
-        _fail(f"output exists: {output} (use --force to overwrite)")
+        fail(f"output exists: {output} (use --force to overwrite)", 1)
     with user_errors():
         path = export_run(run_dir, output, name=name, use_ema=not no_ema, int8=not no_int8)
     typer.echo(f"{path}: written")
@@ -88,7 +88,3 @@ def one_line_warnings() -> Iterator[None]:
         warnings.simplefilter("always", DataWarning)  # a skipped file is never silenced
         yield
 
-
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise typer.Exit(1)

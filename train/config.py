@@ -129,6 +129,10 @@ class OptimConfig:
     ema: float = 0.0  # decay of an EMA copy of the generator (0: none)
 
 
+# The recipe's sections: their keys and the config each one builds.
+SECTIONS = {"model": CodecConfig, "data": DataConfig, "loss": LossConfig, "disc": DiscConfig, "optim": OptimConfig}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     model: CodecConfig = field(default_factory=CodecConfig)
@@ -199,14 +203,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        parts = {"model": CodecConfig, "data": DataConfig, "loss": LossConfig, "disc": DiscConfig, "optim": OptimConfig}
         kwargs: dict[str, Any] = {}
         known = {f.name for f in fields(cls)}
         for key, value in data.items():
             if key not in known:
                 raise ValueError(f"unknown training config key: {key}")
-            if key in parts:
-                kwargs[key] = _build(parts[key], value or {})
+            if key in SECTIONS:
+                kwargs[key] = _build(SECTIONS[key], value or {})
             else:
                 kwargs[key] = _checked(cls, key, value)
         return cls(**kwargs)
@@ -274,6 +277,6 @@ def _checked(kind: type, name: str, value: Any) -> Any:
     is refused when the recipe is read, not steps later); booleans are not numbers here."""
     scalar = _SCALARS.get(str(next(f.type for f in fields(kind) if f.name == name)))
     if scalar is not None and (not isinstance(value, scalar[0]) or (isinstance(value, bool) and bool not in scalar[0])):
-        section = {"DataConfig": "data.", "LossConfig": "loss.", "DiscConfig": "disc.", "OptimConfig": "optim."}.get(kind.__name__, "")
+        section = next((f"{key}." for key, part in SECTIONS.items() if part is kind), "")
         raise ValueError(f"{section}{name} must be {scalar[1]}, got {value!r}")
     return value
