@@ -188,7 +188,8 @@ class PacketParser:
     resynchronises on the next offset where a valid record starts. The skipped bytes come
     out as one damaged :class:`Packet` (``codes=None``) whose frame count is inferred from
     their length: one packet's frames when they are exactly one packet long (damage in
-    place), otherwise as many full packets as they would span (bytes lost). A packet removed
+    place), otherwise as many full packets as they would span (bytes lost); a record cut off by
+    the end of the input ends the damage before it, and reads as a truncated tail. A packet removed
     whole leaves no trace in the framing (version-1 packets carry no sequence number); only
     the stream's length can reveal it. Bytes after the end record are ignored.
     """
@@ -286,6 +287,8 @@ class PacketParser:
             if size < 0 and not eof:
                 self._scan = q  # a candidate whose end has not arrived yet
                 return None
+            if size < 0:
+                return q  # a record cut off by the end of the input: the damage ends there, a truncated tail follows
             q += 1
         if eof:
             return len(buf)

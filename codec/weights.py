@@ -224,25 +224,33 @@ def save_model(model: Codec, path: Path, extra: dict[str, str] | None = None) ->
 
 def load(name_or_path: str | Path | None = None) -> Codec:
     """A ready-to-use model in eval mode: a registered name (default ``rvq24k``) or a file path."""
+    key, path = locate(name_or_path)
+    if key in REGISTRY:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if REGISTRY[key].sha256 != digest:
+            raise ModelError(f"built-in model {key!r} failed its sha256 check ({path})")
+    return _load_file(path, dict(REGISTRY[key].config) if key in REGISTRY else {})
+
+
+def locate(name_or_path: str | Path | None = None) -> tuple[str, Path]:
+    """A model's registry key (the name, an alias resolved, or the path as given) and its
+    weights file, without reading it: :class:`ModelError` for a name that is neither built in
+    nor a file (so that training can refuse a mistyped ``--init`` before decoding a corpus)."""
     key = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
     key = ALIASES.get(key, key)
     if key in REGISTRY:
-        entry = REGISTRY[key]
-        path = WEIGHTS_DIR / entry.file
+        path = WEIGHTS_DIR / REGISTRY[key].file
         if not path.exists():
             raise ModelError(f"built-in model {key!r} is missing its weights file {path}")
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if entry.sha256 != digest:
-            raise ModelError(f"built-in model {key!r} failed its sha256 check ({path})")
-    else:
-        path = Path(key)
-        if not path.exists():
-            names = ", ".join([*(f"{a} (= {n})" for a, n in ALIASES.items()), *sorted(REGISTRY)])
-            raise ModelError(f"unknown model {key!r}: not a file, and not one of the built-in models ({names})")
-        if path.is_dir():
-            raise ModelError(f"model {key!r} is a folder, not a .safetensors file (for a training run's folder, "
-                             "`rvqcodec export` writes one)")
-    return _load_file(path, dict(REGISTRY[key].config) if key in REGISTRY else {})
+        return key, path
+    path = Path(key)
+    if not path.exists():
+        names = ", ".join([*(f"{a} (= {n})" for a, n in ALIASES.items()), *sorted(REGISTRY)])
+        raise ModelError(f"unknown model {key!r}: not a file, and not one of the built-in models ({names})")
+    if path.is_dir():
+        raise ModelError(f"model {key!r} is a folder, not a .safetensors file (for a training run's folder, "
+                         "`rvqcodec export` writes one)")
+    return key, path
 
 
 def registered(name: str) -> RegisteredModel | None:

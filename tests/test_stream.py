@@ -212,6 +212,21 @@ def test_stream_cut_mid_packet_ends_cleanly(tiny_stream):
     assert np.array_equal(out, clean[: len(out)])
 
 
+def test_damage_then_a_cut_last_packet_reads_as_one_damaged_packet_and_a_truncated_tail(tmp_path, tiny_stream):
+    """The damaged packet's stretch ends where the cut-off packet starts (it was read as two
+    damaged packets and no truncation)."""
+    model, data, header, clean = tiny_stream
+    bad = bytearray(data[: packet_offset(header, 41) + 5])  # cut inside packet 41
+    bad[packet_offset(header, 40) + 5] ^= 0xFF
+    out, dec = live_decode(model, bytes(bad))
+    assert dec.stats.truncated and (dec.stats.damaged_packets, dec.stats.lost_frames) == (1, PF)
+    assert len(out) == 41 * PF * 4
+    path = tmp_path / "x.rvq"
+    path.write_bytes(bytes(bad))
+    info = read_info(path)
+    assert info.truncated and (info.packets, info.frames, info.damaged_packets) == (41, 41 * PF, 1)
+
+
 def test_decoder_survives_any_damage(tiny_stream):
     model, _, header, _ = tiny_stream
     data = stream_bytes(model, tone(0.03, 8000, 1, 4).T.copy(), 8000, 16.0, PF)  # 30 packets: fast

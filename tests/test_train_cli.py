@@ -77,6 +77,16 @@ def test_a_bad_value_is_one_line_before_any_work(tmp_path, text, says):
     assert not (tmp_path / "run" / "cache").exists()  # refused before the corpus is read
 
 
+@pytest.mark.parametrize("init, says", [("rvq24k-v99", "unknown model 'rvq24k-v99'"), ("{tmp}", "is a folder")],
+                         ids=["unknown", "folder"])
+def test_a_bad_init_is_one_line_before_the_corpus_is_read(tmp_path, init, says):
+    data = write_corpus(tmp_path / "data", speech=1, music=0)
+    r = invoke("train", "--config", TINY, "--data", data, "--out", tmp_path / "run", "--init",
+               init.format(tmp=tmp_path), "--quiet")
+    assert_one_line_error(r, says)
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_interrupted_run_exits_with_the_signal_after_saving(tmp_path, monkeypatch):
     """Saved and resumable, but not done: ``train ... && export ...`` must not go on."""
     interrupt_after_step(monkeypatch, 2)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from codec.endpoints import StopFlag, stop_on_signals
 from codec.errors import CodecError
+from codec.weights import locate
 
 from . import distributed
 from .checkpoint import list_checkpoints
@@ -54,6 +55,8 @@ def train(
     cfg = TrainConfig.from_yaml(config)
     run_dir = Path(out) if out is not None else Path("runs") / config.stem
     refuse_earlier_run(run_dir, resume)  # before the corpus is decoded, not after
+    if init:
+        locate(init)  # a mistyped name, too, before the corpus is decoded
     ctx = distributed.setup(device)
     finished = False
     try:
