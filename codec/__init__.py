@@ -4,18 +4,18 @@ Quick use::
 
     from codec import load
     model = load()                        # built-in default model, offline
-    codes = model.encode(wav, kbps=6)     # wav [B, C, T] at model.sample_rate
-    out = model.decode(codes, length=wav.shape[-1])
+    codes = model.encode(wav, kbps=6)     # wav [B, C, T] float at model.sample_rate
+    out = model.decode(codes)             # model.cfg.output_delay samples behind wav (README)
 """
 
 from .config import CodecConfig
-from .errors import CodecError
+from .errors import CodecError, ModelBusyError
 from .files import compress_file, decompress_file, read_info
 from .model import Codec
 from .weights import DEFAULT_MODEL, REGISTRY, load, save_model
 
 __all__ = [
-    "Codec", "CodecConfig", "CodecError", "DEFAULT_MODEL", "REGISTRY",
+    "Codec", "CodecConfig", "CodecError", "DEFAULT_MODEL", "ModelBusyError", "REGISTRY",
     "compress_file", "decompress_file", "load", "read_info", "save_model",
 ]
 __version__ = "0.1.0"

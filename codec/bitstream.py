@@ -85,6 +85,8 @@ class Header:
 
 def read_header(f: BinaryIO) -> Header:
     head = f.read(6)
+    if not head:
+        raise BitstreamError("empty input: no .rvq header")
     _check_prefix(head.ljust(4, b"\0"))  # a file too short for the magic is no .rvq file either
     if len(head) < 6:
         raise BitstreamError("truncated .rvq header")

@@ -3,3 +3,7 @@
 
 class CodecError(ValueError):
     """Base class of every error caused by user input (files, options, models)."""
+
+
+class ModelBusyError(CodecError, RuntimeError):
+    """A model object asked for a second stream, or by another thread while it streams."""

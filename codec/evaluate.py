@@ -201,7 +201,7 @@ def run(
     if out.exists() and not out.is_dir():
         raise CodecError(f"--out must be a folder: {out}")
     if (out / "results.json").exists() and not force:
-        raise CodecError(f"{out / 'results.json'} exists (use --force to overwrite)")
+        raise CodecError(f"{out / 'results.json'} exists (--force, or force=True in Python, overwrites it)")
     with tempfile.TemporaryDirectory(prefix="rvqcodec-eval-") as work:
         result = evaluate(input, Path(work), kbps, model, baseline, quiet)
     write_outputs(result, out)

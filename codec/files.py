@@ -3,7 +3,8 @@
 Audio is read block by block, resampled with a streaming soxr resampler, encoded with the
 model in streaming mode and written packet by packet (and the reverse for decoding), so a
 one-hour file needs no more memory than a one-second one. The streaming path gives exactly
-the same codes as offline encoding, so there is only one way a file can come out.
+the same codes as offline encoding (log-mel models; README, "Live streaming", for the SEANet
+encoder of ``rvq24k-v10``), so there is only one way a file can come out.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def check_output(path: Path, force: bool, source: Path | None = None) -> Path:
     if path.exists() and not path.is_file():
         raise CodecError(f"output is not a regular file (a device or a pipe): {path}")
     if os.path.lexists(path) and not force:  # (a link to nowhere too: the output would replace it)
-        raise CodecError(f"output file exists: {path} (use --force to overwrite)")
+        raise CodecError(f"output file exists: {path} (--force, or force=True in Python, overwrites it)")
     if source is not None and path.exists() and Path(source).exists() and os.path.samefile(path, source):
         raise CodecError(f"output is the input file: {path}")
     if not path.parent.exists():

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
+import threading
 from dataclasses import dataclass, replace
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .audio_io import AudioError
 from .cache import TensorCache
 from .config import CodecConfig
 from .envelope import EnvelopeMatch
+from .errors import ModelBusyError
 from .frame import FramePlan
 from .logmel import LogMelEncoder
 from .lowband import LowbandDecoder, LowbandEncoder, search_weights
@@ -22,6 +27,8 @@ from .quantizer import QuantizerOutput, ResidualVectorQuantizer
 from .seanet import Decoder, Encoder
 from .spectral import SpectralDecoder, low_cut
 from .streaming import streaming
+
+MAX_CHANNELS = 255  # channels a .rvq header holds; more in encode's input is taken for [B, T, C]
 
 
 @dataclass
@@ -40,6 +47,12 @@ class Codec(nn.Module):
     frames completed by each chunk, and :meth:`flush` pads the last partial frame with zeros;
     ``decode`` returns the offline samples, ``stream_delay - cfg.output_delay`` samples later
     with envelope matching (codec/envelope.py), and :meth:`drain` the last of them at the end.
+    A stream keeps the batch and channels it started with.
+
+    One stream at a time per model object, in the thread that opened it: while it is open,
+    calls from other threads raise :class:`ModelBusyError` (the state lives in the model's
+    modules). Offline calls from several threads at once are fine. For more streams, load
+    more models (:func:`codec.load`).
     """
 
     def __init__(self, cfg: CodecConfig) -> None:
@@ -57,6 +70,8 @@ class Codec(nn.Module):
         self.lowband_decoder: LowbandDecoder | None = None
         self._build_lowband()
         self._held: Tensor | None = None  # while streaming: input of the incomplete frame [B*C, 1, <hop]
+        self._owner: int | None = None  # while streaming: the thread that opened the stream
+        self._shapes: dict[str, tuple[int, int]] = {}  # while streaming: "encode"/"decode" -> its (B, C)
         self._plans: dict[str, FramePlan | NativePlan] = {}  # while streaming: one-frame plans, built on first use
         self.fingerprint_cache: TensorCache[bytes] = TensorCache()  # for codec.weights.fingerprint
         self.codes_fingerprint_cache: TensorCache[bytes] = TensorCache()  # and codes_fingerprint
@@ -109,8 +124,14 @@ class Codec(nn.Module):
         return self._held is not None
 
     def n_q_for(self, kbps: float | None = None, n_q: int | None = None) -> int:
-        """Resolve a bitrate or explicit codebook count (default: the largest bandwidth)."""
+        """Resolve a bitrate or explicit codebook count (neither: the largest bandwidth; not both)."""
+        if kbps is not None and (isinstance(kbps, bool) or not isinstance(kbps, numbers.Real)):
+            raise ValueError(f"kbps must be a number, got {kbps!r}")
         if n_q is not None:
+            if isinstance(n_q, bool) or not isinstance(n_q, numbers.Integral):
+                raise ValueError(f"n_q must be an integer, got {n_q!r}")
+            if kbps is not None:
+                raise ValueError(f"give kbps or n_q, not both (got kbps={kbps!r}, n_q={n_q!r})")
             if not 1 <= n_q <= self.cfg.n_q:
                 raise ValueError(f"n_q must be in 1..{self.cfg.n_q}, got {n_q}")
             return n_q
@@ -194,10 +215,11 @@ class Codec(nn.Module):
         k levels: what codebook statistics and training on codes need. Otherwise the levels
         are searched for the bitrate (:func:`codec.quantizer.beam_search`).
         """
+        self._check_caller()
         k = self.n_q_for(kbps, n_q)
-        if wav.dim() != 3:
-            raise ValueError(f"expected audio [B, C, T], got shape {tuple(wav.shape)}")
+        wav = _checked_audio(wav)
         b, c, t = wav.shape
+        self._check_stream_shape("encode", b, c)
         x = wav.reshape(b * c, 1, t).float()
         if self._held is None:
             x = F.pad(x, (0, -t % self.hop_length))
@@ -220,7 +242,9 @@ class Codec(nn.Module):
 
     @torch.no_grad()
     def flush(self, batch: int, channels: int, kbps: float | None = None, n_q: int | None = None) -> Tensor:
-        """Streaming only: complete the last partial frame with zeros. -> ``[B, C, K, 0 or 1]``."""
+        """Streaming only: complete the last partial frame with zeros. -> ``[B, C, K, 0 or 1]``
+        (``batch`` and ``channels`` the stream's)."""
+        self._check_caller()
         if self._held is None:
             raise RuntimeError("flush() is only meaningful inside model.streaming()")
         missing = -self._held.shape[-1] % self.hop_length
@@ -231,21 +255,41 @@ class Codec(nn.Module):
     def drain(self, batch: int, channels: int) -> Tensor:
         """Streaming only, at the end of a stream: the decoded audio still owed, the last
         ``stream_delay - cfg.output_delay`` samples (envelope matching's lag), ``[B, C, L]``
-        (L 0 when nothing is owed)."""
+        (L 0 when nothing is owed; ``batch`` and ``channels`` the stream's)."""
+        self._check_caller()
         if self._held is None:
             raise RuntimeError("drain() is only meaningful inside model.streaming()")
+        self._check_stream_shape("decode", batch, channels)
         tail = self.envelope.drain() if self.envelope is not None else None
         return torch.zeros(batch, channels, 0) if tail is None else tail.reshape(batch, channels, -1)
 
     @torch.no_grad()
-    def decode(self, codes: Tensor, length: int | None = None) -> Tensor:
-        """codes ``[B, C, K, F]`` -> audio ``[B, C, F * hop]`` (or the first ``length`` samples);
-        while streaming, ``stream_delay - cfg.output_delay`` samples later (:meth:`drain`)."""
-        if codes.dim() != 4:
-            raise ValueError(f"expected codes [B, C, K, F], got shape {tuple(codes.shape)}")
+    def decode(self, codes: Tensor, length: int | None = None, levels_only: bool = False) -> Tensor:
+        """codes ``[B, C, K, F]`` -> audio ``[B, C, F * hop]`` (or the first ``length`` samples),
+        ``cfg.output_delay`` samples behind the input (drop that many from the start, with as
+        many more coded past the end, to line it up: README, "Python API"); while streaming,
+        ``stream_delay - cfg.output_delay`` samples later still (:meth:`drain`).
+        ``levels_only``: all K codes are the quantizer's levels (``encode(..., levels_only=True)``),
+        none the low band's."""
+        self._check_caller()
+        if not isinstance(codes, Tensor) or codes.dim() != 4:
+            raise ValueError(f"expected codes [B, C, K, F] (a torch.Tensor), got {_shape_of(codes)}")
         b, c, k, f = codes.shape
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise ValueError(f"codes must be integers, got {codes.dtype}")
+        if not 1 <= k <= self.cfg.n_q:
+            raise ValueError(f"expected 1..{self.cfg.n_q} codes a frame, got {k}")
+        low, high = torch.aminmax(codes) if codes.numel() else (0, 0)
+        if low < 0 or high >= 1 << self.cfg.bits_per_code:
+            raise ValueError(f"codes must be in 0..{(1 << self.cfg.bits_per_code) - 1}, got {int(low)}..{int(high)}")
+        if length is not None and (isinstance(length, bool) or not isinstance(length, numbers.Integral)
+                                   or not 0 <= length <= f * self.hop_length):
+            raise ValueError(f"length must be a whole number of samples in 0..{f * self.hop_length}, got {length!r}")
+        self._check_stream_shape("decode", b, c)
+        if f == 0 and self._held is None:  # (the decoder's convolutions need a frame)
+            return torch.zeros(b, c, 0)
         codes = codes.reshape(b * c, k, f).long()
-        levels, words = self.layout(k)
+        levels, words = (k, 0) if levels_only else self.layout(k)
         z = self.quantizer.decode(codes[:, :levels])
         ratio = coefs = None
         if words:
@@ -288,12 +332,28 @@ class Codec(nn.Module):
             return plan(x)
         return torch.cat([plan(x[..., i * per_frame : (i + 1) * per_frame]) for i in range(frames)], dim=-1)
 
+    def _check_caller(self) -> None:
+        """A stream's state serves the thread that opened it alone."""
+        if self._held is not None and self._owner != threading.get_ident():
+            raise ModelBusyError("this model is streaming in another thread: a model object runs one stream at "
+                                 "a time (load another with codec.load() for this thread)")
+
+    def _check_stream_shape(self, call: str, b: int, c: int) -> None:
+        """While streaming: ``call``'s batch and channels are those it started with."""
+        if self._held is None:
+            return
+        first = self._shapes.setdefault(call, (b, c))
+        if first != (b, c):
+            raise ValueError(f"a stream keeps its batch and channels: {call} started with B={first[0]}, C={first[1]}, "
+                             f"got B={b}, C={c}")
+
     @contextlib.contextmanager
     def streaming(self) -> Iterator["Codec"]:
         """Keep encoder and decoder state between calls (see class docstring)."""
         if self._held is not None:
-            raise RuntimeError("model is already streaming")
-        self._held = torch.zeros(1, 1, 0)
+            raise ModelBusyError("this model is already streaming: a model object runs one stream at a time "
+                                 "(load another with codec.load() for a second stream)")
+        self._held, self._owner = torch.zeros(1, 1, 0), threading.get_ident()
         self.postfilter.streaming_on = True
         if self.envelope is not None:
             self.envelope.streaming_on = True
@@ -304,7 +364,30 @@ class Codec(nn.Module):
                         stack.enter_context(streaming(part))
                 yield self
         finally:
-            self._held, self._plans = None, {}
+            self._held, self._plans, self._owner, self._shapes = None, {}, None, {}
             self.postfilter.streaming_on, self.postfilter.state = False, None
             if self.envelope is not None:
                 self.envelope.streaming_on, self.envelope.state = False, None
+
+
+def _shape_of(x: object) -> str:
+    return f"shape {tuple(x.shape)}" if hasattr(x, "shape") else type(x).__name__
+
+
+def _checked_audio(wav: Tensor | np.ndarray) -> Tensor:
+    """:meth:`Codec.encode`'s input ``[B, C, T]`` (a tensor, or a NumPy array taken as one) of
+    finite float samples, at most :data:`MAX_CHANNELS` channels (more is audio laid out ``[B,
+    T, C]``); integer PCM is refused, not scaled (it would code as loud noise)."""
+    if isinstance(wav, np.ndarray):
+        wav = torch.from_numpy(wav)
+    if not isinstance(wav, Tensor) or wav.dim() != 3:
+        raise ValueError(f"expected audio [B, C, T] (a torch.Tensor or NumPy array), got {_shape_of(wav)}")
+    if not wav.is_floating_point():
+        raise AudioError(f"expected float samples in -1..1, got {wav.dtype} (divide integer PCM by its full "
+                         "scale, e.g. int16 by 32768)")
+    if wav.shape[1] > MAX_CHANNELS:
+        raise ValueError(f"expected audio [B, C, T] with at most {MAX_CHANNELS} channels, got shape "
+                         f"{tuple(wav.shape)} (channels last? transpose to [B, C, T])")
+    if not torch.isfinite(wav).all():  # NaN or infinity would spread through the codes
+        raise AudioError("the input has a non-finite sample (NaN or infinity)")
+    return wav

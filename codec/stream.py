@@ -128,6 +128,8 @@ class StreamEncoder:
         """``packet_frames``: frames per packet; default a file's (:func:`file_packet_frames`)."""
         if not 1 <= channels <= 255:
             raise CodecError(f"channels must be 1..255, got {channels}")
+        if kbps is None:
+            raise CodecError("kbps must be one of the model's bitrates, got None")
         if rate <= 0 or rate >= 2**32:
             raise CodecError(f"invalid sample rate {rate}")
         self.model, self.n_q, self.channels = model, model.n_q_for(kbps), channels
@@ -142,8 +144,11 @@ class StreamEncoder:
         self._resampler = resampler(rate, model.sample_rate, channels)
         self._pending = np.zeros((0, channels, self.n_q), np.int64)  # frames not yet in a packet
         self._context: ExitStack | None = None
+        self._finished = False
 
     def __enter__(self) -> "StreamEncoder":
+        if self._context is not None:
+            raise RuntimeError("a StreamEncoder codes one stream: make another for the next")
         self._context = ExitStack()
         self._context.enter_context(self.model.streaming())
         return self
@@ -153,7 +158,12 @@ class StreamEncoder:
             self._context.close()
 
     def push(self, audio: np.ndarray) -> bytes:
-        """``audio`` ``[T, C]`` -> the packets completed so far (``b""`` while a packet fills)."""
+        """``audio`` ``[T, C]`` float (integer PCM is refused: divide it by its full scale) ->
+        the packets completed so far (``b""`` while a packet fills)."""
+        self._check_open()
+        if np.asarray(audio).dtype.kind not in "f":
+            raise AudioError(f"expected float samples in -1..1, got {np.asarray(audio).dtype} (divide integer PCM "
+                             "by its full scale, e.g. int16 by 32768)")
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 2 or audio.shape[1] != self.channels:
             raise ValueError(f"expected audio [T, {self.channels}], got shape {audio.shape}")
@@ -165,6 +175,8 @@ class StreamEncoder:
 
     def finish(self) -> bytes:
         """Flush the resampler and the last partial frame; the last packet and end record."""
+        self._check_open()
+        self._finished = True
         out = self._encode(self._resampler.resample_chunk(np.zeros((0, self.channels), np.float32), last=True))
         # StreamDecoder drops the first output_delay samples it decodes (lead_samples): code
         # that much silence past the end, so that the decoded audio still covers it.
@@ -175,6 +187,10 @@ class StreamEncoder:
         if self.header.num_samples == UNKNOWN_LENGTH:
             out += encode_end(self.samples)
         return out
+
+    def _check_open(self) -> None:
+        if self._finished:
+            raise RuntimeError("this stream is finished: a StreamEncoder codes one stream")
 
     def _encode(self, y: np.ndarray) -> bytes:
         if self._context is None:
@@ -216,6 +232,11 @@ class StreamDecoder:
     from the start, so that the output does not depend on the packet size (float results of
     a convolution vary in the last bit with its input length); None decodes each packet as
     soon as it arrives, for latency. Use inside ``with``.
+
+    The output runs on past the stream's length by up to a frame and the resampler's tail
+    (the encoder's padding): keep the first :attr:`num_samples` samples per channel, as
+    ``decompress_file`` and ``decode_live`` do (:class:`codec.files.TrimmingWriter`, which
+    holds back the last :func:`codec.files.holdback_samples` until the length is known).
     """
 
     def __init__(self, model: Codec | str | Path | None = None, strict: bool = False,
