@@ -89,6 +89,7 @@ def info(file: Annotated[Path, typer.Argument(help="The .rvq file to inspect.")]
     h = i.header
     length = "unknown" if math.isnan(i.seconds) else f"{i.num_samples} ({i.seconds:.3f} s)"
     crc = ([f"{i.damaged_packets} damaged packet(s)"] if i.damaged_packets else []) + (["truncated"] if i.truncated else [])
+    trailing = f" ({i.trailing_bytes} bytes after the last packet ignored)" if i.trailing_bytes else ""
     rows = [
         ("model", f"{h.model_id} (weights {h.weights_hash.hex()})"),
         ("sample rate", f"{h.original_rate} Hz (model {h.sample_rate} Hz)"),
@@ -101,7 +102,7 @@ def info(file: Annotated[Path, typer.Argument(help="The .rvq file to inspect.")]
          + f" actual, {h.kbps:g} kbps of codes"),
         ("size", f"{i.bytes} bytes"),
         ("packets", f"{i.packets} ({i.frames} frames, {h.packet_frames} per packet)"),
-        ("crc", ", ".join(crc) or "ok"),
+        ("crc", (", ".join(crc) or "ok") + trailing),
     ]
     for key, value in rows:
         typer.echo(f"{key:12s} {value}")

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from codec.bitstream import MAX_RATE
 from codec.endpoints import StopFlag, stop_on_signals
 from codec.errors import CodecError
 from codec.live import decode_live, encode_live
@@ -34,7 +35,7 @@ RealtimeOpt = Annotated[bool, typer.Option(
     "--realtime", help="Read the input no faster than real time (demos, latency tests).")]
 RawOpt = Annotated[bool, typer.Option(
     "--raw", help="Input is headerless signed 16-bit little-endian PCM (needs --rate and --channels).")]
-RAW_RATES = (1000, 768000)  # the --raw rates taken, in Hz
+RAW_RATES = (1000, MAX_RATE)  # the --raw rates taken, in Hz
 RateOpt = Annotated[Optional[int], typer.Option(help="Sample rate of --raw input, in Hz.")]
 ChannelsOpt = Annotated[Optional[int], typer.Option(help="Channels of --raw input (interleaved).")]
 ChunkOpt = Annotated[float, typer.Option("--chunk-ms", help="Input read size in milliseconds.")]

@@ -34,6 +34,7 @@ VERSION = 1
 PACKET_SYNC = 0xA5
 END_SYNC = 0xA6
 UNKNOWN_LENGTH = 2**64 - 1
+MAX_RATE = 768_000  # Hz: the highest sample rate a header holds, the input's or the model's
 _FIXED = struct.Struct("<IIBfHBQH")  # sample_rate .. packet_frames
 _PACKET_HEAD = struct.Struct("<BHB")
 _END = struct.Struct("<BQ")
@@ -104,8 +105,8 @@ def read_header(f: BinaryIO) -> Header:
     fields = _FIXED.unpack(rest[n + 8 : n + 8 + _FIXED.size])
     header = Header(model_id, rest[n : n + 8], *fields)
     if header.codebook_size < 2 or header.codebook_size & (header.codebook_size - 1) or not header.channels \
-            or not header.n_q or not header.packet_frames or not header.sample_rate or not header.original_rate \
-            or not (math.isfinite(header.frame_rate) and header.frame_rate > 0):
+            or not header.n_q or not header.packet_frames or not 0 < header.sample_rate <= MAX_RATE \
+            or not 0 < header.original_rate <= MAX_RATE or not (math.isfinite(header.frame_rate) and header.frame_rate > 0):
         raise BitstreamError("corrupt .rvq header (impossible field values)")
     return header
 
@@ -193,14 +194,18 @@ class PacketParser:
     place), otherwise as many full packets as they would span (bytes lost); a record cut off by
     the end of the input ends the damage before it, and reads as a truncated tail. A packet removed
     whole leaves no trace in the framing (version-1 packets carry no sequence number); only
-    the stream's length can reveal it. Bytes after the end record are ignored.
+    the stream's length can reveal it. Bytes after the end record are ignored, and so are those
+    after ``frames`` frames (the frames a stream of known length holds: whatever follows them,
+    appended by a tool or a writer, is no part of it), counted in :attr:`trailing`.
     """
 
-    def __init__(self, header: Header, strict: bool = True) -> None:
-        self.header, self.strict = header, strict
+    def __init__(self, header: Header, strict: bool = True, frames: int | None = None) -> None:
+        self.header, self.strict, self.frames_expected = header, strict, frames
         self.index = 0  # packets seen so far, damaged ones included
-        self.ended = False  # end record seen
+        self.frames = 0  # frames seen so far, damaged ones included
+        self.ended = False  # end record seen, or all the frames expected
         self.truncated = False  # the stream stopped inside a record
+        self.trailing = 0  # bytes ignored after the last frame expected
         self._buf = bytearray()
         self._scan = 1  # while resynchronising: next offset to try
 
@@ -208,6 +213,8 @@ class PacketParser:
         """Records completed by ``data``; incomplete ones wait for the next call."""
         if not self.ended:
             self._buf += data
+        elif self.frames_expected is not None and self.frames >= self.frames_expected:
+            self.trailing += len(data)
         return self._parse(eof=False)
 
     def close(self) -> list[Packet | End]:
@@ -217,6 +224,10 @@ class PacketParser:
     def _parse(self, eof: bool) -> list[Packet | End]:
         out: list[Packet | End] = []
         while self._buf and not self.ended:
+            if self.frames_expected is not None and self.frames >= self.frames_expected:
+                self.ended, self.trailing = True, self.trailing + len(self._buf)
+                self._buf.clear()
+                break
             size, reason = self._record_at(0)
             if size > 0:
                 out.append(self._take(size))
@@ -273,6 +284,7 @@ class PacketParser:
         frames = _PACKET_HEAD.unpack_from(rec)[1]
         codes = unpack_codes(rec[_PACKET_HEAD.size : -4], frames * h.channels * h.n_q, h.bits_per_code)
         self.index += 1
+        self.frames += frames
         return Packet(self.index - 1, frames, codes.reshape(frames, h.channels, h.n_q))
 
     def _resync(self, eof: bool) -> int | None:
@@ -312,19 +324,25 @@ class PacketParser:
         exact = [f for f in range(h.packet_frames, 0, -1) if h.packet_size(f) == skipped]
         packets = 1 if exact else -(-skipped // h.packet_size(h.packet_frames))
         frames = exact[0] if exact else packets * h.packet_frames
+        if self.frames_expected is not None:  # (damage running on past the end: bytes appended)
+            frames = max(0, min(frames, self.frames_expected - self.frames))
+            packets = min(packets, -(-frames // h.packet_frames))
         self.index += packets
+        self.frames += frames
         why = "CRC mismatch" if reason == "crc" and exact else "damaged or missing bytes"
         return Packet(self.index - packets, frames, None, why, packets)
 
 
-def iter_packets(f: BinaryIO, header: Header, strict: bool = True) -> Iterator[Packet | End]:
+def iter_packets(f: BinaryIO, header: Header, strict: bool = True, parser: PacketParser | None = None
+                 ) -> Iterator[Packet | End]:
     """Records of ``f`` after its header, in order: packets, then the end record if any.
 
     ``strict``: raise :class:`BitstreamError` on the first damaged or truncated packet.
     Otherwise see :class:`PacketParser`: damaged packets come with ``codes=None`` and a
-    truncated tail ends the iteration.
+    truncated tail ends the iteration. ``parser``: one made by the caller (to read its
+    counts after), instead of a new one.
     """
-    parser = PacketParser(header, strict)
+    parser = parser or PacketParser(header, strict)
     read = getattr(f, "read1", f.read)  # whatever is available: a pipe need not fill a block
     while not parser.ended:
         data = read(READ_BYTES)

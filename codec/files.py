@@ -22,11 +22,12 @@ import soundfile as sf
 from tqdm import tqdm
 
 from .audio_io import AudioError
-from .bitstream import UNKNOWN_LENGTH, End, Header, iter_packets, read_header
+from .bitstream import UNKNOWN_LENGTH, BitstreamError, End, Header, PacketParser, iter_packets, read_header
 from .errors import CodecError
 from .model import Codec
 from .pcm import to_pcm16
 from .stream import StreamDecoder, StreamEncoder, expected_frames, resolve_model
+from .weights import ModelError, registered_config
 
 BLOCK_SECONDS = 1.0
 READ_BYTES = 1 << 13
@@ -59,6 +60,7 @@ class FileInfo:
     damaged_packets: int
     truncated: bool
     num_samples: int
+    trailing_bytes: int = 0  # after the end record, or after the last frame of a file of known length
 
     @property
     def seconds(self) -> float:
@@ -86,7 +88,7 @@ def atomic_output(path: Path, force: bool, source: Path | None = None) -> Iterat
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         yield tmp
-        os.replace(tmp, path)
+        _publish(tmp, path, force)
     except OSError as exc:
         if exc.filename not in (str(tmp), tmp) and not (exc.filename is None and exc.errno in _WRITE_ERRNOS):
             raise
@@ -94,6 +96,29 @@ def atomic_output(path: Path, force: bool, source: Path | None = None) -> Iterat
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _publish(tmp: Path, path: Path, force: bool) -> None:
+    """``tmp`` renamed to ``path``; without ``force``, only if nothing has taken ``path`` since
+    :func:`check_output` looked (another run, or the user, writing there meanwhile): a hard link
+    fails where a name exists, a rename would replace it."""
+    if force:
+        os.replace(tmp, path)
+        return
+    taken = CodecError(f"output file exists: {path} (it appeared while this ran; --force, or force=True in Python, "
+                       "overwrites it)")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise taken from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+            raise
+        if os.path.lexists(path):  # a file system without hard links: check, then rename
+            raise taken from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
 
 
 @contextmanager
@@ -321,11 +346,15 @@ def decompress_file(
         with atomic_output(output, force, source=input) as tmp:
             with audio_output(tmp, output, rate, channels) as dst, Progress(total, rate, quiet, "decompress") as progress:
                 writer = TrimmingWriter(dst, length, holdback_samples(header))
-                while data := f.read(READ_BYTES):
-                    y = decoder.push(data)
-                    writer.write(y)
-                    progress.advance(len(y))
-                writer.write(decoder.finish())
+                try:
+                    while data := f.read(READ_BYTES):
+                        y = decoder.push(data)
+                        writer.write(y)
+                        progress.advance(len(y))
+                    writer.write(decoder.finish())
+                except BitstreamError as exc:  # damage or a cut: the rest can still be had
+                    raise BitstreamError(f"{exc} (`rvqcodec stream decode --input {input} --output OUT` decodes "
+                                         "the rest, the damage concealed)") from None
                 writer.finish(channels, decoder.num_samples)
     return output
 
@@ -363,21 +392,40 @@ def _estimated_samples(header: Header, path: Path) -> int:
     return int(path.stat().st_size * 8 / 1000 / header.kbps * header.original_rate)
 
 
+def _encoder_delay(header: Header) -> int | None:
+    """The output delay the header's model coded past the end (its ``cfg.output_delay``), where
+    it is built in; None otherwise."""
+    try:
+        config = registered_config(header.model_id)
+    except ModelError:  # (a package without that weights file)
+        return None
+    return config.output_delay if config is not None and config.sample_rate == header.sample_rate else None
+
+
 def read_info(path: Path) -> FileInfo:
-    """Header fields and a CRC check of every packet (damage is reported, not raised)."""
+    """Header fields and a CRC check of every packet (damage is reported, not raised). The
+    frames a file should hold count the output delay its encoder coded past the end where the
+    header names a built-in model; for others they are a lower bound, without it, and bytes
+    after them are read as packets, not counted as trailing (the frames may be the delay's)."""
     path = Path(path)
     check_input(path)
     with open(path, "rb") as f:
         header = read_header(f)
+        delay = _encoder_delay(header)
+        known = header.num_samples != UNKNOWN_LENGTH and delay is not None
+        parser = PacketParser(header, strict=False, frames=expected_frames(header, header.num_samples, delay) if known else None)
+        delay = delay or 0
         packets = frames = damaged = 0
         num_samples = header.num_samples
-        for record in iter_packets(f, header, strict=False):
+        for record in iter_packets(f, header, parser=parser):
             if isinstance(record, End):
                 num_samples = record.num_samples
                 continue
             packets += record.packets
             frames += record.frames
             damaged += record.packets if record.codes is None else 0
+        trailing = parser.trailing + len(f.read())  # (after the end record, or after the last frame)
         # A stream of unknown length without its end record was cut short.
-        truncated = num_samples == UNKNOWN_LENGTH or frames < expected_frames(header, num_samples)
-    return FileInfo(header, path.stat().st_size, packets, frames, damaged, truncated, num_samples)
+        truncated = num_samples == UNKNOWN_LENGTH or parser.truncated \
+            or frames < expected_frames(header, num_samples, delay)
+    return FileInfo(header, path.stat().st_size, packets, frames, damaged, truncated, num_samples, trailing)

@@ -23,7 +23,7 @@ import soxr
 import torch
 
 from .bitstream import (
-    UNKNOWN_LENGTH, BitstreamError, End, Header, PacketParser, encode_end, encode_packet, parse_header,
+    MAX_RATE, UNKNOWN_LENGTH, BitstreamError, End, Header, PacketParser, encode_end, encode_packet, parse_header,
 )
 from .audio_io import AudioError
 from .errors import CodecError
@@ -60,14 +60,15 @@ def live_packet_frames(frame_rate: float) -> int:
     return max(1, math.ceil(LIVE_PACKET_SECONDS * frame_rate - 1e-9))
 
 
-def expected_frames(header: Header, num_samples: int) -> int:
-    """Frames an encoder emits for ``num_samples`` input samples per channel.
+def expected_frames(header: Header, num_samples: int, delay: int = 0) -> int:
+    """Frames an encoder emits for ``num_samples`` input samples per channel, coding ``delay``
+    samples of silence past them (the model's ``cfg.output_delay``: :meth:`StreamEncoder.finish`).
 
     soxr's streaming resampler yields ``round(n * sample_rate / original_rate)`` samples in
     all (halves up), and the model pads the last frame.
     """
     resampled = (2 * num_samples * header.sample_rate + header.original_rate) // (2 * header.original_rate)
-    return -(-resampled // round(header.sample_rate / header.frame_rate))
+    return -(-(resampled + delay) // round(header.sample_rate / header.frame_rate))
 
 
 def lead_samples(model: Codec, header: Header) -> int:
@@ -104,12 +105,13 @@ def model_for(header: Header, model: Codec | str | Path | None = None) -> Codec:
         raise CodecError(f"file was made by model {header.model_id!r}, which is not built in; pass --model PATH")
     if not reads(codec, header.weights_hash):
         weights = fingerprint(codec)[:8]
-        raise CodecError(
-            f"file was made by model {header.model_id!r} with weights {header.weights_hash.hex()}, "
-            f"not by the weights given ({codec.cfg.name}, {weights.hex()})"
-        )
+        theirs = f"file was made by model {header.model_id!r} with weights {header.weights_hash.hex()}"
+        if model is None:
+            raise CodecError(f"{theirs}, not by the built-in {codec.cfg.name} ({weights.hex()}): pass --model PATH "
+                             "with the weights that wrote it")
+        raise CodecError(f"{theirs}, not by the weights given ({codec.cfg.name}, {weights.hex()})")
     if (codec.sample_rate, codec.cfg.codebook_size) != (header.sample_rate, header.codebook_size) \
-            or header.n_q > codec.cfg.n_q:
+            or header.n_q > codec.cfg.n_q or abs(header.frame_rate - codec.frame_rate) > 1e-4 * codec.frame_rate:
         raise CodecError("file's stream parameters do not match the model")
     return codec
 
@@ -130,8 +132,8 @@ class StreamEncoder:
             raise CodecError(f"channels must be 1..255, got {channels}")
         if kbps is None:
             raise CodecError("kbps must be one of the model's bitrates, got None")
-        if rate <= 0 or rate >= 2**32:
-            raise CodecError(f"invalid sample rate {rate}")
+        if not 0 < rate <= MAX_RATE:
+            raise CodecError(f"sample rate {rate} Hz is outside the 1..{MAX_RATE} Hz a .rvq file holds")
         self.model, self.n_q, self.channels = model, model.n_q_for(kbps), channels
         if packet_frames is None:
             packet_frames = file_packet_frames(model.frame_rate, self.n_q, model.cfg.bits_per_code, channels)
@@ -221,6 +223,7 @@ class StreamStats:
     damaged_packets: int = 0
     truncated: bool = False  # the input stopped inside a packet
     ended: bool = False  # the end record arrived: the encoder finished the stream
+    trailing_bytes: int = 0  # ignored after the last frame of a stream of known length
 
 
 class StreamDecoder:
@@ -270,7 +273,9 @@ class StreamDecoder:
         """Use ``header`` (read by the caller); otherwise :meth:`push` reads it from the bytes."""
         self.model = model_for(header, self._model_arg)
         self.header = header
-        self._parser = PacketParser(header, self.strict)
+        known = header.num_samples != UNKNOWN_LENGTH
+        frames = expected_frames(header, header.num_samples, self.model.cfg.output_delay) if known else None
+        self._parser = PacketParser(header, self.strict, frames)
         self._resampler = resampler(header.sample_rate, header.original_rate, header.channels)
         self._fade = max(1.0, FADE_SECONDS * header.frame_rate)
         self._lead = lead_samples(self.model, header)  # still to drop from the output's start
@@ -300,11 +305,12 @@ class StreamDecoder:
         if self.header is None:
             raise BitstreamError("the stream ended before its .rvq header was complete")
         yield self._drop_lead(self._records(self._parser.close()))
-        self.stats.truncated = self._parser.truncated
+        self.stats.truncated, self.stats.trailing_bytes = self._parser.truncated, self._parser.trailing
         if self.strict and self.num_samples is None:
             raise BitstreamError("truncated .rvq stream: it has no end record")
         if self.num_samples is not None:
-            missing = expected_frames(self.header, self.num_samples) - self.stats.frames - self.stats.lost_frames
+            missing = expected_frames(self.header, self.num_samples, self.model.cfg.output_delay) \
+                - self.stats.frames - self.stats.lost_frames
             if missing > 0 and self.strict:
                 raise BitstreamError(f"truncated .rvq file: {missing} frames are missing")
             while conceal and missing > 0:

@@ -8,9 +8,10 @@ import struct
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
-from codec import compress_file
+from codec import CodecError, compress_file, decompress_file
 from codec.bitstream import (
     MAGIC, BitstreamError, Header, encode_packet, iter_packets, pack_codes, read_header, unpack_codes,
 )
@@ -88,6 +89,7 @@ def test_every_kind_of_damage_is_detected(mutate, message):
 @pytest.mark.parametrize("field, value", [
     ("sample_rate", 0), ("original_rate", 0), ("frame_rate", 0.0), ("frame_rate", float("nan")),
     ("frame_rate", float("inf")), ("frame_rate", -75.0), ("channels", 0), ("n_q", 0), ("codebook_size", 1000),
+    ("original_rate", 768_001), ("original_rate", 2**32 - 1), ("sample_rate", 2_000_000_000),
 ])
 def test_header_with_impossible_values_and_a_valid_crc_is_refused(field, value):
     """A header can be well formed, CRC included, and still describe no possible stream."""
@@ -140,3 +142,18 @@ def test_header_layout_is_little_endian_and_starts_with_magic():
     n = raw[5]
     sample_rate = struct.unpack("<I", raw[6 + n + 8 : 6 + n + 12])[0]
     assert sample_rate == 24000
+
+
+def test_a_header_whose_frame_rate_is_not_the_model_s_is_refused(tmp_path):
+    """Its frames would be read at another rate: a stream for some other model."""
+    model = make_model(SMALL)
+    wav, rvq = tmp_path / "x.wav", tmp_path / "x.rvq"
+    sf.write(str(wav), np.zeros(2400, np.float32), 24000)
+    compress_file(wav, rvq, kbps=6, model=model)
+    data = rvq.read_bytes()
+    header = read_header(io.BytesIO(data))
+    bad = dataclasses.replace(header, frame_rate=header.frame_rate * 2).encode() + data[len(header.encode()):]
+    (tmp_path / "bad.rvq").write_bytes(bad)
+    decompress_file(rvq, tmp_path / "ok.wav", model=model)
+    with pytest.raises(CodecError, match="stream parameters do not match"):
+        decompress_file(tmp_path / "bad.rvq", tmp_path / "bad.wav", model=model)

@@ -145,6 +145,32 @@ def test_existing_output_needs_force(tmp_path, stereo_wav, small_model_file):
     assert r.exit_code == 0 and out.read_bytes()[:4] == b"RVQC"
 
 
+@pytest.mark.parametrize("command", ["compress", "decompress"])
+def test_an_output_that_appears_during_the_run_is_kept_without_force(tmp_path, stereo_wav, small_model_file,
+                                                                      monkeypatch, command):
+    """Another run (or the user) writing the output path meanwhile: its file stays, this run
+    fails in one line and leaves no temporary file (a rename would have replaced it)."""
+    import codec.files
+
+    rvq = tmp_path / "in.rvq"
+    assert invoke("compress", stereo_wav, rvq, "--model", small_model_file, "-q").exit_code == 0
+    out = tmp_path / ("x.rvq" if command == "compress" else "x.wav")
+    publish = codec.files._publish
+
+    def taken_meanwhile(tmp, path, force):
+        path.write_bytes(b"written meanwhile")
+        publish(tmp, path, force)
+
+    monkeypatch.setattr(codec.files, "_publish", taken_meanwhile)
+    r = invoke(command, stereo_wav if command == "compress" else rvq, out, "--model", small_model_file)
+    assert_user_error(r)
+    assert "appeared while this ran" in r.stderr
+    assert out.read_bytes() == b"written meanwhile"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    r = invoke(command, stereo_wav if command == "compress" else rvq, out, "--model", small_model_file, "--force", "-q")
+    assert r.exit_code == 0 and out.read_bytes() != b"written meanwhile"
+
+
 def test_a_link_to_nowhere_at_the_output_needs_force(tmp_path, stereo_wav, small_model_file):
     out = tmp_path / "x.rvq"
     out.symlink_to(tmp_path / "nowhere" / "x.rvq")

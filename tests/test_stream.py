@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import warnings
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from codec import bitstream, compress_file, decompress_file, read_info
+from codec import CodecError, bitstream, compress_file, decompress_file, read_info
 from codec.files import TrimmingWriter
 from codec.bitstream import BitstreamError, End, iter_packets, read_header
 from codec.pcm import PcmFormat, read_wav_header, to_pcm16
@@ -19,6 +20,7 @@ from codec.stream import (
     CONCEAL_BLOCK_FRAMES, StreamDecoder, StreamEncoder, expected_frames, file_packet_frames, live_packet_frames,
 )
 from conftest import SMALL, TINY, make_model, tone
+from test_lowband import LOWBAND
 
 
 @pytest.fixture(autouse=True)
@@ -273,6 +275,83 @@ def test_a_cut_file_of_known_length_is_concealed_block_by_block_or_not_at_all(tm
             assert len(blocks) > (1000 - 30) // CONCEAL_BLOCK_FRAMES
         else:
             assert total <= 30 * 4 and dec.stats.lost_frames == 0
+
+
+@pytest.fixture(scope="module")
+def default_file(tmp_path_factory):
+    """The default model's file of exactly 1 s at 6 kbps: 75 frames of audio in the first
+    packet and, alone in the second, the frame of silence coded for the output delay."""
+    from codec import load
+
+    root = tmp_path_factory.mktemp("default")
+    wav, rvq = root / "in.wav", root / "in.rvq"
+    sf.write(str(wav), tone(1.0, 24000).T * 0.3, 24000)
+    model = load()
+    compress_file(wav, rvq, kbps=6, model=model)
+    return model, rvq
+
+
+def test_a_file_without_its_delay_frame_s_packet_is_truncated(tmp_path, default_file):
+    """Cut at the last packet's start (or inside it): info and decompress both say so (the
+    delay frame was left out of the frames a file should hold, and a cut inside a packet was
+    not counted, so info said ok and decompress made the last 4 ms of silence up)."""
+    model, rvq = default_file
+    data = rvq.read_bytes()
+    header = read_header(io.BytesIO(data))
+    assert read_info(rvq).packets == 2 and read_info(rvq).frames == 76 and not read_info(rvq).truncated
+    first = len(header.encode()) + header.packet_size(75)
+    for cut in (first, first + 3):
+        path = tmp_path / f"cut{cut}.rvq"
+        path.write_bytes(data[:cut])
+        info = read_info(path)
+        assert info.truncated and info.frames == 75 and not info.damaged_packets
+        with pytest.raises(BitstreamError, match="stream decode"):
+            decompress_file(path, tmp_path / "out.wav", model=model)
+        assert not (tmp_path / "out.wav").exists()
+
+
+def test_a_cut_inside_the_last_packet_of_a_model_not_built_in_is_truncated(tmp_path):
+    """info cannot know such a model's output delay (the frames it coded past the end): the
+    cut packet itself tells."""
+    model = make_model(LOWBAND)
+    wav, rvq = tmp_path / "in.wav", tmp_path / "in.rvq"
+    sf.write(str(wav), tone(1.0, 24000).T * 0.3, 24000)
+    compress_file(wav, rvq, kbps=6, model=model)
+    data = rvq.read_bytes()
+    header = read_header(io.BytesIO(data))
+    path = tmp_path / "cut.rvq"
+    path.write_bytes(data[: len(header.encode()) + header.packet_size(75) + 3])
+    assert not read_info(rvq).truncated and read_info(path).truncated
+
+
+def test_a_file_of_other_weights_under_a_built_in_name_asks_for_them(tmp_path, default_file):
+    """No --model was given: the message names the built-in weights it tried, and --model."""
+    model, rvq = default_file
+    data = rvq.read_bytes()
+    header = read_header(io.BytesIO(data))
+    other = dataclasses.replace(header, weights_hash=bytes(8)).encode() + data[len(header.encode()):]
+    (tmp_path / "other.rvq").write_bytes(other)
+    with pytest.raises(CodecError, match="not by the built-in rvq24k-v22 .*: pass --model PATH"):
+        decompress_file(tmp_path / "other.rvq", tmp_path / "out.wav")
+
+
+@pytest.mark.parametrize("extra", [b"\0", bytes(range(256)) * 2, b"\xa5" * 40], ids=["zero", "bytes", "syncs"])
+def test_bytes_after_a_complete_file_are_ignored_and_counted(tmp_path, default_file, extra):
+    """Appended by some tool: decompress gives the file's audio (it refused the file as
+    truncated), info counts them, not as a damaged packet or more frames."""
+    model, rvq = default_file
+    path = tmp_path / "more.rvq"
+    path.write_bytes(rvq.read_bytes() + extra)
+    decompress_file(rvq, tmp_path / "clean.wav", model=model)
+    decompress_file(path, tmp_path / "more.wav", model=model)
+    clean = read_pcm(tmp_path / "clean.wav")
+    assert np.array_equal(read_pcm(tmp_path / "more.wav"), clean)
+    info = read_info(path)
+    assert (info.frames, info.packets, info.damaged_packets, info.truncated, info.trailing_bytes) == (76, 2, 0, False, len(extra))
+    with StreamDecoder(model) as dec:
+        out = np.concatenate([dec.push(path.read_bytes()), dec.finish()])
+    assert dec.stats.trailing_bytes == len(extra) and not dec.stats.truncated and not dec.stats.damaged_packets
+    assert len(out) >= len(clean)
 
 
 def test_strict_decoding_refuses_a_stream_without_end_record(tmp_path, tiny_stream):
