@@ -36,6 +36,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -98,6 +99,8 @@ def library() -> ctypes.CDLL | None:
     lib.rvq_decode.restype = ctypes.c_int
     lib.rvq_packed_rows.argtypes = [ctypes.c_int]
     lib.rvq_packed_rows.restype = ctypes.c_int
+    lib.rvq_postfilter.argtypes = [ctypes.c_int] * 7 + [ctypes.c_double] * 3 + [ctypes.c_void_p] * 4
+    lib.rvq_postfilter.restype = ctypes.c_int
     return lib
 
 
@@ -107,7 +110,7 @@ def _build(compiler: str, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".so.tmp")
     os.close(fd)
     try:
-        subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], check=True, capture_output=True, timeout=BUILD_TIMEOUT_S)
+        subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], check=True, capture_output=True, timeout=BUILD_TIMEOUT_S)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -455,3 +458,21 @@ def rvq_decode(codebooks: Tensor, codes: Tensor) -> Tensor | None:
     if lib.rvq_decode(b, k, f, codebooks.shape[1], codebooks.shape[2], half, codebooks.data_ptr(), codes.data_ptr(), z.data_ptr()):
         return None
     return z
+
+
+def postfilter_frames(buf: np.ndarray, frames: int, hop: int, window: int, lo: int, hi: int, strength: float,
+                      onset: float, octave: float, lag: np.ndarray, gain: np.ndarray) -> np.ndarray | None:
+    """frame.c's pitch postfilter (codec/postfilter.py, ``PitchPostfilter.frames``) of ``frames``
+    frames: ``buf`` ``[N, keep + frames * hop]`` float64 (each row's history, then its frames),
+    ``lag`` ``[N]`` int64 and ``gain`` ``[N]`` float64 the frame before's, updated in place to
+    the last frame's -> ``[N, frames * hop]`` float64; None without the library."""
+    lib = library()
+    if lib is None:
+        return None
+    buf = np.ascontiguousarray(buf, dtype=np.float64)
+    n = buf.shape[0]
+    out = np.empty((n, frames * hop))
+    if lib.rvq_postfilter(n, frames, hop, window, buf.shape[1] - frames * hop, lo, hi, strength, onset, octave,
+                          buf.ctypes.data, lag.ctypes.data, gain.ctypes.data, out.ctypes.data):
+        return None
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -371,3 +372,35 @@ def test_rounding_skips_what_the_runtime_cannot_use():
     assert all(torch.equal(decoder[k], v) for k, v in spectral.decoder.state_dict().items())
     last = spectral.encoder[-1].conv.weight
     assert native.int8_rows(last.reshape(last.shape[0], -1)) is not None
+
+
+@needs_library
+@pytest.mark.parametrize("f0", [70.0, 150.0, 400.0])
+def test_the_native_postfilter_is_the_numpy_one(f0):
+    """frame.c's rvq_postfilter against PitchPostfilter's NumPy steps: the same periods and
+    gains (the correlation summed in another order: the samples agree to rounding), with a
+    non-finite stretch, offline and frame by frame, stereo."""
+    from codec.postfilter import PitchPostfilter
+
+    rate, hop = 24000, 320
+    rng = np.random.default_rng(int(f0))
+    t = np.arange(rate) / rate
+    tone = sum(np.sin(2 * np.pi * k * f0 * (1 + 0.05 * np.sin(3 * t)) * t + k) / k for k in range(1, 30) if k * f0 < 11000)
+    x = np.stack([0.05 * tone + 0.02 * rng.standard_normal(rate), 0.05 * rng.standard_normal(rate)])
+    x[0, 9000:9003] = np.nan
+    audio = torch.from_numpy(x)[:, None]
+    outs = {}
+    for use in (True, False):
+        pf = PitchPostfilter(rate, hop, 0.75)
+        pf.native = use
+        offline = pf(audio)[:, 0].numpy()
+        state = pf.fresh_state(2)
+        pf.native = use
+        framed = np.concatenate([pf.frames(x[:, i : i + hop], state) for i in range(0, rate, hop)], axis=1)
+        outs[use] = offline, framed, state
+    (a, a_framed, a_state), (b, b_framed, b_state) = outs[True], outs[False]
+    assert np.array_equal(np.isnan(a), np.isnan(b)) and np.isnan(a).any()
+    np.testing.assert_allclose(np.nan_to_num(a), np.nan_to_num(b), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.nan_to_num(a_framed), np.nan_to_num(a), rtol=0, atol=1e-12)
+    assert np.array_equal(a_state.lag, b_state.lag) and np.allclose(a_state.gain, b_state.gain, rtol=0, atol=1e-12)
+    assert not np.allclose(np.nan_to_num(a), np.nan_to_num(x))  # it combed something

@@ -15,6 +15,7 @@
  * a rounding error of each other: far closer than any the searched codebooks hold.
  */
 #include <float.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -679,5 +680,81 @@ int rvq_decode(int B, int K, int F, int size, int D, int half, const void *codeb
                 }
                 z[((int64_t)b * D + d) * F + f] = s;
             }
+    return 0;
+}
+
+/* The pitch postfilter (codec/postfilter.py, PitchPostfilter.frames and .pitch) over F whole
+ * frames of N rows: buf [N][keep + F * hop] holds each row's last keep input samples, then
+ * the frames; lag and gain [N] come in as the frame before's and leave as the last frame's;
+ * out [N][F * hop]. Frame f's period comes from its window of the last `window` samples up to
+ * its end (zeros where the window holds a non-finite sample, which then gets no comb): the
+ * normalised correlation of the window's last window - hi samples with the span `lag`
+ * samples earlier, for lags lo..hi; the shortest lag at a local maximum within `octave` of
+ * the best wins. The frame is combed, (x[n] + g x[n - lag]) / (1 + g), by its own filter
+ * and by the frame before's, cross-faded over the frame. The same steps as the NumPy code,
+ * the correlation summed directly rather than through an FFT, so results agree with it to
+ * rounding (a near-tie between two periods may go either way). Returns -1 if out of memory. */
+int rvq_postfilter(int N, int F, int hop, int window, int keep, int lo, int hi, double strength, double onset,
+                   double octave, const double *buf, int64_t *lag, double *gain, double *out) {
+    int lags = hi - lo + 1, tail = window - hi;
+    int64_t width = (int64_t)keep + (int64_t)F * hop;
+    double *seg = malloc(sizeof(double) * window), *sq = malloc(sizeof(double) * (window + 1));
+    double *corr = malloc(sizeof(double) * lags);
+    if (!seg || !sq || !corr) {
+        free(seg), free(sq), free(corr);
+        return -1;
+    }
+    for (int n = 0; n < N; n++) {
+        const double *row = buf + n * width;
+        int64_t prev_lag = lag[n];
+        double prev_gain = gain[n];
+        for (int f = 0; f < F; f++) {
+            const double *w = row + (int64_t)f * hop + keep + hop - window;  /* the window ends with the frame */
+            int finite = 1;
+            for (int i = 0; i < window; i++) finite &= isfinite(w[i]) != 0;
+            for (int i = 0; i < window; i++) seg[i] = finite ? w[i] : 0.0;
+            sq[0] = 0.0;
+            for (int i = 0; i < window; i++) sq[i + 1] = sq[i] + seg[i] * seg[i];
+            double tail_energy = sq[window] - sq[hi];
+            for (int k = 0; k < lags; k++) {
+                int l = lo + k;
+                const double *a = seg + hi, *b = seg + hi - l;
+                double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+                int i = 0;
+                for (; i + 4 <= tail; i += 4) {
+                    s0 += a[i] * b[i], s1 += a[i + 1] * b[i + 1];
+                    s2 += a[i + 2] * b[i + 2], s3 += a[i + 3] * b[i + 3];
+                }
+                for (; i < tail; i++) s0 += a[i] * b[i];
+                double cross = (s0 + s1) + (s2 + s3);
+                double denom = sqrt(tail_energy * (sq[window - l] - sq[hi - l]));
+                corr[k] = denom > 1e-12 ? cross / denom : 0.0;
+            }
+            double best = -1.0;
+            for (int k = 1; k < lags - 1; k++)
+                if (corr[k] >= corr[k - 1] && corr[k] >= corr[k + 1] && corr[k] > best) best = corr[k];
+            int first = 0;
+            for (int k = 1; k < lags - 1; k++)
+                if (corr[k] >= corr[k - 1] && corr[k] >= corr[k + 1] && corr[k] >= octave * best) {
+                    first = k;
+                    break;
+                }
+            double score = best > 0 ? corr[first] : 0.0, g = (score - onset) / (1 - onset);
+            g = strength * (g < 0 ? 0.0 : g > 1 ? 1.0 : g) * finite;
+            int64_t now_lag = first + lo;
+            double old_gain = prev_gain * finite;
+            const double *x = row + keep + (int64_t)f * hop;
+            double *y = out + (int64_t)n * F * hop + (int64_t)f * hop;
+            for (int j = 0; j < hop; j++) {
+                double fade = (double)(j + 1) / hop;
+                double now = g > 0 ? (x[j] + g * x[j - now_lag]) / (1 + g) : x[j];
+                double old = old_gain > 0 ? (x[j] + old_gain * x[j - prev_lag]) / (1 + old_gain) : x[j];
+                y[j] = fade * now + (1 - fade) * old;
+            }
+            prev_lag = now_lag, prev_gain = g;
+        }
+        lag[n] = prev_lag, gain[n] = prev_gain;
+    }
+    free(seg), free(sq), free(corr);
     return 0;
 }
