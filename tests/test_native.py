@@ -404,3 +404,31 @@ def test_the_native_postfilter_is_the_numpy_one(f0):
     np.testing.assert_allclose(np.nan_to_num(a_framed), np.nan_to_num(a), rtol=0, atol=1e-12)
     assert np.array_equal(a_state.lag, b_state.lag) and np.allclose(a_state.gain, b_state.gain, rtol=0, atol=1e-12)
     assert not np.allclose(np.nan_to_num(a), np.nan_to_num(x))  # it combed something
+
+
+@needs_library
+def test_the_native_low_band_search_chooses_as_numpy_does(monkeypatch):
+    """frame.c's rvq_lowband_search against quantize_arithmetic's NumPy steps, bit for bit:
+    frames that fit at once, after rounding towards zero, or not at all (every bits and
+    scale), ratios on the steps' grid (ties), non-finite ratios."""
+    from codec import lowband
+
+    rng = np.random.default_rng(7)
+    frames = 0
+    for trial in range(80):
+        if trial == 60:  # whole-bit costs: sums tie with the bits and with each other exactly
+            monkeypatch.setattr(lowband, "ARITH_COST", np.abs(np.arange(-40.0, 41.0)) // 3 + 1)
+        bins = int(rng.choice([1, 5, 23, 58]))
+        bits = int(rng.choice([0, 4, 30, 94, 234]))
+        r = rng.laplace(size=(2, 20, bins)) * rng.choice([1e-3, 0.3, 3.0, 1e4]) * np.exp(2 * rng.normal(size=(2, 20, 1)))
+        if trial % 3 == 0:
+            r = np.round(r * 4) / 4
+        r[0, 0], r[0, 1, 0], r[0, 2, 0], r[1, 0, 0] = 0.0, np.inf, np.nan, -np.inf
+        ratio = torch.from_numpy(r)
+        native_gain, native_q = lowband.quantize_arithmetic(ratio, bits)
+        with monkeypatch.context() as m:
+            m.setattr(lowband, "lowband_search", lambda *a, **k: None)
+            gain, q = lowband.quantize_arithmetic(ratio, bits)
+        assert torch.equal(native_gain, gain) and torch.equal(native_q, q), (trial, bins, bits)
+        frames += gain.numel()
+    assert frames == 80 * 40

@@ -12,7 +12,9 @@
  * from polynomials good to about 1e-7 absolute, so outputs differ from PyTorch's by about
  * 1e-7. The codebook searches choose as codec/quantizer.py's float64 searches do, up to the
  * float64 summation order (and fused multiply-adds), which matters only for entries within
- * a rounding error of each other: far closer than any the searched codebooks hold.
+ * a rounding error of each other: far closer than any the searched codebooks hold. The pitch
+ * postfilter (rvq_postfilter) agrees with codec/postfilter.py's NumPy steps to rounding; the
+ * low band's gain search (rvq_lowband_search) with codec/lowband.py's bit for bit.
  */
 #include <float.h>
 #include <math.h>
@@ -756,5 +758,128 @@ int rvq_postfilter(int N, int F, int hop, int window, int keep, int lo, int hi, 
         lag[n] = prev_lag, gain[n] = prev_gain;
     }
     free(seg), free(sq), free(corr);
+    return 0;
+}
+
+/* Steps of a sequence added left to right (NumPy's cumsum order, which codec/lowband.py's
+ * search uses for the same reason): the search below and its NumPy twin then agree bit for
+ * bit. */
+static double sum_in_order(const double *a, int n) {
+    double s = 0.0;
+    for (int i = 0; i < n; i++) s = i ? s + a[i] : a[i];
+    return s;
+}
+
+/* codec/lowband.py's quantize_arithmetic for M frames of `bins` coefficients over their steps
+ * (ratio [M][bins], finite): for each of `gains` gain codes from top + first_shift down
+ * (top [M], the code covering the frame's largest ratio; clipped to 0..gain_max; step_of
+ * [gain_max + 1] each code's step), the coefficients rounded to steps within -largest..largest
+ * (cost [2 * largest + 1] each step's bits), the fit_gains next finer gains than the finest
+ * whose rounding fits `bits` rounded towards zero where that costs least (_rounded_to_fit),
+ * and the gain whose steps fit and come closest wins (the coarsest of ties); a frame that none
+ * fits gets gain_max, its steps clipped to as many as fit. -> gain [M], q [M][bins]. Every sum
+ * is taken left to right and no product is fused with a sum, as NumPy computes them, so the
+ * choices are NumPy's bit for bit. Returns -1 if out of memory. */
+__attribute__((optimize("fp-contract=off")))
+int rvq_lowband_search(int M, int bins, double bits, int gains, int first_shift, int fit_gains, int largest,
+                       int gain_max, const double *step_of, const double *cost, const double *top,
+                       const double *ratio, int64_t *gain, int64_t *q_out) {
+    int64_t *q = malloc(sizeof(int64_t) * gains * bins);
+    double *tmp = malloc(sizeof(double) * 4 * bins), *err = malloc(sizeof(double) * gains);
+    int *fits = malloc(sizeof(int) * gains), *code = malloc(sizeof(int) * gains), *order = malloc(sizeof(int) * bins);
+    int64_t *toward = malloc(sizeof(int64_t) * bins);
+    if (!q || !tmp || !err || !fits || !code || !order || !toward) {
+        free(q), free(tmp), free(err), free(fits), free(code), free(order), free(toward);
+        return -1;
+    }
+    double *saved = tmp + bins, *price = tmp + 2 * bins, *now = tmp + 3 * bins;
+    for (int m = 0; m < M; m++) {
+        const double *r = ratio + (int64_t)m * bins;
+        int finest = -1;
+        for (int g = 0; g < gains; g++) {
+            double c = top[m] + (first_shift - g);
+            code[g] = (int)(c < 0 ? 0 : c > gain_max ? gain_max : c);
+            double step = step_of[code[g]];
+            int64_t *qg = q + (int64_t)g * bins;
+            for (int i = 0; i < bins; i++) {
+                double v = nearbyint(r[i] / step);
+                qg[i] = (int64_t)(v < -largest ? -largest : v > largest ? largest : v);
+                tmp[i] = cost[qg[i] + largest];
+            }
+            fits[g] = sum_in_order(tmp, bins) <= bits;
+            if (fits[g]) finest = g;
+        }
+        int done = -1;
+        for (int k = 1; k <= fit_gains; k++) {
+            int g = finest + k < gains - 1 ? finest + k : gains - 1;
+            if (g == done) continue;
+            done = g;
+            int64_t *qg = q + (int64_t)g * bins;
+            double step = step_of[code[g]];
+            for (int i = 0; i < bins; i++) {
+                now[i] = cost[qg[i] + largest];
+                toward[i] = qg[i] - (qg[i] > 0) + (qg[i] < 0);
+                saved[i] = now[i] - cost[toward[i] + largest];
+                double a = (double)toward[i] * step - r[i], b = (double)qg[i] * step - r[i];
+                double worse = a * a - b * b;
+                price[i] = saved[i] > 0 ? worse / (saved[i] > 1e-9 ? saved[i] : 1e-9) : INFINITY;
+                order[i] = i;
+            }
+            for (int i = 1; i < bins; i++) {  /* stable: equal prices keep their order */
+                int o = order[i], j = i;
+                for (; j > 0 && price[order[j - 1]] > price[o]; j--) order[j] = order[j - 1];
+                order[j] = o;
+            }
+            double over = sum_in_order(now, bins) - bits, run = 0.0;
+            int moves = 1;
+            for (int j = 0; j < bins; j++) {
+                run = j ? run + saved[order[j]] : saved[order[j]];
+                moves += run < over;
+            }
+            for (int j = 0; j < bins && j < moves; j++) {
+                int i = order[j];
+                if (over > 0 && saved[i] > 0) qg[i] = toward[i];
+            }
+            for (int i = 0; i < bins; i++) tmp[i] = cost[qg[i] + largest];
+            fits[g] = sum_in_order(tmp, bins) <= bits;
+        }
+        int best = -1;
+        for (int g = 0; g < gains; g++) {
+            const int64_t *qg = q + (int64_t)g * bins;
+            double step = step_of[code[g]];
+            for (int i = 0; i < bins; i++) {
+                double d = (double)qg[i] * step - r[i];
+                tmp[i] = d * d;
+            }
+            err[g] = sum_in_order(tmp, bins);
+            if (fits[g] && (best < 0 || err[g] < err[best])) best = g;
+        }
+        int64_t *out = q_out + (int64_t)m * bins;
+        if (best >= 0) {
+            gain[m] = code[best];
+            memcpy(out, q + (int64_t)best * bins, sizeof(int64_t) * bins);
+            continue;
+        }
+        double step = step_of[gain_max];  /* none fits: the largest gain, as many steps as fit */
+        gain[m] = gain_max;
+        int limit = largest;  /* (if none fits even with all steps 0, NumPy's argmax keeps the first) */
+        for (int tried = largest; tried >= 0; tried--) {
+            for (int i = 0; i < bins; i++) {
+                double v = nearbyint(r[i] / step);
+                v = v < -largest ? -largest : v > largest ? largest : v;
+                tmp[i] = cost[(int64_t)(v < -tried ? -tried : v > tried ? tried : v) + largest];
+            }
+            if (sum_in_order(tmp, bins) <= bits) {
+                limit = tried;
+                break;
+            }
+        }
+        for (int i = 0; i < bins; i++) {
+            double v = nearbyint(r[i] / step);
+            v = v < -largest ? -largest : v > largest ? largest : v;
+            out[i] = (int64_t)(v < -limit ? -limit : v > limit ? limit : v);
+        }
+    }
+    free(q), free(tmp), free(err), free(fits), free(code), free(order), free(toward);
     return 0;
 }
