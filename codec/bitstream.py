@@ -191,8 +191,9 @@ class PacketParser:
     resynchronises on the next offset where a valid record starts. The skipped bytes come
     out as one damaged :class:`Packet` (``codes=None``) whose frame count is inferred from
     their length: one packet's frames when they are exactly one packet long (damage in
-    place), otherwise as many full packets as they would span (bytes lost); a record cut off by
-    the end of the input ends the damage before it, and reads as a truncated tail. A packet removed
+    place), otherwise as many full packets as they would span (bytes lost); a packet cut off by
+    the end of the input (its head whole and plausible) ends the damage before it, and reads
+    as a truncated tail. A packet removed
     whole leaves no trace in the framing (version-1 packets carry no sequence number); only
     the stream's length can reveal it. Bytes after the end record are ignored, and so are those
     after ``frames`` frames (the frames a stream of known length holds: whatever follows them,
@@ -213,7 +214,7 @@ class PacketParser:
         """Records completed by ``data``; incomplete ones wait for the next call."""
         if not self.ended:
             self._buf += data
-        elif self.frames_expected is not None and self.frames >= self.frames_expected:
+        else:
             self.trailing += len(data)
         return self._parse(eof=False)
 
@@ -262,13 +263,14 @@ class PacketParser:
             return 0, "header"
         n = h.packet_size(frames)
         if len(buf) - q < n:
-            return -1, "incomplete"
+            return -1, "cut"  # a whole, plausible packet head whose packet runs on past the bytes here
         return (n, "") if zlib.crc32(buf[q : q + n - 4]) == _CRC.unpack_from(buf, q + n - 4)[0] else (0, "crc")
 
     def _message(self, reason: str) -> str:
         return {
             "end": "corrupt or truncated end record",
             "incomplete": f"truncated .rvq file: packet {self.index} is incomplete",
+            "cut": f"truncated .rvq file: packet {self.index} is incomplete",
             "header": f"corrupt .rvq file: packet {self.index} has a damaged header",
             "crc": f"corrupt .rvq file: CRC mismatch in packet {self.index}",
         }[reason]
@@ -277,7 +279,7 @@ class PacketParser:
         rec = bytes(self._buf[:size])
         del self._buf[:size]
         if rec[0] == END_SYNC:
-            self.ended = True
+            self.ended, self.trailing = True, self.trailing + len(self._buf)
             self._buf.clear()
             return End(_END.unpack_from(rec)[1])
         h = self.header
@@ -295,14 +297,14 @@ class PacketParser:
             if not hits:
                 break
             q = min(hits)
-            size, _ = self._record_at(q)
+            size, reason = self._record_at(q)
             if size > 0:
                 return q
             if size < 0 and not eof:
                 self._scan = q  # a candidate whose end has not arrived yet
                 return None
-            if size < 0:
-                return q  # a record cut off by the end of the input: the damage ends there, a truncated tail follows
+            if reason == "cut":
+                return q  # a packet cut off by the end of the input: the damage ends there, a truncated tail follows
             q += 1
         if eof:
             return len(buf)

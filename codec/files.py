@@ -10,6 +10,7 @@ encoder of ``rvq24k-v10``), so there is only one way a file can come out.
 from __future__ import annotations
 
 import errno
+import shlex
 import math
 import os
 from contextlib import contextmanager
@@ -111,12 +112,10 @@ def _publish(tmp: Path, path: Path, force: bool) -> None:
         os.link(tmp, path)
     except FileExistsError:
         raise taken from None
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
-            raise
-        if os.path.lexists(path):  # a file system without hard links: check, then rename
+    except OSError:  # a file system without hard links (EPERM, ENOSYS on FUSE...): check, then rename
+        if os.path.lexists(path):
             raise taken from None
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # (a file system that cannot write at all says so here)
         return
     tmp.unlink()
 
@@ -353,8 +352,8 @@ def decompress_file(
                         progress.advance(len(y))
                     writer.write(decoder.finish())
                 except BitstreamError as exc:  # damage or a cut: the rest can still be had
-                    raise BitstreamError(f"{exc} (`rvqcodec stream decode --input {input} --output OUT` decodes "
-                                         "the rest, the damage concealed)") from None
+                    raise BitstreamError(f"{exc} (`rvqcodec stream decode --input {shlex.quote(str(input))} --output "
+                                         "OUT` decodes the rest, the damage concealed)") from None
                 writer.finish(channels, decoder.num_samples)
     return output
 
@@ -424,7 +423,7 @@ def read_info(path: Path) -> FileInfo:
             packets += record.packets
             frames += record.frames
             damaged += record.packets if record.codes is None else 0
-        trailing = parser.trailing + len(f.read())  # (after the end record, or after the last frame)
+        trailing = parser.trailing + os.fstat(f.fileno()).st_size - f.tell()  # (left unread after the end)
         # A stream of unknown length without its end record was cut short.
         truncated = num_samples == UNKNOWN_LENGTH or parser.truncated \
             or frames < expected_frames(header, num_samples, delay)

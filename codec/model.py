@@ -29,6 +29,7 @@ from .spectral import SpectralDecoder, low_cut
 from .streaming import streaming
 
 MAX_CHANNELS = 255  # channels a .rvq header holds; more in encode's input is taken for [B, T, C]
+_STATE_LOCK = threading.Lock()  # held for a moment to check and change any model's stream state
 
 
 @dataclass
@@ -51,8 +52,8 @@ class Codec(nn.Module):
 
     One stream at a time per model object, in the thread that opened it: while it is open,
     calls from other threads raise :class:`ModelBusyError` (the state lives in the model's
-    modules). Offline calls from several threads at once are fine. For more streams, load
-    more models (:func:`codec.load`).
+    modules), and so does opening one while another thread codes offline. Offline calls from
+    several threads at once are fine. For more streams, load more models (:func:`codec.load`).
     """
 
     def __init__(self, cfg: CodecConfig) -> None:
@@ -71,6 +72,7 @@ class Codec(nn.Module):
         self._build_lowband()
         self._held: Tensor | None = None  # while streaming: input of the incomplete frame [B*C, 1, <hop]
         self._owner: int | None = None  # while streaming: the thread that opened the stream
+        self._offline = 0  # offline encode/decode calls running (in any thread)
         self._shapes: dict[str, tuple[int, int]] = {}  # while streaming: "encode"/"decode" -> its (B, C)
         self._plans: dict[str, FramePlan | NativePlan] = {}  # while streaming: one-frame plans, built on first use
         self.fingerprint_cache: TensorCache[bytes] = TensorCache()  # for codec.weights.fingerprint
@@ -215,7 +217,10 @@ class Codec(nn.Module):
         k levels: what codebook statistics and training on codes need. Otherwise the levels
         are searched for the bitrate (:func:`codec.quantizer.beam_search`).
         """
-        self._check_caller()
+        with self._call():
+            return self._encode(wav, kbps, n_q, levels_only)
+
+    def _encode(self, wav: Tensor, kbps: float | None, n_q: int | None, levels_only: bool) -> Tensor:
         k = self.n_q_for(kbps, n_q)
         wav = _checked_audio(wav)
         b, c, t = wav.shape
@@ -271,7 +276,10 @@ class Codec(nn.Module):
         ``stream_delay - cfg.output_delay`` samples later still (:meth:`drain`).
         ``levels_only``: all K codes are the quantizer's levels (``encode(..., levels_only=True)``),
         none the low band's."""
-        self._check_caller()
+        with self._call():
+            return self._decode(codes, length, levels_only)
+
+    def _decode(self, codes: Tensor, length: int | None, levels_only: bool) -> Tensor:
         if not isinstance(codes, Tensor) or codes.dim() != 4:
             raise ValueError(f"expected codes [B, C, K, F] (a torch.Tensor), got {_shape_of(codes)}")
         b, c, k, f = codes.shape
@@ -338,6 +346,21 @@ class Codec(nn.Module):
             raise ModelBusyError("this model is streaming in another thread: a model object runs one stream at "
                                  "a time (load another with codec.load() for this thread)")
 
+    @contextlib.contextmanager
+    def _call(self) -> Iterator[None]:
+        """An encode or decode: refused while another thread streams; offline ones counted while
+        they run, so that no stream opens under them (its modules' state would be theirs)."""
+        with _STATE_LOCK:
+            self._check_caller()
+            offline = self._held is None
+            self._offline += offline
+        try:
+            yield
+        finally:
+            if offline:
+                with _STATE_LOCK:
+                    self._offline -= 1
+
     def _check_stream_shape(self, call: str, b: int, c: int) -> None:
         """While streaming: ``call``'s batch and channels are those it started with."""
         if self._held is None:
@@ -350,10 +373,14 @@ class Codec(nn.Module):
     @contextlib.contextmanager
     def streaming(self) -> Iterator["Codec"]:
         """Keep encoder and decoder state between calls (see class docstring)."""
-        if self._held is not None:
-            raise ModelBusyError("this model is already streaming: a model object runs one stream at a time "
-                                 "(load another with codec.load() for a second stream)")
-        self._held, self._owner = torch.zeros(1, 1, 0), threading.get_ident()
+        with _STATE_LOCK:
+            if self._held is not None:
+                raise ModelBusyError("this model is already streaming: a model object runs one stream at a time "
+                                     "(load another with codec.load() for a second stream)")
+            if self._offline:
+                raise ModelBusyError("this model is coding offline in another thread: a stream cannot open under it "
+                                     "(load another with codec.load() for the stream)")
+            self._held, self._owner = torch.zeros(1, 1, 0), threading.get_ident()
         self.postfilter.streaming_on = True
         if self.envelope is not None:
             self.envelope.streaming_on = True
@@ -378,8 +405,8 @@ def _checked_audio(wav: Tensor | np.ndarray) -> Tensor:
     """:meth:`Codec.encode`'s input ``[B, C, T]`` (a tensor, or a NumPy array taken as one) of
     finite float samples, at most :data:`MAX_CHANNELS` channels (more is audio laid out ``[B,
     T, C]``); integer PCM is refused, not scaled (it would code as loud noise)."""
-    if isinstance(wav, np.ndarray):
-        wav = torch.from_numpy(wav)
+    if isinstance(wav, np.ndarray):  # (native byte order, contiguous and writable, as torch takes it)
+        wav = torch.from_numpy(np.require(wav, wav.dtype.newbyteorder("="), ["C_CONTIGUOUS", "WRITEABLE"]))
     if not isinstance(wav, Tensor) or wav.dim() != 3:
         raise ValueError(f"expected audio [B, C, T] (a torch.Tensor or NumPy array), got {_shape_of(wav)}")
     if not wav.is_floating_point():

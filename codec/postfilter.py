@@ -108,6 +108,8 @@ class PitchPostfilter:
         """
         n, t = x.shape
         f = t // self.hop
+        if f * self.hop != t:
+            raise ValueError(f"postfilter frames must be whole frames of {self.hop} samples, got {t}")
         buf = np.concatenate([state.history, x], axis=1)  # [N, keep + F * hop]
         if self.native:  # the same steps in C, a call for all frames (None: no library)
             lag, gain = state.lag.astype(np.int64), state.gain.astype(np.float64)  # (copies, filled in by C)

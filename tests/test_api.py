@@ -170,3 +170,45 @@ def test_a_stream_encoder_codes_one_stream(model):
 def test_an_empty_input_is_named_as_such():
     with pytest.raises(BitstreamError, match="empty input"):
         read_header(io.BytesIO(b""))
+
+
+def test_a_stream_cannot_open_under_an_offline_call_of_another_thread(model):
+    """It would take over the modules' state mid-call: both would come out wrong."""
+    x = wav(0.3)
+    codes = model.encode(x, n_q=4)
+    clean = model.decode(codes)
+    inside, release = threading.Event(), threading.Event()
+    forward = model.decoder.forward
+    results = []
+
+    def slow(*args, **kwargs):
+        inside.set()
+        release.wait(30)
+        return forward(*args, **kwargs)
+
+    model.decoder.forward = slow
+    try:
+        t = threading.Thread(target=lambda: results.append(model.decode(codes)))
+        t.start()
+        assert inside.wait(30)
+        with pytest.raises(ModelBusyError, match="coding offline in another thread"):
+            with model.streaming():
+                pass
+        release.set()
+        t.join()
+    finally:
+        model.decoder.forward = forward
+    assert torch.equal(results[0], clean)
+    with model.streaming():  # and once it is done, a stream opens
+        model.encode(x, n_q=4)
+
+
+@pytest.mark.parametrize("layout", ["reversed", "big-endian", "fortran", "read-only"])
+def test_numpy_arrays_of_any_layout_code_alike(model, layout):
+    x = wav().numpy()
+    a = {"reversed": lambda: x[..., ::-1].copy()[..., ::-1], "big-endian": lambda: x.astype(">f4"),
+         "fortran": lambda: np.asfortranarray(x), "read-only": lambda: np.require(x, requirements=["C"])}[layout]()
+    if layout == "read-only":
+        a = a.copy()
+        a.setflags(write=False)
+    assert torch.equal(model.encode(a, n_q=4), model.encode(torch.from_numpy(x), n_q=4))

@@ -171,6 +171,23 @@ def test_an_output_that_appears_during_the_run_is_kept_without_force(tmp_path, s
     assert r.exit_code == 0 and out.read_bytes() != b"written meanwhile"
 
 
+@pytest.mark.parametrize("error", ["ENOSYS", "EPERM", "EACCES"])
+def test_a_file_system_without_hard_links_still_gets_its_output(tmp_path, stereo_wav, small_model_file, monkeypatch,
+                                                                 error):
+    """The output is published by a hard link where there is none yet (so that one appearing
+    meanwhile is kept); where links fail, it is renamed after a last look."""
+    import errno
+
+    def no_links(*args, **kwargs):
+        raise OSError(getattr(errno, error), os.strerror(getattr(errno, error)))
+
+    monkeypatch.setattr(os, "link", no_links)
+    out = tmp_path / "x.rvq"
+    r = invoke("compress", stereo_wav, out, "--model", small_model_file, "-q")
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes()[:4] == b"RVQC" and not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
 def test_a_link_to_nowhere_at_the_output_needs_force(tmp_path, stereo_wav, small_model_file):
     out = tmp_path / "x.rvq"
     out.symlink_to(tmp_path / "nowhere" / "x.rvq")

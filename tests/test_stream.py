@@ -197,6 +197,33 @@ def test_a_corrupt_end_record_counts_no_packet(tmp_path, tiny_stream):
     assert (after.packets, after.frames, after.damaged_packets, after.truncated) == (before.packets, before.frames, 0, True)
 
 
+@pytest.mark.parametrize("at", range(-12, 0))
+@pytest.mark.parametrize("value", [0xA6, 0xA5])
+def test_a_sync_byte_in_a_damaged_end_record_makes_no_packet(tmp_path, tiny_stream, at, value):
+    """A damaged end record whose bytes hold a sync value stays one corrupt end record: no
+    packet made up from it, no frames concealed (a cut-off record needs a whole packet head)."""
+    model, data, _, clean = tiny_stream
+    bad = bytearray(data)
+    if bad[at] == value:
+        bad[at] ^= 0x01
+    bad[at] = value
+    (tmp_path / "bad.rvq").write_bytes(bytes(bad))
+    (tmp_path / "good.rvq").write_bytes(data)
+    before, after = read_info(tmp_path / "good.rvq"), read_info(tmp_path / "bad.rvq")
+    assert (after.packets, after.frames, after.damaged_packets) == (before.packets, before.frames, 0)
+    out, dec = live_decode(model, bytes(bad))
+    assert (dec.stats.damaged_packets, dec.stats.lost_frames) == (0, 0) and np.array_equal(out, clean[: len(out)])
+
+
+@pytest.mark.parametrize("extra", [5, 70_000])
+def test_bytes_after_an_end_record_are_counted(tmp_path, tiny_stream, extra):
+    _, data, _, _ = tiny_stream
+    path = tmp_path / "more.rvq"
+    path.write_bytes(data + bytes(range(256)) * (extra // 256) + bytes(extra % 256))
+    info = read_info(path)
+    assert info.trailing_bytes == extra and not info.truncated and not info.damaged_packets
+
+
 def test_missing_whole_packets_are_counted_from_the_length(tiny_stream):
     model, data, header, clean = tiny_stream
     a, b = packet_offset(header, 10), packet_offset(header, 13)

@@ -55,7 +55,7 @@ def train(
     cfg = TrainConfig.from_yaml(config)
     run_dir = Path(out) if out is not None else Path("runs") / config.stem
     refuse_earlier_run(run_dir, resume)  # before the corpus is decoded, not after
-    if init:
+    if init and not (resume and list_checkpoints(run_dir)):  # (a resumed run ignores --init)
         locate(init)  # a mistyped name, too, before the corpus is decoded
     ctx = distributed.setup(device)
     finished = False

@@ -784,6 +784,9 @@ __attribute__((optimize("fp-contract=off")))
 int rvq_lowband_search(int M, int bins, double bits, int gains, int first_shift, int fit_gains, int largest,
                        int gain_max, const double *step_of, const double *cost, const double *top,
                        const double *ratio, int64_t *gain, int64_t *q_out) {
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
     int64_t *q = malloc(sizeof(int64_t) * gains * bins);
     double *tmp = malloc(sizeof(double) * 4 * bins), *err = malloc(sizeof(double) * gains);
     int *fits = malloc(sizeof(int) * gains), *code = malloc(sizeof(int) * gains), *order = malloc(sizeof(int) * bins);
@@ -803,7 +806,7 @@ int rvq_lowband_search(int M, int bins, double bits, int gains, int first_shift,
             int64_t *qg = q + (int64_t)g * bins;
             for (int i = 0; i < bins; i++) {
                 double v = nearbyint(r[i] / step);
-                qg[i] = (int64_t)(v < -largest ? -largest : v > largest ? largest : v);
+                qg[i] = (int64_t)(!(v >= -largest) ? -largest : v > largest ? largest : v);  /* (NaN: the caller's to avoid) */
                 tmp[i] = cost[qg[i] + largest];
             }
             fits[g] = sum_in_order(tmp, bins) <= bits;
@@ -866,7 +869,7 @@ int rvq_lowband_search(int M, int bins, double bits, int gains, int first_shift,
         for (int tried = largest; tried >= 0; tried--) {
             for (int i = 0; i < bins; i++) {
                 double v = nearbyint(r[i] / step);
-                v = v < -largest ? -largest : v > largest ? largest : v;
+                v = !(v >= -largest) ? -largest : v > largest ? largest : v;
                 tmp[i] = cost[(int64_t)(v < -tried ? -tried : v > tried ? tried : v) + largest];
             }
             if (sum_in_order(tmp, bins) <= bits) {
@@ -876,7 +879,7 @@ int rvq_lowband_search(int M, int bins, double bits, int gains, int first_shift,
         }
         for (int i = 0; i < bins; i++) {
             double v = nearbyint(r[i] / step);
-            v = v < -largest ? -largest : v > largest ? largest : v;
+            v = !(v >= -largest) ? -largest : v > largest ? largest : v;
             out[i] = (int64_t)(v < -limit ? -limit : v > limit ? limit : v);
         }
     }
