@@ -131,7 +131,7 @@ def test_a_new_run_into_a_folder_with_checkpoints_is_one_line_and_leaves_them(tm
     assert_one_line_error(invoke(*args, "--max-steps", 1), "--resume", "step_00000002")
     assert [p.name for p in list_checkpoints(run_dir)] == ["step_00000002"]
     assert (run_dir / "step_00000002" / "state.json").read_bytes() == written
-    r = invoke(*args, "--max-steps", 3, "--resume")
+    r = invoke(*args, "--max-steps", 3, "--resume", "--init", "no-such-model")  # (a resumed run ignores --init)
     assert r.exit_code == 0, r.output
     assert list_checkpoints(run_dir)[-1].name == "step_00000003"
 
