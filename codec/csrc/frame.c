@@ -569,11 +569,11 @@ void rvq_search(int N, int n_q, int K, int D, int half, const void *codebooks, c
                     const double *w, const double *bound, const float *z, int64_t *codes) {  \
         double *res = malloc(sizeof(double) * 2 * beam * D), *err = malloc(sizeof(double) * 2 * beam); \
         double *rw = malloc(sizeof(double) * D), *cand = malloc(sizeof(double) * beam);      \
-        float *r32 = malloc(sizeof(float) * D), *dist32 = malloc(sizeof(float) * beam * K);  \
-        float *best32 = malloc(sizeof(float) * beam);                                        \
+        float *r32all = malloc(sizeof(float) * beam * D), *dist32 = malloc(sizeof(float) * beam * K); \
+        float *best32 = malloc(sizeof(float) * beam), *row32 = malloc(sizeof(float) * D), *eb = malloc(sizeof(float) * beam); \
         int64_t *seq = malloc(sizeof(int64_t) * 2 * beam * n_q);                             \
         int *parent = malloc(sizeof(int) * beam), *entry = malloc(sizeof(int) * beam);       \
-        int ok = res && err && rw && cand && r32 && dist32 && best32 && seq && parent && entry;       \
+        int ok = res && err && rw && cand && r32all && dist32 && best32 && row32 && eb && seq && parent && entry; \
         for (int row = 0; ok && row < N; row++) {                                            \
             double *r_old = res, *r_new = res + beam * D, *e_old = err, *e_new = err + beam; \
             int64_t *s_old = seq, *s_new = seq + beam * n_q;                                 \
@@ -592,16 +592,23 @@ void rvq_search(int N, int n_q, int K, int D, int half, const void *codebooks, c
                     double rr = 0;                                                           \
                     for (int d = 0; d < D; d++) {                                            \
                         double v = w ? r_old[b * D + d] * w[d] : r_old[b * D + d];           \
-                        r32[d] = (float)v, rr += v * v;                                      \
+                        r32all[b * D + d] = (float)v, rr += v * v;                           \
                     }                                                                        \
                     double db = 4.0 * (D + 8) * 0x1p-24 * (rr + bound[2 * level] + bound[2 * level + 1] + e_old[b]) \
                                 + (4.0 * D + 16) * 0x1p-149;                                 \
                     if (db > delta) delta = db;                                              \
-                    float eb = (float)e_old[b];                                              \
-                    for (int e = 0; e < K; e++) {                                            \
+                    eb[b] = (float)e_old[b];                                                 \
+                }                                                                            \
+                for (int e = 0; e < K; e++) { /* each entry read once for all the sequences */ \
+                    const T *c = book + (int64_t)e * D;                                      \
+                    int d = 0;                                                               \
+                    for (; d + 16 <= D; d += 16) store16(row32 + d, LOAD(c + d));             \
+                    for (; d < D; d++) row32[d] = SCALAR(c[d]);                              \
+                    for (int b = 0; b < kept; b++) {                                         \
+                        const float *r32 = r32all + b * D;                                   \
                         float dot;                                                           \
-                        DOT32(T, LOAD, SCALAR, book + (int64_t)e * D, dot)                   \
-                        float dist = ((float)nrm[e] - 2.0f * dot) + eb;                      \
+                        DOT32(float, load16, as_float, row32, dot)                           \
+                        float dist = ((float)nrm[e] - 2.0f * dot) + eb[b];                   \
                         dist32[b * K + e] = dist;                                            \
                         if (count32 == want && !(dist < best32[want - 1])) continue;         \
                         int at = count32 < want ? count32++ : want - 1;                      \
@@ -651,8 +658,8 @@ void rvq_search(int N, int n_q, int K, int D, int half, const void *codebooks, c
             }                                                                                \
             for (int l = 0; l < n_q; l++) codes[(int64_t)row * n_q + l] = s_old[l];          \
         }                                                                                    \
-        free(res), free(err), free(rw), free(cand), free(r32), free(dist32), free(best32);   \
-        free(seq), free(parent), free(entry);                                                \
+        free(res), free(err), free(rw), free(cand), free(r32all), free(dist32), free(best32); \
+        free(row32), free(eb), free(seq), free(parent), free(entry);                         \
         return ok ? 0 : -1;                                                                  \
     }
 
