@@ -94,7 +94,7 @@ def library() -> ctypes.CDLL | None:
     lib.rvq_search.argtypes = [ctypes.c_int] * 5 + [ctypes.c_void_p] * 6
     lib.rvq_search.restype = None
     lib.rvq_decode.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p] * 3
-    lib.rvq_beam.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p] * 6
+    lib.rvq_beam.argtypes = [ctypes.c_int] * 6 + [ctypes.c_void_p] * 7
     lib.rvq_beam.restype = ctypes.c_int
     lib.rvq_decode.restype = ctypes.c_int
     lib.rvq_packed_rows.argtypes = [ctypes.c_int]
@@ -415,13 +415,14 @@ def beam_bounds(squares: Tensor, norms: Tensor) -> Tensor:
 
 
 def rvq_beam(codebooks: Tensor, norms: Tensor, z: Tensor, n_q: int, beam: int, weights: Tensor | None = None,
-             bounds: Tensor | None = None) -> Tensor | None:
+             bounds: Tensor | None = None, transposed: Tensor | None = None) -> Tensor | None:
     """frame.c's beam search (:func:`codec.quantizer.beam_search`'s, for a live frame or a few)
     of rows ``z`` ``[N, D]`` over ``codebooks`` ``[L, K, D]`` (float32, or float16 from
     :func:`compact`; ``norms`` ``[L, K]`` float64, weighted as ``weights`` ``[D]`` float64 where
-    given; ``bounds``: :func:`beam_bounds` of them, computed here if not given) -> codes
-    ``[N, n_q]``; None without the library, off the CPU, or if its scratch cannot be
-    allocated."""
+    given; ``bounds``: :func:`beam_bounds` of them, computed here if not given;
+    ``transposed``: the codebooks as ``[L, D, K]``, which the float32 pass reads 16 entries at
+    a time, made here if not given) -> codes ``[N, n_q]``; None without the library, off the
+    CPU, or if its scratch cannot be allocated."""
     if beam < 1:
         raise ValueError(f"beam must be 1 or more, got {beam}")
     if (inputs := _search_inputs(codebooks, norms, z, n_q)) is None:
@@ -437,9 +438,14 @@ def rvq_beam(codebooks: Tensor, norms: Tensor, z: Tensor, n_q: int, beam: int, w
     bounds = bounds.to("cpu", torch.float64).contiguous()
     if bounds.shape != (codebooks.shape[0], 2):
         raise ValueError(f"bounds {tuple(bounds.shape)} for {codebooks.shape[0]} levels")
+    if transposed is None:
+        transposed = codebooks.transpose(1, 2).contiguous()
+    if transposed.shape != (codebooks.shape[0], d, size) or transposed.dtype != codebooks.dtype or not transposed.is_contiguous():
+        raise ValueError(f"transposed codebooks {tuple(transposed.shape)} for {tuple(codebooks.shape)}")
     codes = torch.empty(n, n_q, dtype=torch.long)
-    if lib.rvq_beam(n, n_q, size, d, codebooks.dtype == torch.float16, beam, codebooks.data_ptr(), norms.data_ptr(),
-                    None if weights is None else weights.data_ptr(), bounds.data_ptr(), z.data_ptr(), codes.data_ptr()):
+    if lib.rvq_beam(n, n_q, size, d, codebooks.dtype == torch.float16, beam, codebooks.data_ptr(), transposed.data_ptr(),
+                    norms.data_ptr(), None if weights is None else weights.data_ptr(), bounds.data_ptr(), z.data_ptr(),
+                    codes.data_ptr()):
         return None
     return codes
 

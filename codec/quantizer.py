@@ -101,6 +101,7 @@ class ResidualVectorQuantizer(nn.Module):
         self.register_buffer("initialized", torch.tensor(False))
         self._exact_cache: TensorCache[tuple[Tensor, Tensor]] = TensorCache()  # see _exact_tables
         self._compact_cache: TensorCache[Tensor] = TensorCache()  # codebooks for the native search
+        self._transposed_cache: TensorCache[Tensor] = TensorCache()  # and as [L, D, K], for its beam's float32 pass
         self._beam_cache: TensorCache[tuple[Tensor, Tensor, Tensor | None]] = TensorCache()  # see _beam_norms
         self._weighted_cache: TensorCache[tuple[Tensor, Tensor, Tensor | None]] = TensorCache()
 
@@ -136,6 +137,10 @@ class ResidualVectorQuantizer(nn.Module):
     def _compact_codebooks(self) -> Tensor:
         """The codebooks as the native search and decode read them (float16 where exact)."""
         return self._compact_cache.get([self.codebooks], lambda: compact(self.codebooks))
+
+    def _transposed_codebooks(self) -> Tensor:
+        """:meth:`_compact_codebooks` as ``[L, D, K]``: the native beam search reads 16 entries a vector."""
+        return self._transposed_cache.get([self.codebooks], lambda: self._compact_codebooks().transpose(1, 2).contiguous())
 
     def _exact_tables(self) -> tuple[Tensor, Tensor]:
         """Float64 codebooks ``[L, K, D]`` and their squared norms ``[L, K]``, converted once
@@ -291,7 +296,7 @@ class ResidualVectorQuantizer(nn.Module):
         if b * f <= self.NATIVE_MAX_ROWS:  # live streaming: a frame or a few, in one native call
             books = self._compact_codebooks()
             if searched:
-                codes = rvq_beam(books, norms, rows, n_q, beam, weights, bounds)
+                codes = rvq_beam(books, norms, rows, n_q, beam, weights, bounds, self._transposed_codebooks())
             else:
                 codes = rvq_search(books, norms, rows, n_q)
             if codes is not None:

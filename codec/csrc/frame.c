@@ -12,7 +12,9 @@
  * from polynomials good to about 1e-7 absolute, so outputs differ from PyTorch's by about
  * 1e-7. The codebook searches choose as codec/quantizer.py's float64 searches do, up to the
  * float64 summation order (and fused multiply-adds), which matters only for entries within
- * a rounding error of each other: far closer than any the searched codebooks hold. The pitch
+ * a rounding error of each other: far closer than any the searched codebooks hold (the beam's
+ * float32 pass, summed in yet another order from a transposed copy, only picks the candidates
+ * for its float64 pass, within the bound that pass allows for). The pitch
  * postfilter (rvq_postfilter) agrees with codec/postfilter.py's NumPy steps to rounding; the
  * low band's gain search (rvq_lowband_search) with codec/lowband.py's bit for bit.
  */
@@ -564,9 +566,10 @@ void rvq_search(int N, int n_q, int K, int D, int half, const void *codebooks, c
  * with room to spare), so only the extensions within 2 delta of the beam-th float32 distance
  * can be among the float64 best; those are ranked again in float64, in the same order, so
  * the choice is the float64 search's. */
+#define BEAM_BLOCK 8 /* sequences whose sums a vector of entries keeps in registers at once */
 #define BEAM(NAME, T, LOAD, SCALAR)                                                          \
-    static int NAME(int N, int n_q, int K, int D, int beam, const T *codebooks, const double *norms, \
-                    const double *w, const double *bound, const float *z, int64_t *codes) {  \
+    static int NAME(int N, int n_q, int K, int D, int beam, const T *codebooks, const T *books_t, \
+                    const double *norms, const double *w, const double *bound, const float *z, int64_t *codes) { \
         double *res = malloc(sizeof(double) * 2 * beam * D), *err = malloc(sizeof(double) * 2 * beam); \
         double *rw = malloc(sizeof(double) * D), *cand = malloc(sizeof(double) * beam);      \
         float *r32all = malloc(sizeof(float) * beam * D), *dist32 = malloc(sizeof(float) * beam * K); \
@@ -599,7 +602,30 @@ void rvq_search(int N, int n_q, int K, int D, int half, const void *codebooks, c
                     if (db > delta) delta = db;                                              \
                     eb[b] = (float)e_old[b];                                                 \
                 }                                                                            \
-                for (int e = 0; e < K; e++) { /* each entry read once for all the sequences */ \
+                const T *book_t = books_t + (int64_t)level * D * K; /* [D][K] */             \
+                int e0 = 0;                                                                  \
+                for (; books_t && e0 + 16 <= K; e0 += 16) { /* 16 entries a vector, all sequences */ \
+                    v16 acc[BEAM_BLOCK];                                                     \
+                    for (int b0 = 0; b0 < kept; b0 += BEAM_BLOCK) {                          \
+                        int nb = kept - b0 < BEAM_BLOCK ? kept - b0 : BEAM_BLOCK;            \
+                        for (int b = 0; b < nb; b++) acc[b] = (v16){0};                      \
+                        for (int d = 0; d < D; d++) {                                        \
+                            v16 c = LOAD(book_t + (int64_t)d * K + e0);                      \
+                            for (int b = 0; b < nb; b++) acc[b] += c * r32all[(b0 + b) * D + d]; \
+                        }                                                                    \
+                        for (int b = 0; b < nb; b++)                                         \
+                            for (int i = 0; i < 16; i++) {                                   \
+                                int e = e0 + i;                                              \
+                                float dist = ((float)nrm[e] - 2.0f * acc[b][i]) + eb[b0 + b]; \
+                                dist32[(b0 + b) * K + e] = dist;                             \
+                                if (count32 == want && !(dist < best32[want - 1])) continue; \
+                                int at = count32 < want ? count32++ : want - 1;              \
+                                while (at > 0 && dist < best32[at - 1]) best32[at] = best32[at - 1], at--; \
+                                best32[at] = dist;                                           \
+                            }                                                                \
+                    }                                                                        \
+                }                                                                            \
+                for (int e = e0; e < K; e++) { /* the rest: each entry read once for all the sequences */ \
                     const T *c = book + (int64_t)e * D;                                      \
                     int d = 0;                                                               \
                     for (; d + 16 <= D; d += 16) store16(row32 + d, LOAD(c + d));             \
@@ -666,11 +692,11 @@ void rvq_search(int N, int n_q, int K, int D, int half, const void *codebooks, c
 BEAM(beam_float, float, load16, as_float)
 BEAM(beam_half, uint16_t, load16h, half_to_float)
 
-int rvq_beam(int N, int n_q, int K, int D, int half, int beam, const void *codebooks, const double *norms,
-             const double *weights, const double *bound, const float *z, int64_t *codes) {
+int rvq_beam(int N, int n_q, int K, int D, int half, int beam, const void *codebooks, const void *books_t,
+             const double *norms, const double *weights, const double *bound, const float *z, int64_t *codes) {
     if (beam < 1 || K < 1) return -1;
-    return half ? beam_half(N, n_q, K, D, beam, codebooks, norms, weights, bound, z, codes)
-                : beam_float(N, n_q, K, D, beam, codebooks, norms, weights, bound, z, codes);
+    return half ? beam_half(N, n_q, K, D, beam, codebooks, books_t, norms, weights, bound, z, codes)
+                : beam_float(N, n_q, K, D, beam, codebooks, books_t, norms, weights, bound, z, codes);
 }
 
 /* The latent of codes [B][K][F] (entries of levels 0..K of codebooks [L][size][D], float32 or
