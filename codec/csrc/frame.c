@@ -567,6 +567,16 @@ void rvq_search(int N, int n_q, int K, int D, int half, const void *codebooks, c
  * can be among the float64 best; those are ranked again in float64, in the same order, so
  * the choice is the float64 search's. */
 #define BEAM_BLOCK 8 /* sequences whose sums a vector of entries keeps in registers at once */
+
+/* `dist`, which beats the last of them or finds room, into best [want], the smallest `count`
+ * distances so far in order -> their count now. */
+static int keep_smallest(float dist, float *best, int count, int want) {
+    int at = count < want ? count++ : want - 1;
+    while (at > 0 && dist < best[at - 1]) best[at] = best[at - 1], at--;
+    best[at] = dist;
+    return count;
+}
+
 #define BEAM(NAME, T, LOAD, SCALAR)                                                          \
     static int NAME(int N, int n_q, int K, int D, int beam, const T *codebooks, const T *books_t, \
                     const double *norms, const double *w, const double *bound, const float *z, int64_t *codes) { \
@@ -618,10 +628,8 @@ void rvq_search(int N, int n_q, int K, int D, int half, const void *codebooks, c
                                 int e = e0 + i;                                              \
                                 float dist = ((float)nrm[e] - 2.0f * acc[b][i]) + eb[b0 + b]; \
                                 dist32[(b0 + b) * K + e] = dist;                             \
-                                if (count32 == want && !(dist < best32[want - 1])) continue; \
-                                int at = count32 < want ? count32++ : want - 1;              \
-                                while (at > 0 && dist < best32[at - 1]) best32[at] = best32[at - 1], at--; \
-                                best32[at] = dist;                                           \
+                                if (count32 < want || dist < best32[want - 1])           \
+                                    count32 = keep_smallest(dist, best32, count32, want); \
                             }                                                                \
                     }                                                                        \
                 }                                                                            \
@@ -636,10 +644,8 @@ void rvq_search(int N, int n_q, int K, int D, int half, const void *codebooks, c
                         DOT32(float, load16, as_float, row32, dot)                           \
                         float dist = ((float)nrm[e] - 2.0f * dot) + eb[b];                   \
                         dist32[b * K + e] = dist;                                            \
-                        if (count32 == want && !(dist < best32[want - 1])) continue;         \
-                        int at = count32 < want ? count32++ : want - 1;                      \
-                        while (at > 0 && dist < best32[at - 1]) best32[at] = best32[at - 1], at--; \
-                        best32[at] = dist;                                                   \
+                        if (count32 < want || dist < best32[want - 1])                   \
+                            count32 = keep_smallest(dist, best32, count32, want);        \
                     }                                                                        \
                 }                                                                            \
                 double limit = count32 ? (double)best32[count32 - 1] + 2.0 * delta : 0;      \
