@@ -218,11 +218,13 @@ def test_native_search_is_the_exact_search(dim, half):
 
 
 @needs_library
-@pytest.mark.parametrize("dim, half, size, beam", [(16, False, 64, 8), (20, True, 64, 3), (80, True, 1024, 8), (8, False, 4, 8)])
+@pytest.mark.parametrize("dim, half, size, beam", [(16, False, 64, 8), (20, True, 64, 3), (80, True, 1024, 8), (8, False, 4, 8),
+                                                   (20, True, 70, 12)])
 def test_native_beam_search_is_the_pytorch_beam_search(dim, half, size, beam):
     """frame.c's beam search (live frames) gives quantizer.beam_search's codes: float32 or
-    float16 entries, a dimension with a tail after the 16-wide blocks, and a beam wider than
-    a level's entries (4: the first level keeps 4 sequences, then 8)."""
+    float16 entries, a dimension with a tail after the 16-wide blocks, a beam wider than a
+    level's entries (4: the first level keeps 4 sequences, then 8), and entries and sequences
+    beyond the float32 pass's blocks of 16 entries and 8 sequences (70 entries, a beam of 12)."""
     torch.manual_seed(dim + size)
     levels, rows = 6, 7
     scale = 0.7 ** torch.arange(levels, dtype=torch.float32)[:, None, None]
