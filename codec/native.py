@@ -415,14 +415,15 @@ def beam_bounds(squares: Tensor, norms: Tensor) -> Tensor:
 
 
 def rvq_beam(codebooks: Tensor, norms: Tensor, z: Tensor, n_q: int, beam: int, weights: Tensor | None = None,
-             bounds: Tensor | None = None, transposed: Tensor | None = None) -> Tensor | None:
+             bounds: Tensor | None = None, transposed: Tensor | Callable[[], Tensor] | None = None) -> Tensor | None:
     """frame.c's beam search (:func:`codec.quantizer.beam_search`'s, for a live frame or a few)
     of rows ``z`` ``[N, D]`` over ``codebooks`` ``[L, K, D]`` (float32, or float16 from
     :func:`compact`; ``norms`` ``[L, K]`` float64, weighted as ``weights`` ``[D]`` float64 where
     given; ``bounds``: :func:`beam_bounds` of them, computed here if not given;
     ``transposed``: the codebooks as ``[L, D, K]``, which the float32 pass reads 16 entries at
-    a time, made here if not given) -> codes ``[N, n_q]``; None without the library, off the
-    CPU, or if its scratch cannot be allocated."""
+    a time, or what makes them (called only if the search runs), made here if not given) ->
+    codes ``[N, n_q]``; None without the library, off the CPU, or if its scratch cannot be
+    allocated."""
     if beam < 1:
         raise ValueError(f"beam must be 1 or more, got {beam}")
     if (inputs := _search_inputs(codebooks, norms, z, n_q)) is None:
@@ -438,9 +439,11 @@ def rvq_beam(codebooks: Tensor, norms: Tensor, z: Tensor, n_q: int, beam: int, w
     bounds = bounds.to("cpu", torch.float64).contiguous()
     if bounds.shape != (codebooks.shape[0], 2):
         raise ValueError(f"bounds {tuple(bounds.shape)} for {codebooks.shape[0]} levels")
+    transposed = transposed() if callable(transposed) else transposed
     if transposed is None:
         transposed = codebooks.transpose(1, 2).contiguous()
-    if transposed.shape != (codebooks.shape[0], d, size) or transposed.dtype != codebooks.dtype or not transposed.is_contiguous():
+    if transposed.shape != (codebooks.shape[0], d, size) or transposed.dtype != codebooks.dtype \
+            or not transposed.is_contiguous() or transposed.device.type != "cpu":
         raise ValueError(f"transposed codebooks {tuple(transposed.shape)} for {tuple(codebooks.shape)}")
     codes = torch.empty(n, n_q, dtype=torch.long)
     if lib.rvq_beam(n, n_q, size, d, codebooks.dtype == torch.float16, beam, codebooks.data_ptr(), transposed.data_ptr(),

@@ -296,7 +296,7 @@ class ResidualVectorQuantizer(nn.Module):
         if b * f <= self.NATIVE_MAX_ROWS:  # live streaming: a frame or a few, in one native call
             books = self._compact_codebooks()
             if searched:
-                codes = rvq_beam(books, norms, rows, n_q, beam, weights, bounds, self._transposed_codebooks())
+                codes = rvq_beam(books, norms, rows, n_q, beam, weights, bounds, self._transposed_codebooks)
             else:
                 codes = rvq_search(books, norms, rows, n_q)
             if codes is not None:

@@ -219,7 +219,7 @@ def test_native_search_is_the_exact_search(dim, half):
 
 @needs_library
 @pytest.mark.parametrize("dim, half, size, beam", [(16, False, 64, 8), (20, True, 64, 3), (80, True, 1024, 8), (8, False, 4, 8),
-                                                   (20, True, 70, 12)])
+                                                   (20, True, 70, 12), (20, False, 33, 9)])
 def test_native_beam_search_is_the_pytorch_beam_search(dim, half, size, beam):
     """frame.c's beam search (live frames) gives quantizer.beam_search's codes: float32 or
     float16 entries, a dimension with a tail after the 16-wide blocks, a beam wider than a

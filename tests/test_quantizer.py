@@ -318,6 +318,14 @@ def test_inference_search_follows_codebook_changes():
     expected.load_state_dict(q.state_dict())
     assert torch.equal(q.encode(z, 2), expected.encode(z, 2))
     assert not torch.equal(q.encode(z, 2), before)
+    live = z[..., :1]  # a live frame: the native search, its own compact and transposed copies, a beam
+    assert 1 <= q.NATIVE_MAX_ROWS
+    searched = q.encode(live, 2, beam=4)
+    with torch.no_grad():
+        q.codebooks.mul_(-1.0)
+    assert torch.equal(q.encode(live, 2, beam=4)[..., 0], beam_search(live[..., 0].double(), q.codebooks.double(),
+                                                                      (q.codebooks.double() ** 2).sum(-1), 2, 4))
+    assert not torch.equal(q.encode(live, 2, beam=4), searched)
 
 
 def test_decode_refuses_codes_outside_the_codebook():

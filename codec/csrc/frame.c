@@ -612,7 +612,7 @@ static int keep_smallest(float dist, float *best, int count, int want) {
                     if (db > delta) delta = db;                                              \
                     eb[b] = (float)e_old[b];                                                 \
                 }                                                                            \
-                const T *book_t = books_t + (int64_t)level * D * K; /* [D][K] */             \
+                const T *book_t = books_t ? books_t + (int64_t)level * D * K : NULL; /* [D][K] */ \
                 int e0 = 0;                                                                  \
                 for (; books_t && e0 + 16 <= K; e0 += 16) { /* 16 entries a vector, all sequences */ \
                     v16 acc[BEAM_BLOCK];                                                     \
