@@ -16,8 +16,8 @@ import typer
 
 from codec import compress_file, decompress_file, read_info
 from codec.bitstream import Header
+from codec.files import builtin_config
 from codec.lowband import describe
-from codec.weights import ModelError, registered_config
 
 from .errors import OneLineErrors, user_errors
 from .options import FileThreadsOpt, ForceOpt, KbpsOpt, ModelOpt, QuietOpt, set_threads
@@ -70,15 +70,10 @@ def decompress(
 
 def layout_row(h: Header) -> list[tuple[str, str]]:
     """What the codes of a frame hold, as the built-in model of the header's name lays them
-    out (its config only: no weights read); nothing for a model that is not built in."""
-    try:
-        cfg = registered_config(h.model_id)
-    except ModelError:  # (a package without that weights file: the header alone still shows)
-        return []
-    if cfg is None or (cfg.codebook_size, cfg.sample_rate) != (h.codebook_size, h.sample_rate) or h.n_q > cfg.n_q \
-            or abs(cfg.frame_rate - h.frame_rate) > 1e-3:
-        return []
-    return [("codes", describe(cfg, h.n_q))]
+    out (its config only: no weights read); nothing for a model that is not built in (or
+    whose weights file the package lacks: the header alone still shows)."""
+    cfg = builtin_config(h)
+    return [] if cfg is None else [("codes", describe(cfg, h.n_q))]
 
 
 @app.command()

@@ -16,6 +16,13 @@ class AudioError(CodecError):
     """A user-facing problem with an audio file (missing, unreadable, empty)."""
 
 
+def require_float(dtype: object) -> None:
+    """Refuse integer (or other non-float) samples: coded as they are, they would be loud noise."""
+    if not (getattr(dtype, "is_floating_point", False) or getattr(dtype, "kind", "") == "f"):
+        raise AudioError(f"expected float samples in -1..1, got {dtype} (divide integer PCM by its full scale, "
+                         "e.g. int16 by 32768)")
+
+
 def read_audio(path: Path) -> tuple[np.ndarray, int]:
     """Read any file soundfile understands.
 

@@ -270,10 +270,9 @@ class PacketParser:
         return {
             "end": "corrupt or truncated end record",
             "incomplete": f"truncated .rvq file: packet {self.index} is incomplete",
-            "cut": f"truncated .rvq file: packet {self.index} is incomplete",
             "header": f"corrupt .rvq file: packet {self.index} has a damaged header",
             "crc": f"corrupt .rvq file: CRC mismatch in packet {self.index}",
-        }[reason]
+        }["incomplete" if reason == "cut" else reason]
 
     def _take(self, size: int) -> Packet | End:
         rec = bytes(self._buf[:size])

@@ -10,9 +10,9 @@ encoder of ``rvq24k-v10``), so there is only one way a file can come out.
 from __future__ import annotations
 
 import errno
-import shlex
 import math
 import os
+import shlex
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +23,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from .audio_io import AudioError
+from .config import CodecConfig
 from .bitstream import UNKNOWN_LENGTH, BitstreamError, End, Header, PacketParser, iter_packets, read_header
 from .errors import CodecError
 from .model import Codec
@@ -99,6 +100,10 @@ def atomic_output(path: Path, force: bool, source: Path | None = None) -> Iterat
             tmp.unlink()
 
 
+def _exists(path: Path, why: str = "") -> CodecError:
+    return CodecError(f"output file exists: {path} ({why}--force, or force=True in Python, overwrites it)")
+
+
 def _publish(tmp: Path, path: Path, force: bool) -> None:
     """``tmp`` renamed to ``path``; without ``force``, only if nothing has taken ``path`` since
     :func:`check_output` looked (another run, or the user, writing there meanwhile): a hard link
@@ -106,8 +111,7 @@ def _publish(tmp: Path, path: Path, force: bool) -> None:
     if force:
         os.replace(tmp, path)
         return
-    taken = CodecError(f"output file exists: {path} (it appeared while this ran; --force, or force=True in Python, "
-                       "overwrites it)")
+    taken = _exists(path, "it appeared while this ran; ")
     try:
         os.link(tmp, path)
     except FileExistsError:
@@ -146,7 +150,7 @@ def check_output(path: Path, force: bool, source: Path | None = None) -> Path:
     if path.exists() and not path.is_file():
         raise CodecError(f"output is not a regular file (a device or a pipe): {path}")
     if os.path.lexists(path) and not force:  # (a link to nowhere too: the output would replace it)
-        raise CodecError(f"output file exists: {path} (--force, or force=True in Python, overwrites it)")
+        raise _exists(path)
     if source is not None and path.exists() and Path(source).exists() and os.path.samefile(path, source):
         raise CodecError(f"output is the input file: {path}")
     if not path.parent.exists():
@@ -391,14 +395,18 @@ def _estimated_samples(header: Header, path: Path) -> int:
     return int(path.stat().st_size * 8 / 1000 / header.kbps * header.original_rate)
 
 
-def _encoder_delay(header: Header) -> int | None:
-    """The output delay the header's model coded past the end (its ``cfg.output_delay``), where
-    it is built in; None otherwise."""
+def builtin_config(header: Header) -> CodecConfig | None:
+    """The config of the built-in model a header names, if its stream fits that model (sample
+    rate, codebooks, frame rate), from the weights file's metadata alone; None otherwise (or
+    for a package without that weights file)."""
     try:
-        config = registered_config(header.model_id)
-    except ModelError:  # (a package without that weights file)
+        cfg = registered_config(header.model_id)
+    except ModelError:
         return None
-    return config.output_delay if config is not None and config.sample_rate == header.sample_rate else None
+    if cfg is None or (cfg.codebook_size, cfg.sample_rate) != (header.codebook_size, header.sample_rate) \
+            or header.n_q > cfg.n_q or abs(cfg.frame_rate - header.frame_rate) > 1e-3:
+        return None
+    return cfg
 
 
 def read_info(path: Path) -> FileInfo:
@@ -410,21 +418,18 @@ def read_info(path: Path) -> FileInfo:
     check_input(path)
     with open(path, "rb") as f:
         header = read_header(f)
-        delay = _encoder_delay(header)
-        known = header.num_samples != UNKNOWN_LENGTH and delay is not None
+        cfg = builtin_config(header)
+        delay = cfg.output_delay if cfg is not None else 0
+        known = header.num_samples != UNKNOWN_LENGTH and cfg is not None
         parser = PacketParser(header, strict=False, frames=expected_frames(header, header.num_samples, delay) if known else None)
-        delay = delay or 0
-        packets = frames = damaged = 0
-        num_samples = header.num_samples
+        damaged, num_samples = 0, header.num_samples
         for record in iter_packets(f, header, parser=parser):
             if isinstance(record, End):
                 num_samples = record.num_samples
-                continue
-            packets += record.packets
-            frames += record.frames
-            damaged += record.packets if record.codes is None else 0
+            elif record.codes is None:
+                damaged += record.packets
         trailing = parser.trailing + os.fstat(f.fileno()).st_size - f.tell()  # (left unread after the end)
         # A stream of unknown length without its end record was cut short.
         truncated = num_samples == UNKNOWN_LENGTH or parser.truncated \
-            or frames < expected_frames(header, num_samples, delay)
-    return FileInfo(header, path.stat().st_size, packets, frames, damaged, truncated, num_samples, trailing)
+            or parser.frames < expected_frames(header, num_samples, delay)
+    return FileInfo(header, path.stat().st_size, parser.index, parser.frames, damaged, truncated, num_samples, trailing)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .audio_io import AudioError
+from .audio_io import AudioError, require_float
 from .cache import TensorCache
 from .config import CodecConfig
 from .envelope import EnvelopeMatch
@@ -248,8 +248,7 @@ class Codec(nn.Module):
     @torch.no_grad()
     def flush(self, batch: int, channels: int, kbps: float | None = None, n_q: int | None = None) -> Tensor:
         """Streaming only: complete the last partial frame with zeros. -> ``[B, C, K, 0 or 1]``
-        (``batch`` and ``channels`` the stream's)."""
-        self._check_caller()
+        (``batch`` and ``channels`` the stream's; its encode checks the caller)."""
         if self._held is None:
             raise RuntimeError("flush() is only meaningful inside model.streaming()")
         missing = -self._held.shape[-1] % self.hop_length
@@ -409,9 +408,7 @@ def _checked_audio(wav: Tensor | np.ndarray) -> Tensor:
         wav = torch.from_numpy(np.require(wav, wav.dtype.newbyteorder("="), ["C_CONTIGUOUS", "WRITEABLE"]))
     if not isinstance(wav, Tensor) or wav.dim() != 3:
         raise ValueError(f"expected audio [B, C, T] (a torch.Tensor or NumPy array), got {_shape_of(wav)}")
-    if not wav.is_floating_point():
-        raise AudioError(f"expected float samples in -1..1, got {wav.dtype} (divide integer PCM by its full "
-                         "scale, e.g. int16 by 32768)")
+    require_float(wav.dtype)
     if wav.shape[1] > MAX_CHANNELS:
         raise ValueError(f"expected audio [B, C, T] with at most {MAX_CHANNELS} channels, got shape "
                          f"{tuple(wav.shape)} (channels last? transpose to [B, C, T])")

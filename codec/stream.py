@@ -25,7 +25,7 @@ import torch
 from .bitstream import (
     MAX_RATE, UNKNOWN_LENGTH, BitstreamError, End, Header, PacketParser, encode_end, encode_packet, parse_header,
 )
-from .audio_io import AudioError
+from .audio_io import AudioError, require_float
 from .errors import CodecError
 from .model import Codec
 from .weights import builtin_for, fingerprint, load, reads
@@ -163,9 +163,7 @@ class StreamEncoder:
         """``audio`` ``[T, C]`` float (integer PCM is refused: divide it by its full scale) ->
         the packets completed so far (``b""`` while a packet fills)."""
         self._check_open()
-        if np.asarray(audio).dtype.kind not in "f":
-            raise AudioError(f"expected float samples in -1..1, got {np.asarray(audio).dtype} (divide integer PCM "
-                             "by its full scale, e.g. int16 by 32768)")
+        require_float(np.asarray(audio).dtype)
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 2 or audio.shape[1] != self.channels:
             raise ValueError(f"expected audio [T, {self.channels}], got shape {audio.shape}")
