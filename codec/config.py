@@ -66,6 +66,10 @@ class CodecConfig:
             is pulled onto the coded power (within the same 12 dB), counting only what lies
             above this fraction of the floor; only for frames of 6 levels or more
             (codec/envelope.py). No weights.
+        envelope_fill: 0 (off), or the share (up to 1) of the power that envelope matching's
+            gain limit leaves missing in a band (centred from 8 kHz) that noise makes up: the codes
+            say the band holds power and the decoder made next to none (codec/envelope.py).
+            No weights.
     """
 
     sample_rate: int = 24000
@@ -92,6 +96,7 @@ class CodecConfig:
     lowband_coding: str = "fixed"
     envelope_match: float = 0.0
     envelope_floor: float = 1.0
+    envelope_fill: float = 0.0
 
     def __post_init__(self) -> None:
         if self.encoder not in ("seanet", "logmel"):
@@ -119,6 +124,10 @@ class CodecConfig:
             raise ValueError("envelope_match needs the log-mel encoder and a hop divisible by 4")
         if not 0.0 < self.envelope_floor <= 1.0:
             raise ValueError(f"envelope_floor must be in (0, 1], got {self.envelope_floor}")
+        if not 0.0 <= self.envelope_fill <= 1.0:
+            raise ValueError(f"envelope_fill must be in [0, 1], got {self.envelope_fill}")
+        if self.envelope_fill and not self.envelope_match:
+            raise ValueError("envelope_fill needs envelope matching (envelope_match > 0)")
         if self.decoder_lowband_bins and self.decoder != "spectral":
             raise ValueError("decoder_lowband_bins needs the spectral decoder")
         if self.codebook_size & (self.codebook_size - 1):
@@ -179,7 +188,8 @@ class CodecConfig:
         decoders the spectral decoder's, between log-mel encoders with spectral decoders the
         SEANet layers' (only the strides, that is the hop, still count)."""
         neutral: dict[str, Any] = {"name": "", "postfilter": 0.0, "output_delay": 0, "lowband_levels": (),
-                                   "lowband_coding": "fixed", "envelope_match": 0.0, "envelope_floor": 1.0}
+                                   "lowband_coding": "fixed", "envelope_match": 0.0, "envelope_floor": 1.0,
+                                   "envelope_fill": 0.0}
         if self.decoder == other.decoder == "seanet":
             neutral |= {"decoder_dim": 0, "decoder_layers": 0}
         if self.encoder == other.encoder == "logmel" and self.decoder == other.decoder == "spectral":

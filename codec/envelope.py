@@ -26,6 +26,12 @@ How, for frame ``t`` of a decoded signal (output time; block ``t`` is its sample
   Bands that start below :data:`MIN_HZ`, or below the top of the low band (codec/lowband.py
   codes the waveform there), keep gain 1, and so do all bands of a frame with fewer than
   :data:`MIN_LEVELS` log-mel levels.
+- **Fill** (``fill`` over 0, v23): where a band's gain stops at :data:`MAX_GAIN` short of the
+  coded power (the decoder made next to nothing there), noise makes up ``fill`` of the power
+  still missing, in bands centred at :data:`FILL_MIN_HZ` or above. The noise is white within
+  each band, its variance worked out from the measuring window and the band's filter so that
+  its measured mel power is the power missing. It is the same noise whatever the calls: each
+  frame's is a table's row picked by the frame's index in the audio (or stream).
 - **Apply**: a weighted overlap-add of one-hop windows at half-hop steps (square-root Hann for
   analysis and synthesis: their products sum to one, so gains of 1 give the input back), each
   window's spectrum times the per-bin gains of its frame (the bands' gains spread over their
@@ -50,11 +56,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .logmel import FLOOR, frame_log_mel, mel_filterbank
+from .logmel import FLOOR, frame_log_mel, mel_edges, mel_filterbank
 
 MIN_LEVELS = 4  # at 1.5 kbps (2 levels) it cost held-out speech ViSQOL (1.73 -> 1.61, a first version)
 MIN_HZ = 450.0  # one-hop windows' 75-Hz bins blur the harmonics below (6 kbps PESQ 2.40; 2.36 from 300 Hz)
 MAX_GAIN = 4.0  # 12 dB either way
+FILL_MIN_HZ = 8000.0  # the lowest band centre that noise fills: above the speech the decoder learnt to make
+# (the corpus's speech has none there); from 4 or 6 kHz it cost held-out speech ViSQOL at 24 kbps (3.964 -> 3.948)
+FILL_SEED = 0x52565146  # the fill's noise table: numpy.random.default_rng(FILL_SEED)
+FILL_FRAMES = 1024  # its rows, one a frame (13.7 s at 75 Hz), then it repeats
 FLOOR_MIN_LEVELS = 6  # the floor under 1 from 6 levels (12 kbps's); at 3 kbps's 4 it cost speech and music
 # ViSQOL on held-out excerpts (2.715 -> 2.671, 4.168 -> 4.147)
 BLOCK_FRAMES = 256  # frames per step offline (bounds the temporaries)
@@ -64,25 +74,30 @@ BLOCK_FRAMES = 256  # frames per step offline (bounds the temporaries)
 class EnvelopeState:
     """What a stream carries between calls: the last block of decoded audio ``[N, hop]`` (the
     next frame's measuring window starts with it), the second half of the last window, not
-    yet complete ``[N, hop / 2]``, and the last frame's per-bin gains ``[N, hop / 2 + 1]``
-    (for :meth:`EnvelopeMatch.drain`)."""
+    yet complete ``[N, hop / 2]``, the last frame's per-bin gains ``[N, hop / 2 + 1]``
+    (for :meth:`EnvelopeMatch.drain`), and the frames done so far (they pick the fill's noise)."""
 
     last_block: np.ndarray
     partial: np.ndarray
     gains: np.ndarray
+    frame: int = 0
 
 
 class EnvelopeMatch:
     """Decoded audio + coded log-mel frames -> the audio with each band's level moved onto the
     coded one (module docstring). ``strength`` 0 leaves the audio as it is (and adds no lag);
-    ``floor`` (in (0, 1]) is how far below the log-mel floor the powers are compared."""
+    ``floor`` (in (0, 1]) is how far below the log-mel floor the powers are compared; ``fill``
+    (in [0, 1]) the share of the power the gain limit leaves missing that noise makes up."""
 
-    def __init__(self, sample_rate: int, hop: int, n_mels: int, strength: float, floor: float = 1.0) -> None:
+    def __init__(self, sample_rate: int, hop: int, n_mels: int, strength: float, floor: float = 1.0,
+                 fill: float = 0.0) -> None:
         if hop % 4:
             raise ValueError(f"envelope matching needs a hop divisible by 4, got {hop}")
         if not 0.0 < floor <= 1.0:
             raise ValueError(f"envelope matching's floor must be in (0, 1], got {floor}")
-        self.hop, self.half, self.strength, self.floor = hop, hop // 2, strength, floor
+        if not 0.0 <= fill <= 1.0:
+            raise ValueError(f"envelope matching's fill must be in [0, 1], got {fill}")
+        self.hop, self.half, self.strength, self.floor, self.fill = hop, hop // 2, strength, floor, fill
         filterbank = mel_filterbank(sample_rate, 2 * hop, n_mels)  # [M, hop + 1]
         self.filterbank = torch.from_numpy(filterbank)
         self.first_bin = np.argmax(filterbank > 0, axis=1)  # [M]
@@ -93,6 +108,12 @@ class EnvelopeMatch:
         self.measure_window = torch.hann_window(2 * hop, periodic=True, dtype=torch.float64)
         self.window = np.sqrt(torch.hann_window(hop, periodic=True, dtype=torch.float64).numpy())
         self.min_bin = math.ceil(MIN_HZ * 2 * hop / sample_rate)
+        # White noise of variance s^2 measures s^2 sum(window^2) sum(filter) as a band's mel power,
+        # and puts hop s^2 into each bin of a one-hop window's spectrum (its windows' squares sum to 1)
+        centres = mel_edges(sample_rate, n_mels)[1:-1]
+        per_power = hop / (float(self.measure_window.square().sum()) * filterbank.sum(axis=1))  # [M]
+        self.fill_scale = np.where(centres >= FILL_MIN_HZ, per_power, 0.0)  # [M]: bin power per missing power
+        self._noise: np.ndarray | None = None  # the fill's table (:meth:`noise`), made when first used
         self.streaming_on = False
         self.state: EnvelopeState | None = None
         self._like: tuple[torch.dtype, torch.device] = (torch.float32, torch.device("cpu"))
@@ -147,17 +168,19 @@ class EnvelopeMatch:
                floor: float = 1.0) -> np.ndarray:
         """Whole frames ``x`` ``[N, F * hop]`` with their coded log-mel ``[N, M, F]`` -> the
         ``F * hop`` output samples that are complete, from half a hop before ``x`` on;
-        advances ``state``. ``floor``: as :meth:`gains` takes it."""
+        advances ``state``. ``floor``: as :meth:`match` takes it."""
         n, t = x.shape
         f, hop, half = t // self.hop, self.hop, self.half
         buf = np.concatenate([state.last_block, x], axis=1)  # [N, hop + F * hop]
-        gains = self.gains(buf, target, cut, floor) if active else np.ones((n, f, half + 1))
+        gains, missing = self.match(buf, target, cut, floor) if active else (np.ones((n, f, half + 1)), None)
         # window k = 0 .. 2F-1 starts at buf[hop - half + k * half]: frame k // 2's pair
         centred = buf[:, hop - half : t + hop - half].reshape(n, f, hop)  # [N, F, hop]: windows 2f
         later = buf[:, hop:].reshape(n, f, hop)  # windows 2f + 1
         windows = np.stack([centred, later], axis=2).reshape(n, 2 * f, hop)
         if active:
             spectra = np.fft.rfft(windows * self.window, axis=-1) * np.repeat(gains, 2, axis=1)
+            if missing is not None:
+                spectra += self.noise(state.frame, n, f) * np.sqrt(np.repeat(missing, 2, axis=1))
             pieces = np.fft.irfft(spectra, n=hop, axis=-1) * self.window  # [N, 2F, hop]
         else:
             pieces = windows * (self.window * self.window)
@@ -166,26 +189,44 @@ class EnvelopeMatch:
         out[:, :t] += pieces[..., :half].reshape(n, t)  # window k's first half: out[k half : (k + 1) half]
         out[:, half:] += pieces[..., half:].reshape(n, t)
         state.last_block, state.partial, state.gains = buf[:, -hop:].copy(), out[:, t:].copy(), gains[:, -1].copy()
+        state.frame += f
         return out[:, :t]
 
-    def gains(self, buf: np.ndarray, target: np.ndarray, cut: int, floor: float = 1.0) -> np.ndarray:
+    def noise(self, first: int, n: int, f: int) -> np.ndarray:
+        """Unit complex Gaussian noise ``[N, 2F, hop / 2 + 1]`` for frames ``first ..
+        first + F - 1`` (two windows each): frame ``t`` of channel ``c`` takes row ``(t + 397 c)
+        % FILL_FRAMES`` of a table drawn once from ``FILL_SEED``."""
+        if self._noise is None:
+            z = np.random.default_rng(FILL_SEED).standard_normal((FILL_FRAMES, 2, self.half + 1, 2)) / math.sqrt(2.0)
+            self._noise = (z[..., 0] + 1j * z[..., 1]).astype(np.complex64)  # [FILL_FRAMES, 2, half + 1]
+        rows = (first + np.arange(f)[None, :] + 397 * np.arange(n)[:, None]) % FILL_FRAMES  # [N, F]
+        return self._noise[rows].reshape(n, 2 * f, self.half + 1)
+
+    def match(self, buf: np.ndarray, target: np.ndarray, cut: int, floor: float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
         """Per-bin gains of a one-hop window ``[N, F, hop / 2 + 1]`` for the frames whose two
         blocks are ``buf`` ``[N, (F + 1) hop]``, against their coded log-mel ``[N, M, F]``;
-        powers compared down to ``floor`` times the log-mel floor (1: log-mel values)."""
+        powers compared down to ``floor`` times the log-mel floor (1: log-mel values). And the
+        fill's noise power per bin of those windows' spectra, the same shape (None without a fill)."""
         measured = torch.from_numpy(buf).unfold(-1, 2 * self.hop, self.hop)  # [N, F, 2 hop]
         log_mel = frame_log_mel(measured, self.measure_window, self.filterbank).numpy()  # [N, F, M]
         coded = target.transpose(0, 2, 1)
         if floor < 1.0:  # powers, the floor taken off; both sides kept at floor * FLOOR or more, since
             # e^log_mel can round just under FLOOR on silence (a tiny floor would then divide by <= 0)
             reach, lowest = (1.0 - floor) * FLOOR, floor * FLOOR
-            band = (np.maximum(np.exp(coded) - reach, lowest) / np.maximum(np.exp(log_mel) - reach, lowest)) ** (self.strength / 2)
+            have = np.maximum(np.exp(log_mel) - reach, lowest)
+            wanted = np.maximum(np.exp(coded) - reach, lowest) / have
         else:
-            band = np.exp(self.strength * (coded - log_mel) / 2)
-        band = np.clip(band, 1 / MAX_GAIN, MAX_GAIN)
+            have, wanted = np.exp(log_mel), np.exp(coded - log_mel)
+        band = np.clip(wanted ** (self.strength / 2), 1 / MAX_GAIN, MAX_GAIN)
         band[..., self.first_bin < max(cut, self.min_bin)] = 1.0
         gains = band @ self.spread
         gains[..., self.uncovered] = 1.0
-        return gains
+        if not self.fill:
+            return gains, None
+        # the power the gain limit leaves missing, have x (wanted^strength - MAX_GAIN^2): none where the
+        # gain is within the limit or kept at 1 (the low band, under MIN_HZ; under FILL_MIN_HZ the scale is 0)
+        missing = np.where(band == MAX_GAIN, have * (wanted ** self.strength - MAX_GAIN * MAX_GAIN), 0.0)
+        return gains, (self.fill * missing * self.fill_scale) @ self.spread
 
     def finish(self, state: EnvelopeState) -> np.ndarray:
         """The last half hop ``[N, half]``: the pending half plus the window centred at the

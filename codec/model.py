@@ -65,7 +65,7 @@ class Codec(nn.Module):
             cfg.latent_dim + cfg.decoder_lowband_bins, cfg.hop_length, cfg.decoder_dim, 4 * cfg.decoder_dim, cfg.decoder_layers)
         self.postfilter = PitchPostfilter(cfg.sample_rate, cfg.hop_length, cfg.postfilter)
         self.envelope = EnvelopeMatch(cfg.sample_rate, cfg.hop_length, cfg.latent_dim, cfg.envelope_match,
-                                      cfg.envelope_floor) \
+                                      cfg.envelope_floor, cfg.envelope_fill) \
             if cfg.envelope_match else None  # codec/envelope.py: no weights
         self.lowband_encoder: LowbandEncoder | None = None  # codec/lowband.py: no weights
         self.lowband_decoder: LowbandDecoder | None = None

@@ -289,13 +289,13 @@ def test_the_default_codes_the_low_band_in_finer_steps(tmp_path):
         _decodes_with_its_own_and_not_with(file, own, other)
 
 
-def test_the_default_raises_bands_the_decoder_left_below_the_log_mel_floor(tmp_path):
-    """The default (v22) is v21 whose envelope matching compares band powers down to a tenth of
+def test_v22_raises_bands_the_decoder_left_below_the_log_mel_floor(tmp_path):
+    """v22 is v21 whose envelope matching compares band powers down to a tenth of
     the log-mel floor from 6 levels: the same weights, codes and files (each decodes the
     other's with ``model=``; without, a file decodes with the model that wrote it), and on the
     speech sample its decoded audio lies closer to the original by the mel distance at 6, 12
     and 24 kbps, and is v21's at 3 kbps (4 levels)."""
-    v22, v21 = load(), load("rvq24k-v21")
+    v22, v21 = load("rvq24k-v22"), load("rvq24k-v21")
     assert v22.cfg.name == "rvq24k-v22" and v22.cfg.envelope_floor == 0.1 and v21.cfg.envelope_floor == 1.0
     assert fingerprint(v22) == fingerprint(v21)  # one set of weights and codes
     ref, rate = sf.read(str(SAMPLES / "speech_librispeech_60.flac"), dtype="float32")
@@ -310,17 +310,45 @@ def test_the_default_raises_bands_the_decoder_left_below_the_log_mel_floor(tmp_p
             continue
         distance = [metrics.mel_distance(ref[:n], y[0, 0, delay : delay + n].numpy(), rate) for y in decoded]
         assert distance[1] < distance[0] - 0.01, (kbps, distance)
+    _files_decode_alike_by_one_model(tmp_path, v21, v22, len(ref))
+
+
+def _files_decode_alike_by_one_model(tmp_path, old, new, length: int) -> None:
+    """Two releases of the same weights and codes that decode differently: the speech sample's
+    12 kbps file of either decodes to the same samples by one model, without ``model=`` by the
+    model the file names, and the two models' decodings differ."""
     clip = SAMPLES / "speech_librispeech_60.flac"
-    for m in (v21, v22):
+    names = (old.cfg.name, new.cfg.name)
+    for m in (old, new):
         compress_file(clip, tmp_path / f"{m.cfg.name}.rvq", kbps=12, model=m)
     out = {}
-    for file in ("rvq24k-v21", "rvq24k-v22"):
-        for m in (None, v21, v22):  # None: the model the file names
+    for file in names:
+        for m in (None, old, new):  # None: the model the file names
             wav = tmp_path / f"{file}-{m.cfg.name if m else 'own'}.wav"
             decompress_file(tmp_path / f"{file}.rvq", wav, model=m)
             out[file, m.cfg.name if m else "own"] = sf.read(str(wav), dtype="float32")[0]
-    assert all(len(y) == len(ref) for y in out.values())
-    for name in ("rvq24k-v21", "rvq24k-v22"):  # the same codes: either file decodes alike by one model
-        assert np.array_equal(out["rvq24k-v21", name], out["rvq24k-v22", name])
+    assert all(len(y) == length for y in out.values())
+    for name in names:
+        assert np.array_equal(out[names[0], name], out[names[1], name])
         assert np.array_equal(out[name, "own"], out[name, name])
-    assert not np.array_equal(out["rvq24k-v21", "rvq24k-v21"], out["rvq24k-v21", "rvq24k-v22"])
+    assert not np.array_equal(out[names[0], names[0]], out[names[0], names[1]])
+
+
+def test_the_default_fills_with_noise_what_the_gain_limit_leaves_missing(tmp_path):
+    """The default (v23) is v22 whose envelope matching fills with noise the power its gain limit
+    leaves missing from 8 kHz: the same weights, codes and files (either file decodes alike by
+    one model), and on the speech sample its decoded audio lies closer to the original by the
+    mel distance at 6, 12 and 24 kbps."""
+    v23, v22 = load(), load("rvq24k-v22")
+    assert v23.cfg.name == "rvq24k-v23" and v23.cfg.envelope_fill == 1.0 and v22.cfg.envelope_fill == 0.0
+    assert fingerprint(v23) == fingerprint(v22)  # one set of weights and codes
+    ref, rate = sf.read(str(SAMPLES / "speech_librispeech_60.flac"), dtype="float32")
+    n, delay = len(ref) // v23.hop_length * v23.hop_length, v23.cfg.output_delay
+    x = torch.nn.functional.pad(torch.from_numpy(ref[:n])[None, None], (0, delay))
+    for kbps in (6, 12, 24):
+        codes = v23.encode(x, kbps=kbps)
+        assert torch.equal(codes, v22.encode(x, kbps=kbps))
+        decoded = [m.decode(codes)[0, 0, delay : delay + n].numpy() for m in (v22, v23)]
+        distance = [metrics.mel_distance(ref[:n], y, rate) for y in decoded]
+        assert distance[1] < distance[0] - 0.005, (kbps, distance)
+    _files_decode_alike_by_one_model(tmp_path, v22, v23, len(ref))

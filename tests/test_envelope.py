@@ -12,8 +12,8 @@ import soundfile as sf
 import torch
 
 from codec import Codec, CodecConfig, compress_file, decompress_file
-from codec.envelope import FLOOR_MIN_LEVELS, MAX_GAIN, MIN_HZ, MIN_LEVELS, EnvelopeMatch
-from codec.logmel import FLOOR, LogMelEncoder
+from codec.envelope import FILL_MIN_HZ, FLOOR_MIN_LEVELS, MAX_GAIN, MIN_HZ, MIN_LEVELS, EnvelopeMatch
+from codec.logmel import FLOOR, LogMelEncoder, mel_edges
 from codec.stream import StreamDecoder
 from conftest import SMALL, make_model, tone
 
@@ -184,6 +184,58 @@ def test_a_floor_under_one_raises_bands_the_decoder_left_below_the_log_mel_floor
         EnvelopeMatch(RATE, HOP, MELS, 1.0, floor=0.0)
 
 
+def test_a_fill_makes_up_in_noise_the_power_the_gain_limit_leaves_missing():
+    """Decoded noise 40 dB under the coded noise: the gains stop at 12 dB; with a fill of 1 the
+    bands centred from FILL_MIN_HZ come out at the coded power, with 0.5 half way there in
+    power, without a fill 28 dB short; the bands under FILL_MIN_HZ are not filled. From 15 dB
+    short, the noise adds only what the gain does not."""
+    x = noise(40) * 0.01
+    target = measure(noise(40, seed=1))
+    centres = torch.from_numpy(mel_edges(RATE, MELS)[1:-1])
+    filled = centres >= FILL_MIN_HZ * 1.05  # (clear of the edge: neighbouring bands share bins)
+    unfilled = (centres < FILL_MIN_HZ * 0.75) & bands_from(MIN_BIN + LEAK)
+
+    def power(audio: torch.Tensor) -> torch.Tensor:  # each band's mean mel power over the frames
+        return measure(audio)[0][:, 2:-2].exp().mean(dim=1) - FLOOR
+
+    coded = target[0][:, 2:-2].exp().mean(dim=1) - FLOOR
+    out = {f: power(EnvelopeMatch(RATE, HOP, MELS, 1.0, floor=0.1, fill=f)(x, target, FLOOR_MIN_LEVELS, 0))
+           for f in (0.0, 0.5, 1.0)}
+    short = {f: torch.log(p / coded) for f, p in out.items()}  # natural log of power: 0 = the coded power
+    assert filled.sum() >= 6 and unfilled.sum() > 20
+    assert short[1.0][filled].abs().max() < 0.25, short[1.0][filled]
+    assert (short[0.5][filled] - math.log(0.5)).abs().max() < 0.25, short[0.5][filled]
+    assert (short[0.0][filled] - math.log(16 * 1e-4)).abs().max() < 0.5, short[0.0][filled]  # 16 x 40 dB under
+    for f in (0.5, 1.0):
+        assert torch.allclose(out[f][unfilled], out[0.0][unfilled], rtol=0.02)  # (a window's side lobes)
+    near = power(EnvelopeMatch(RATE, HOP, MELS, 1.0, floor=0.1, fill=1.0)(x * 10 ** (25 / 20), target, FLOOR_MIN_LEVELS, 0))
+    assert torch.log(near / coded)[filled].abs().max() < 0.25  # 15 dB short: the gain gives 12 of them, the noise the rest
+    with pytest.raises(ValueError, match="fill"):
+        EnvelopeMatch(RATE, HOP, MELS, 1.0, fill=1.5)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 7])
+def test_the_fill_is_the_same_noise_streamed_in_any_chunks_and_offline_in_blocks(chunk):
+    """Each frame's noise is fixed by its index: a stream in chunks (across offline's blocks of
+    BLOCK_FRAMES) gives the offline output half a hop later. Two channels of the same audio
+    and codes get different noise."""
+    frames = 270
+    x = noise(frames, rows=2) * 0.01
+    target = measure(noise(frames, rows=2, seed=1))
+    offline = EnvelopeMatch(RATE, HOP, MELS, 1.0, floor=0.1, fill=1.0)(x, target, FLOOR_MIN_LEVELS, 23)
+    unfilled = EnvelopeMatch(RATE, HOP, MELS, 1.0, floor=0.1)(x, target, FLOOR_MIN_LEVELS, 23)
+    assert (offline - unfilled).square().sum() > 10 * unfilled.square().sum()  # the fill did add noise
+    em = EnvelopeMatch(RATE, HOP, MELS, 1.0, floor=0.1, fill=1.0)
+    em.streaming_on = True
+    parts = [em(x[..., s * HOP : (s + chunk) * HOP], target[..., s : s + chunk], FLOOR_MIN_LEVELS, 23)
+             for s in range(0, frames, chunk)]
+    streamed = torch.cat([*parts, em.drain()], dim=-1)
+    assert torch.allclose(streamed[..., em.lag :], offline, atol=1e-6)
+    twins = EnvelopeMatch(RATE, HOP, MELS, 1.0, floor=0.1, fill=1.0)(x[:1].repeat(2, 1, 1), target[:1].repeat(2, 1, 1),
+                                                                     FLOOR_MIN_LEVELS, 23)
+    assert (twins[0] - twins[1]).square().sum() > 0.5 * (twins[0] - unfilled[0]).square().sum()
+
+
 def test_the_config_takes_envelope_matching_only_for_a_log_mel_model():
     assert CodecConfig(encoder="logmel", latent_dim=80, envelope_match=1.0).envelope_match == 1.0
     with pytest.raises(ValueError, match="log-mel"):
@@ -192,8 +244,12 @@ def test_the_config_takes_envelope_matching_only_for_a_log_mel_model():
         CodecConfig(encoder="logmel", latent_dim=80, envelope_match=2.5)
     with pytest.raises(ValueError, match="envelope_floor"):
         CodecConfig(encoder="logmel", latent_dim=80, envelope_match=1.0, envelope_floor=1.5)
+    with pytest.raises(ValueError, match=r"envelope_fill must be in \[0, 1\]"):
+        CodecConfig(encoder="logmel", latent_dim=80, envelope_match=1.0, envelope_fill=-0.5)
+    with pytest.raises(ValueError, match="envelope_fill needs envelope matching"):
+        CodecConfig(encoder="logmel", latent_dim=80, envelope_fill=1.0)
     cfg = CodecConfig(encoder="logmel", latent_dim=80, decoder="spectral")
-    assert cfg.same_architecture(dataclasses.replace(cfg, envelope_match=1.0, envelope_floor=0.1))  # no weights
+    assert cfg.same_architecture(dataclasses.replace(cfg, envelope_match=1.0, envelope_floor=0.1, envelope_fill=1.0))  # no weights
 
 
 MODEL = dataclasses.replace(SMALL, encoder="logmel", latent_dim=40, decoder="spectral", decoder_dim=16, decoder_layers=2,
