@@ -7,6 +7,7 @@ import importlib
 import signal
 import sys
 import threading
+import warnings
 from typing import Iterator
 
 import typer
@@ -100,3 +101,18 @@ class OneLineErrors(TyperGroup):
             _say("aborted")
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+@contextlib.contextmanager
+def one_line_warnings(*always: type[Warning]) -> Iterator[None]:
+    """Warnings (a skipped corrupt file, clipped samples) as ``warning: ...`` lines on stderr,
+    no source excerpt; those of the ``always`` categories every time they occur."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        print(f"warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        for category in always:
+            warnings.simplefilter("always", category)
+        yield

@@ -14,12 +14,12 @@ from typing import Annotated
 
 import typer
 
-from codec import compress_file, decompress_file, read_info
+from codec import ClippingWarning, compress_file, decompress_file, read_info
 from codec.bitstream import Header
 from codec.files import builtin_config
 from codec.lowband import describe
 
-from .errors import OneLineErrors, user_errors
+from .errors import OneLineErrors, one_line_warnings, user_errors
 from .options import FileThreadsOpt, ForceOpt, KbpsOpt, ModelOpt, QuietOpt, set_threads
 
 app = typer.Typer(
@@ -62,7 +62,7 @@ def decompress(
 ) -> None:
     """Decompress a .rvq file to audio at its original rate, channels and length."""
     set_threads(threads)
-    with user_errors():
+    with user_errors(), one_line_warnings(ClippingWarning):
         out = decompress_file(input, output, model=model, force=force, quiet=quiet)
     if not quiet:
         typer.echo(f"{out}: written")

@@ -12,11 +12,11 @@ import typer
 
 from codec.bitstream import MAX_RATE
 from codec.endpoints import StopFlag, stop_on_signals
-from codec.errors import CodecError
+from codec.errors import ClippingWarning, CodecError
 from codec.live import decode_live, encode_live
 from codec.pcm import PcmFormat
 
-from .errors import user_errors
+from .errors import one_line_warnings, user_errors
 from .options import ForceOpt, KbpsOpt, ModelOpt, QuietOpt, StreamThreadsOpt, set_threads
 
 stream_app = typer.Typer(
@@ -126,7 +126,7 @@ def decode(
     the middle of a packet ends the output cleanly. Raw output may end with up to a frame of
     padding when the stream's length was unknown up front; file outputs are cut exactly.
     """
-    with user_errors():
+    with user_errors(), one_line_warnings(ClippingWarning):
         set_threads(threads)
         with stop_on_signals(StopFlag()) as stop:
             r = decode_live(input, output, model, force, timeout, stop,

@@ -6,17 +6,14 @@ Multi-GPU / multi-node runs use PyTorch's launcher with the same options:
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import warnings
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from train.prepare import DataWarning
 
-from .errors import fail, user_errors
+from .errors import fail, one_line_warnings, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -44,7 +41,7 @@ def train(
 
     if device not in (None, "cpu", "cuda"):
         fail(f"--device must be cpu or cuda, got {device!r}", 1)
-    with user_errors(), one_line_warnings():
+    with user_errors(), one_line_warnings(DataWarning):  # (a skipped file is never silenced)
         result = run_training(config, data, out, max_steps, resume, init, cache, device, progress=not quiet)
     if not result.main:
         return
@@ -74,17 +71,4 @@ def export(
     with user_errors():
         path = export_run(run_dir, output, name=name, use_ema=not no_ema, int8=not no_int8)
     typer.echo(f"{path}: written")
-
-
-@contextlib.contextmanager
-def one_line_warnings() -> Iterator[None]:
-    """Warnings (a skipped corrupt file, say) as ``warning: ...`` lines, no source excerpt."""
-
-    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-        print(f"warning: {message}", file=sys.stderr)
-
-    with warnings.catch_warnings():
-        warnings.showwarning = show
-        warnings.simplefilter("always", DataWarning)  # a skipped file is never silenced
-        yield
 

@@ -9,13 +9,13 @@ Quick use::
 """
 
 from .config import CodecConfig
-from .errors import CodecError, ModelBusyError
+from .errors import ClippingWarning, CodecError, ModelBusyError
 from .files import compress_file, decompress_file, read_info
 from .model import Codec
 from .weights import DEFAULT_MODEL, REGISTRY, load, save_model
 
 __all__ = [
-    "Codec", "CodecConfig", "CodecError", "DEFAULT_MODEL", "ModelBusyError", "REGISTRY",
+    "ClippingWarning", "Codec", "CodecConfig", "CodecError", "DEFAULT_MODEL", "ModelBusyError", "REGISTRY",
     "compress_file", "decompress_file", "load", "read_info", "save_model",
 ]
 __version__ = "0.1.0"

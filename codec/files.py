@@ -13,6 +13,7 @@ import errno
 import math
 import os
 import shlex
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from .audio_io import AudioError
 from .config import CodecConfig
 from .bitstream import UNKNOWN_LENGTH, BitstreamError, End, Header, PacketParser, iter_packets, read_header
-from .errors import CodecError
+from .errors import ClippingWarning, CodecError
 from .model import Codec
 from .pcm import to_pcm16
 from .stream import StreamDecoder, StreamEncoder, expected_frames, resolve_model
@@ -303,6 +304,7 @@ class TrimmingWriter:
     def __init__(self, out: sf.SoundFile, length: int | None, holdback: int = 0) -> None:
         self.out, self.length, self.holdback, self.written = out, length, holdback, 0
         self.held: np.ndarray | None = None
+        self.clipped = self.values = 0  # values written (samples x channels), those beyond full scale (clipped)
 
     def write(self, y: np.ndarray) -> None:
         if not len(y):
@@ -316,6 +318,14 @@ class TrimmingWriter:
         if len(keep):
             self.out.write(to_pcm16(keep))
             self.written += len(keep)
+            self.clipped += int(np.count_nonzero(np.abs(keep) > 1.0))
+            self.values += keep.size
+
+    def warn_clipped(self, name: str) -> None:
+        """A :class:`~codec.errors.ClippingWarning` if any sample written was clipped."""
+        if self.clipped:
+            warnings.warn(f"{name}: {self.clipped:,} decoded samples ({100 * self.clipped / self.values:.2g}%) lay "
+                          "beyond full scale and were clipped", ClippingWarning, stacklevel=3)
 
     def finish(self, channels: int, length: int | None = None, pad: bool = True) -> None:
         """Write what is held back, cut to ``length`` (if the length is now known) and, with
@@ -359,6 +369,7 @@ def decompress_file(
                     raise BitstreamError(f"{exc} (`rvqcodec stream decode --input {shlex.quote(str(input))} --output "
                                          "OUT` decodes the rest, the damage concealed)") from None
                 writer.finish(channels, decoder.num_samples)
+    writer.warn_clipped(str(output))
     return output
 
 

@@ -234,6 +234,7 @@ def decode_live(
             for block in decoder.finish_blocks(conceal=not cut_short):
                 writer.write(block)
             writer.finish(decoder.header.channels, decoder.num_samples, pad=not cut_short)
+        writer.warn_clipped("standard output" if output == "-" else output)
     seconds = writer.written / decoder.header.original_rate
     unfinished = decoder.header.num_samples == UNKNOWN_LENGTH and not decoder.stats.ended
     return DecodeReport(seconds, decoder.stats, bool(stop), reader.timed_out, decoder.header.frame_rate, unfinished)

@@ -555,3 +555,31 @@ def test_a_sighup_that_nohup_ignores_stays_ignored(tmp_path):
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_clipped_samples_are_counted_in_one_warning_line(tmp_path):
+    """A full-scale square wave decodes beyond full scale (its edges overshoot): the output is
+    written, clipped, and decompress says how many samples in one ``warning:`` line (the API
+    as a ClippingWarning); ``stream decode`` too. A quiet tone gives no warning."""
+    from codec import ClippingWarning, decompress_file
+
+    rate = 24000
+    t = np.arange(rate) / rate
+    square, quiet = tmp_path / "square.wav", tmp_path / "quiet.wav"
+    sf.write(str(square), 0.99 * np.sign(np.sin(2 * np.pi * 200 * t)), rate, subtype="FLOAT")
+    sf.write(str(quiet), 0.1 * np.sin(2 * np.pi * 200 * t), rate, subtype="FLOAT")
+    for wav in (square, quiet):
+        assert invoke("compress", wav, wav.with_suffix(".rvq"), "--kbps", "6", "-q").exit_code == 0
+    r = invoke("decompress", square.with_suffix(".rvq"), tmp_path / "back.wav", "-q")
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "clipped" in lines[0], r.stderr
+    back, _ = sf.read(str(tmp_path / "back.wav"), dtype="int16")
+    clipped = int(np.count_nonzero((back == 32767) | (back == -32768)))
+    assert clipped > 0 and f" {clipped:,} decoded samples" in lines[0]  # each pinned at full scale counted
+    with pytest.warns(ClippingWarning, match="clipped"):
+        decompress_file(square.with_suffix(".rvq"), tmp_path / "api.wav")
+    r = invoke("stream", "decode", "--input", square.with_suffix(".rvq"), "--output", tmp_path / "live.wav", "-q")
+    assert r.exit_code == 0 and "clipped" in r.stderr, r.output
+    r = invoke("decompress", quiet.with_suffix(".rvq"), tmp_path / "quiet-back.wav", "-q")
+    assert r.exit_code == 0 and r.stderr.strip() == "", r.stderr
