@@ -31,7 +31,7 @@ app = typer.Typer(
 @app.command()
 def compress(
     input: Annotated[Path, typer.Argument(help="Audio file (WAV, FLAC, OGG, MP3...), any rate and channels.")],
-    output: Annotated[Path, typer.Argument(help="The .rvq file to write.")],
+    output: Annotated[str, typer.Argument(help="The .rvq file to write.")],
     kbps: KbpsOpt = 6.0,
     model: ModelOpt = None,
     threads: FileThreadsOpt = None,
@@ -54,7 +54,7 @@ def compress(
 @app.command()
 def decompress(
     input: Annotated[Path, typer.Argument(help="The .rvq file to read.")],
-    output: Annotated[Path, typer.Argument(help="Audio file to write (.wav or .flac).")],
+    output: Annotated[str, typer.Argument(help="Audio file to write (.wav or .flac).")],
     model: ModelOpt = None,
     threads: FileThreadsOpt = None,
     force: ForceOpt = False,

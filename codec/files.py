@@ -141,6 +141,15 @@ def audio_output(tmp: Path, path: Path, rate: int, channels: int) -> Iterator[sf
         raise CodecError(f"cannot write {path}: {exc.error_string}{hint}") from None
 
 
+def output_path(output: str | os.PathLike) -> Path:
+    """``output`` as a path, refused where its text ends with a separator: that names a folder
+    (``out.rvq/``), and ``Path`` would drop the slash and write a file of that name."""
+    text = os.fspath(output)
+    if isinstance(text, str) and text.endswith(tuple({"/", os.sep})):
+        raise CodecError(f"output {text} ends with {text[-1]!r}, which names a folder: give a file name")
+    return Path(text)
+
+
 def check_output(path: Path, force: bool, source: Path | None = None) -> Path:
     """Refuse an output path that cannot be written (before any work is done): an existing
     file without ``force``, and even with it a folder, a device or pipe (the output is
@@ -262,9 +271,10 @@ def compress_file(
     A damaged input (one that ends before the length it declares, or that stops decoding part
     way) is coded as far as it can be read, and the result's ``damage`` says so; one of which
     nothing can be read is an :class:`AudioError`."""
-    check_suffix(Path(output))
+    output = output_path(output)
+    check_suffix(output)
     codec = resolve_model(model)
-    with open_audio(Path(input)) as src, atomic_output(Path(output), force, source=Path(input)) as tmp:
+    with open_audio(Path(input)) as src, atomic_output(output, force, source=Path(input)) as tmp:
         rate, channels, total = src.samplerate, src.channels, src.frames
         encoder = StreamEncoder(codec, rate, channels, kbps, packet_frames, num_samples=total)
         with open(tmp, "wb") as out, encoder, Progress(total, rate, quiet, "compress") as progress:
@@ -347,7 +357,7 @@ def decompress_file(
     Streams written before their length was known (``rvqcodec stream encode``) are cut to the
     length in their end record. The output is the same whatever the file's packet size.
     """
-    input, output = Path(input), Path(output)
+    input, output = Path(input), output_path(output)
     audio_format(output)  # an unsupported suffix is refused before any work
     check_input(input)
     with open(input, "rb") as f, StreamDecoder(model, strict=True, block_frames=DECODE_BLOCK_FRAMES) as decoder:

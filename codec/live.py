@@ -27,7 +27,8 @@ from .endpoints import (
     ByteReader, StopFlag, open_byte_sink, open_byte_source, parse_address, stdout_writer,
 )
 from .errors import CodecError
-from .files import FileAudio, TrimmingWriter, atomic_output, audio_format, audio_output, check_output, check_suffix, holdback_samples, open_audio
+from .files import (FileAudio, TrimmingWriter, atomic_output, audio_format, audio_output, check_output, check_suffix,
+                    holdback_samples, open_audio, output_path)
 from .model import Codec
 from .pcm import PcmFormat, read_wav_header
 from .stream import StreamDecoder, StreamEncoder, StreamStats, live_packet_frames, resolve_model
@@ -136,7 +137,7 @@ def encode_live(
         raise CodecError(f"frames per packet must be 1..65535, got {packet_frames}")
     to_file = output != "-" and parse_address(output) is None
     if to_file:
-        check_suffix(Path(output))
+        check_suffix(output_path(output))
         check_output(Path(output), force, source=None if input == "-" else Path(input))
     sent = 0
     with open_audio_source(input, raw, chunk_seconds, stop) as source:
@@ -214,7 +215,7 @@ def decode_live(
     if parse_address(output) is not None:
         raise CodecError("stream decode writes to a file or - (stdout); tcp:// outputs are for stream encode")
     if output != "-":
-        audio_format(Path(output))
+        audio_format(output_path(output))
         check_output(Path(output), force, source=None if input == "-" or parse_address(input) else Path(input))
     with open_byte_source(input, stop, timeout, on_listening) as reader, StreamDecoder(codec) as decoder:
         first = np.zeros((0, 0), np.float32)

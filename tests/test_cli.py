@@ -583,3 +583,27 @@ def test_clipped_samples_are_counted_in_one_warning_line(tmp_path):
     assert r.exit_code == 0 and "clipped" in r.stderr, r.output
     r = invoke("decompress", quiet.with_suffix(".rvq"), tmp_path / "quiet-back.wav", "-q")
     assert r.exit_code == 0 and r.stderr.strip() == "", r.stderr
+
+
+@pytest.mark.parametrize("command", ["compress", "decompress", "stream encode", "stream decode"])
+def test_an_output_ending_with_a_slash_is_refused_in_one_line(tmp_path, stereo_wav, good_rvq, small_model_file, command):
+    """``out.rvq/`` names a folder: refused before any work, nothing written (a path object
+    would drop the slash and write ``out.rvq``)."""
+    source, name = (stereo_wav, "out.rvq") if command.endswith(("compress", "encode")) else (good_rvq, "out.wav")
+    if command == "decompress" or command == "compress":
+        args = [command, source, f"{tmp_path / name}/", "--model", small_model_file]
+    else:
+        args = [*command.split(), "--input", source, "--output", f"{tmp_path / name}/", "--model", small_model_file]
+    r = invoke(*args)
+    assert_user_error(r, tmp_path / name)
+    assert "names a folder" in r.stderr
+
+
+def test_the_api_refuses_an_output_ending_with_a_slash(tmp_path, stereo_wav, small_model_file):
+    from codec import CodecError, compress_file
+
+    with pytest.raises(CodecError, match="names a folder"):
+        compress_file(stereo_wav, f"{tmp_path / 'out.rvq'}/", model=small_model_file)
+    assert not [p for p in tmp_path.iterdir() if "out.rvq" in p.name]
+    compress_file(stereo_wav, tmp_path / "out.rvq", model=small_model_file)  # a path object without one: fine
+    assert (tmp_path / "out.rvq").is_file()
