@@ -67,9 +67,9 @@ class CodecConfig:
             above this fraction of the floor; only for frames of 6 levels or more
             (codec/envelope.py). No weights.
         envelope_fill: 0 (off), or the share (up to 1) of the power that envelope matching's
-            gain limit leaves missing in a band (centred from 8 kHz) that noise makes up: the codes
-            say the band holds power and the decoder made next to none (codec/envelope.py).
-            No weights.
+            gain limit leaves missing in a band centred from 8 kHz (none at 16 kHz or under)
+            that noise makes up, in frames of 6 levels or more: the codes say the band holds
+            power and the decoder made next to none (codec/envelope.py). No weights.
     """
 
     sample_rate: int = 24000

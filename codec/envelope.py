@@ -26,12 +26,16 @@ How, for frame ``t`` of a decoded signal (output time; block ``t`` is its sample
   Bands that start below :data:`MIN_HZ`, or below the top of the low band (codec/lowband.py
   codes the waveform there), keep gain 1, and so do all bands of a frame with fewer than
   :data:`MIN_LEVELS` log-mel levels.
-- **Fill** (``fill`` over 0, v23): where a band's gain stops at :data:`MAX_GAIN` short of the
-  coded power (the decoder made next to nothing there), noise makes up ``fill`` of the power
-  still missing, in bands centred at :data:`FILL_MIN_HZ` or above. The noise is white within
-  each band, its variance worked out from the measuring window and the band's filter so that
-  its measured mel power is the power missing. It is the same noise whatever the calls: each
-  frame's is a table's row picked by the frame's index in the audio (or stream).
+- **Fill** (``fill`` over 0, v23; frames of :data:`FLOOR_MIN_LEVELS` levels or more): where a
+  band's gain stops at :data:`MAX_GAIN` short of the coded power (the decoder made next to
+  nothing there), noise makes up ``fill`` of the power still missing, in bands centred at
+  :data:`FILL_MIN_HZ` or above (their filters reach down to the centre of the band below).
+  The noise is white within each band, its variance worked out from the measuring window and
+  the band's filter so that its measured mel power is the power missing. It is the same
+  noise whatever the calls and in every channel: each frame's is a table's row picked by the
+  frame's index in the audio (or stream); the table comes from a counter-based generator of
+  this module (:func:`noise_table`), not NumPy's, whose streams may change between versions.
+  The last half hop (:meth:`EnvelopeMatch.drain`) takes the last frame's gains and no noise.
 - **Apply**: a weighted overlap-add of one-hop windows at half-hop steps (square-root Hann for
   analysis and synthesis: their products sum to one, so gains of 1 give the input back), each
   window's spectrum times the per-bin gains of its frame (the bands' gains spread over their
@@ -49,6 +53,7 @@ the last bit. Shapes: audio ``[N, 1, F * hop]``, coded log-mel ``[N, n_mels, F]`
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -63,7 +68,7 @@ MIN_HZ = 450.0  # one-hop windows' 75-Hz bins blur the harmonics below (6 kbps P
 MAX_GAIN = 4.0  # 12 dB either way
 FILL_MIN_HZ = 8000.0  # the lowest band centre that noise fills: above the speech the decoder learnt to make
 # (the corpus's speech has none there); from 4 or 6 kHz it cost held-out speech ViSQOL at 24 kbps (3.964 -> 3.948)
-FILL_SEED = 0x52565146  # the fill's noise table: numpy.random.default_rng(FILL_SEED)
+FILL_SEED = 0x52565146  # the fill's noise table (noise_table)
 FILL_FRAMES = 1024  # its rows, one a frame (13.7 s at 75 Hz), then it repeats
 FLOOR_MIN_LEVELS = 6  # the floor under 1 from 6 levels (12 kbps's); at 3 kbps's 4 it cost speech and music
 # ViSQOL on held-out excerpts (2.715 -> 2.671, 4.168 -> 4.147)
@@ -113,7 +118,8 @@ class EnvelopeMatch:
         centres = mel_edges(sample_rate, n_mels)[1:-1]
         per_power = hop / (float(self.measure_window.square().sum()) * filterbank.sum(axis=1))  # [M]
         self.fill_scale = np.where(centres >= FILL_MIN_HZ, per_power, 0.0)  # [M]: bin power per missing power
-        self._noise: np.ndarray | None = None  # the fill's table (:meth:`noise`), made when first used
+        # [FILL_FRAMES, 2, hop / 2 + 1]: two windows a frame (made here: a first live frame would wait ~25 ms)
+        self.noise = noise_table(FILL_FRAMES, 2, self.half + 1) if fill else None
         self.streaming_on = False
         self.state: EnvelopeState | None = None
         self._like: tuple[torch.dtype, torch.device] = (torch.float32, torch.device("cpu"))
@@ -145,9 +151,10 @@ class EnvelopeMatch:
         x = audio.reshape(n, t).detach().cpu().double().numpy()
         target = coded.detach().cpu().double().numpy()
         active = levels >= MIN_LEVELS
-        floor = self.floor if levels >= FLOOR_MIN_LEVELS else 1.0
+        fine = levels >= FLOOR_MIN_LEVELS
+        floor = self.floor if fine else 1.0
         out = [self.frames(x[:, s * self.hop : (s + BLOCK_FRAMES) * self.hop], target[..., s : s + BLOCK_FRAMES],
-                           state, active, cut, floor) for s in range(0, f, BLOCK_FRAMES)]
+                           state, active, cut, floor, fill=fine) for s in range(0, f, BLOCK_FRAMES)]
         y = np.concatenate([np.zeros((n, 0)), *out], axis=1)  # [N, F * hop]: from half a hop before the audio
         if self.streaming_on:
             self.state = state
@@ -165,22 +172,24 @@ class EnvelopeMatch:
         return torch.from_numpy(tail).to(dtype).to(device)[:, None]
 
     def frames(self, x: np.ndarray, target: np.ndarray, state: EnvelopeState, active: bool, cut: int,
-               floor: float = 1.0) -> np.ndarray:
+               floor: float = 1.0, fill: bool = False) -> np.ndarray:
         """Whole frames ``x`` ``[N, F * hop]`` with their coded log-mel ``[N, M, F]`` -> the
         ``F * hop`` output samples that are complete, from half a hop before ``x`` on;
-        advances ``state``. ``floor``: as :meth:`match` takes it."""
+        advances ``state``. ``floor``: as :meth:`match` takes it; ``fill``: whether these frames
+        are filled (if the matcher has a fill)."""
         n, t = x.shape
         f, hop, half = t // self.hop, self.hop, self.half
         buf = np.concatenate([state.last_block, x], axis=1)  # [N, hop + F * hop]
-        gains, missing = self.match(buf, target, cut, floor) if active else (np.ones((n, f, half + 1)), None)
+        gains, missing = self.match(buf, target, cut, floor, fill) if active else (np.ones((n, f, half + 1)), None)
         # window k = 0 .. 2F-1 starts at buf[hop - half + k * half]: frame k // 2's pair
         centred = buf[:, hop - half : t + hop - half].reshape(n, f, hop)  # [N, F, hop]: windows 2f
         later = buf[:, hop:].reshape(n, f, hop)  # windows 2f + 1
         windows = np.stack([centred, later], axis=2).reshape(n, 2 * f, hop)
         if active:
             spectra = np.fft.rfft(windows * self.window, axis=-1) * np.repeat(gains, 2, axis=1)
-            if missing is not None:
-                spectra += self.noise(state.frame, n, f) * np.sqrt(np.repeat(missing, 2, axis=1))
+            if missing is not None:  # each frame's two windows take the table's row of its index
+                rows = self.noise[(state.frame + np.arange(f)) % FILL_FRAMES].reshape(1, 2 * f, half + 1)
+                spectra += rows * np.sqrt(np.repeat(missing, 2, axis=1))
             pieces = np.fft.irfft(spectra, n=hop, axis=-1) * self.window  # [N, 2F, hop]
         else:
             pieces = windows * (self.window * self.window)
@@ -192,21 +201,13 @@ class EnvelopeMatch:
         state.frame += f
         return out[:, :t]
 
-    def noise(self, first: int, n: int, f: int) -> np.ndarray:
-        """Unit complex Gaussian noise ``[N, 2F, hop / 2 + 1]`` for frames ``first ..
-        first + F - 1`` (two windows each): frame ``t`` of channel ``c`` takes row ``(t + 397 c)
-        % FILL_FRAMES`` of a table drawn once from ``FILL_SEED``."""
-        if self._noise is None:
-            z = np.random.default_rng(FILL_SEED).standard_normal((FILL_FRAMES, 2, self.half + 1, 2)) / math.sqrt(2.0)
-            self._noise = (z[..., 0] + 1j * z[..., 1]).astype(np.complex64)  # [FILL_FRAMES, 2, half + 1]
-        rows = (first + np.arange(f)[None, :] + 397 * np.arange(n)[:, None]) % FILL_FRAMES  # [N, F]
-        return self._noise[rows].reshape(n, 2 * f, self.half + 1)
-
-    def match(self, buf: np.ndarray, target: np.ndarray, cut: int, floor: float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
+    def match(self, buf: np.ndarray, target: np.ndarray, cut: int, floor: float = 1.0,
+              fill: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Per-bin gains of a one-hop window ``[N, F, hop / 2 + 1]`` for the frames whose two
         blocks are ``buf`` ``[N, (F + 1) hop]``, against their coded log-mel ``[N, M, F]``;
-        powers compared down to ``floor`` times the log-mel floor (1: log-mel values). And the
-        fill's noise power per bin of those windows' spectra, the same shape (None without a fill)."""
+        powers compared down to ``floor`` times the log-mel floor (1: log-mel values). And,
+        with ``fill`` (and a matcher with a fill), the noise power per bin of those windows'
+        spectra, the same shape (else None)."""
         measured = torch.from_numpy(buf).unfold(-1, 2 * self.hop, self.hop)  # [N, F, 2 hop]
         log_mel = frame_log_mel(measured, self.measure_window, self.filterbank).numpy()  # [N, F, M]
         coded = target.transpose(0, 2, 1)
@@ -221,11 +222,17 @@ class EnvelopeMatch:
         band[..., self.first_bin < max(cut, self.min_bin)] = 1.0
         gains = band @ self.spread
         gains[..., self.uncovered] = 1.0
-        if not self.fill:
+        if not (fill and self.fill):
             return gains, None
-        # the power the gain limit leaves missing, have x (wanted^strength - MAX_GAIN^2): none where the
-        # gain is within the limit or kept at 1 (the low band, under MIN_HZ; under FILL_MIN_HZ the scale is 0)
-        missing = np.where(band == MAX_GAIN, have * (wanted ** self.strength - MAX_GAIN * MAX_GAIN), 0.0)
+        # Where the gain stops at the limit, the power still missing: have x (wanted^strength -
+        # MAX_GAIN^2). `have` counts the floor's share f F (f = floor; F on log-mel values) with
+        # the band's power P, and the gain scales P alone, so this is (MAX_GAIN^2 - 1) f F short
+        # of it; a band that the comparison finds within the limit (near the floor: P about 0,
+        # coded under about MAX_GAIN^2 f F) is not filled. Filling those too, to the coded power,
+        # put noise into quiet frames (dev speech 12 kbps mel distance 1.024 -> 1.19, session 34).
+        # Kept at 1 (the low band, under MIN_HZ): no fill; under FILL_MIN_HZ the scale is 0.
+        limit = MAX_GAIN * MAX_GAIN
+        missing = np.where(band == MAX_GAIN, have * (wanted ** self.strength - limit), 0.0)
         return gains, (self.fill * missing * self.fill_scale) @ self.spread
 
     def finish(self, state: EnvelopeState) -> np.ndarray:
@@ -235,3 +242,20 @@ class EnvelopeMatch:
         window = np.concatenate([state.last_block[:, half:], np.zeros_like(state.last_block[:, half:])], axis=1)
         piece = np.fft.irfft(np.fft.rfft(window * self.window, axis=-1) * state.gains, n=self.hop, axis=-1)
         return state.partial + (piece * self.window)[:, :half]
+
+
+@functools.lru_cache(maxsize=4)
+def noise_table(*shape: int) -> np.ndarray:
+    """Unit complex Gaussian noise of ``shape`` (complex64, read-only: one array shared by the
+    matchers that ask for it) from :data:`FILL_SEED`: splitmix64 of the values' indices (uint64
+    arithmetic, the same on every machine and NumPy version), two uniforms each, then Box-Muller."""
+    count = math.prod(shape)
+    state = (np.arange(2 * count, dtype=np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(FILL_SEED)
+    state = (state ^ (state >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    state = (state ^ (state >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    state ^= state >> np.uint64(31)
+    uniform = ((state >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53  # in (0, 1)
+    radius = np.sqrt(-np.log(uniform[:count]))  # E|z|^2 = 1: radius^2 is exponential of mean 1
+    table = (radius * np.exp(2j * np.pi * uniform[count:])).astype(np.complex64).reshape(shape)
+    table.flags.writeable = False
+    return table
