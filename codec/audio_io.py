@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -14,6 +17,28 @@ from .errors import CodecError
 
 class AudioError(CodecError):
     """A user-facing problem with an audio file (missing, unreadable, empty)."""
+
+
+@contextlib.contextmanager
+def decoder_notes_muted() -> Iterator[None]:
+    """The process's standard error (file descriptor 2) sent to the null device while inside:
+    libsndfile's MP3 decoder (libmpg123) writes its notes there ("Illegal Audio-MPEG-Header",
+    "Trying to resync..."), around the one-line warning or error rvqcodec gives for the same
+    damage. Python's own output is flushed first and written as usual after."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 to begin with
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 def require_float(dtype: object) -> None:
@@ -35,7 +60,8 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
     if path.is_dir():
         raise AudioError(f"input is a directory, not an audio file: {path}")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        with decoder_notes_muted():
+            data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:
         raise AudioError(f"cannot read audio from {path}: {_short(exc)}") from None
     if data.shape[0] == 0:

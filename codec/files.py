@@ -23,7 +23,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from .audio_io import AudioError
+from .audio_io import AudioError, decoder_notes_muted
 from .config import CodecConfig
 from .bitstream import UNKNOWN_LENGTH, BitstreamError, End, Header, PacketParser, iter_packets, read_header
 from .errors import ClippingWarning, CodecError
@@ -182,7 +182,8 @@ def open_audio(path: Path) -> sf.SoundFile:
         raise AudioError(f"input is not a regular file (a pipe or a device): {path}; "
                          "`rvqcodec stream encode` reads WAV or raw PCM from a pipe")
     try:
-        f = sf.SoundFile(str(path))
+        with decoder_notes_muted():
+            f = sf.SoundFile(str(path))
     except Exception as exc:
         raise AudioError(f"cannot read audio from {path}: {str(exc).strip().splitlines()[0]}") from None
     if f.frames == 0:
@@ -231,7 +232,8 @@ class FileAudio:
         if self.damage:
             return None
         try:
-            x = self.f.read(self.chunk, dtype="float32", always_2d=True)
+            with decoder_notes_muted():
+                x = self.f.read(self.chunk, dtype="float32", always_2d=True)
         except sf.LibsndfileError as exc:
             x = self._up_to_damage()
             if not self.samples and not len(x):
@@ -251,7 +253,8 @@ class FileAudio:
         try:
             self.f.seek(self.samples)
             while got < self.chunk:
-                y = self.f.read(min(piece, self.chunk - got), dtype="float32", always_2d=True)
+                with decoder_notes_muted():
+                    y = self.f.read(min(piece, self.chunk - got), dtype="float32", always_2d=True)
                 if not len(y):
                     break
                 pieces.append(y)

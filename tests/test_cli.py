@@ -607,3 +607,21 @@ def test_the_api_refuses_an_output_ending_with_a_slash(tmp_path, stereo_wav, sma
     assert not [p for p in tmp_path.iterdir() if "out.rvq" in p.name]
     compress_file(stereo_wav, tmp_path / "out.rvq", model=small_model_file)  # a path object without one: fine
     assert (tmp_path / "out.rvq").is_file()
+
+
+def test_a_damaged_mp3_gives_one_warning_line_not_the_decoder_s_notes(tmp_path, small_model_file):
+    """libmpg123 writes notes on a damaged MP3 straight to the process's standard error
+    ("Illegal Audio-MPEG-Header", "Trying to resync..."): compress -q prints its own one
+    warning line and nothing else, and the file is coded."""
+    full, cut = tmp_path / "full.mp3", tmp_path / "cut.mp3"
+    sf.write(str(full), tone(3.0, 48000)[0], 48000, format="MP3")
+    data = full.read_bytes()
+    cut.write_bytes(data[: len(data) // 2] + bytes(range(256)) * 4 + data[len(data) // 2 + 5000 :])
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "compress", str(cut), str(tmp_path / "o.rvq"), "--model", str(small_model_file), "-q"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "damaged" in lines[0], proc.stderr
+    assert read_info(tmp_path / "o.rvq").num_samples > 48000
