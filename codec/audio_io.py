@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -19,26 +20,60 @@ class AudioError(CodecError):
     """A user-facing problem with an audio file (missing, unreadable, empty)."""
 
 
+_MUTE_LOCK = threading.Lock()
+_mute = {"depth": 0, "saved": None}  # callers inside; the descriptor that fd 2 was (None: not redirected)
+
+
 @contextlib.contextmanager
-def decoder_notes_muted() -> Iterator[None]:
-    """The process's standard error (file descriptor 2) sent to the null device while inside:
-    libsndfile's MP3 decoder (libmpg123) writes its notes there ("Illegal Audio-MPEG-Header",
-    "Trying to resync..."), around the one-line warning or error rvqcodec gives for the same
-    damage. Python's own output is flushed first and written as usual after."""
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no descriptor 2 to begin with
+def native_stderr_muted(on: bool = True) -> Iterator[None]:
+    """With ``on``, the process's standard error (file descriptor 2, where C libraries write)
+    sent to the null device while inside: libsndfile's MP3 decoder (libmpg123) writes notes
+    there ("Illegal Audio-MPEG-Header", "Trying to resync...") around the one line rvqcodec
+    gives for the same damage, and ViSQOL's TFLite runtime an INFO line. Python's own stderr is
+    flushed first. Safe from several threads (the first in redirects, the last out restores),
+    but what any thread writes to fd 2 meanwhile is lost. Where fd 2 cannot be redirected
+    (closed, no descriptors left), the body runs as it is."""
+    if not on:
         yield
         return
-    null = os.open(os.devnull, os.O_WRONLY)
+    with _MUTE_LOCK:
+        if _mute["depth"] == 0:
+            _mute["saved"] = _redirect_fd2()
+        _mute["depth"] += 1
     try:
-        os.dup2(null, 2)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
+        with _MUTE_LOCK:
+            _mute["depth"] -= 1
+            saved = _mute["saved"]
+            if _mute["depth"] == 0 and saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
+                _mute["saved"] = None
+
+
+def _redirect_fd2() -> int | None:
+    """fd 2 pointed at the null device; a copy of what it was, or None where that failed."""
+    with contextlib.suppress(AttributeError, ValueError, OSError):  # (no sys.stderr, or a closed one)
+        sys.stderr.flush()
+    saved = null = None
+    try:
+        saved = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        return saved
+    except OSError:
+        if saved is not None:
+            os.close(saved)
+        return None
+    finally:
+        if null is not None:
+            os.close(null)
+
+
+def is_mpeg(path: Path) -> bool:
+    """Whether ``path`` names an MP3 (or MP2) file, by its suffix: those are decoded by libmpg123."""
+    return Path(path).suffix.lower() in (".mp3", ".mp2", ".mpga")
 
 
 def require_float(dtype: object) -> None:
@@ -60,7 +95,7 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
     if path.is_dir():
         raise AudioError(f"input is a directory, not an audio file: {path}")
     try:
-        with decoder_notes_muted():
+        with native_stderr_muted(is_mpeg(path)):
             data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:
         raise AudioError(f"cannot read audio from {path}: {_short(exc)}") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from . import metrics, opus
 from .audio_io import read_audio
-from .errors import CodecError
+from .errors import ClippingWarning, CodecError
 from .eval_results import Clip, EvalResult, Row, write_outputs
 from .files import compress_file, decompress_file, open_audio
 from .listing import list_entries  # the same listing (and categories) as the training data
@@ -140,7 +141,9 @@ def _code(clip: Clip, index: int, system: str, kbps: float, codec: Codec, work: 
         rvq = work / f"{index:05d}-rvq-{kbps:g}kbps.rvq"
         decoded = rvq.with_suffix(".wav")
         actual = compress_file(clip.path, rvq, kbps=kbps, model=codec).actual_kbps
-        decompress_file(rvq, decoded, model=codec)
+        with warnings.catch_warnings():  # (scored as written; the temporary file's name is no news to a user)
+            warnings.simplefilter("ignore", ClippingWarning)
+            decompress_file(rvq, decoded, model=codec)
     else:
         source = work / f"{index:05d}.wav"
         if not source.exists():  # opusenc reads WAV and FLAC only; give it lossless PCM

@@ -23,12 +23,12 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from .audio_io import AudioError, decoder_notes_muted
+from .audio_io import AudioError, is_mpeg, native_stderr_muted
 from .config import CodecConfig
 from .bitstream import UNKNOWN_LENGTH, BitstreamError, End, Header, PacketParser, iter_packets, read_header
 from .errors import ClippingWarning, CodecError
 from .model import Codec
-from .pcm import to_pcm16
+from .pcm import pcm16_clipped, to_pcm16
 from .stream import StreamDecoder, StreamEncoder, expected_frames, resolve_model
 from .weights import ModelError, registered_config
 
@@ -141,12 +141,13 @@ def audio_output(tmp: Path, path: Path, rate: int, channels: int) -> Iterator[sf
         raise CodecError(f"cannot write {path}: {exc.error_string}{hint}") from None
 
 
-def output_path(output: str | os.PathLike) -> Path:
-    """``output`` as a path, refused where its text ends with a separator: that names a folder
-    (``out.rvq/``), and ``Path`` would drop the slash and write a file of that name."""
-    text = os.fspath(output)
-    if isinstance(text, str) and text.endswith(tuple({"/", os.sep})):
-        raise CodecError(f"output {text} ends with {text[-1]!r}, which names a folder: give a file name")
+def output_path(output: str | bytes | os.PathLike) -> Path:
+    """``output`` as a path, refused where its text names a folder (``out.rvq/``,
+    ``out.rvq/.``): ``Path`` would drop the slash or the dot and write a file of that name."""
+    text = os.fsdecode(output)
+    if os.path.basename(text) in ("", ".", ".."):
+        raise CodecError(f"output {text} names a folder (it ends with {os.path.basename(text) or text[-1]!r}): "
+                         "give a file name")
     return Path(text)
 
 
@@ -182,7 +183,7 @@ def open_audio(path: Path) -> sf.SoundFile:
         raise AudioError(f"input is not a regular file (a pipe or a device): {path}; "
                          "`rvqcodec stream encode` reads WAV or raw PCM from a pipe")
     try:
-        with decoder_notes_muted():
+        with native_stderr_muted(is_mpeg(path)):
             f = sf.SoundFile(str(path))
     except Exception as exc:
         raise AudioError(f"cannot read audio from {path}: {str(exc).strip().splitlines()[0]}") from None
@@ -227,12 +228,13 @@ class FileAudio:
     def __init__(self, f: sf.SoundFile, chunk: int) -> None:
         self.f, self.chunk, self.rate, self.channels = f, chunk, f.samplerate, f.channels
         self.samples, self.damage = 0, None
+        self.mpeg = f.subtype.startswith("MPEG_")  # libmpg123 decodes it: its notes are muted (audio_io.native_stderr_muted)
 
     def read(self) -> np.ndarray | None:
         if self.damage:
             return None
         try:
-            with decoder_notes_muted():
+            with native_stderr_muted(self.mpeg):
                 x = self.f.read(self.chunk, dtype="float32", always_2d=True)
         except sf.LibsndfileError as exc:
             x = self._up_to_damage()
@@ -251,14 +253,14 @@ class FileAudio:
         piece = max(1, int(self.rate * DAMAGE_PIECE_SECONDS))
         pieces, got = [np.zeros((0, self.channels), np.float32)], 0
         try:
-            self.f.seek(self.samples)
-            while got < self.chunk:
-                with decoder_notes_muted():
+            with native_stderr_muted(self.mpeg):
+                self.f.seek(self.samples)
+                while got < self.chunk:
                     y = self.f.read(min(piece, self.chunk - got), dtype="float32", always_2d=True)
-                if not len(y):
-                    break
-                pieces.append(y)
-                got += len(y)
+                    if not len(y):
+                        break
+                    pieces.append(y)
+                    got += len(y)
         except (sf.LibsndfileError, RuntimeError):  # (the damage again, or a file that cannot seek)
             pass
         return np.concatenate(pieces)
@@ -317,7 +319,7 @@ class TrimmingWriter:
     def __init__(self, out: sf.SoundFile, length: int | None, holdback: int = 0) -> None:
         self.out, self.length, self.holdback, self.written = out, length, holdback, 0
         self.held: np.ndarray | None = None
-        self.clipped = self.values = 0  # values written (samples x channels), those beyond full scale (clipped)
+        self.clipped = self.values = 0  # samples written (every channel's), those clipped to the 16-bit range
 
     def write(self, y: np.ndarray) -> None:
         if not len(y):
@@ -331,14 +333,14 @@ class TrimmingWriter:
         if len(keep):
             self.out.write(to_pcm16(keep))
             self.written += len(keep)
-            self.clipped += int(np.count_nonzero(np.abs(keep) > 1.0))
+            self.clipped += pcm16_clipped(keep)
             self.values += keep.size
 
     def warn_clipped(self, name: str) -> None:
         """A :class:`~codec.errors.ClippingWarning` if any sample written was clipped."""
         if self.clipped:
-            warnings.warn(f"{name}: {self.clipped:,} decoded samples ({100 * self.clipped / self.values:.2g}%) lay "
-                          "beyond full scale and were clipped", ClippingWarning, stacklevel=3)
+            warnings.warn(f"{name}: clipped at full scale: {self.clipped:,} of {self.values:,} decoded samples "
+                          "(every channel's)", ClippingWarning, stacklevel=3)
 
     def finish(self, channels: int, length: int | None = None, pad: bool = True) -> None:
         """Write what is held back, cut to ``length`` (if the length is now known) and, with
@@ -359,6 +361,8 @@ def decompress_file(
 
     Streams written before their length was known (``rvqcodec stream encode``) are cut to the
     length in their end record. The output is the same whatever the file's packet size.
+    Decoded samples beyond full scale are clipped; once the output is written, a
+    :class:`~codec.errors.ClippingWarning` says how many.
     """
     input, output = Path(input), output_path(output)
     audio_format(output)  # an unsupported suffix is refused before any work

@@ -207,7 +207,9 @@ def decode_live(
     on_listening: Callable[[str], None] | None = None,
 ) -> DecodeReport:
     """Decode ``input`` (file, ``-`` or ``tcp://HOST:PORT`` to listen on) to ``output`` (file or
-    ``-``) as packets arrive. Damage is concealed and counted in the report's ``stats``."""
+    ``-``) as packets arrive. Damage is concealed and counted in the report's ``stats``.
+    Decoded samples beyond full scale are clipped; at the end, once the output is complete, a
+    :class:`~codec.errors.ClippingWarning` says how many."""
     if timeout is not None and not timeout > 0:
         raise CodecError(f"the timeout must be more than 0 seconds, got {timeout:g}")
     stop = stop if stop is not None else StopFlag()

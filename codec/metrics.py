@@ -9,16 +9,15 @@ on first use, so importing this module stays cheap.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
-import os
-from typing import Iterator
 
 import numpy as np
 import soxr
 import torch
 from scipy import signal
+
+from .audio_io import native_stderr_muted
 
 # PESQ (P.862.2) and STOI are defined on 16 kHz audio; ViSQOL's speech mode at 16 kHz and its
 # audio mode at 48 kHz.
@@ -114,26 +113,12 @@ def visqol_available() -> bool:
     return importlib.util.find_spec("visqol") is not None
 
 
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    # The TFLite runtime behind ViSQOL's speech mapper prints an INFO line from C++ straight
-    # to file descriptor 2; silence that descriptor, not just sys.stderr.
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 @functools.lru_cache(maxsize=2)
 def _visqol_api(mode: str):  # -> visqol.VisqolApi
     from visqol import VisqolApi
 
     api = VisqolApi()
-    with _quiet_stderr():
+    with native_stderr_muted():
         api.create(mode=mode)
     return api
 
@@ -150,7 +135,7 @@ def visqol(ref: np.ndarray, est: np.ndarray, sample_rate: int, mode: str) -> flo
     ref, est = _check(ref, est)
     rate = VISQOL_RATES[mode]
     r, e = _resample(ref, sample_rate, rate), _resample(est, sample_rate, rate)
-    with _quiet_stderr():
+    with native_stderr_muted():
         return float(_visqol_api(mode).measure_from_arrays(r, e, rate).moslqo)
 
 

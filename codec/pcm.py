@@ -54,6 +54,13 @@ class PcmFormat:
         return x.reshape(-1, self.channels)
 
 
+def pcm16_clipped(y: np.ndarray) -> int:
+    """How many of ``y``'s values :func:`to_pcm16` clips: those that round beyond the 16-bit
+    range (from 32767.5 / 32768 up, under -1 - 0.5 / 32768)."""
+    scaled = np.rint(np.nan_to_num(y, nan=0.0) * 32768.0)
+    return int(np.count_nonzero(scaled > 32767)) + int(np.count_nonzero(scaled < -32768))
+
+
 def to_pcm16(y: np.ndarray) -> np.ndarray:
     """Float audio -> int16, the inverse of reading 16-bit samples (``k / 32768`` -> ``k``),
     clipped to the 16-bit range. Every 16-bit output (WAV, FLAC, raw PCM) is made here, so
