@@ -145,9 +145,10 @@ def output_path(output: str | bytes | os.PathLike) -> Path:
     """``output`` as a path, refused where its text names a folder (``out.rvq/``,
     ``out.rvq/.``): ``Path`` would drop the slash or the dot and write a file of that name."""
     text = os.fsdecode(output)
+    if not text:
+        raise CodecError("the output's name is empty: give a file name")
     if os.path.basename(text) in ("", ".", ".."):
-        raise CodecError(f"output {text} names a folder (it ends with {os.path.basename(text) or text[-1]!r}): "
-                         "give a file name")
+        raise CodecError(f"output {text} names a folder: give a file name")
     return Path(text)
 
 

@@ -612,6 +612,8 @@ def test_the_api_refuses_an_output_ending_with_a_slash(tmp_path, stereo_wav, goo
         with pytest.raises(CodecError, match="names a folder"):
             compress_file(stereo_wav, os.path.join(os.fsencode(tmp_path) if isinstance(name, bytes) else tmp_path, name),
                           model=small_model_file)
+    with pytest.raises(CodecError, match="name is empty"):
+        compress_file(stereo_wav, "", model=small_model_file)
     with pytest.raises(CodecError, match="names a folder"):
         encode_live(str(stereo_wav), f"{tmp_path / 'out.rvq'}/", model=small_model_file)
     for decode in (lambda out: decompress_file(good_rvq, out, model=small_model_file),
