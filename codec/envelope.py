@@ -189,7 +189,7 @@ class EnvelopeMatch:
             spectra = np.fft.rfft(windows * self.window, axis=-1) * np.repeat(gains, 2, axis=1)
             if missing is not None:  # each frame's two windows take the table's row of its index
                 rows = self.noise[(state.frame + np.arange(f)) % FILL_FRAMES].reshape(1, 2 * f, half + 1)
-                spectra += rows * np.sqrt(np.repeat(missing, 2, axis=1))
+                spectra += rows * np.repeat(np.sqrt(missing), 2, axis=1)
             pieces = np.fft.irfft(spectra, n=hop, axis=-1) * self.window  # [N, 2F, hop]
         else:
             pieces = windows * (self.window * self.window)

@@ -28,7 +28,7 @@ from .config import CodecConfig
 from .bitstream import UNKNOWN_LENGTH, BitstreamError, End, Header, PacketParser, iter_packets, read_header
 from .errors import ClippingWarning, CodecError
 from .model import Codec
-from .pcm import pcm16_clipped, to_pcm16
+from .pcm import pcm16
 from .stream import StreamDecoder, StreamEncoder, expected_frames, resolve_model
 from .weights import ModelError, registered_config
 
@@ -229,7 +229,7 @@ class FileAudio:
     def __init__(self, f: sf.SoundFile, chunk: int) -> None:
         self.f, self.chunk, self.rate, self.channels = f, chunk, f.samplerate, f.channels
         self.samples, self.damage = 0, None
-        self.mpeg = f.subtype.startswith("MPEG_")  # libmpg123 decodes it: its notes are muted (audio_io.native_stderr_muted)
+        self.mpeg = is_mpeg(f.name)  # libmpg123 decodes it: its notes are muted (audio_io.native_stderr_muted)
 
     def read(self) -> np.ndarray | None:
         if self.damage:
@@ -309,7 +309,7 @@ def compress_file(
 
 class TrimmingWriter:
     """Writes float ``[T, C]`` blocks to ``out`` (anything with ``write([T, C])``) as 16-bit
-    samples (:func:`~codec.pcm.to_pcm16`), keeping exactly ``length`` samples (padding with
+    samples (:func:`~codec.pcm.pcm16`), keeping exactly ``length`` samples (padding with
     zeros).
 
     While the length is unknown (a stream whose end record has not arrived) the last
@@ -332,9 +332,10 @@ class TrimmingWriter:
             y, self.held = y[:cut], y[cut:]
         keep = y if self.length is None else y[: max(0, self.length - self.written)]
         if len(keep):
-            self.out.write(to_pcm16(keep))
+            samples, clipped = pcm16(keep)
+            self.out.write(samples)
             self.written += len(keep)
-            self.clipped += pcm16_clipped(keep)
+            self.clipped += clipped
             self.values += keep.size
 
     def warn_clipped(self, name: str) -> None:
@@ -457,8 +458,9 @@ def read_info(path: Path) -> FileInfo:
                 num_samples = record.num_samples
             elif record.codes is None:
                 damaged += record.packets
-        trailing = parser.trailing + os.fstat(f.fileno()).st_size - f.tell()  # (left unread after the end)
+        size = os.fstat(f.fileno()).st_size
+        trailing = parser.trailing + size - f.tell()  # (left unread after the end)
         # A stream of unknown length without its end record was cut short.
         truncated = num_samples == UNKNOWN_LENGTH or parser.truncated \
             or parser.frames < expected_frames(header, num_samples, delay)
-    return FileInfo(header, path.stat().st_size, parser.index, parser.frames, damaged, truncated, num_samples, trailing)
+    return FileInfo(header, size, parser.index, parser.frames, damaged, truncated, num_samples, trailing)

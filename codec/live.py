@@ -137,8 +137,9 @@ def encode_live(
         raise CodecError(f"frames per packet must be 1..65535, got {packet_frames}")
     to_file = output != "-" and parse_address(output) is None
     if to_file:
-        check_suffix(output_path(output))
-        check_output(Path(output), force, source=None if input == "-" else Path(input))
+        path = output_path(output)
+        check_suffix(path)
+        check_output(path, force, source=None if input == "-" else Path(input))
     sent = 0
     with open_audio_source(input, raw, chunk_seconds, stop) as source:
         if packet_frames is None and not to_file:  # (None: a file's packets, as compress writes)
@@ -217,8 +218,9 @@ def decode_live(
     if parse_address(output) is not None:
         raise CodecError("stream decode writes to a file or - (stdout); tcp:// outputs are for stream encode")
     if output != "-":
-        audio_format(output_path(output))
-        check_output(Path(output), force, source=None if input == "-" or parse_address(input) else Path(input))
+        path = output_path(output)
+        audio_format(path)
+        check_output(path, force, source=None if input == "-" or parse_address(input) else Path(input))
     with open_byte_source(input, stop, timeout, on_listening) as reader, StreamDecoder(codec) as decoder:
         first = np.zeros((0, 0), np.float32)
         while decoder.header is None and (data := reader.read()):

@@ -54,19 +54,20 @@ class PcmFormat:
         return x.reshape(-1, self.channels)
 
 
-def pcm16_clipped(y: np.ndarray) -> int:
-    """How many of ``y``'s values :func:`to_pcm16` clips: those that round beyond the 16-bit
-    range (from 32767.5 / 32768 up, under -1 - 0.5 / 32768)."""
-    scaled = np.rint(np.nan_to_num(y, nan=0.0) * 32768.0)
-    return int(np.count_nonzero(scaled > 32767)) + int(np.count_nonzero(scaled < -32768))
+def pcm16(y: np.ndarray) -> tuple[np.ndarray, int]:
+    """Float audio -> int16, the inverse of reading 16-bit samples (``k / 32768`` -> ``k``),
+    clipped to the 16-bit range (NaN as 0, infinities as full scale); and how many values were
+    clipped: those that round beyond it (from 32767.5 / 32768 up, under -1 - 0.5 / 32768).
+    Every 16-bit output (WAV, FLAC, raw PCM) is made here, so they hold the same samples
+    whatever libsndfile's own rounding (which has varied)."""
+    scaled = np.rint(np.nan_to_num(y, nan=0.0, posinf=1.0, neginf=-1.0) * 32768.0)
+    clipped = int(np.count_nonzero(scaled > 32767)) + int(np.count_nonzero(scaled < -32768))
+    return np.clip(scaled, -32768, 32767).astype(np.int16), clipped
 
 
 def to_pcm16(y: np.ndarray) -> np.ndarray:
-    """Float audio -> int16, the inverse of reading 16-bit samples (``k / 32768`` -> ``k``),
-    clipped to the 16-bit range. Every 16-bit output (WAV, FLAC, raw PCM) is made here, so
-    they hold the same samples whatever libsndfile's own rounding (which has varied)."""
-    y = np.clip(np.nan_to_num(y, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
-    return np.minimum(np.rint(y * 32768.0), 32767).astype(np.int16)
+    """:func:`pcm16`'s samples alone."""
+    return pcm16(y)[0]
 
 
 def read_wav_header(read_exact: Callable[[int], bytes]) -> tuple[PcmFormat, int | None]:
