@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import CodecError
 
-LOWBAND_CODINGS = ("fixed", "arithmetic")  # how the low band's coefficients are written (codec/lowband.py)
+LOWBAND_CODINGS = ("fixed", "arithmetic", "arithmetic-edge")  # how the low band's words are written (codec/lowband.py)
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,10 @@ class CodecConfig:
             has fewer or none: all of them without ``lowband_levels``), so that its band above
             can follow the coded one. Changes the decoder's first layer (its weights).
         lowband_coding: how the low band's coefficients are written (codec/lowband.py):
-            ``fixed`` (4 bits each) or ``arithmetic`` (an arithmetic code in the same bits,
-            finer steps). Changes what the low band's codes mean; no weights.
+            ``fixed`` (4 bits each), ``arithmetic`` (an arithmetic code in the same bits,
+            finer steps) or ``arithmetic-edge`` (the same code, which also carries the power of
+            the bands around 8 kHz, codec/edge.py; needs ``envelope_fill``). Changes what the
+            low band's codes mean; no weights.
         envelope_match: 0 (off), or the strength (up to 2) with which the decoded audio's
             log-mel spectrum is pulled onto the coded one, band by band and frame by frame
             (codec/envelope.py; 1: all the way, within 12 dB). Only for a log-mel encoder;
@@ -128,6 +130,8 @@ class CodecConfig:
             raise ValueError(f"envelope_fill must be in [0, 1], got {self.envelope_fill}")
         if self.envelope_fill and not self.envelope_match:
             raise ValueError("envelope_fill needs envelope matching (envelope_match > 0)")
+        if self.lowband_coding == "arithmetic-edge" and not self.envelope_fill:
+            raise ValueError("lowband_coding 'arithmetic-edge' needs envelope_fill > 0 (its bands are filled with noise)")
         if self.decoder_lowband_bins and self.decoder != "spectral":
             raise ValueError("decoder_lowband_bins needs the spectral decoder")
         if self.codebook_size & (self.codebook_size - 1):

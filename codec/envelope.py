@@ -36,6 +36,10 @@ How, for frame ``t`` of a decoded signal (output time; block ``t`` is its sample
   frame's index in the audio (or stream); the table comes from a counter-based generator of
   this module (:func:`noise_table`), not NumPy's, whose streams may change between versions.
   The last half hop (:meth:`EnvelopeMatch.drain`) takes the last frame's gains and no noise.
+- **The 8-kHz edge** (``edge``, v24: the bands and frames whose power the low band's words
+  raised, codec/edge.py): there no gain goes over 1, and noise makes up all the power the
+  decoded band lacks (with the fill's share), whatever the limit; in frames of
+  :data:`FLOOR_MIN_LEVELS` levels or more.
 - **Apply**: a weighted overlap-add of one-hop windows at half-hop steps (square-root Hann for
   analysis and synthesis: their products sum to one, so gains of 1 give the input back), each
   window's spectrum times the per-bin gains of its frame (the bands' gains spread over their
@@ -118,6 +122,7 @@ class EnvelopeMatch:
         centres = mel_edges(sample_rate, n_mels)[1:-1]
         per_power = hop / (float(self.measure_window.square().sum()) * filterbank.sum(axis=1))  # [M]
         self.fill_scale = np.where(centres >= FILL_MIN_HZ, per_power, 0.0)  # [M]: bin power per missing power
+        self.edge_fill_scale = per_power  # [M]: the same for the 8-kHz edge's bands, where it raises them
         # [FILL_FRAMES, 2, hop / 2 + 1]: two windows a frame (made here: a first live frame would wait ~25 ms)
         self.noise = noise_table(FILL_FRAMES, 2, self.half + 1) if fill else None
         self.streaming_on = False
@@ -132,10 +137,11 @@ class EnvelopeMatch:
     def fresh_state(self, n: int) -> EnvelopeState:
         return EnvelopeState(np.zeros((n, self.hop)), np.zeros((n, self.half)), np.ones((n, self.half + 1)))
 
-    def __call__(self, audio: Tensor, coded: Tensor, levels: int, cut: int) -> Tensor:
+    def __call__(self, audio: Tensor, coded: Tensor, levels: int, cut: int, edge: Tensor | None = None) -> Tensor:
         """``audio`` ``[N, 1, F * hop]``, ``coded`` log-mel ``[N, M, F]`` of ``levels`` levels,
         ``cut`` bins of low band -> ``[N, 1, F * hop]``: offline lined up with ``audio``,
-        streamed :attr:`lag` samples later."""
+        streamed :attr:`lag` samples later. ``edge``: None, or ``[N, M, F]`` bool, the bands
+        and frames that the 8-kHz edge raised in ``coded`` (module docstring)."""
         if self.strength <= 0:
             return audio
         n, _, t = audio.shape
@@ -150,11 +156,16 @@ class EnvelopeMatch:
             raise ValueError(f"streaming envelope matching holds {state.last_block.shape[0]} channels, got {n}")
         x = audio.reshape(n, t).detach().cpu().double().numpy()
         target = coded.detach().cpu().double().numpy()
+        raised = None if edge is None else edge.detach().cpu().numpy().astype(bool)
+        if raised is not None and raised.shape != target.shape:
+            raise ValueError(f"expected the edge's bands and frames {tuple(target.shape)}, got {raised.shape}")
         active = levels >= MIN_LEVELS
         fine = levels >= FLOOR_MIN_LEVELS
         floor = self.floor if fine else 1.0
-        out = [self.frames(x[:, s * self.hop : (s + BLOCK_FRAMES) * self.hop], target[..., s : s + BLOCK_FRAMES],
-                           state, active, cut, floor, fill=fine) for s in range(0, f, BLOCK_FRAMES)]
+        blocks = range(0, f, BLOCK_FRAMES)
+        out = [self.frames(x[:, s * self.hop : (s + BLOCK_FRAMES) * self.hop], target[..., s : s + BLOCK_FRAMES], state,
+                           active, cut, floor, fine, None if raised is None else raised[..., s : s + BLOCK_FRAMES])
+               for s in blocks]
         y = np.concatenate([np.zeros((n, 0)), *out], axis=1)  # [N, F * hop]: from half a hop before the audio
         if self.streaming_on:
             self.state = state
@@ -172,15 +183,15 @@ class EnvelopeMatch:
         return torch.from_numpy(tail).to(dtype).to(device)[:, None]
 
     def frames(self, x: np.ndarray, target: np.ndarray, state: EnvelopeState, active: bool, cut: int,
-               floor: float = 1.0, fill: bool = False) -> np.ndarray:
+               floor: float = 1.0, fill: bool = False, edge: np.ndarray | None = None) -> np.ndarray:
         """Whole frames ``x`` ``[N, F * hop]`` with their coded log-mel ``[N, M, F]`` -> the
         ``F * hop`` output samples that are complete, from half a hop before ``x`` on;
-        advances ``state``. ``floor``: as :meth:`match` takes it; ``fill``: whether these frames
-        are filled (if the matcher has a fill)."""
+        advances ``state``. ``floor``, ``edge``: as :meth:`match` takes them; ``fill``: whether
+        these frames are filled (if the matcher has a fill)."""
         n, t = x.shape
         f, hop, half = t // self.hop, self.hop, self.half
         buf = np.concatenate([state.last_block, x], axis=1)  # [N, hop + F * hop]
-        gains, missing = self.match(buf, target, cut, floor, fill) if active else (np.ones((n, f, half + 1)), None)
+        gains, missing = self.match(buf, target, cut, floor, fill, edge) if active else (np.ones((n, f, half + 1)), None)
         # window k = 0 .. 2F-1 starts at buf[hop - half + k * half]: frame k // 2's pair
         centred = buf[:, hop - half : t + hop - half].reshape(n, f, hop)  # [N, F, hop]: windows 2f
         later = buf[:, hop:].reshape(n, f, hop)  # windows 2f + 1
@@ -202,12 +213,14 @@ class EnvelopeMatch:
         return out[:, :t]
 
     def match(self, buf: np.ndarray, target: np.ndarray, cut: int, floor: float = 1.0,
-              fill: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+              fill: bool = False, edge: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Per-bin gains of a one-hop window ``[N, F, hop / 2 + 1]`` for the frames whose two
         blocks are ``buf`` ``[N, (F + 1) hop]``, against their coded log-mel ``[N, M, F]``;
         powers compared down to ``floor`` times the log-mel floor (1: log-mel values). And,
         with ``fill`` (and a matcher with a fill), the noise power per bin of those windows'
-        spectra, the same shape (else None)."""
+        spectra, the same shape (else None). ``edge``: None, or ``[N, M, F]`` bool, the bands
+        and frames the 8-kHz edge raised: no gain over 1 there, and noise for the rest (with
+        ``fill``)."""
         measured = torch.from_numpy(buf).unfold(-1, 2 * self.hop, self.hop)  # [N, F, 2 hop]
         log_mel = frame_log_mel(measured, self.measure_window, self.filterbank).numpy()  # [N, F, M]
         coded = target.transpose(0, 2, 1)
@@ -218,7 +231,9 @@ class EnvelopeMatch:
             wanted = np.maximum(np.exp(coded) - reach, lowest) / have
         else:
             have, wanted = np.exp(log_mel), np.exp(coded - log_mel)
-        band = np.clip(wanted ** (self.strength / 2), 1 / MAX_GAIN, MAX_GAIN)
+        edge = None if edge is None or not (fill and self.fill) else edge.transpose(0, 2, 1)  # [N, F, M]
+        top = MAX_GAIN if edge is None else np.where(edge, 1.0, MAX_GAIN)
+        band = np.clip(wanted ** (self.strength / 2), 1 / MAX_GAIN, top)
         band[..., self.first_bin < max(cut, self.min_bin)] = 1.0
         gains = band @ self.spread
         gains[..., self.uncovered] = 1.0
@@ -231,9 +246,10 @@ class EnvelopeMatch:
         # coded under about MAX_GAIN^2 f F) is not filled. Filling those too, to the coded power,
         # put noise into quiet frames (dev speech 12 kbps mel distance 1.024 -> 1.19, session 34).
         # Kept at 1 (the low band, under MIN_HZ): no fill; under FILL_MIN_HZ the scale is 0.
-        limit = MAX_GAIN * MAX_GAIN
-        missing = np.where(band == MAX_GAIN, have * (wanted ** self.strength - limit), 0.0)
-        return gains, (self.fill * missing * self.fill_scale) @ self.spread
+        # The edge's bands (top 1): the power the decoded band lacks, have x (wanted^strength - 1).
+        missing = np.where(band == top, have * (wanted ** self.strength - top * top), 0.0)
+        scale = self.fill_scale if edge is None else np.where(edge, self.edge_fill_scale, self.fill_scale)
+        return gains, (self.fill * missing * scale) @ self.spread
 
     def finish(self, state: EnvelopeState) -> np.ndarray:
         """The last half hop ``[N, half]``: the pending half plus the window centred at the

@@ -31,6 +31,9 @@ each). Two codings of the coefficients (``CodecConfig.lowband_coding``):
   coefficients fit those bits and come closest (:func:`quantize_arithmetic`). Small
   coefficients cost few bits, so the steps are finer: on 20 held-out speech excerpts PESQ
   3.52 -> 3.69 at 12 kbps and 3.94 -> 4.26 at 24 kbps (docs/model_card.md).
+- ``arithmetic-edge`` (v24): as ``arithmetic``, with the steps of the 8-kHz edge's band powers
+  (codec/edge.py) coded first, each with its own table, in the same code; the coefficients fit
+  the bits those leave, frame by frame.
 
 Float64 throughout, so that streamed and offline frames agree.
 """
@@ -46,6 +49,7 @@ import torch
 from torch import Tensor
 
 from . import arith
+from .edge import EDGE_COST, EDGE_TABLE, edge_groups
 from .config import LOWBAND_CODINGS
 from .logmel import mel_edges, mel_filterbank
 from .native import lowband_search
@@ -74,6 +78,8 @@ ARITH_TABLE = arith.SymbolTable.laplace(ARITH_SCALE, ARITH_LARGEST)
 ARITH_COST = ARITH_TABLE.cost()  # [symbols] bits, float64
 ARITH_ZERO = ARITH_LARGEST  # the symbol of a coefficient of 0 steps (symbols are steps + ARITH_LARGEST)
 ARITH_FIT_GAINS = 2  # finer gains than plain rounding fits, tried with rounding towards zero (_rounded_to_fit)
+EDGE_MIN_BINS = 13  # the edge's steps ride from this many coefficients: 4 bits a coefficient cover the largest
+# steps (2 x 8.7 bits) and all-zero coefficients (2.6 bits each)
 ARITH_BLOCK_FRAMES = 256  # frames searched at once (bounds the temporaries: frames x ARITH_GAINS x bins)
 
 
@@ -94,13 +100,15 @@ def band_of(cfg: "CodecConfig", words: int) -> tuple[int, float]:
 def describe(cfg: "CodecConfig", n_q: int) -> str:
     """What a frame of ``n_q`` codes holds, in words: its levels and low-band words
     (:meth:`CodecConfig.layout`), e.g. ``6 log-mel levels + 10 low-band words (23 MDCT
-    coefficients, arithmetic-coded: the waveform below 862 Hz)``."""
+    coefficients, arithmetic-coded: the waveform below 862 Hz; and the power around 8 kHz)``."""
     levels, words = cfg.layout(n_q)
     text = f"{levels} {'log-mel' if cfg.encoder == 'logmel' else 'latent'} levels"
     if words:
         bins, top = band_of(cfg, words)
-        coded = ", arithmetic-coded" if cfg.lowband_coding == "arithmetic" else ""
-        text += f" + {words} low-band words ({bins} MDCT coefficients{coded}: the waveform below {top:.0f} Hz)"
+        coded = ", arithmetic-coded" if cfg.lowband_coding != "fixed" else ""
+        text += f" + {words} low-band words ({bins} MDCT coefficients{coded}: the waveform below {top:.0f} Hz"
+        edge = cfg.lowband_coding == "arithmetic-edge" and bins >= EDGE_MIN_BINS
+        text += "; and the power around 8 kHz)" if edge else ")"
     return text
 
 
@@ -158,6 +166,7 @@ class LowbandCoder(StreamingModule):
         if coding not in LOWBAND_CODINGS:
             raise ValueError(f"the low band's coding must be one of {LOWBAND_CODINGS}, got {coding!r}")
         self.hop, self.overlap, self.word_bits, self.coding = hop, overlap, word_bits, coding
+        self.edges = len(edge_groups(sample_rate, n_mels)) if coding == "arithmetic-edge" else 0  # steps a frame
         self.register_buffer("window", low_overlap_window(hop, overlap), persistent=False)
         self.register_buffer("basis", mdct_basis(hop, overlap), persistent=False)
         # The mel filters at the MDCT's bin centres ((k + 0.5) * rate / (2 hop)): the odd bins of a
@@ -181,6 +190,11 @@ class LowbandCoder(StreamingModule):
     def bins(self, words: int) -> int:
         return min(bins_for(words, self.word_bits), self.hop)
 
+    def edges_for(self, bins: int) -> int:
+        """Edge steps a frame of ``bins`` coefficients carries: :attr:`edges`, or none under
+        :data:`EDGE_MIN_BINS` (then the largest steps and all-zero coefficients might not fit)."""
+        return self.edges if bins >= EDGE_MIN_BINS else 0
+
     def analyse(self, inp: Tensor, bins: int) -> Tensor:
         """The first ``bins`` MDCT coefficients of each frame: audio ``[B, overlap + F * hop]``
         (frame ``t`` reads ``[t * hop, t * hop + hop + overlap)``) -> ``[B, F, bins]`` float64."""
@@ -201,8 +215,10 @@ class LowbandEncoder(LowbandCoder):
     the state is the input's last ``overlap`` samples (frame ``t`` reads from ``t * hop -
     overlap``); offline they are zeros."""
 
-    def forward(self, x: Tensor, latent: Tensor | None, words: int) -> Tensor:
-        """``latent`` may be None when ``words`` is 0 (then only the state moves on)."""
+    def forward(self, x: Tensor, latent: Tensor | None, words: int, edge: Tensor | None = None) -> Tensor:
+        """``latent`` may be None when ``words`` is 0 (then only the state moves on). ``edge``:
+        with the ``arithmetic-edge`` coding, the frames' edge steps ``[B, F, edges]``
+        (codec/edge.py; None: zeros, as training codes them)."""
         if words and latent is None:
             raise ValueError("the low band's words need the decoded latent frames")
         b, f = x.shape[0], x.shape[-1] // self.hop
@@ -217,9 +233,14 @@ class LowbandEncoder(LowbandCoder):
         if bins == 0 or f == 0:  # (too few bits for a coefficient: the words stay zero)
             return torch.zeros(b, words, f, dtype=torch.long, device=x.device)
         ratio = self.analyse(inp, bins) / self.steps(latent, bins)
-        if self.coding == "arithmetic":
-            gain_code, q = quantize_arithmetic(ratio, words * self.word_bits - GAIN_BITS)
-            return _pack_arithmetic(gain_code, q, words, self.word_bits)
+        if self.coding != "fixed":
+            side = x.new_zeros(b, f, self.edges, dtype=torch.long) if edge is None else edge.long()
+            if side.shape != (b, f, self.edges):
+                raise ValueError(f"expected edge steps [{b}, {f}, {self.edges}], got {tuple(side.shape)}")
+            side = side[..., : self.edges_for(bins)]
+            bits = words * self.word_bits - GAIN_BITS - _in_order(EDGE_COST[side.cpu().numpy()])
+            gain_code, q = quantize_arithmetic(ratio, bits)
+            return _pack_arithmetic(gain_code, q, words, self.word_bits, side)
         gain_code, q = quantize(ratio)
         return _pack(gain_code, q, words, self.word_bits)
 
@@ -237,11 +258,20 @@ class LowbandDecoder(LowbandCoder):
         """Words ``[B, words, F]`` and latent ``[B, n_mels, F]`` -> the coefficients over their
         steps (what the quantizer rounded, about -1..1 of the gain) and the coefficients, both
         ``[B, F, bins]`` float64."""
+        ratio, coefs, _ = self.read(words, latent)
+        return ratio, coefs
+
+    def read(self, words: Tensor, latent: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """As :meth:`coefficients`, and the edge steps ``[B, F, edges_for(bins)]`` int64
+        (codec/edge.py; none but with the ``arithmetic-edge`` coding)."""
         bins = self.bins(words.shape[1])
-        unpack = _unpack_arithmetic if self.coding == "arithmetic" else _unpack
-        gain_code, q = unpack(words, bins, self.word_bits)
+        if self.coding == "fixed":
+            gain_code, q = _unpack(words, bins, self.word_bits)
+            edge = torch.zeros(words.shape[0], words.shape[-1], 0, dtype=torch.long, device=words.device)
+        else:
+            gain_code, q, edge = _unpack_arithmetic(words, bins, self.word_bits, self.edges_for(bins))
         ratio = q.double() * _step(gain_code.double())
-        return ratio, ratio * self.steps(latent, bins)
+        return ratio, ratio * self.steps(latent, bins), edge
 
     def synthesise(self, coefs: Tensor) -> Tensor:
         """MDCT coefficients ``[B, F, bins]`` (the rest zero) -> the blocks they complete,
@@ -281,11 +311,11 @@ def quantize(ratio: Tensor) -> tuple[Tensor, Tensor]:
     return codes.gather(-1, best).long(), picked.long()
 
 
-def quantize_arithmetic(ratio: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+def quantize_arithmetic(ratio: Tensor, bits: float | np.ndarray) -> tuple[Tensor, Tensor]:
     """Coefficients over their steps ``[B, F, bins]`` -> each frame's gain code ``[B, F, 1]``
     and the coefficients in steps of ``gain / LEVELS``, ``[B, F, bins]`` in
     ``-ARITH_LARGEST..ARITH_LARGEST`` (both int64), whose code in :data:`ARITH_TABLE` fits
-    ``bits`` bits.
+    ``bits`` bits (one number, or one a frame ``[B, F]``).
 
     The gain is, of :data:`ARITH_GAINS` codes from 16 (24 dB) above the one that covers the
     frame's largest ratio down, the one whose rounded coefficients fit and come closest
@@ -303,7 +333,8 @@ def quantize_arithmetic(ratio: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     x = np.nan_to_num(ratio.detach().cpu().double().numpy(), nan=0.0, posinf=1e30, neginf=-1e30)
     top = _covering_code(x)  # [B, F, 1]
     b, f, bins = x.shape
-    found = lowband_search(x.reshape(b * f, bins), top.reshape(b * f), bits, ARITH_GAINS, ARITH_FIRST_SHIFT, ARITH_FIT_GAINS,
+    budget = np.broadcast_to(np.asarray(bits, dtype=np.float64), (b, f))
+    found = lowband_search(x.reshape(b * f, bins), top.reshape(b * f), budget.reshape(b * f), ARITH_GAINS, ARITH_FIRST_SHIFT, ARITH_FIT_GAINS,
                            ARITH_LARGEST, STEP_OF, ARITH_COST) if b * f and bins else None
     if found is not None:  # frame.c: the same choices, bit for bit, in one call
         return torch.from_numpy(found[0].reshape(b, f, 1)).to(ratio.device), torch.from_numpy(found[1].reshape(b, f, bins)).to(ratio.device)
@@ -311,23 +342,24 @@ def quantize_arithmetic(ratio: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     codes, steps = [], []
     for s in range(0, x.shape[1], ARITH_BLOCK_FRAMES):  # (bounds the temporaries)
         r = x[:, s : s + ARITH_BLOCK_FRAMES, None, :]  # [B, f, 1, bins]
+        limit = budget[:, s : s + ARITH_BLOCK_FRAMES, None]  # [B, f, 1]
         code = np.clip(top[:, s : s + ARITH_BLOCK_FRAMES] + shifts, 0, GAIN_MAX)  # [B, f, G]
         step = _step(code)[..., None]
         q = np.clip(np.round(r / step), -ARITH_LARGEST, ARITH_LARGEST)  # [B, f, G, bins]
-        fits = _in_order(_cost(q)) <= bits
+        fits = _in_order(_cost(q)) <= limit
         # the next finer gains than the finest that fits, rounded towards zero where that costs least
         finest = np.where(fits.any(-1, keepdims=True), (fits * np.arange(ARITH_GAINS)).max(-1, keepdims=True), -1)
         near = np.minimum(finest + np.arange(1, ARITH_FIT_GAINS + 1), ARITH_GAINS - 1)[..., None]
-        rounded = _rounded_to_fit(np.take_along_axis(q, near, -2), r, np.take_along_axis(step, near, -2), bits)
+        rounded = _rounded_to_fit(np.take_along_axis(q, near, -2), r, np.take_along_axis(step, near, -2), limit[..., None])
         np.put_along_axis(q, np.broadcast_to(near, rounded.shape), rounded, -2)
-        np.put_along_axis(fits, near[..., 0], _in_order(_cost(rounded)) <= bits, -1)  # (only those changed)
+        np.put_along_axis(fits, near[..., 0], _in_order(_cost(rounded)) <= limit, -1)  # (only those changed)
         err = _in_order((q * step - r) ** 2)  # [B, f, G]
         best = np.where(fits, err, np.inf).argmin(-1)[..., None]  # [B, f, 1]: first, the coarsest, of ties
         picked = np.take_along_axis(q, best[..., None], -2)[..., 0, :]
         chosen = np.take_along_axis(code, best, -1)
         missed = ~np.take_along_axis(fits, best, -1)[..., 0]  # [B, f]: none fits
         if missed.any():
-            chosen[missed], picked[missed] = _clipped_to_fit(r[missed][:, 0], bits)
+            chosen[missed], picked[missed] = _clipped_to_fit(r[missed][:, 0], limit[..., 0][missed])
         codes.append(chosen)
         steps.append(picked)
     if not codes:  # no frames
@@ -347,7 +379,7 @@ def _cost(q: np.ndarray) -> np.ndarray:
     return ARITH_COST[(q + ARITH_ZERO).astype(np.int64)]
 
 
-def _rounded_to_fit(q: np.ndarray, ratio: np.ndarray, step: np.ndarray, bits: int) -> np.ndarray:
+def _rounded_to_fit(q: np.ndarray, ratio: np.ndarray, step: np.ndarray, bits: float | np.ndarray) -> np.ndarray:
     """Steps ``q`` ``[..., bins]`` (``ratio`` rounded to ``step``) whose cost is over ``bits``
     -> the same with coefficients moved one step towards zero, those that cost the least
     squared error per bit saved first, until the cost fits (if it can: the caller checks).
@@ -373,10 +405,10 @@ def _covering_code(ratio: np.ndarray) -> np.ndarray:
     return np.ceil(np.log2(peak) * GAIN_STEPS_PER_OCTAVE - 1e-9) + GAIN_OFFSET
 
 
-def _clipped_to_fit(ratio: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Frames ``[M, bins]`` that no gain fits -> the largest gain code ``[M, 1]`` and their
-    steps at it ``[M, bins]``, clipped to the most steps (``ARITH_LARGEST`` down to 0) that
-    fit."""
+def _clipped_to_fit(ratio: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Frames ``[M, bins]`` that no gain fits, with their bits ``[M]`` -> the largest gain code
+    ``[M, 1]`` and their steps at it ``[M, bins]``, clipped to the most steps
+    (``ARITH_LARGEST`` down to 0) that fit."""
     step = _step(np.float64(GAIN_MAX))
     limits = np.arange(ARITH_LARGEST, -1, -1.0)[:, None, None]
     q = np.clip(np.clip(np.round(ratio / step), -ARITH_LARGEST, ARITH_LARGEST)[None], -limits, limits)  # [limits, M, bins]
@@ -384,40 +416,49 @@ def _clipped_to_fit(ratio: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarra
     return np.full((ratio.shape[0], 1), float(GAIN_MAX)), q[first, np.arange(ratio.shape[0])]
 
 
-def _pack_arithmetic(gain_code: Tensor, q: Tensor, words: int, word_bits: int) -> Tensor:
-    """Gain ``[B, F, 1]`` and coefficients ``[B, F, bins]`` (-ARITH_LARGEST..ARITH_LARGEST)
-    -> words ``[B, words, F]``: the gain's bits, then the coefficients' arithmetic code in the
-    rest, most significant first. A frame whose code does not fit (the float sum of the
-    symbols' costs, which :func:`quantize_arithmetic` checks, within rounding of the limit)
-    is sent as zeros."""
+def _pack_arithmetic(gain_code: Tensor, q: Tensor, words: int, word_bits: int, edge: Tensor | None = None) -> Tensor:
+    """Gain ``[B, F, 1]``, coefficients ``[B, F, bins]`` (-ARITH_LARGEST..ARITH_LARGEST) and
+    edge steps ``[B, F, edges]`` (0..EDGE_LARGEST; None: none) -> words
+    ``[B, words, F]``: the gain's bits, then the arithmetic code of the edge steps
+    (:data:`EDGE_TABLE`) and the coefficients (:data:`ARITH_TABLE`) in the rest, most
+    significant first. A frame whose code does not fit (the float sum of the symbols' costs,
+    which :func:`quantize_arithmetic` checks, within rounding of the limit) is sent with its
+    coefficients zeros."""
     b, f, bins = q.shape
+    side = q.new_zeros(b, f, 0) if edge is None else edge
+    tables = [EDGE_TABLE] * side.shape[-1] + [ARITH_TABLE] * bins
     bits = words * word_bits - GAIN_BITS
     mask, shifts = (1 << word_bits) - 1, range(word_bits * (words - 1), -1, -word_bits)
     out = []
-    for gain, row in zip(gain_code.reshape(b * f).tolist(), (q + ARITH_ZERO).reshape(b * f, bins).tolist()):
-        code = arith.encode(row, ARITH_TABLE, bits)
+    rows = zip(gain_code.reshape(b * f).tolist(), side.reshape(b * f, -1).tolist(),
+               (q + ARITH_ZERO).reshape(b * f, bins).tolist())
+    for gain, steps, row in rows:
+        code = arith.encode(steps + row, tables, bits)
         if code is None:
-            code = arith.encode([ARITH_ZERO] * bins, ARITH_TABLE, bits)
+            code = arith.encode(steps + [ARITH_ZERO] * bins, tables, bits)
         value = (gain << bits) | code
         out.append([(value >> shift) & mask for shift in shifts])
     return torch.tensor(out, dtype=torch.long, device=q.device).reshape(b, f, words).transpose(1, 2)
 
 
-def _unpack_arithmetic(words: Tensor, bins: int, word_bits: int) -> tuple[Tensor, Tensor]:
-    """Words ``[B, words, F]`` -> gain codes ``[B, F, 1]`` and coefficients ``[B, F, bins]``
-    in steps (-ARITH_LARGEST..ARITH_LARGEST)."""
+def _unpack_arithmetic(words: Tensor, bins: int, word_bits: int, edges: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Words ``[B, words, F]`` -> gain codes ``[B, F, 1]``, coefficients ``[B, F, bins]`` in
+    steps (-ARITH_LARGEST..ARITH_LARGEST) and ``edges`` edge steps ``[B, F, edges]``
+    (0..EDGE_LARGEST)."""
     b, n, f = words.shape
     bits, mask = n * word_bits - GAIN_BITS, (1 << word_bits) - 1
+    tables = [EDGE_TABLE] * edges + [ARITH_TABLE] * bins
     gains, q = [], []
     for row in words.transpose(1, 2).reshape(b * f, n).tolist():
         value = 0
         for word in row:
             value = (value << word_bits) | (word & mask)
         gains.append(value >> bits)
-        q.append(arith.decode(value & ((1 << bits) - 1), bins, ARITH_TABLE, bits))
+        q.append(arith.decode(value & ((1 << bits) - 1), edges + bins, tables, bits))
     gain = torch.tensor(gains, dtype=torch.long).reshape(b, f, 1)
-    steps = torch.tensor(q, dtype=torch.long).reshape(b, f, bins) - ARITH_ZERO
-    return gain.to(words.device), steps.to(words.device)
+    symbols = torch.tensor(q, dtype=torch.long).reshape(b, f, edges + bins)
+    steps, edge = symbols[..., edges:] - ARITH_ZERO, symbols[..., :edges]
+    return gain.to(words.device), steps.to(words.device), edge.to(words.device)
 
 
 def _step(code: T) -> T:

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from .audio_io import AudioError, require_float
 from .cache import TensorCache
 from .config import CodecConfig
+from .edge import edge_groups, edge_steps, with_edge
 from .envelope import EnvelopeMatch
 from .errors import ModelBusyError
 from .frame import FramePlan
@@ -64,6 +65,7 @@ class Codec(nn.Module):
         self.decoder = Decoder(cfg) if cfg.decoder == "seanet" else SpectralDecoder(
             cfg.latent_dim + cfg.decoder_lowband_bins, cfg.hop_length, cfg.decoder_dim, 4 * cfg.decoder_dim, cfg.decoder_layers)
         self.postfilter = PitchPostfilter(cfg.sample_rate, cfg.hop_length, cfg.postfilter)
+        self.edge_groups = edge_groups(cfg.sample_rate, cfg.latent_dim)  # codec/edge.py: bands whose power the low band may carry
         self.envelope = EnvelopeMatch(cfg.sample_rate, cfg.hop_length, cfg.latent_dim, cfg.envelope_match,
                                       cfg.envelope_floor, cfg.envelope_fill) \
             if cfg.envelope_match else None  # codec/envelope.py: no weights
@@ -241,7 +243,9 @@ class Codec(nn.Module):
             levels, words = self.layout(k)
             codes = self.quantizer.encode(z, levels, weights=search_weights(self.cfg, k))
         if self.lowband_encoder is not None and (words or self._held is not None):  # (streaming: keep its state)
-            lowband = self.lowband_encoder(x, self.quantizer.decode(codes) if words else None, words)
+            coded = self.quantizer.decode(codes) if words else None
+            edge = edge_steps(z, coded, self.edge_groups) if coded is not None and self.lowband_encoder.edges else None
+            lowband = self.lowband_encoder(x, coded, words, edge)
             codes = torch.cat([codes, lowband], dim=1)
         return codes.reshape(b, c, k, -1)
 
@@ -298,9 +302,10 @@ class Codec(nn.Module):
         codes = codes.reshape(b * c, k, f).long()
         levels, words = (k, 0) if levels_only else self.layout(k)
         z = self.quantizer.decode(codes[:, :levels])
-        ratio = coefs = None
+        ratio = coefs = edge = None
         if words:
-            ratio, coefs = self.lowband_decoder.coefficients(codes[:, levels:], z)
+            ratio, coefs, edge = self.lowband_decoder.read(codes[:, levels:], z)
+            edge = edge if edge.shape[-1] else None
         cut = ratio.shape[-1] if words else 0  # the low band replaces the decoder's bins below
         latent = self._decoder_input(z, ratio)
         with low_cut(cut):
@@ -310,8 +315,9 @@ class Codec(nn.Module):
             audio = audio + self.lowband_decoder.synthesise(coefs)
         elif self.lowband_decoder is not None:
             self.lowband_decoder.state = None  # (streaming: a frame without the band leaves no tail)
-        if self.envelope is not None:
-            audio = self.envelope(audio, z, levels, cut)
+        if self.envelope is not None:  # (with the 8-kHz edge's steps: its bands' powers as they say)
+            target, raised = (z, None) if edge is None else with_edge(z, edge, self.edge_groups)
+            audio = self.envelope(audio, target, levels, cut, raised)
         audio = audio.reshape(b, c, -1)
         return audio if length is None else audio[..., :length]
 

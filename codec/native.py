@@ -101,7 +101,7 @@ def library() -> ctypes.CDLL | None:
     lib.rvq_packed_rows.restype = ctypes.c_int
     lib.rvq_postfilter.argtypes = [ctypes.c_int] * 7 + [ctypes.c_double] * 3 + [ctypes.c_void_p] * 4
     lib.rvq_postfilter.restype = ctypes.c_int
-    lib.rvq_lowband_search.argtypes = [ctypes.c_int] * 2 + [ctypes.c_double] + [ctypes.c_int] * 5 + [ctypes.c_void_p] * 6
+    lib.rvq_lowband_search.argtypes = [ctypes.c_int] * 2 + [ctypes.c_void_p] + [ctypes.c_int] * 5 + [ctypes.c_void_p] * 6
     lib.rvq_lowband_search.restype = ctypes.c_int
     return lib
 
@@ -489,20 +489,21 @@ def postfilter_frames(buf: np.ndarray, frames: int, hop: int, window: int, lo: i
     return out
 
 
-def lowband_search(ratio: np.ndarray, top: np.ndarray, bits: int, gains: int, first_shift: int, fit_gains: int,
+def lowband_search(ratio: np.ndarray, top: np.ndarray, bits: np.ndarray, gains: int, first_shift: int, fit_gains: int,
                    largest: int, step_of: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """frame.c's ``rvq_lowband_search``, codec/lowband.py's ``quantize_arithmetic`` for rows
-    ``ratio`` ``[M, bins]`` float64 (finite) with their covering gain codes ``top`` ``[M]``:
-    gain codes ``[M]`` and steps ``[M, bins]``, int64, bit for bit NumPy's; None without the
-    library."""
+    ``ratio`` ``[M, bins]`` float64 (finite) with their covering gain codes ``top`` ``[M]``
+    and bits ``[M]``: gain codes ``[M]`` and steps ``[M, bins]``, int64, bit for bit NumPy's;
+    None without the library."""
     lib = library()
     if lib is None:
         return None
     ratio, top = np.ascontiguousarray(ratio, dtype=np.float64), np.ascontiguousarray(top, dtype=np.float64)
+    bits = np.ascontiguousarray(np.broadcast_to(bits, top.shape), dtype=np.float64)
     step_of, cost = np.ascontiguousarray(step_of, dtype=np.float64), np.ascontiguousarray(cost, dtype=np.float64)
     m, bins = ratio.shape
     gain, q = np.empty(m, np.int64), np.empty((m, bins), np.int64)
-    if lib.rvq_lowband_search(m, bins, float(bits), gains, first_shift, fit_gains, largest, len(step_of) - 1,
+    if lib.rvq_lowband_search(m, bins, bits.ctypes.data, gains, first_shift, fit_gains, largest, len(step_of) - 1,
                               step_of.ctypes.data, cost.ctypes.data, top.ctypes.data, ratio.ctypes.data,
                               gain.ctypes.data, q.ctypes.data):
         return None

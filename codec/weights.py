@@ -41,6 +41,14 @@ V19_FILE = ("rvq24k-v19.safetensors", "c0e8954f6c822382d3296c30f588e026a3bbb890b
 V17_FILE = ("rvq24k-v17.safetensors", "432940042ec9f5aef9e4215c36fd00253edf9294790d73f5952859d1d3587eba")
 
 REGISTRY: dict[str, RegisteredModel] = {
+    "rvq24k-v24": RegisteredModel(
+        *V19_FILE,
+        "24 kHz mono, 1.5-24 kbps (interim): rvq24k-v23's weights, its low band's words at 12 and "
+        "24 kbps also carrying the power of the bands around 8 kHz, which envelope matching makes "
+        "with noise (lowband_coding arithmetic-edge, codec/edge.py); its own files",
+        config=(("name", "rvq24k-v24"), ("envelope_match", 1.0), ("envelope_floor", 0.1), ("envelope_fill", 1.0),
+                ("lowband_coding", "arithmetic-edge")),
+    ),
     "rvq24k-v23": RegisteredModel(
         *V19_FILE,
         "24 kHz mono, 1.5-24 kbps (interim): rvq24k-v22's weights, codes and files, its envelope "
@@ -132,7 +140,7 @@ EARLIER_CODES = {
 }
 # EMA statistics of the codebooks: needed to continue training, not to run the model.
 TRAINING_ONLY = {f"quantizer.{name}" for name in ResidualVectorQuantizer.TRAINING_BUFFERS}
-DEFAULT_MODEL = "rvq24k-v23"
+DEFAULT_MODEL = "rvq24k-v24"
 ALIASES = {"rvq24k": DEFAULT_MODEL, "default": DEFAULT_MODEL}
 
 

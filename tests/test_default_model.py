@@ -256,13 +256,13 @@ def test_v20_pulls_its_decoded_spectrum_onto_the_coded_one():
 
 
 def test_the_default_codes_the_low_band_in_finer_steps(tmp_path):
-    """v21 (and the default, v22) is v20 with the low band's coefficients arithmetic-coded: the same
+    """v21 (and v22, v23) is v20 with the low band's coefficients arithmetic-coded: the same
     weights and log-mel codes, other low-band words, in which the decoded speech sample
     follows the original's waveform below 800 Hz (2 kHz at 24 kbps) more closely and lies
     closer to it by the mel distance. Its files name it: each model decodes its own files and
     refuses the other's."""
     v21, v20 = load("rvq24k-v21"), load("rvq24k-v20")
-    assert load().cfg.lowband_coding == v21.cfg.lowband_coding == "arithmetic" and v20.cfg.lowband_coding == "fixed"
+    assert load("rvq24k-v23").cfg.lowband_coding == v21.cfg.lowband_coding == "arithmetic" and v20.cfg.lowband_coding == "fixed"
     assert all(torch.equal(a, b) for a, b in zip(v21.state_dict().values(), v20.state_dict().values()))
     assert fingerprint(v21) != fingerprint(v20)
     ref, rate = sf.read(str(SAMPLES / "speech_librispeech_60.flac"), dtype="float32")
@@ -281,12 +281,7 @@ def test_the_default_codes_the_low_band_in_finer_steps(tmp_path):
             distance[m.cfg.name] = metrics.mel_distance(ref[:n], y, rate)
         assert snr["rvq24k-v21"] > snr["rvq24k-v20"] + margin, (kbps, snr)
         assert distance["rvq24k-v21"] < distance["rvq24k-v20"], (kbps, distance)
-    clip = SAMPLES / "speech_librispeech_60.flac"
-    for own, other in ((v21, v20), (v20, v21)):
-        (tmp_path / own.cfg.name).mkdir()
-        file = tmp_path / own.cfg.name / "speech.rvq"
-        compress_file(clip, file, kbps=12, model=own)
-        _decodes_with_its_own_and_not_with(file, own, other)
+    _each_decodes_its_own_files(tmp_path, v21, v20)
 
 
 def test_v22_raises_bands_the_decoder_left_below_the_log_mel_floor(tmp_path):
@@ -313,6 +308,17 @@ def test_v22_raises_bands_the_decoder_left_below_the_log_mel_floor(tmp_path):
     _files_decode_alike_by_one_model(tmp_path, v21, v22, len(ref))
 
 
+def _each_decodes_its_own_files(tmp_path: Path, first: Codec, second: Codec) -> None:
+    """The speech sample's 12 kbps file of either model decodes without ``model=`` as with its
+    own, and the other refuses it."""
+    clip = SAMPLES / "speech_librispeech_60.flac"
+    for own, other in ((first, second), (second, first)):
+        (tmp_path / own.cfg.name).mkdir()
+        file = tmp_path / own.cfg.name / "speech.rvq"
+        compress_file(clip, file, kbps=12, model=own)
+        _decodes_with_its_own_and_not_with(file, own, other)
+
+
 def _files_decode_alike_by_one_model(tmp_path, old, new, length: int) -> None:
     """Two releases of the same weights and codes that decode differently: the speech sample's
     12 kbps file of either decodes to the same samples by one model, without ``model=`` by the
@@ -335,11 +341,11 @@ def _files_decode_alike_by_one_model(tmp_path, old, new, length: int) -> None:
 
 
 def test_the_default_fills_with_noise_what_the_gain_limit_leaves_missing(tmp_path):
-    """The default (v23) is v22 whose envelope matching fills with noise the power its gain limit
+    """v23 is v22 whose envelope matching fills with noise the power its gain limit
     leaves missing from 8 kHz: the same weights, codes and files (either file decodes alike by
     one model), and on the speech sample its decoded audio lies closer to the original by the
     mel distance at 6, 12 and 24 kbps."""
-    v23, v22 = load(), load("rvq24k-v22")
+    v23, v22 = load("rvq24k-v23"), load("rvq24k-v22")
     assert v23.cfg.name == "rvq24k-v23" and v23.cfg.envelope_fill == 1.0 and v22.cfg.envelope_fill == 0.0
     assert fingerprint(v23) == fingerprint(v22)  # one set of weights and codes
     ref, rate = sf.read(str(SAMPLES / "speech_librispeech_60.flac"), dtype="float32")
@@ -352,3 +358,36 @@ def test_the_default_fills_with_noise_what_the_gain_limit_leaves_missing(tmp_pat
         distance = [metrics.mel_distance(ref[:n], y, rate) for y in decoded]
         assert distance[1] < distance[0] - 0.005, (kbps, distance)
     _files_decode_alike_by_one_model(tmp_path, v22, v23, len(ref))
+
+
+def test_the_default_carries_the_power_of_the_8_khz_edge(tmp_path):
+    """The default (v24) is v23 whose low band's words at 12 and 24 kbps also carry the power of
+    the bands around 8 kHz (codec/edge.py): the same weights and log-mel codes, other low-band
+    words, so its files name it (each model decodes its own and refuses the other's). The
+    speech sample with noise at 7.7-8.9 kHz following its loudness, as a 16-kHz recording's
+    resampler leaves there: decoded by v24 it lies closer to the original by the mel distance;
+    at 6 kbps (no low band) the two are the same."""
+    v24, v23 = load(), load("rvq24k-v23")
+    assert v24.cfg.name == "rvq24k-v24" and v24.cfg.lowband_coding == "arithmetic-edge"
+    assert all(torch.equal(a, b) for a, b in zip(v24.state_dict().values(), v23.state_dict().values()))
+    assert fingerprint(v24) != fingerprint(v23)
+    ref, rate = sf.read(str(SAMPLES / "speech_librispeech_60.flac"), dtype="float32")
+    n, delay = len(ref) // v24.hop_length * v24.hop_length, v24.cfg.output_delay
+    loudness = np.convolve(np.abs(ref[:n]), np.ones(640) / 640, mode="same")
+    spectrum = np.fft.rfft(np.random.default_rng(7).standard_normal(n))
+    freqs = np.fft.rfftfreq(n, 1 / rate)
+    spectrum[(freqs < 7700) | (freqs >= 8900)] = 0
+    edge = np.fft.irfft(spectrum, n) * 0.015 * loudness / loudness.max()
+    original = (ref[:n] + edge).astype(np.float32)
+    x = torch.nn.functional.pad(torch.from_numpy(original)[None, None], (0, delay))
+    for kbps in (6, 12, 24):
+        codes = [m.encode(x, kbps=kbps) for m in (v23, v24)]
+        levels = v24.layout(codes[0].shape[2])[0]
+        assert torch.equal(codes[0][:, :, :levels], codes[1][:, :, :levels])
+        decoded = [m.decode(c)[0, 0, delay : delay + n].numpy() for m, c in zip((v23, v24), codes)]
+        distance = [metrics.mel_distance(original, y, rate) for y in decoded]
+        if kbps == 6:
+            assert np.array_equal(decoded[0], decoded[1])
+        else:
+            assert distance[1] < distance[0] - 0.01, (kbps, distance)
+    _each_decodes_its_own_files(tmp_path, v24, v23)

@@ -137,7 +137,7 @@ def test_arithmetic_coding_fits_the_frame_and_comes_closer_than_four_bits(bins, 
     assert (cost <= words * bits - GAIN_BITS).all() and (cost > words * bits - GAIN_BITS - 0.3 * bins).float().mean() > 0.9
     packed = _pack_arithmetic(gain, q, words, bits)
     assert packed.shape == (2, words, frames) and 0 <= packed.min() and packed.max() < 2 ** bits
-    gain2, q2 = _unpack_arithmetic(packed, bins, bits)
+    gain2, q2, _ = _unpack_arithmetic(packed, bins, bits)
     assert torch.equal(gain2, gain) and torch.equal(q2, q)
     dec = LowbandDecoder(24000, HOP, OVERLAP, 80, bits, "arithmetic")
     decoded, _ = dec.coefficients(packed, torch.zeros(2, 80, frames))
@@ -183,7 +183,7 @@ def test_arithmetic_words_of_any_width_carry_the_gain_and_coefficients(word_bits
     gain, q = quantize_arithmetic(ratio, words * word_bits - GAIN_BITS)
     packed = _pack_arithmetic(gain, q, words, word_bits)
     assert packed.shape == (2, words, 9) and 0 <= packed.min() and packed.max() < 2 ** word_bits
-    gain2, q2 = _unpack_arithmetic(packed, bins, word_bits)
+    gain2, q2, _ = _unpack_arithmetic(packed, bins, word_bits)
     assert torch.equal(gain2, gain) and torch.equal(q2, q) and q.abs().max() > 1
 
 
@@ -259,7 +259,7 @@ def test_a_frame_whose_code_would_not_fit_is_sent_as_zeros():
     """(The encoder never asks for it: :func:`quantize_arithmetic` keeps to the bits.)"""
     q = torch.full((1, 1, 23), ARITH_LARGEST)
     assert arith.encode((q[0, 0] + ARITH_LARGEST).tolist(), ARITH_TABLE, 94) is None
-    gain2, q2 = _unpack_arithmetic(_pack_arithmetic(torch.tensor([[[40]]]), q, 10, 10), 23, 10)
+    gain2, q2, _ = _unpack_arithmetic(_pack_arithmetic(torch.tensor([[[40]]]), q, 10, 10), 23, 10)
     assert int(gain2) == 40 and torch.equal(q2, torch.zeros_like(q))
 
 

@@ -14,6 +14,7 @@ import torch
 
 from codec import CodecError, bitstream, compress_file, decompress_file, read_info
 from codec.files import TrimmingWriter
+from codec.weights import DEFAULT_MODEL
 from codec.bitstream import BitstreamError, End, iter_packets, read_header
 from codec.pcm import PcmFormat, read_wav_header, to_pcm16
 from codec.stream import (
@@ -358,7 +359,7 @@ def test_a_file_of_other_weights_under_a_built_in_name_asks_for_them(tmp_path, d
     header = read_header(io.BytesIO(data))
     other = dataclasses.replace(header, weights_hash=bytes(8)).encode() + data[len(header.encode()):]
     (tmp_path / "other.rvq").write_bytes(other)
-    with pytest.raises(CodecError, match="not by the built-in rvq24k-v23 .*: pass --model PATH"):
+    with pytest.raises(CodecError, match=f"not by the built-in {DEFAULT_MODEL} .*: pass --model PATH"):
         decompress_file(tmp_path / "other.rvq", tmp_path / "out.wav")
 
 

@@ -84,7 +84,7 @@ def test_a_file_hashed_with_signed_zeros_still_decodes_with_its_own_model(tmp_pa
 
 
 def test_unknown_model_name_lists_built_in_models():
-    with pytest.raises(ModelError, match=r"built-in models \(rvq24k \(= rvq24k-v23\), .*rvq24k-v10, "):
+    with pytest.raises(ModelError, match=rf"built-in models \(rvq24k \(= {weights_mod.DEFAULT_MODEL}\), .*rvq24k-v10, "):
         load("no-such-model")
 
 

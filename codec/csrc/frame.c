@@ -814,13 +814,13 @@ static double sum_in_order(const double *a, int n) {
  * (top [M], the code covering the frame's largest ratio; clipped to 0..gain_max; step_of
  * [gain_max + 1] each code's step), the coefficients rounded to steps within -largest..largest
  * (cost [2 * largest + 1] each step's bits), the fit_gains next finer gains than the finest
- * whose rounding fits `bits` rounded towards zero where that costs least (_rounded_to_fit),
+ * whose rounding fits the frame's bits (bits_of [M]) rounded towards zero where that costs least (_rounded_to_fit),
  * and the gain whose steps fit and come closest wins (the coarsest of ties); a frame that none
  * fits gets gain_max, its steps clipped to as many as fit. -> gain [M], q [M][bins]. Every sum
  * is taken left to right and no product is fused with a sum, as NumPy computes them, so the
  * choices are NumPy's bit for bit. Returns -1 if out of memory. */
 __attribute__((optimize("fp-contract=off")))
-int rvq_lowband_search(int M, int bins, double bits, int gains, int first_shift, int fit_gains, int largest,
+int rvq_lowband_search(int M, int bins, const double *bits_of, int gains, int first_shift, int fit_gains, int largest,
                        int gain_max, const double *step_of, const double *cost, const double *top,
                        const double *ratio, int64_t *gain, int64_t *q_out) {
 #ifdef __clang__
@@ -836,6 +836,7 @@ int rvq_lowband_search(int M, int bins, double bits, int gains, int first_shift,
     }
     double *saved = tmp + bins, *price = tmp + 2 * bins, *now = tmp + 3 * bins;
     for (int m = 0; m < M; m++) {
+        double bits = bits_of[m];
         const double *r = ratio + (int64_t)m * bins;
         int finest = -1;
         for (int g = 0; g < gains; g++) {
