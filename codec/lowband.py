@@ -107,7 +107,7 @@ def describe(cfg: "CodecConfig", n_q: int) -> str:
         bins, top = band_of(cfg, words)
         coded = ", arithmetic-coded" if cfg.lowband_coding != "fixed" else ""
         text += f" + {words} low-band words ({bins} MDCT coefficients{coded}: the waveform below {top:.0f} Hz"
-        edge = cfg.lowband_coding == "arithmetic-edge" and bins >= EDGE_MIN_BINS
+        edge = cfg.lowband_coding == "arithmetic-edge" and bins >= EDGE_MIN_BINS and edge_groups(cfg.sample_rate, cfg.latent_dim)
         text += "; and the power around 8 kHz)" if edge else ")"
     return text
 
@@ -325,7 +325,8 @@ def quantize_arithmetic(ratio: Tensor, bits: float | np.ndarray) -> tuple[Tensor
     that none fits even so (its steps cost more than the bits even at the coarsest gain tried:
     a frame near or beyond the largest gain's reach) gets the largest gain, its coefficients clipped to as many steps as fit (all zeros
     always fit: a coefficient's cheapest symbol costs under 4 bits, and :func:`bins_for`
-    counts 4 a coefficient).
+    counts 4 a coefficient; with the edge's steps taken out first, because they ride only
+    from :data:`EDGE_MIN_BINS` coefficients).
     Non-finite ratios count as 0 (NaN) or as the largest (infinities). frame.c's
     ``rvq_lowband_search`` makes the same choices, bit for bit, where the native runtime
     builds (a live frame: about 0.04 ms instead of 0.35); these NumPy steps elsewhere, every

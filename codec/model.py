@@ -17,7 +17,7 @@ from .audio_io import AudioError, require_float
 from .cache import TensorCache
 from .config import CodecConfig
 from .edge import edge_groups, edge_steps, with_edge
-from .envelope import EnvelopeMatch
+from .envelope import FLOOR_MIN_LEVELS, EnvelopeMatch
 from .errors import ModelBusyError
 from .frame import FramePlan
 from .logmel import LogMelEncoder
@@ -316,6 +316,7 @@ class Codec(nn.Module):
         elif self.lowband_decoder is not None:
             self.lowband_decoder.state = None  # (streaming: a frame without the band leaves no tail)
         if self.envelope is not None:  # (with the 8-kHz edge's steps: its bands' powers as they say)
+            edge = edge if levels >= FLOOR_MIN_LEVELS else None  # (as envelope matching's noise)
             target, raised = (z, None) if edge is None else with_edge(z, edge, self.edge_groups)
             audio = self.envelope(audio, target, levels, cut, raised)
         audio = audio.reshape(b, c, -1)

@@ -69,6 +69,18 @@ def test_steps_are_the_power_ratio_in_3_db_steps_upwards_only():
     assert EDGE_STEP == pytest.approx(math.log(2))
 
 
+def test_the_format_is_as_docs_bitstream_md_writes_it():
+    """docs/bitstream.md's ``arithmetic-edge``: 5 frequencies ``max(1, floor(exp(-e / 0.7) / Z x
+    (2^15 - 5)))``, the remainder added to 0; steps of 3 dB; groups centred in 7.6-8.3 and
+    8.3-9 kHz; steps from 13 coefficients (what a file's codes mean: the weights hash names the
+    coding alone)."""
+    p = np.exp(-np.arange(5) / 0.7)
+    freq = np.maximum(1, np.floor(p / p.sum() * (2**15 - 5)))
+    freq[0] += 2**15 - freq.sum()
+    assert EDGE_TABLE.freq == tuple(int(f) for f in freq)
+    assert EDGE_STEP == math.log(2) and EDGE_HZ == ((7600.0, 8300.0), (8300.0, 9000.0)) and EDGE_MIN_BINS == 13
+
+
 def test_the_steps_table_is_cheapest_at_zero_and_the_largest_steps_fit_beside_zero_coefficients():
     """The geometric table: frequencies falling with the step, summing to the coder's total;
     at EDGE_MIN_BINS coefficients (4 bits each after the gain) the dearest steps and all-zero
@@ -95,8 +107,7 @@ def test_arithmetic_code_with_a_table_for_each_symbol():
         code = arith.encode(steps + coefs.tolist(), tables, bits)
         assert code is not None and 0 <= code < 2 ** bits
         assert arith.decode(code, 25, tables, bits) == steps + coefs.tolist()
-        if cost < bits - 1:
-            assert arith.encode(steps + coefs.tolist(), tables, bits - 2) is None or cost <= bits - 2
+        assert arith.encode(steps + coefs.tolist(), tables, math.floor(cost) - 1) is None  # they cost more
     with pytest.raises(ValueError, match="a table for each"):
         arith.encode([0, 0], [EDGE_TABLE], 10)
 
@@ -247,3 +258,23 @@ def test_info_names_the_edge_where_the_frames_carry_it():
     assert describe(MODEL, 16).endswith("; and the power around 8 kHz)")
     assert "8 kHz" not in describe(dataclasses.replace(MODEL, lowband_coding="arithmetic"), 16)
     assert "8 kHz" not in describe(MODEL, 8)  # 6 kbps: no low band
+
+
+def test_frames_of_fewer_than_six_levels_ignore_the_steps(monkeypatch):
+    """A model whose 12 kbps frames keep 4 levels (envelope matching's noise starts at
+    FLOOR_MIN_LEVELS): the steps are coded, but its decoder raises no band with them (a gain
+    would, not noise); its 24 kbps frames (8 levels) do."""
+    import codec.model
+
+    model = make_model(dataclasses.replace(MODEL, lowband_levels=(0, 0, 0, 4, 8)))
+    x = torch.from_numpy(tone(1.0, RATE, seed=4)[:1]).float().reshape(1, 1, -1) * 0.3
+    x = x + band_noise(75, 7700, 8900, 0.3, 5)[..., : x.shape[-1]]
+    raised = []
+    monkeypatch.setattr(codec.model, "with_edge", lambda *a: raised.append(a[1]) or with_edge(*a))
+    for kbps, levels, used in ((12, 4, False), (24, 8, True)):
+        codes = model.encode(x, kbps=kbps)
+        steps = model.lowband_decoder.read(codes[0, :, levels:], model.quantizer.decode(codes[0, :, :levels]))[2]
+        assert (steps > 0).any()
+        raised.clear()
+        model.decode(codes)
+        assert bool(raised) == used and (not used or torch.equal(raised[0], steps[None][0])), kbps

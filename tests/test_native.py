@@ -412,7 +412,8 @@ def test_the_native_postfilter_is_the_numpy_one(f0):
 def test_the_native_low_band_search_chooses_as_numpy_does(monkeypatch):
     """frame.c's rvq_lowband_search against quantize_arithmetic's NumPy steps, bit for bit:
     frames that fit at once, after rounding towards zero, or not at all (every bits and
-    scale), ratios on the steps' grid (ties), non-finite ratios."""
+    scale, and bits of each frame its own, as the 8-kHz edge's steps leave them), ratios on the
+    steps' grid (ties), non-finite ratios."""
     from codec import lowband
 
     rng = np.random.default_rng(7)
@@ -422,6 +423,8 @@ def test_the_native_low_band_search_chooses_as_numpy_does(monkeypatch):
             monkeypatch.setattr(lowband, "ARITH_COST", np.abs(np.arange(-40.0, 41.0)) // 3 + 1)
         bins = int(rng.choice([1, 5, 23, 58]))
         bits = int(rng.choice([0, 4, 30, 94, 234]))
+        if trial % 2:  # each frame's own (fractional) bits
+            bits = np.maximum(bits - rng.uniform(0, 17.3, size=(2, 20)), 0.0)
         r = rng.laplace(size=(2, 20, bins)) * rng.choice([1e-3, 0.3, 3.0, 1e4]) * np.exp(2 * rng.normal(size=(2, 20, 1)))
         if trial % 3 == 0:
             r = np.round(r * 4) / 4
