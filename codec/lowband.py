@@ -21,7 +21,7 @@ Each frame's first ``bins`` coefficients (``bins`` as many as the frame's bits a
 amplitude that the frame's decoded log-mel spectrum implies, so that both ends have it) and by
 a gain in 1.5-dB steps; then rounded to steps of ``gain / LEVELS``. Bits, most significant
 first: the gain's 6, then the coefficients, cut into the words of the codes (``word_bits``
-each). Two codings of the coefficients (``CodecConfig.lowband_coding``):
+each). Three codings of the coefficients (``CodecConfig.lowband_coding``):
 
 - ``fixed`` (v18 to v20): 4 bits each, within 7 steps either way; the gain at or a little
   below the frame's largest ratio (:func:`quantize`).
