@@ -305,7 +305,7 @@ class Codec(nn.Module):
         ratio = coefs = edge = None
         if words:
             ratio, coefs, edge = self.lowband_decoder.read(codes[:, levels:], z)
-            edge = edge if edge.shape[-1] else None
+            edge = edge if edge.shape[-1] and levels >= FLOOR_MIN_LEVELS else None  # (as envelope matching's noise)
         cut = ratio.shape[-1] if words else 0  # the low band replaces the decoder's bins below
         latent = self._decoder_input(z, ratio)
         with low_cut(cut):
@@ -316,7 +316,6 @@ class Codec(nn.Module):
         elif self.lowband_decoder is not None:
             self.lowband_decoder.state = None  # (streaming: a frame without the band leaves no tail)
         if self.envelope is not None:  # (with the 8-kHz edge's steps: its bands' powers as they say)
-            edge = edge if levels >= FLOOR_MIN_LEVELS else None  # (as envelope matching's noise)
             target, raised = (z, None) if edge is None else with_edge(z, edge, self.edge_groups)
             audio = self.envelope(audio, target, levels, cut, raised)
         audio = audio.reshape(b, c, -1)

@@ -240,8 +240,7 @@ def test_v20_pulls_its_decoded_spectrum_onto_the_coded_one():
     assert load().cfg.envelope_match == v20.cfg.envelope_match
     assert v20.cfg.envelope_match == 1.0 and not v19.cfg.envelope_match
     assert fingerprint(v20) == fingerprint(v19)  # one set of weights: each decodes the other's files
-    ref, rate = sf.read(str(SAMPLES / "speech_librispeech_60.flac"), dtype="float32")
-    n, delay = len(ref) // v20.hop_length * v20.hop_length, v20.cfg.output_delay
+    ref, rate, n, delay = _speech_sample(v20)
     x = torch.from_numpy(ref[:n])[None, None]
     for kbps in (6, 12):
         codes = v20.encode(x, kbps=kbps)
@@ -265,9 +264,8 @@ def test_the_default_codes_the_low_band_in_finer_steps(tmp_path):
     assert load("rvq24k-v23").cfg.lowband_coding == v21.cfg.lowband_coding == "arithmetic" and v20.cfg.lowband_coding == "fixed"
     assert all(torch.equal(a, b) for a, b in zip(v21.state_dict().values(), v20.state_dict().values()))
     assert fingerprint(v21) != fingerprint(v20)
-    ref, rate = sf.read(str(SAMPLES / "speech_librispeech_60.flac"), dtype="float32")
-    n, delay = len(ref) // v21.hop_length * v21.hop_length, v21.cfg.output_delay
-    x = torch.nn.functional.pad(torch.from_numpy(ref[:n])[None, None], (0, delay))
+    ref, rate, n, delay = _speech_sample(v21)
+    x = _delayed(ref[:n], delay)
     for kbps, hz, margin in ((12, 800, 1.2), (24, 2000, 4.0)):
         codes = {m.cfg.name: m.encode(x, kbps=kbps) for m in (v20, v21)}
         levels = v21.layout(codes["rvq24k-v21"].shape[2])[0]
@@ -293,9 +291,8 @@ def test_v22_raises_bands_the_decoder_left_below_the_log_mel_floor(tmp_path):
     v22, v21 = load("rvq24k-v22"), load("rvq24k-v21")
     assert v22.cfg.name == "rvq24k-v22" and v22.cfg.envelope_floor == 0.1 and v21.cfg.envelope_floor == 1.0
     assert fingerprint(v22) == fingerprint(v21)  # one set of weights and codes
-    ref, rate = sf.read(str(SAMPLES / "speech_librispeech_60.flac"), dtype="float32")
-    n, delay = len(ref) // v22.hop_length * v22.hop_length, v22.cfg.output_delay
-    x = torch.nn.functional.pad(torch.from_numpy(ref[:n])[None, None], (0, delay))
+    ref, rate, n, delay = _speech_sample(v22)
+    x = _delayed(ref[:n], delay)
     for kbps in (3, 6, 12, 24):
         codes = v22.encode(x, kbps=kbps)
         assert torch.equal(codes, v21.encode(x, kbps=kbps))
@@ -306,6 +303,19 @@ def test_v22_raises_bands_the_decoder_left_below_the_log_mel_floor(tmp_path):
         distance = [metrics.mel_distance(ref[:n], y[0, 0, delay : delay + n].numpy(), rate) for y in decoded]
         assert distance[1] < distance[0] - 0.01, (kbps, distance)
     _files_decode_alike_by_one_model(tmp_path, v21, v22, len(ref))
+
+
+def _speech_sample(model: Codec) -> tuple[np.ndarray, int, int, int]:
+    """The speech sample (float32), its rate, its whole frames of ``model`` in samples and the
+    model's output delay."""
+    ref, rate = sf.read(str(SAMPLES / "speech_librispeech_60.flac"), dtype="float32")
+    return ref, rate, len(ref) // model.hop_length * model.hop_length, model.cfg.output_delay
+
+
+def _delayed(audio: np.ndarray, delay: int) -> torch.Tensor:
+    """``[T]`` -> ``[1, 1, T + delay]``, with ``delay`` samples of silence coded past the end
+    (what the decoder drops at the start)."""
+    return torch.nn.functional.pad(torch.from_numpy(audio)[None, None], (0, delay))
 
 
 def _each_decodes_its_own_files(tmp_path: Path, first: Codec, second: Codec) -> None:
@@ -348,9 +358,8 @@ def test_the_default_fills_with_noise_what_the_gain_limit_leaves_missing(tmp_pat
     v23, v22 = load("rvq24k-v23"), load("rvq24k-v22")
     assert v23.cfg.name == "rvq24k-v23" and v23.cfg.envelope_fill == 1.0 and v22.cfg.envelope_fill == 0.0
     assert fingerprint(v23) == fingerprint(v22)  # one set of weights and codes
-    ref, rate = sf.read(str(SAMPLES / "speech_librispeech_60.flac"), dtype="float32")
-    n, delay = len(ref) // v23.hop_length * v23.hop_length, v23.cfg.output_delay
-    x = torch.nn.functional.pad(torch.from_numpy(ref[:n])[None, None], (0, delay))
+    ref, rate, n, delay = _speech_sample(v23)
+    x = _delayed(ref[:n], delay)
     for kbps in (6, 12, 24):
         codes = v23.encode(x, kbps=kbps)
         assert torch.equal(codes, v22.encode(x, kbps=kbps))
@@ -371,15 +380,14 @@ def test_the_default_carries_the_power_of_the_8_khz_edge(tmp_path):
     assert v24.cfg.name == "rvq24k-v24" and v24.cfg.lowband_coding == "arithmetic-edge"
     assert all(torch.equal(a, b) for a, b in zip(v24.state_dict().values(), v23.state_dict().values()))
     assert fingerprint(v24) != fingerprint(v23)
-    ref, rate = sf.read(str(SAMPLES / "speech_librispeech_60.flac"), dtype="float32")
-    n, delay = len(ref) // v24.hop_length * v24.hop_length, v24.cfg.output_delay
+    ref, rate, n, delay = _speech_sample(v24)
     loudness = np.convolve(np.abs(ref[:n]), np.ones(640) / 640, mode="same")
     spectrum = np.fft.rfft(np.random.default_rng(7).standard_normal(n))
     freqs = np.fft.rfftfreq(n, 1 / rate)
     spectrum[(freqs < 7700) | (freqs >= 8900)] = 0
     edge = np.fft.irfft(spectrum, n) * 0.015 * loudness / loudness.max()
     original = (ref[:n] + edge).astype(np.float32)
-    x = torch.nn.functional.pad(torch.from_numpy(original)[None, None], (0, delay))
+    x = _delayed(original, delay)
     for kbps in (6, 12, 24):
         codes = [m.encode(x, kbps=kbps) for m in (v23, v24)]
         levels = v24.layout(codes[0].shape[2])[0]
