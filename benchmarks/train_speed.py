@@ -1,6 +1,6 @@
 """Training speed of a recipe: steps/s and audio-seconds/s, fp32 against bf16 autocast.
 
-    python benchmarks/train_speed.py                       # general24k on this CPU, 2 threads
+    python benchmarks/train_speed.py                       # seanet24k (the SEANet recipe) on this CPU, 2 threads
     python benchmarks/train_speed.py --device cuda         # on a GPU
     python benchmarks/train_speed.py --steps 3 --warmup 1  # a quick check that it runs
 
@@ -80,7 +80,7 @@ def variant(cfg: TrainConfig, bf16: bool, phase: str) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "general24k.yaml")
+    ap.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "seanet24k.yaml")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
     ap.add_argument("--steps", type=int, default=10)

@@ -347,18 +347,18 @@ def test_init_from_a_release_of_another_architecture_is_refused(cache, tmp_path)
         trainer.init_from("rvq24k")
 
 
-def test_shipped_configs_load_and_general24k_continues_the_release_architecture():
+def test_shipped_configs_load_and_seanet24k_continues_the_release_architecture():
     configs = {p.stem: TrainConfig.from_yaml(p) for p in CONFIGS.glob("*.yaml")}
     phases = ("interim24k", "interim24k-anneal", "interim24k-envelope", "general24k-finetune", "general24k-finetune2")
-    assert {"tiny", "speech16k", "general24k", *phases} <= set(configs)
-    general, interim = configs["general24k"], configs["interim24k"]
-    # The same architecture, so that each later phase of the interim model can resume the
+    assert {"tiny", "speech16k", "general24k", "seanet24k", *phases} <= set(configs)
+    seanet, interim = configs["seanet24k"], configs["interim24k"]
+    # The same architecture, so that each later phase of the SEANet model can resume the
     # run of the one before (and --init takes v8's weights, from git history).
-    assert general.model.same_architecture(interim.model)
+    assert seanet.model.same_architecture(interim.model)
     for phase in phases:
         assert configs[phase].model.same_architecture(interim.model)
     assert configs["interim24k-envelope"].loss.envelope > 0
-    assert general.loss.uses_discriminators and general.loss.adversarial_start_step > 0
+    assert seanet.loss.uses_discriminators and seanet.loss.adversarial_start_step > 0
     assert configs["general24k-finetune"].loss.uses_discriminators
     assert configs["general24k-finetune2"].codebook_decay > configs["general24k-finetune"].codebook_decay
     # each later phase names what it changes; the rest comes from the phase before (base:)
@@ -388,7 +388,7 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     gpu = configs["general24k-spectral"]
     assert gpu.model.same_architecture(load("rvq24k-v10").cfg) and not gpu.freeze_encoder and not gpu.data.code_crops
     assert gpu.loss.uses_discriminators and gpu.loss.commitment > 0 and gpu.loss.phase == phase.loss.phase
-    assert gpu.disc.stft_channels > general.disc.stft_channels
+    assert gpu.disc.stft_channels > seanet.disc.stft_channels
     # the shipped default's recipe: the log-mel front end, no encoder to freeze
     logmel = configs["logmel24k"]
     assert logmel.model.encoder == "logmel" and logmel.model.same_architecture(load("rvq24k-v18").cfg)
@@ -430,6 +430,25 @@ def test_shipped_configs_load_and_general24k_continues_the_release_architecture(
     assert cont.model == phase6.model and cont.freeze_encoder and cont.loss == phase6.loss
     assert cont.optim.lr < phase6.optim.lr and cont.optim.decay_steps == cont.max_steps
     assert cont.keep_checkpoints * cont.checkpoint_every >= cont.max_steps
+
+
+def test_general24k_is_the_default_model_s_recipe_and_continues_it(tmp_path):
+    """configs/general24k.yaml builds the default's architecture and codes, and a run of it
+    from the default (--init rvq24k) exports a model that codes as the default does."""
+    default = load()
+    recipe = TrainConfig.from_yaml(CONFIGS / "general24k.yaml")
+    assert dataclasses.replace(recipe.model, name=default.cfg.name) == default.cfg
+    build_cache(write_corpus(tmp_path / "data", speech=2, music=1, seconds=2.0, rate=24000), tmp_path / "cache", 24000, workers=1)
+    small = dataclasses.replace(recipe.data, batch_size=2, val_clips=1, val_seconds=1.0, decode_workers=1)
+    run(dataclasses.replace(recipe, data=small), tmp_path / "cache", tmp_path / "run", max_steps=1, init="rvq24k", progress=False)
+    mine = load(export_run(tmp_path / "run", tmp_path / "mine.safetensors", name="mine"))
+    assert dataclasses.replace(mine.cfg, name=default.cfg.name) == default.cfg
+    # the same codebooks (kept fixed), so the same codes, low band and edge steps included
+    for key, value in default.quantizer.state_dict().items():
+        torch.testing.assert_close(mine.quantizer.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    t = torch.arange(12000) / 24000
+    x = (0.3 * torch.sin(2 * math.pi * 180 * t * (1 + t)) + 0.02 * torch.randn(12000)).reshape(1, 1, -1)
+    assert torch.equal(mine.encode(x, kbps=12.0), default.encode(x, kbps=12.0))
 
 
 def test_a_recipe_changes_only_what_it_names_of_its_base(tmp_path):
