@@ -78,10 +78,10 @@ def edge_steps(latent: Tensor, coded: Tensor, groups: list[np.ndarray]) -> Tenso
     return torch.from_numpy(steps).to(latent.device)
 
 
-def with_edge(coded: Tensor, steps: Tensor, groups: list[np.ndarray]) -> tuple[Tensor, Tensor | None]:
+def with_edge(coded: Tensor, steps: Tensor, groups: list[np.ndarray]) -> tuple[Tensor, np.ndarray | None]:
     """Coded log-mel frames ``[B, n_mels, F]`` and their groups' steps ``[B, F, G]`` -> the
     frames with each group's bands' powers scaled by ``2 ** step`` where the step is over 0
-    (the rest as they were), float64, what envelope matching aims at; and ``[B, n_mels, F]``
+    (the rest as they were), float64, what envelope matching aims at; and a NumPy ``[B, n_mels, F]``
     bool, the bands and frames so raised, where envelope matching makes the band with noise
     (None if none is)."""
     s = steps.detach().cpu().numpy()
@@ -96,4 +96,4 @@ def with_edge(coded: Tensor, steps: Tensor, groups: list[np.ndarray]) -> tuple[T
         scaled = np.log(_power(band) * np.exp(s[:, None, :, i] * EDGE_STEP) + reach)
         out[:, g] = np.where(up[:, None], scaled, band)
         raised[:, g] = up[:, None]
-    return torch.from_numpy(out).to(coded.device), torch.from_numpy(raised).to(coded.device)
+    return torch.from_numpy(out).to(coded.device), raised  # (the mask stays NumPy: envelope matching's)

@@ -137,7 +137,7 @@ class EnvelopeMatch:
     def fresh_state(self, n: int) -> EnvelopeState:
         return EnvelopeState(np.zeros((n, self.hop)), np.zeros((n, self.half)), np.ones((n, self.half + 1)))
 
-    def __call__(self, audio: Tensor, coded: Tensor, levels: int, cut: int, edge: Tensor | None = None) -> Tensor:
+    def __call__(self, audio: Tensor, coded: Tensor, levels: int, cut: int, edge: np.ndarray | None = None) -> Tensor:
         """``audio`` ``[N, 1, F * hop]``, ``coded`` log-mel ``[N, M, F]`` of ``levels`` levels,
         ``cut`` bins of low band -> ``[N, 1, F * hop]``: offline lined up with ``audio``,
         streamed :attr:`lag` samples later. ``edge``: None, or ``[N, M, F]`` bool, the bands
@@ -156,7 +156,7 @@ class EnvelopeMatch:
             raise ValueError(f"streaming envelope matching holds {state.last_block.shape[0]} channels, got {n}")
         x = audio.reshape(n, t).detach().cpu().double().numpy()
         target = coded.detach().cpu().double().numpy()
-        raised = None if edge is None else edge.detach().cpu().numpy().astype(bool)
+        raised = None if edge is None else np.asarray(edge, dtype=bool)
         if raised is not None and raised.shape != target.shape:
             raise ValueError(f"expected the edge's bands and frames {tuple(target.shape)}, got {raised.shape}")
         active = levels >= MIN_LEVELS
