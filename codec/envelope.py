@@ -140,7 +140,7 @@ class EnvelopeMatch:
     def __call__(self, audio: Tensor, coded: Tensor, levels: int, cut: int, edge: np.ndarray | None = None) -> Tensor:
         """``audio`` ``[N, 1, F * hop]``, ``coded`` log-mel ``[N, M, F]`` of ``levels`` levels,
         ``cut`` bins of low band -> ``[N, 1, F * hop]``: offline lined up with ``audio``,
-        streamed :attr:`lag` samples later. ``edge``: None, or ``[N, M, F]`` bool, the bands
+        streamed :attr:`lag` samples later. ``edge``: None, or NumPy ``[N, M, F]`` bool, the bands
         and frames that the 8-kHz edge raised in ``coded`` (module docstring)."""
         if self.strength <= 0:
             return audio

@@ -145,16 +145,22 @@ def _code(clip: Clip, index: int, system: str, kbps: float, codec: Codec, work: 
             warnings.simplefilter("ignore", ClippingWarning)
             decompress_file(rvq, decoded, model=codec)
     else:
-        source = work / f"{index:05d}.wav"
-        if not source.exists():  # opusenc reads WAV and FLAC only; give it lossless PCM
-            wav, rate = read_audio(clip.path)
-            sf.write(str(source), wav.T, rate, subtype="PCM_24")
-        result = opus.code(source, work, kbps, clip.sample_rate, clip.channels, clip.seconds)
+        result = through_opus(clip, index, kbps, work)
         decoded, actual = result.output, result.actual_kbps
     ref, rate = _mono(clip.path)
     est, _ = _mono(decoded)
     lag, corr = clip_lag(ref, est, rate)
     return Coded(clip, system, kbps, actual, decoded, lag, corr)
+
+
+def through_opus(clip: Clip, index: int, kbps: float, work: Path) -> opus.OpusResult:
+    """``clip`` (any format :func:`list_clips` accepts) through Opus at ``kbps`` per channel,
+    decoded to a 16-bit WAV at its rate and channels; files in ``work``, named by ``index``."""
+    source = work / f"{index:05d}.wav"
+    if not source.exists():  # opusenc reads WAV and FLAC only; give it lossless PCM
+        wav, rate = read_audio(clip.path)
+        sf.write(str(source), wav.T, rate, subtype="PCM_24")
+    return opus.code(source, work, kbps, clip.sample_rate, clip.channels, clip.seconds)
 
 
 def clip_lag(ref: np.ndarray, est: np.ndarray, rate: int) -> tuple[int | None, float]:

@@ -43,9 +43,10 @@ V17_FILE = ("rvq24k-v17.safetensors", "432940042ec9f5aef9e4215c36fd00253edf92947
 REGISTRY: dict[str, RegisteredModel] = {
     "rvq24k-v24": RegisteredModel(
         *V19_FILE,
-        "24 kHz mono, 1.5-24 kbps (interim): rvq24k-v23's weights, its low band's words at 12 and "
-        "24 kbps also carrying the power of the bands around 8 kHz, which envelope matching makes "
-        "with noise (lowband_coding arithmetic-edge, codec/edge.py); its own files",
+        "24 kHz mono, 1.5-24 kbps (the default; configs/general24k.yaml): rvq24k-v23's weights, "
+        "its low band's words at 12 and 24 kbps also carrying the power of the bands around 8 kHz, "
+        "which envelope matching makes with noise (lowband_coding arithmetic-edge, codec/edge.py); "
+        "its own files",
         config=(("name", "rvq24k-v24"), ("envelope_match", 1.0), ("envelope_floor", 0.1), ("envelope_fill", 1.0),
                 ("lowband_coding", "arithmetic-edge")),
     ),
