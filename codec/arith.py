@@ -43,19 +43,20 @@ class SymbolTable:
         """Symbols ``0 .. 2 * largest`` standing for the integers ``-largest .. largest``, with
         frequencies following ``exp(-|j| / scale)`` (each at least 1; the rounding's remainder
         goes to 0)."""
-        j = np.arange(-largest, largest + 1)
-        p = np.exp(-np.abs(j) / scale)
-        freq = np.maximum(1, np.floor(p / p.sum() * (TOTAL - len(j)))).astype(np.int64)
-        freq[largest] += TOTAL - int(freq.sum())
-        return cls(tuple(int(f) for f in freq), tuple(int(c) for c in np.cumsum(freq) - freq))
+        return cls._shaped(np.exp(-np.abs(np.arange(-largest, largest + 1)) / scale), zero=largest)
 
     @classmethod
     def geometric(cls, scale: float, largest: int) -> "SymbolTable":
         """Symbols ``0 .. largest`` standing for themselves, with frequencies following
         ``exp(-j / scale)`` (each at least 1; the rounding's remainder goes to 0)."""
-        p = np.exp(-np.arange(largest + 1) / scale)
-        freq = np.maximum(1, np.floor(p / p.sum() * (TOTAL - largest - 1))).astype(np.int64)
-        freq[0] += TOTAL - int(freq.sum())
+        return cls._shaped(np.exp(-np.arange(largest + 1) / scale), zero=0)
+
+    @classmethod
+    def _shaped(cls, p: np.ndarray, zero: int) -> "SymbolTable":
+        """Frequencies in proportion to ``p`` ``[symbols]``, each at least 1, the rounding's
+        remainder added to symbol ``zero``."""
+        freq = np.maximum(1, np.floor(p / p.sum() * (TOTAL - len(p)))).astype(np.int64)
+        freq[zero] += TOTAL - int(freq.sum())
         return cls(tuple(int(f) for f in freq), tuple(int(c) for c in np.cumsum(freq) - freq))
 
     def cost(self) -> np.ndarray:

@@ -97,6 +97,18 @@ def band_of(cfg: "CodecConfig", words: int) -> tuple[int, float]:
     return bins, bins * cfg.sample_rate / (2 * cfg.hop_length)
 
 
+def edge_count(coding: str, sample_rate: int, n_mels: int) -> int:
+    """The 8-kHz edge's steps a frame of the ``coding`` may carry: one for each of its groups
+    (codec/edge.py) with ``arithmetic-edge``, else none."""
+    return len(edge_groups(sample_rate, n_mels)) if coding == "arithmetic-edge" else 0
+
+
+def frame_edges(edges: int, bins: int) -> int:
+    """Of ``edges`` steps, those a frame of ``bins`` coefficients carries: all, or none under
+    :data:`EDGE_MIN_BINS` (then the largest steps and all-zero coefficients might not fit)."""
+    return edges if bins >= EDGE_MIN_BINS else 0
+
+
 def describe(cfg: "CodecConfig", n_q: int) -> str:
     """What a frame of ``n_q`` codes holds, in words: its levels and low-band words
     (:meth:`CodecConfig.layout`), e.g. ``6 log-mel levels + 10 low-band words (23 MDCT
@@ -107,8 +119,8 @@ def describe(cfg: "CodecConfig", n_q: int) -> str:
         bins, top = band_of(cfg, words)
         coded = ", arithmetic-coded" if cfg.lowband_coding != "fixed" else ""
         text += f" + {words} low-band words ({bins} MDCT coefficients{coded}: the waveform below {top:.0f} Hz"
-        edge = cfg.lowband_coding == "arithmetic-edge" and bins >= EDGE_MIN_BINS and edge_groups(cfg.sample_rate, cfg.latent_dim)
-        text += "; and the power around 8 kHz)" if edge else ")"
+        edges = frame_edges(edge_count(cfg.lowband_coding, cfg.sample_rate, cfg.latent_dim), bins)
+        text += "; and the power around 8 kHz)" if edges else ")"
     return text
 
 
@@ -166,7 +178,7 @@ class LowbandCoder(StreamingModule):
         if coding not in LOWBAND_CODINGS:
             raise ValueError(f"the low band's coding must be one of {LOWBAND_CODINGS}, got {coding!r}")
         self.hop, self.overlap, self.word_bits, self.coding = hop, overlap, word_bits, coding
-        self.edges = len(edge_groups(sample_rate, n_mels)) if coding == "arithmetic-edge" else 0  # steps a frame
+        self.edges = edge_count(coding, sample_rate, n_mels)  # steps a frame (at most)
         self.register_buffer("window", low_overlap_window(hop, overlap), persistent=False)
         self.register_buffer("basis", mdct_basis(hop, overlap), persistent=False)
         # The mel filters at the MDCT's bin centres ((k + 0.5) * rate / (2 hop)): the odd bins of a
@@ -191,9 +203,8 @@ class LowbandCoder(StreamingModule):
         return min(bins_for(words, self.word_bits), self.hop)
 
     def edges_for(self, bins: int) -> int:
-        """Edge steps a frame of ``bins`` coefficients carries: :attr:`edges`, or none under
-        :data:`EDGE_MIN_BINS` (then the largest steps and all-zero coefficients might not fit)."""
-        return self.edges if bins >= EDGE_MIN_BINS else 0
+        """Edge steps a frame of ``bins`` coefficients carries (:func:`frame_edges`)."""
+        return frame_edges(self.edges, bins)
 
     def analyse(self, inp: Tensor, bins: int) -> Tensor:
         """The first ``bins`` MDCT coefficients of each frame: audio ``[B, overlap + F * hop]``

@@ -39,6 +39,12 @@ class RegisteredModel:
 # Weights files that more than one release reads (file, sha256).
 V19_FILE = ("rvq24k-v19.safetensors", "c0e8954f6c822382d3296c30f588e026a3bbb890b6a9fb3835984cb10e425a4b")
 V17_FILE = ("rvq24k-v17.safetensors", "432940042ec9f5aef9e4215c36fd00253edf9294790d73f5952859d1d3587eba")
+# What the releases on v19's weights set in its config, each on top of the one before (no weights).
+V20_SETTINGS = {"envelope_match": 1.0}
+V21_SETTINGS = {**V20_SETTINGS, "lowband_coding": "arithmetic"}
+V22_SETTINGS = {**V21_SETTINGS, "envelope_floor": 0.1}
+V23_SETTINGS = {**V22_SETTINGS, "envelope_fill": 1.0}
+V24_SETTINGS = {**V23_SETTINGS, "lowband_coding": "arithmetic-edge"}
 
 REGISTRY: dict[str, RegisteredModel] = {
     "rvq24k-v24": RegisteredModel(
@@ -47,16 +53,14 @@ REGISTRY: dict[str, RegisteredModel] = {
         "its low band's words at 12 and 24 kbps also carrying the power of the bands around 8 kHz, "
         "which envelope matching makes with noise (lowband_coding arithmetic-edge, codec/edge.py); "
         "its own files",
-        config=(("name", "rvq24k-v24"), ("envelope_match", 1.0), ("envelope_floor", 0.1), ("envelope_fill", 1.0),
-                ("lowband_coding", "arithmetic-edge")),
+        config=(("name", "rvq24k-v24"), *V24_SETTINGS.items()),
     ),
     "rvq24k-v23": RegisteredModel(
         *V19_FILE,
         "24 kHz mono, 1.5-24 kbps (interim): rvq24k-v22's weights, codes and files, its envelope "
         "matching filling with noise the power that its 12-dB gain limit leaves missing in bands "
         "from 8 kHz (envelope_fill 1.0, codec/envelope.py)",
-        config=(("name", "rvq24k-v23"), ("envelope_match", 1.0), ("envelope_floor", 0.1), ("envelope_fill", 1.0),
-                ("lowband_coding", "arithmetic")),
+        config=(("name", "rvq24k-v23"), *V23_SETTINGS.items()),
     ),
     "rvq24k-v22": RegisteredModel(
         *V19_FILE,
@@ -64,22 +68,21 @@ REGISTRY: dict[str, RegisteredModel] = {
         "matching comparing band powers down to a tenth of the log-mel floor (envelope_floor 0.1, "
         "codec/envelope.py), so that bands the decoder leaves below the floor are raised to the "
         "coded power",
-        config=(("name", "rvq24k-v22"), ("envelope_match", 1.0), ("envelope_floor", 0.1),
-                ("lowband_coding", "arithmetic")),
+        config=(("name", "rvq24k-v22"), *V22_SETTINGS.items()),
     ),
     "rvq24k-v21": RegisteredModel(
         *V19_FILE,
         "24 kHz mono, 1.5-24 kbps (interim): rvq24k-v20 (v19's weights, envelope matching) with the "
         "low band's coefficients arithmetic-coded in the same bits, in finer steps (12 and 24 kbps; "
         "codec/lowband.py); 1.5-6 kbps as v20",
-        config=(("name", "rvq24k-v21"), ("envelope_match", 1.0), ("lowband_coding", "arithmetic")),
+        config=(("name", "rvq24k-v21"), *V21_SETTINGS.items()),
     ),
     "rvq24k-v20": RegisteredModel(
         *V19_FILE,
         "24 kHz mono, 1.5-24 kbps (interim): rvq24k-v19's weights and codes, whose decoded audio "
         "is pulled band by band onto the log-mel spectrum the codes carry (envelope matching, "
         "codec/envelope.py; from 3 kbps, above 450 Hz and the low band); streamed output 6.7 ms later",
-        config=(("name", "rvq24k-v20"), ("envelope_match", 1.0)),
+        config=(("name", "rvq24k-v20"), *V20_SETTINGS.items()),
     ),
     "rvq24k-v19": RegisteredModel(
         *V19_FILE,
